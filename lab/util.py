@@ -1,0 +1,132 @@
+"""Small shared helpers: waiting, hashing, atomic writes, host commands, cache paths."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from lab.errors import BuildError, LabTimeout
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def cache_dir() -> Path:
+    """The user cache directory for kernels, images, keys and probes."""
+    explicit = os.environ.get("SWIOTLB_LAB_CACHE")
+    if explicit:
+        root = Path(explicit)
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        root = (Path(xdg) if xdg else Path.home() / ".cache") / "swiotlb-lab"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def wait_until(
+    check: Callable[[], T | None],
+    timeout_s: float,
+    *,
+    what: str,
+    interval_s: float = 0.05,
+    detail: Callable[[], str] | None = None,
+) -> T:
+    """Call ``check`` until it returns something other than None/False, or time out.
+
+    ``check`` may raise to abort the wait early (e.g. on a kernel panic).
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result is not None and result is not False:
+            return result
+        if time.monotonic() >= deadline:
+            raise LabTimeout(what, timeout_s, detail() if detail else "")
+        time.sleep(interval_s)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_tree(paths: Iterable[Path], root: Path) -> str:
+    """Hash file names (relative to ``root``) and contents, in sorted order."""
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def run_host(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    what: str,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    log_path: Path | None = None,
+    timeout_s: float | None = None,
+) -> str:
+    """Run a host command (never through a shell); raise BuildError with its output tail."""
+    args = [str(a) for a in argv]
+    log.debug("running %s: %s", what, args)
+    try:
+        proc = subprocess.run(
+            args,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout_s,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise BuildError(f"{what}: command not found: {args[0]}") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise LabTimeout(what, timeout_s or 0.0, " ".join(args)) from exc
+    output = proc.stdout + proc.stderr
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.write_text(output)
+    if proc.returncode != 0:
+        tail = "\n".join(output.strip().splitlines()[-25:])
+        where = f" (full log: {log_path})" if log_path else ""
+        raise BuildError(f"{what} failed with exit code {proc.returncode}{where}:\n{tail}")
+    return proc.stdout

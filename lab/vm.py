@@ -1,0 +1,475 @@
+"""One QEMU process: the boot spec, its argv, and a context manager that always stops it.
+
+Where QEMU runs and how the guest is reached sits behind ``Hypervisor``:
+``LocalHypervisor`` starts QEMU on this machine; a remote hypervisor host
+plugs in by implementing the same ``boot()`` and returning a ``RunningGuest``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal, Protocol
+
+from lab.errors import BootError, ConfigError, HostError, KernelPanic, LabTimeout
+from lab.util import cache_dir, sha256_bytes, sha256_file, wait_until
+
+log = logging.getLogger(__name__)
+
+READY_MARKER = "LAB-READY"
+PANIC_RE = re.compile(r"Kernel panic - not syncing|BUG: kernel NULL pointer|Oops: ")
+KVM_FAILURE_RE = re.compile(r"KVM internal error|emulation failure|failed to initialize kvm|Could not access KVM")
+SLAB_BYTES = 2048
+MIN_POOL_SLABS = 512  # the kernel's minimum swiotlb pool is 1 MiB
+DiskKind = Literal["nvme", "virtio-blk"]
+Accel = Literal["auto", "kvm", "tcg"]
+
+
+@dataclass(frozen=True)
+class Disk:
+    """A scratch disk for the device under test."""
+
+    kind: DiskKind = "nvme"
+    size_mib: int = 1024
+    nvme_poll_queues: int = 0  # reserved for polled-I/O cells (C5)
+
+    @property
+    def guest_path(self) -> str:
+        return "/dev/nvme0n1" if self.kind == "nvme" else "/dev/vda"
+
+    @property
+    def guest_name(self) -> str:
+        return self.guest_path.removeprefix("/dev/")
+
+
+@dataclass(frozen=True)
+class BootSpec:
+    """Everything that determines one boot of a guest."""
+
+    kernel: Path
+    initrd: Path
+    ssh_key_blob: str  # the client's public key, passed to the guest on the command line
+    swiotlb_nslabs: int | None = None
+    swiotlb_force: bool = True
+    vcpus: int = 2
+    memory_mib: int = 1024
+    disks: tuple[Disk, ...] = (Disk(),)
+    extra_cmdline: tuple[str, ...] = ()
+    accel: Accel = "auto"
+    boot_timeout_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.swiotlb_nslabs is not None and self.swiotlb_nslabs < MIN_POOL_SLABS:
+            raise ConfigError(
+                f"swiotlb pool of {self.swiotlb_nslabs} slabs is below the kernel minimum of "
+                f"{MIN_POOL_SLABS} slabs (1 MiB)"
+            )
+        if self.vcpus < 1 or self.memory_mib < 256:
+            raise ConfigError(f"need at least 1 vCPU and 256 MiB (got {self.vcpus}, {self.memory_mib} MiB)")
+
+    def cmdline(self) -> str:
+        args = ["console=ttyS0", "panic=-1", "oops=panic", "loglevel=6"]
+        if self.swiotlb_nslabs is not None or self.swiotlb_force:
+            parts = [str(self.swiotlb_nslabs)] if self.swiotlb_nslabs is not None else ["0"]
+            if self.swiotlb_force:
+                parts.append("force")
+            args.append("swiotlb=" + ",".join(parts))
+        args.append(f"lab.ssh_key={self.ssh_key_blob}")
+        args.extend(self.extra_cmdline)
+        return " ".join(args)
+
+
+def _opt(path: Path) -> str:
+    """QEMU option values escape commas by doubling them."""
+    return str(path).replace(",", ",,")
+
+
+@dataclass(frozen=True)
+class AccelProfile:
+    """How QEMU is told to run guests with one accelerator."""
+
+    name: str
+    accel_arg: str
+    cpu: str
+
+
+ACCELERATORS = {
+    "kvm": AccelProfile("kvm", "kvm", "host"),
+    "tcg": AccelProfile("tcg", "tcg,thread=multi,tb-size=256", "max"),
+}
+
+
+def qemu_argv(
+    spec: BootSpec,
+    *,
+    accel: str,
+    ssh_port: int,
+    console: Path,
+    qmp: Path,
+    disk_images: tuple[Path, ...],
+    qemu: str = "qemu-system-x86_64",
+) -> tuple[str, ...]:
+    """The QEMU command for ``spec``; pure, so tests can check it without booting."""
+    profile = ACCELERATORS[accel]
+    argv: list[str] = [
+        qemu,
+        "-nodefaults", "-no-user-config", "-no-reboot",
+        "-machine", "q35",
+        "-accel", profile.accel_arg,
+        "-cpu", profile.cpu,
+        "-smp", str(spec.vcpus),
+        "-m", f"{spec.memory_mib}M",
+        "-display", "none", "-vga", "none",
+        "-kernel", _opt(spec.kernel),
+        "-initrd", _opt(spec.initrd),
+        "-append", spec.cmdline(),
+        "-serial", f"file:{_opt(console)}",
+        "-qmp", f"unix:{_opt(qmp)},server=on,wait=off",
+        # restrict=on: the guest reaches nothing; only the forwarded port reaches it.
+        "-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
+        # iommu_platform=on makes virtio use the DMA API, so it bounces like in a CoCo VM.
+        "-device", "virtio-net-pci,netdev=net0,iommu_platform=on,disable-legacy=on,romfile=",
+    ]  # fmt: skip
+    for index, (disk, image) in enumerate(zip(spec.disks, disk_images, strict=True)):
+        drive = f"dut{index}"
+        argv += ["-drive", f"file={_opt(image)},if=none,id={drive},format=raw,cache=writeback,aio=threads"]
+        if disk.kind == "nvme":
+            argv += ["-device", f"nvme,drive={drive},serial=labdut{index}"]
+        else:
+            argv += ["-device", f"virtio-blk-pci,drive={drive},iommu_platform=on,disable-legacy=on"]
+    return tuple(argv)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def qemu_version(qemu: str = "qemu-system-x86_64") -> str:
+    try:
+        out = subprocess.run([qemu, "--version"], capture_output=True, text=True, check=True).stdout
+    except (FileNotFoundError, subprocess.CalledProcessError) as exc:
+        raise HostError(f"{qemu} not found or not working: install the Debian package qemu-system-x86") from exc
+    match = re.search(r"version (\S+)", out)
+    return match.group(1) if match else out.strip()
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask the kernel to SIGKILL QEMU if the lab dies, even by SIGKILL: no orphans."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+
+class RunningGuest(Protocol):
+    """What the runner needs from a booted guest, wherever it runs."""
+
+    @property
+    def endpoint(self) -> Endpoint: ...
+    @property
+    def accelerator(self) -> str: ...
+    @property
+    def argv(self) -> tuple[str, ...]: ...
+    @property
+    def boot_seconds(self) -> float: ...
+
+    def console_text(self) -> str: ...
+    def check_alive(self) -> None: ...
+
+
+class Hypervisor(Protocol):
+    """Where QEMU runs.  ``boot`` yields a ready guest and stops it on exit, always."""
+
+    name: str
+
+    def boot(self, spec: BootSpec, workdir: Path) -> contextlib.AbstractContextManager[RunningGuest]: ...
+    def describe(self) -> dict[str, object]: ...
+
+
+@dataclass
+class Machine:
+    """Owns one local QEMU process.  Creating it starts nothing; ``launch()`` does."""
+
+    spec: BootSpec
+    workdir: Path
+    accel: str = "tcg"
+    qemu: str = "qemu-system-x86_64"
+    quit_timeout_s: float = 5.0
+    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _port: int = field(default=0, init=False)
+    _argv: tuple[str, ...] = field(default=(), init=False)
+    _started: float = field(default=0.0, init=False)
+    _boot_seconds: float = field(default=0.0, init=False)
+
+    # -- paths --------------------------------------------------------------------
+    @property
+    def console_log(self) -> Path:
+        return self.workdir / "console.log"
+
+    @property
+    def qemu_log(self) -> Path:
+        return self.workdir / "qemu.log"
+
+    @property
+    def qmp_socket(self) -> Path:
+        # Unix socket paths are limited to 107 bytes: keep it short and out of deep trees.
+        digest = sha256_bytes(str(self.workdir.resolve()).encode())[:12]
+        return Path("/tmp") / f"swiotlb-lab-{os.getpid()}-{digest}.qmp"
+
+    # -- RunningGuest -------------------------------------------------------------
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint("127.0.0.1", self._port)
+
+    @property
+    def accelerator(self) -> str:
+        return self.accel
+
+    @property
+    def argv(self) -> tuple[str, ...]:
+        return self._argv
+
+    @property
+    def boot_seconds(self) -> float:
+        return self._boot_seconds
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def console_text(self) -> str:
+        try:
+            return self.console_log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def console_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.console_text().splitlines()[-lines:])
+
+    def _error(self, message: str, cls: type[BootError] = BootError, reason: str = "boot failed") -> BootError:
+        code = self._proc.poll() if self._proc else None
+        qemu_err = self.qemu_log.read_text(errors="replace").strip() if self.qemu_log.exists() else ""
+        if qemu_err:
+            message += f"\nQEMU said: {qemu_err[-2000:]}"
+        return cls(message, argv=self._argv, exitcode=code, log_path=self.console_log,
+                   console_tail=self.console_tail(), reason=reason)  # fmt: skip
+
+    def check_alive(self) -> None:
+        """Raise if the guest panicked or QEMU exited."""
+        text = self.console_text()
+        if PANIC_RE.search(text):
+            raise self._error("guest kernel panic", KernelPanic, reason="kernel panic")
+        if self._proc is None or self._proc.poll() is not None:
+            raise self._error("QEMU exited unexpectedly", reason="qemu exited")
+
+    # -- lifecycle -----------------------------------------------------------------
+    def launch(self) -> None:
+        if self._proc is not None:
+            raise RuntimeError("Machine.launch() called twice")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        images = []
+        for index, disk in enumerate(self.spec.disks):
+            image = self.workdir / f"disk{index}.raw"
+            with image.open("wb") as handle:  # sparse: costs no disk until written
+                handle.truncate(disk.size_mib << 20)
+            images.append(image)
+        for attempt in range(3):
+            self._port = free_port()
+            self.console_log.unlink(missing_ok=True)
+            self.qmp_socket.unlink(missing_ok=True)
+            self._argv = qemu_argv(
+                self.spec, accel=self.accel, ssh_port=self._port, console=self.console_log,
+                qmp=self.qmp_socket, disk_images=tuple(images), qemu=self.qemu,
+            )  # fmt: skip
+            log.debug("QEMU argv: %s", self._argv)
+            with self.qemu_log.open("wb") as err:
+                self._started = time.monotonic()
+                self._proc = subprocess.Popen(
+                    self._argv, stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT,
+                    start_new_session=True,  # Ctrl-C goes to the lab, which then stops QEMU in order
+                    preexec_fn=_die_with_parent,
+                )  # fmt: skip
+            time.sleep(0.05)
+            if self._proc.poll() is None or "hostfwd" not in self.qemu_log.read_text(errors="replace"):
+                return
+            log.info("port %d was taken before QEMU bound it; retrying (%d)", self._port, attempt + 1)
+            self._proc = None
+        raise self._error("could not bind a free SSH forwarding port after 3 attempts")
+
+    def wait_ready(self, timeout_s: float | None = None) -> float:
+        """Wait for the guest's readiness marker; return seconds since launch."""
+        timeout_s = timeout_s or self.spec.boot_timeout_s
+
+        def ready() -> bool:
+            self.check_alive()
+            return READY_MARKER in self.console_text()
+
+        try:
+            wait_until(ready, timeout_s, what="the guest to boot", interval_s=0.05)
+        except LabTimeout as exc:
+            raise self._error(f"guest did not boot within {timeout_s:.0f} s", reason="timeout") from exc
+        self._boot_seconds = time.monotonic() - self._started
+        return self._boot_seconds
+
+    def _qmp_quit(self) -> bool:
+        from qemu.qmp.legacy import QEMUMonitorProtocol
+
+        if not self.qmp_socket.exists():
+            return False
+        qmp = QEMUMonitorProtocol(str(self.qmp_socket))
+        try:
+            qmp.connect(negotiate=True)
+            qmp.settimeout(2.0)
+            qmp.cmd("quit")
+            return True
+        except Exception as exc:  # noqa: BLE001 - any QMP failure means: escalate to signals
+            log.debug("QMP quit failed: %s", exc)
+            return False
+        finally:
+            with contextlib.suppress(Exception):
+                qmp.close()
+
+    def qmp(self, command: str, **args: object) -> object:
+        """Run one QMP command (e.g. for fault injection or status)."""
+        from qemu.qmp.legacy import QEMUMonitorProtocol
+
+        qmp = QEMUMonitorProtocol(str(self.qmp_socket))
+        try:
+            qmp.connect(negotiate=True)
+            qmp.settimeout(5.0)
+            return qmp.cmd(command, **args)
+        finally:
+            qmp.close()
+
+    def shutdown(self) -> None:
+        """Stop QEMU: QMP quit, then SIGTERM, then SIGKILL.  Harmless to call twice."""
+        proc = self._proc
+        try:
+            if proc is None or proc.poll() is not None:
+                return
+            if self._qmp_quit():
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(self.quit_timeout_s)
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                if proc.poll() is not None:
+                    break
+                log.debug("sending %s to QEMU %d", sig.name, proc.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    # A stopped (SIGSTOPped) QEMU cannot act on SIGTERM until continued.
+                    os.kill(proc.pid, signal.SIGCONT)
+                    proc.send_signal(sig)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(self.quit_timeout_s)
+        finally:
+            if proc is not None and proc.poll() is None:  # interrupted mid-way: last resort
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                proc.wait()
+            self.qmp_socket.unlink(missing_ok=True)
+
+    def __enter__(self) -> Machine:
+        self.launch()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+
+class LocalHypervisor:
+    """QEMU on this machine.  Resolves ``accel="auto"`` by a real KVM boot probe."""
+
+    name = "local"
+
+    def __init__(self, qemu: str = "qemu-system-x86_64") -> None:
+        self.qemu = qemu
+        self._accel_cache: dict[tuple[Path, Path], str] = {}
+        self.probe_note = ""
+
+    def describe(self) -> dict[str, object]:
+        return {"hypervisor": self.name, "qemu": self.qemu, "qemu_version": qemu_version(self.qemu),
+                "host_cpus": os.cpu_count(), "kvm_probe": self.probe_note}  # fmt: skip
+
+    def resolve_accel(self, spec: BootSpec, workdir: Path) -> str:
+        if spec.accel != "auto":
+            return spec.accel
+        key = (spec.kernel, spec.initrd)
+        if key not in self._accel_cache:
+            accel, self.probe_note = probe_kvm(spec, workdir, self.qemu)
+            self._accel_cache[key] = accel
+        return self._accel_cache[key]
+
+    @contextlib.contextmanager
+    def boot(self, spec: BootSpec, workdir: Path) -> Iterator[Machine]:
+        machine = Machine(spec, workdir, accel=self.resolve_accel(spec, workdir), qemu=self.qemu)
+        with machine:
+            machine.wait_ready()
+            yield machine
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def probe_kvm(spec: BootSpec, workdir: Path, qemu: str = "qemu-system-x86_64") -> tuple[str, str]:
+    """Decide kvm or tcg by really booting ``spec`` under KVM.  Returns (accel, note).
+
+    /dev/kvm existing proves nothing (on PVM hosts a normal kernel dies with an
+    emulation failure), so only a guest that reaches its readiness marker
+    counts.  The verdict is cached per host boot, QEMU version and kernel.
+    """
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "tcg", "/dev/kvm missing or not accessible"
+    key = sha256_bytes(f"{_boot_id()}|{qemu_version(qemu)}|{sha256_file(spec.kernel)}".encode())[:16]
+    cached = cache_dir() / "probes" / f"kvm-{key}.json"
+    if cached.exists():
+        verdict = json.loads(cached.read_text())
+        return str(verdict["accel"]), str(verdict["note"])
+    probe_spec = replace(spec, accel="kvm", vcpus=1, memory_mib=512, disks=(), boot_timeout_s=30.0)
+    machine = Machine(probe_spec, workdir / "kvm-probe", accel="kvm", qemu=qemu, quit_timeout_s=1.0)
+    started = time.monotonic()
+    with machine:
+        def settled() -> str | None:
+            log_text = machine.qemu_log.read_text(errors="replace") if machine.qemu_log.exists() else ""
+            if KVM_FAILURE_RE.search(log_text):
+                return "kvm failed: " + KVM_FAILURE_RE.search(log_text).group(0)  # type: ignore[union-attr]
+            if READY_MARKER in machine.console_text():
+                return "ok"
+            if machine._proc is not None and machine._proc.poll() is not None:
+                last = log_text.strip().splitlines()[-1:] or [""]
+                return f"kvm failed: QEMU exited with {machine._proc.poll()} ({last[0][:200]})"
+            return None
+
+        try:
+            outcome = wait_until(settled, probe_spec.boot_timeout_s, what="the KVM probe boot")
+        except LabTimeout:
+            outcome = "kvm failed: no readiness marker within 30 s"
+    elapsed = time.monotonic() - started
+    accel = "kvm" if outcome == "ok" else "tcg"
+    note = f"KVM probe boot: {outcome} after {elapsed:.1f} s"
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps({"accel": accel, "note": note}))
+    log.info("accelerator: %s (%s)", accel, note)
+    return accel, note
