@@ -5,7 +5,9 @@
  *
  * A C program rather than a shell loop because a fork per sample under TCG
  * costs milliseconds and distorts the very workload being measured; here a
- * tick is one pread() per file and no process creation at all.
+ * tick is an open/read/close per file and no process creation at all.
+ * (debugfs attribute files are opened non-seekable, so pread() on a kept
+ * descriptor fails with ESPIPE: each sample must reopen the file.)
  *
  * Usage: swiotlb-sampler [-r HZ] [-d DIR] -o OUT
  * Stops cleanly on SIGTERM/SIGINT and then writes "# end samples=N late=N".
@@ -33,7 +35,7 @@ static void on_signal(int sig)
 
 struct source {
 	char name[512];
-	int fd;
+	char path[1024];
 };
 
 static int add_sources(const char *root, const char *rel, struct source *src, int n)
@@ -63,8 +65,9 @@ static int add_sources(const char *root, const char *rel, struct source *src, in
 			int fd = open(child, O_RDONLY | O_CLOEXEC);
 
 			if (fd >= 0) {
+				close(fd);
 				snprintf(src[n].name, sizeof(src[n].name), "%s", child_rel);
-				src[n].fd = fd;
+				snprintf(src[n].path, sizeof(src[n].path), "%s", child);
 				n++;
 			}
 		}
@@ -139,8 +142,11 @@ int main(int argc, char **argv)
 		fprintf(out, "%lld", now_ns(CLOCK_MONOTONIC));
 		for (i = 0; i < n; i++) {
 			char buf[64];
-			ssize_t len = pread(src[i].fd, buf, sizeof(buf) - 1, 0);
+			int fd = open(src[i].path, O_RDONLY | O_CLOEXEC);
+			ssize_t len = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
 
+			if (fd >= 0)
+				close(fd);
 			if (len > 0 && buf[len - 1] == '\n')
 				len--;
 			buf[len > 0 ? len : 0] = '\0';

@@ -1,0 +1,144 @@
+"""What the lab reads and writes inside a guest: debugfs, tracefs, blk-mq state, dmesg, the sampler.
+
+Every guest path lives here, so a knob that moves (e.g. debugfs to sysctl)
+moves in one place.  Parsing of what is read is in ``lab.parse``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab.guest import Guest, quote_argv
+
+SWIOTLB_DEBUGFS = "/sys/kernel/debug/swiotlb"
+TRACEFS = "/sys/kernel/tracing"
+BLOCK_DEBUGFS = "/sys/kernel/debug/block"
+SAMPLER = "/usr/local/bin/swiotlb-sampler"
+GUEST_RUN_DIR = "/run/lab"
+DEFAULT_SAMPLE_HZ = 50.0
+DMA_MAPPING_ERROR = "0xffffffffffffffff"
+
+
+@dataclass(frozen=True)
+class HistTrigger:
+    """A tracefs hist trigger: counts events in the kernel, so no ring buffer can overrun."""
+
+    name: str
+    event: str
+    spec: str
+
+    @property
+    def trigger_file(self) -> str:
+        return f"{TRACEFS}/events/{self.event}/trigger"
+
+    @property
+    def hist_file(self) -> str:
+        return f"{TRACEFS}/events/{self.event}/hist"
+
+
+TRIGGERS = (
+    # NVMe maps with DMA_ATTR_NO_WARN and requeues on failure, so failures are
+    # only visible here: dma_map_page events whose result is DMA_MAPPING_ERROR.
+    HistTrigger("map_page_failures", "dma/dma_map_page",
+                f"hist:keys=device:vals=hitcount,size if dma_addr == {DMA_MAPPING_ERROR}"),
+    HistTrigger("map_sg_errors", "dma/dma_map_sg_err", "hist:keys=device,err:vals=hitcount"),
+    HistTrigger("bounces", "swiotlb/swiotlb_bounced", "hist:keys=dev_name:vals=hitcount,size"),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class WorkloadFiles:
+    """Where one workload's raw artifacts live in the guest."""
+
+    directory: str
+
+    def path(self, name: str) -> str:
+        return f"{self.directory}/{name}"
+
+
+ARTIFACTS = (
+    "fio.json",
+    "fio.stderr",
+    "samples.csv",
+    "sampler.log",
+    "debugfs_before.txt",
+    "debugfs_after.txt",
+    "dmesg_before.txt",
+    "dmesg.txt",
+    "hctx_flags.txt",
+    *(f"hist_{t.name}.txt" for t in TRIGGERS),
+)
+
+
+def _q(text: str) -> str:
+    return quote_argv([text])
+
+
+def prepare(guest: Guest, files: WorkloadFiles, disk_name: str, knobs: dict[str, int] | None = None) -> None:
+    """Before a workload: reset hiwater, apply throttle knobs, arm hist triggers, snapshot state."""
+    d = files.directory
+    lines = [
+        "set -e",
+        f"mkdir -p {_q(d)}",
+        f"for f in $(find {SWIOTLB_DEBUGFS} -name io_tlb_used_hiwater); do echo 0 > \"$f\"; done",
+    ]
+    for knob, value in (knobs or {}).items():
+        lines.append(f"echo {int(value)} > {_q(SWIOTLB_DEBUGFS + '/' + knob)}")
+    for trigger in TRIGGERS:
+        lines.append(f"if [ -e {_q(trigger.trigger_file)} ]; then echo {_q(trigger.spec)} > {_q(trigger.trigger_file)}; fi")
+    lines += [
+        f"dmesg -c > {_q(files.path('dmesg_before.txt'))}",
+        f"grep -r . {SWIOTLB_DEBUGFS} > {_q(files.path('debugfs_before.txt'))} || true",
+        f"grep -H . {BLOCK_DEBUGFS}/{_q(disk_name)}/hctx*/flags > {_q(files.path('hctx_flags.txt'))} || true",
+    ]
+    guest.run("\n".join(lines), timeout_s=30)
+
+
+def start_sampler(guest: Guest, files: WorkloadFiles, hz: float = DEFAULT_SAMPLE_HZ) -> int:
+    argv = [SAMPLER, "-r", f"{hz:g}", "-o", files.path("samples.csv")]
+    command = (
+        f"setsid {quote_argv(argv)} > {_q(files.path('sampler.log'))} 2>&1 < /dev/null & echo $!"
+    )
+    return int(guest.run(command, timeout_s=15).stdout.strip())
+
+
+def stop_sampler(guest: Guest, pid: int) -> None:
+    guest.run(
+        f"kill -TERM {pid} 2>/dev/null || true; for i in $(seq 100); do kill -0 {pid} 2>/dev/null || exit 0; "
+        "sleep 0.05; done; exit 1",
+        timeout_s=15,
+    )
+
+
+def collect(guest: Guest, files: WorkloadFiles) -> None:
+    """After a workload: counters, hist tables (then disarm), dmesg."""
+    lines = [f"grep -r . {SWIOTLB_DEBUGFS} > {_q(files.path('debugfs_after.txt'))} || true"]
+    for trigger in TRIGGERS:
+        out = _q(files.path(f"hist_{trigger.name}.txt"))
+        lines.append(
+            f"if [ -e {_q(trigger.hist_file)} ]; then cat {_q(trigger.hist_file)} > {out}; "
+            f"echo {_q('!' + trigger.spec)} > {_q(trigger.trigger_file)}; else : > {out}; fi"
+        )
+    lines.append(f"dmesg > {_q(files.path('dmesg.txt'))}")
+    guest.run("\n".join(lines), timeout_s=30)
+
+
+def run_fio(guest: Guest, argv: list[str], files: WorkloadFiles, timeout_s: float) -> int:
+    """Run fio; its JSON goes to a file (fio may print notes before the JSON on stdout)."""
+    result = guest.run(f"{quote_argv(argv)} 2> {_q(files.path('fio.stderr'))}", timeout_s=timeout_s, check=False)
+    return result.exitcode
+
+
+def fetch(guest: Guest, files: WorkloadFiles, local_dir: Path) -> list[Path]:
+    """Copy the workload's artifacts to the host over SFTP (missing ones are skipped)."""
+    present = set(guest.run(f"ls {_q(files.directory)}", timeout_s=15).stdout.split())
+    fetched = []
+    for name in ARTIFACTS:
+        if name in present:
+            fetched.append(guest.get(files.path(name), local_dir / name))
+    return fetched
+
+
+def read_debugfs(guest: Guest) -> str:
+    return guest.run(f"grep -r . {SWIOTLB_DEBUGFS} || true", timeout_s=15).stdout

@@ -1,0 +1,95 @@
+"""Workloads: fio parameters (or a fio job file) and the fio command line they become."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab.errors import ConfigError
+
+RW_MODES = ("read", "write", "randread", "randwrite", "rw", "readwrite", "randrw", "trim", "randtrim")
+IOENGINES = ("libaio", "io_uring", "psync", "sync", "pvsync", "pvsync2", "posixaio")
+SIZE_RE = re.compile(r"^\d+[kKmMgG]?$|^\d+[kKmMgG]i?[bB]?$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# fio's JSON+ output carries per-job completion-latency histograms, so the lab
+# can merge jobs exactly instead of averaging percentiles.
+FIO_OUTPUT_FORMAT = "json+"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One fio run on the device under test."""
+
+    name: str
+    rw: str = "randread"
+    bs: str = "4k"
+    iodepth: int = 1
+    numjobs: int = 1
+    ioengine: str = "libaio"
+    runtime_s: int = 10
+    size: str = "256M"
+    direct: bool = True
+    hipri: bool = False  # polled completions (io_uring/pvsync2), for claim C5
+    job_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        where = f"workload {self.name!r}"
+        if not NAME_RE.match(self.name):
+            raise ConfigError(f"{where}: name must match {NAME_RE.pattern} (letters, digits, _ . -)")
+        if self.job_file is not None:
+            if not self.job_file.is_file():
+                raise ConfigError(f"{where}: job_file {self.job_file} does not exist")
+            return
+        if self.rw not in RW_MODES:
+            raise ConfigError(f"{where}: rw = {self.rw!r} is not one of {', '.join(RW_MODES)}")
+        if self.ioengine not in IOENGINES:
+            raise ConfigError(f"{where}: ioengine = {self.ioengine!r} is not one of {', '.join(IOENGINES)}")
+        for key in ("bs", "size"):
+            value = getattr(self, key)
+            if not SIZE_RE.match(str(value)) or int(re.match(r"\d+", str(value)).group(0)) == 0:  # type: ignore[union-attr]
+                raise ConfigError(f"{where}: {key} = {value!r} must be a positive size like 4k, 256k, 1M")
+        for key, low, high in (("iodepth", 1, 4096), ("numjobs", 1, 256), ("runtime_s", 1, 86400)):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise ConfigError(f"{where}: {key} = {value!r} must be an integer in [{low}, {high}]")
+        if self.hipri and self.ioengine not in ("io_uring", "pvsync2"):
+            raise ConfigError(f"{where}: hipri needs ioengine io_uring or pvsync2, not {self.ioengine!r}")
+
+    @property
+    def timeout_s(self) -> float:
+        """How long fio may take before the lab gives up on it."""
+        return self.runtime_s * 3 + 60
+
+    def fio_argv(self, device: str, output: str, job_file_in_guest: str | None = None) -> list[str]:
+        common = ["fio", f"--output-format={FIO_OUTPUT_FORMAT}", f"--output={output}"]
+        if self.job_file is not None:
+            # Job files name the device under test as ${LAB_DEVICE}.
+            return ["env", f"LAB_DEVICE={device}", *common, job_file_in_guest or str(self.job_file)]
+        argv = [
+            *common,
+            f"--name={self.name}",
+            f"--filename={device}",
+            f"--rw={self.rw}",
+            f"--bs={self.bs}",
+            f"--iodepth={self.iodepth}",
+            f"--numjobs={self.numjobs}",
+            f"--ioengine={self.ioengine}",
+            f"--size={self.size}",
+            f"--runtime={self.runtime_s}",
+            "--time_based=1",
+            f"--direct={int(self.direct)}",
+            "--randrepeat=0",
+            "--group_reporting=0",
+        ]
+        if self.hipri:
+            argv.append("--hipri=1")
+        return argv
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "workload": self.name, "rw": self.rw, "bs": self.bs, "iodepth": self.iodepth,
+            "numjobs": self.numjobs, "ioengine": self.ioengine, "runtime_s": self.runtime_s,
+            "size": self.size, "hipri": self.hipri,
+            "job_file": str(self.job_file) if self.job_file else "",
+        }  # fmt: skip
