@@ -1,0 +1,335 @@
+"""Command line: the only module that knows argparse, prints for humans, or exits."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from lab import __version__
+from lab.errors import HostError, LabError
+from lab.matrix import Cell, Matrix, load_matrix
+from lab.runner import BOOT_ESTIMATE_S, cell_estimate_s
+
+log = logging.getLogger("lab")
+console = Console(stderr=True, soft_wrap=True)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, turned into the same unwinding as Ctrl-C so every QEMU is stopped."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(f"signal {signum}")
+
+
+# --- reporters ----------------------------------------------------------------------------
+
+
+class RichReporter:
+    """Progress bar in seconds of estimated work, with cell, phase and ETA; one line per finished cell."""
+
+    def __init__(self, progress: Progress, total_s: float, cells: int) -> None:
+        self.progress = progress
+        self.cells = cells
+        self.done = 0
+        self.task = progress.add_task("starting", total=total_s, cells=f"0/{cells}")
+
+    def phase(self, cell: Cell | None, text: str) -> None:
+        label = f"{cell.cell_id}: {text}" if cell else text
+        self.progress.update(self.task, description=label)
+
+    def cell_done(self, cell: Cell, row: dict[str, Any], estimate_s: float) -> None:
+        self.done += 1
+        self.progress.update(self.task, advance=estimate_s, cells=f"{self.done}/{self.cells}")
+        self.progress.console.print(one_line(row))
+
+
+def one_line(row: dict[str, Any]) -> str:
+    if row["status"] != "ok":
+        return f"[red]✗[/red] {row['cell_id']}: failed: {row['failure_reason']}"
+    frac = row.get("hiwater_frac")
+    return (
+        f"[green]✓[/green] {row['cell_id']}: nslabs {row['nslabs']}, hiwater {row['hiwater']}"
+        f" ({(frac or 0) * 100:.0f}%), map failures {row['map_failures']}, {row['fio_iops']:.0f} IOPS,"
+        f" p99 {row['fio_clat_p99_us']:.0f} µs, fio errors {row['fio_errors']}"
+    )
+
+
+# --- commands -----------------------------------------------------------------------------
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from lab.host import REQUIREMENTS
+    from lab.util import cache_dir
+
+    ok = True
+    for requirement in REQUIREMENTS:
+        present = requirement.present()
+        ok &= present
+        mark = "[green]ok[/green]     " if present else "[red]missing[/red]"
+        console.print(f"{mark} {requirement.what:40s} (Debian package {requirement.package})")
+    kvm = Path("/dev/kvm")
+    if not kvm.exists():
+        console.print("KVM: /dev/kvm does not exist → guests will run under TCG")
+    elif not os.access(kvm, os.R_OK | os.W_OK):
+        console.print("KVM: /dev/kvm is not accessible to this user → guests will run under TCG")
+    elif ok:
+        from lab.image import build_image
+        from lab.kernel import stock_kernel
+        from lab.keys import client_key
+        from lab.runner import LabContext, boot_spec
+        from lab.vm import LocalHypervisor
+
+        console.print("KVM: /dev/kvm is present; probing by booting a guest under KVM ...")
+        hypervisor = LocalHypervisor()
+        ctx = LabContext(hypervisor, build_image(), client_key(), {"stock": stock_kernel()}, cache_dir())
+        cell = load_matrix("default").cells[0]
+        accel = hypervisor.resolve_accel(boot_spec(ctx, cell), cache_dir() / "doctor")
+        console.print(f"KVM: guests will run under [bold]{accel}[/bold] ({hypervisor.probe_note})")
+    missing = [r.package for r in REQUIREMENTS if not r.present()]
+    if missing:
+        console.print(f"[red]missing host packages:[/red] apt-get install {' '.join(sorted(set(missing)))}")
+        return 2
+    return 0
+
+
+def _estimate(matrix: Matrix, skip: set[str]) -> tuple[float, int]:
+    groups = [[c for c in g if c.cell_id not in skip] for g in matrix.boot_groups()]
+    groups = [g for g in groups if g]
+    return sum(BOOT_ESTIMATE_S + sum(cell_estimate_s(c) for c in g) for g in groups), len(groups)
+
+
+def _require_host() -> None:
+    from lab.host import missing_requirements
+
+    missing = missing_requirements()
+    if missing:
+        packages = " ".join(sorted({r.package for r in missing}))
+        what = ", ".join(r.what for r in missing)
+        raise HostError(f"missing on this host: {what}; install with: apt-get install {packages}")
+
+
+def cmd_run_matrix(args: argparse.Namespace) -> int:
+    from lab.image import build_image
+    from lab.kernel import stock_kernel
+    from lab.keys import client_key
+    from lab.report import summary_markdown
+    from lab.runner import LabContext, boot_spec, run_matrix
+    from lab.store import RunStore, load_cells
+    from lab.util import atomic_write_text, cache_dir
+    from lab.vm import LocalHypervisor
+
+    matrix = load_matrix(args.matrix)
+    store = RunStore.open(Path(args.resume)) if args.resume else None
+    skip = set(store.completed_cells()) if store else set()
+    estimate_s, boots = _estimate(matrix, skip)
+    todo = [c for c in matrix.cells if c.cell_id not in skip]
+    if args.dry_run:
+        for cell in matrix.cells:
+            print(("done  " if cell.cell_id in skip else "todo  ") + cell.cell_id)
+        print(f"{len(todo)} cells to run in {boots} boots, estimated {estimate_s / 60:.1f} min")
+        return 0
+    _require_host()
+
+    console.print(f"matrix [bold]{matrix.name}[/bold]: {len(todo)} cells in {boots} boots, ~{estimate_s / 60:.0f} min")
+    image = build_image()
+    kernels = {name: stock_kernel() for name in {c.kernel for c in matrix.cells}}
+    hypervisor = LocalHypervisor()
+    cache = cache_dir()
+    ctx = LabContext(hypervisor, image, client_key(), kernels, cache, accel=args.accel)
+    from lab.host import provenance
+
+    ctx.provenance = provenance()
+    first_spec = boot_spec(ctx, matrix.cells[0])
+    accel = hypervisor.resolve_accel(first_spec, cache / "probe-work")
+    ctx.accel = accel  # type: ignore[assignment]
+    ctx.provenance["accel"] = accel
+    manifest = {
+        **ctx.provenance,
+        "lab_version": __version__,
+        "accel_note": hypervisor.probe_note or f"accelerator forced to {args.accel}",
+        "matrix_name": matrix.name,
+        "matrix_source": matrix.source,
+        "matrix_description": matrix.description,
+        "matrix": matrix.raw,
+        "cells": [c.cell_id for c in matrix.cells],
+        "kernels": {name: k.describe() for name, k in kernels.items()},
+        "image_recipe_hash": image.recipe_hash,
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if store is None:
+        store = RunStore.create(Path(args.results), manifest)
+    else:
+        store.update_manifest(status="running", resumed_utc=manifest["started_utc"])
+    status = "complete"
+    try:
+        with Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[cells]} cells"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False,
+        ) as progress:  # fmt: skip
+            reporter = RichReporter(progress, estimate_s, len(todo))
+            run_matrix(matrix, store, ctx, reporter, skip)
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    except BaseException:
+        status = "failed"
+        raise
+    finally:
+        store.consolidate()
+        cells = load_cells(store.root)
+        finished = set(cells["cell_id"]) if not cells.empty else set()
+        if status == "complete" and not all(c.cell_id in finished for c in matrix.cells):
+            status = "partial"
+        store.update_manifest(status=status, finished_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        summary = summary_markdown(cells, str(store.root), store.manifest())
+        atomic_write_text(store.root / "summary.md", summary)
+        print(summary)
+        console.print(f"results: {store.root} ({status})")
+    failed = int((cells["status"] != "ok").sum()) if not cells.empty else 0
+    return 1 if failed else 0
+
+
+def cmd_bench_boot(args: argparse.Namespace) -> int:
+    from lab.guest import Guest
+    from lab.image import build_image
+    from lab.kernel import stock_kernel
+    from lab.keys import client_key
+    from lab.runner import LabContext, boot_spec, run_group
+    from lab.store import RunStore
+    from lab.util import cache_dir
+    from lab.vm import LocalHypervisor, Machine
+
+    _require_host()
+    image, key, cache = build_image(), client_key(), cache_dir()
+    hypervisor = LocalHypervisor()
+    ctx = LabContext(hypervisor, image, key, {"stock": stock_kernel()}, cache, accel=args.accel)
+    matrix = load_matrix(args.matrix)
+    cell = matrix.cells[0]
+    spec = boot_spec(ctx, cell)
+    accel = hypervisor.resolve_accel(spec, cache / "probe-work")
+    spec = replace(spec, accel=accel)
+    work = Path(args.results) / f"bench-boot-{time.strftime('%Y%m%dT%H%M%S')}"
+    times = []
+    for index in range(args.boots):
+        started = time.monotonic()
+        with Machine(spec, work / f"boot{index}", accel=accel) as machine:
+            machine.wait_ready()
+            with Guest(machine.endpoint, key.private_path, image.host_key_blob) as guest:
+                guest.connect(alive=machine.check_alive)
+                guest.run("true")
+                times.append(time.monotonic() - started)
+        console.print(f"boot {index + 1}/{args.boots}: {times[-1]:.2f} s to first SSH command")
+    ctx.accel = accel  # type: ignore[assignment]
+    ctx.provenance = {"accel": accel}
+    store = RunStore.create(work, {"bench": "boot"}, run_id="cells")
+    short = [replace(c, workload=replace(c.workload, runtime_s=args.cell_runtime)) for c in matrix.boot_groups()[0]]
+    rows = run_group(short, store, ctx, _QuietReporter())
+    overheads = [r["cell_wall_s"] - r["fio_runtime_s"] for r in rows if r["status"] == "ok"]
+    print(f"\nboot-to-SSH over {len(times)} boots ({accel}, stock kernel {ctx.kernels['stock'].release}):")
+    print(f"  min {min(times):.2f} s, median {statistics.median(times):.2f} s, max {max(times):.2f} s")
+    if overheads:
+        print(f"per-cell overhead (cell wall time minus fio runtime) over {len(overheads)} cells:")
+        print(f"  min {min(overheads):.2f} s, median {statistics.median(overheads):.2f} s, max {max(overheads):.2f} s")
+    return 0
+
+
+class _QuietReporter:
+    def phase(self, cell: Cell | None, text: str) -> None:
+        pass
+
+    def cell_done(self, cell: Cell, row: dict[str, Any], estimate_s: float) -> None:
+        console.print(one_line(row))
+
+
+def cmd_image_build(args: argparse.Namespace) -> int:
+    from lab.image import build_image
+
+    image = build_image()
+    print(f"{image.rootfs} (recipe {image.recipe_hash}, {image.rootfs.stat().st_size / 2**20:.0f} MiB)")
+    return 0
+
+
+def cmd_kernel_stock(args: argparse.Namespace) -> int:
+    from lab.kernel import stock_kernel
+
+    kernel = stock_kernel()
+    print(f"{kernel.bzimage} ({kernel.release})")
+    for key, value in kernel.identity.items():
+        print(f"  {key}: {value}")
+    return 0
+
+
+# --- parser ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lab", description="swiotlb bounce-buffering lab")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    doctor = sub.add_parser("doctor", help="check host requirements and whether KVM works")
+    doctor.set_defaults(func=cmd_doctor)
+
+    run = sub.add_parser("run", help="run experiments")
+    run_sub = run.add_subparsers(dest="what", required=True)
+    matrix = run_sub.add_parser("matrix", help="run a matrix of cells")
+    matrix.add_argument("matrix", nargs="?", default="default", help="shipped matrix name or TOML path")
+    matrix.add_argument("--results", default="results", help="results directory (default: ./results)")
+    matrix.add_argument("--dry-run", action="store_true", help="list cells, boots and estimated time; run nothing")
+    matrix.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run")
+    matrix.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    matrix.set_defaults(func=cmd_run_matrix)
+
+    bench = sub.add_parser("bench", help="benchmarks")
+    bench_sub = bench.add_subparsers(dest="what", required=True)
+    boot = bench_sub.add_parser("boot", help="boot-to-SSH time and per-cell overhead")
+    boot.add_argument("--boots", type=int, default=5)
+    boot.add_argument("--cell-runtime", type=int, default=5, help="fio runtime of the overhead cells (s)")
+    boot.add_argument("--matrix", default="default")
+    boot.add_argument("--results", default="results")
+    boot.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    boot.set_defaults(func=cmd_bench_boot)
+
+    image = sub.add_parser("image", help="guest image")
+    image_sub = image.add_subparsers(dest="what", required=True)
+    image_sub.add_parser("build", help="build (or reuse) the guest image").set_defaults(func=cmd_image_build)
+
+    kernel = sub.add_parser("kernel", help="kernels")
+    kernel_sub = kernel.add_subparsers(dest="what", required=True)
+    kernel_sub.add_parser("stock", help="fetch the stock Debian 6.12 kernel").set_defaults(func=cmd_kernel_stock)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * args.verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("paramiko", "qemu.qmp", "invoke", "fabric"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return int(args.func(args))
+    except LabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: QEMU stopped, partial results kept", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)

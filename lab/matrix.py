@@ -1,0 +1,244 @@
+"""Experiment matrices: TOML → validated axes → cells with stable IDs, grouped by boot."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from lab.errors import ConfigError
+from lab.vm import MIN_POOL_SLABS, SLAB_BYTES
+from lab.workload import Workload
+
+MATRIX_KEYS = {
+    "description": "free text",
+    "kernels": "list of kernel variant names",
+    "pools": 'list of pool sizes: "2MiB", "64MiB", or a number of 2 KiB slabs',
+    "devices": 'list of "nvme" or "virtio-blk"',
+    "workloads": "list of workload names defined under [workloads.NAME]",
+    "vcpus": "list of vCPU counts",
+    "memory": 'list of guest memory sizes, e.g. "1GiB"',
+    "repetitions": "number of repetitions (each repetition boots afresh)",
+}
+WORKLOAD_KEYS = {
+    "rw": "fio rw mode", "bs": "block size", "iodepth": "queue depth", "numjobs": "fio jobs",
+    "ioengine": "fio I/O engine", "runtime": 'run time, e.g. "10s" or 10', "size": "fio size",
+    "hipri": "polled completions (true/false)", "job_file": "path to a fio job file (instead of parameters)",
+}  # fmt: skip
+DEVICES = ("nvme", "virtio-blk")
+KNOWN_KERNELS = ("stock",)
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|slabs?)?\s*$", re.I)
+_UNITS = {"b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One measurement: a workload on one booted configuration."""
+
+    kernel: str
+    pool_slabs: int
+    device: str
+    workload: Workload
+    vcpus: int
+    memory_mib: int
+    repetition: int = 0
+
+    def content(self) -> dict[str, Any]:
+        workload = self.workload.describe()
+        if self.workload.job_file is not None:
+            workload["job_file"] = hashlib.sha256(self.workload.job_file.read_bytes()).hexdigest()
+        return {
+            "kernel": self.kernel, "pool_slabs": self.pool_slabs, "device": self.device,
+            "vcpus": self.vcpus, "memory_mib": self.memory_mib, "repetition": self.repetition,
+            "workload": workload,
+        }  # fmt: skip
+
+    @property
+    def cell_id(self) -> str:
+        """Stable: the same inputs always give the same ID (it names the cell's folder)."""
+        digest = hashlib.sha256(json.dumps(self.content(), sort_keys=True).encode()).hexdigest()[:8]
+        return f"{self.kernel}-{self.pool_slabs}-{self.device}-{self.workload.name}-r{self.repetition}-{digest}"
+
+    @property
+    def boot_key(self) -> tuple[str, int, str, int, int, int]:
+        """Cells with equal keys share one boot (workloads run one after another)."""
+        return (self.kernel, self.pool_slabs, self.device, self.vcpus, self.memory_mib, self.repetition)
+
+
+@dataclass(frozen=True)
+class Matrix:
+    name: str
+    source: str
+    description: str
+    cells: tuple[Cell, ...]
+    raw: dict[str, Any] = field(hash=False, compare=False)
+
+    def boot_groups(self) -> list[list[Cell]]:
+        groups: dict[tuple[str, int, str, int, int, int], list[Cell]] = {}
+        for cell in self.cells:
+            groups.setdefault(cell.boot_key, []).append(cell)
+        return list(groups.values())
+
+
+def _line_of(text: str, key: str) -> str:
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if re.match(rf"^\s*{re.escape(key)}\s*=", line) or re.match(rf"^\s*\[.*{re.escape(key)}\]", line):
+            return f":{lineno}"
+    return ""
+
+
+def parse_size_bytes(value: object, where: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = _SIZE.match(str(value))
+    if not match or (match.group(2) or "").lower().startswith("slab"):
+        raise ConfigError(f"{where}: {value!r} is not a size like \"512MiB\" or \"1GiB\"")
+    return int(match.group(1)) * _UNITS[(match.group(2) or "b").lower()]
+
+
+def parse_pool_slabs(value: object, where: str) -> int:
+    """Pool size in slabs: an integer (slabs), "N slabs", or bytes with a unit ("2MiB")."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: {value!r} is not a pool size")
+    if isinstance(value, int):
+        slabs = value
+    else:
+        match = _SIZE.match(str(value))
+        if not match:
+            raise ConfigError(f'{where}: {value!r} is not a pool size; use "2MiB", "64MiB" or a slab count like 1024')
+        unit = (match.group(2) or "slabs").lower()
+        amount = int(match.group(1))
+        slabs = amount if unit.startswith("slab") else amount * _UNITS[unit] // SLAB_BYTES
+    if slabs < MIN_POOL_SLABS:
+        raise ConfigError(
+            f"{where}: pool {value!r} = {slabs} slabs is below the kernel minimum of {MIN_POOL_SLABS} slabs (1 MiB)"
+        )
+    return slabs
+
+
+def _runtime_s(value: object, where: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = re.match(r"^\s*(\d+)\s*s?\s*$", str(value))
+    if not match:
+        raise ConfigError(f'{where}: runtime {value!r} must be seconds, e.g. 10 or "10s"')
+    return int(match.group(1))
+
+
+def _list(section: dict[str, Any], key: str, default: list[Any], where: str) -> list[Any]:
+    value = section.get(key, default)
+    if not isinstance(value, list):
+        value = [value]
+    if not value:
+        raise ConfigError(f"{where}: {key} must not be empty")
+    return value
+
+
+def _workload(name: str, spec: object, base: Path, where: str) -> Workload:
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: [workloads.{name}] must be a table")
+    unknown = sorted(set(spec) - set(WORKLOAD_KEYS))
+    if unknown:
+        valid = ", ".join(f"{k} ({v})" for k, v in WORKLOAD_KEYS.items())
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r} in [workloads.{name}]; valid keys: {valid}")
+    kwargs: dict[str, Any] = {k: spec[k] for k in ("rw", "bs", "iodepth", "numjobs", "ioengine", "size", "hipri")
+                              if k in spec}  # fmt: skip
+    for key in ("bs", "size"):
+        if key in kwargs:
+            kwargs[key] = str(kwargs[key])
+    if "runtime" in spec:
+        kwargs["runtime_s"] = _runtime_s(spec["runtime"], f"{where}: workloads.{name}")
+    if "job_file" in spec:
+        job = Path(str(spec["job_file"]))
+        kwargs["job_file"] = job if job.is_absolute() else base / job
+    try:
+        return Workload(name=name, **kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def load_matrix(source: str | Path, known_kernels: tuple[str, ...] = KNOWN_KERNELS) -> Matrix:
+    """Load a matrix from a TOML file path or the name of one shipped in the package."""
+    path = Path(source)
+    if path.suffix != ".toml" and not path.exists():
+        shipped = resources.files("lab") / "matrices" / f"{source}.toml"
+        if not shipped.is_file():
+            names = sorted(p.name.removesuffix(".toml") for p in (resources.files("lab") / "matrices").iterdir()
+                           if p.name.endswith(".toml"))  # fmt: skip
+            raise ConfigError(f"no matrix named {source!r}; shipped matrices: {', '.join(names)} (or give a .toml path)")
+        path = Path(str(shipped))
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read matrix file: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: malformed TOML: {exc}") from exc
+    return parse_matrix(data, text, path, known_kernels)
+
+
+def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tuple[str, ...]) -> Matrix:
+    unknown_top = sorted(set(data) - {"matrix", "workloads"})
+    if unknown_top:
+        raise ConfigError(f"{path}{_line_of(text, unknown_top[0])}: unknown table {unknown_top[0]!r}; "
+                          "valid tables: [matrix], [workloads.NAME]")  # fmt: skip
+    section = data.get("matrix")
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: missing [matrix] table")
+    for key in section:
+        if key not in MATRIX_KEYS:
+            valid = "; ".join(f"{k} ({v})" for k, v in MATRIX_KEYS.items())
+            raise ConfigError(f"{path}{_line_of(text, key)}: unknown key {key!r} in [matrix]; valid keys: {valid}")
+
+    def where(key: str) -> str:
+        return f"{path}{_line_of(text, key)}: matrix.{key}"
+
+    kernels = [str(k) for k in _list(section, "kernels", ["stock"], where("kernels"))]
+    for kernel in kernels:
+        if kernel not in known_kernels:
+            raise ConfigError(f"{where('kernels')}: unknown kernel variant {kernel!r}; "
+                              f"valid: {', '.join(known_kernels)}")  # fmt: skip
+    pools = [parse_pool_slabs(v, where("pools")) for v in _list(section, "pools", [], where("pools"))]
+    devices = [str(d) for d in _list(section, "devices", ["nvme"], where("devices"))]
+    for device in devices:
+        if device not in DEVICES:
+            raise ConfigError(f"{where('devices')}: unknown device {device!r}; valid: {', '.join(DEVICES)}")
+    vcpus = _list(section, "vcpus", [2], where("vcpus"))
+    for count in vcpus:
+        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 64:
+            raise ConfigError(f"{where('vcpus')}: {count!r} must be an integer from 1 to 64")
+    memory = []
+    for value in _list(section, "memory", ["1GiB"], where("memory")):
+        mib = parse_size_bytes(value, where("memory")) >> 20
+        if mib < 256:
+            raise ConfigError(f"{where('memory')}: {value!r} is below the 256 MiB the guest image needs")
+        memory.append(mib)
+    repetitions = section.get("repetitions", 1)
+    if not isinstance(repetitions, int) or isinstance(repetitions, bool) or not 1 <= repetitions <= 100:
+        raise ConfigError(f"{where('repetitions')}: {repetitions!r} must be an integer from 1 to 100")
+
+    defined = data.get("workloads", {})
+    if not isinstance(defined, dict):
+        raise ConfigError(f"{path}: [workloads] must contain tables [workloads.NAME]")
+    names = [str(n) for n in _list(section, "workloads", list(defined), where("workloads"))]
+    workloads = []
+    for name in names:
+        if name not in defined:
+            raise ConfigError(f"{where('workloads')}: workload {name!r} is not defined; "
+                              f"defined: {', '.join(defined) or 'none'} (add [workloads.{name}])")  # fmt: skip
+        workloads.append(_workload(name, defined[name], path.parent, f"{path}{_line_of(text, 'workloads.' + name)}"))
+
+    cells = tuple(
+        Cell(kernel, pool, device, workload, cpus, mem, rep)
+        for rep, kernel, pool, device, cpus, mem, workload in itertools.product(
+            range(repetitions), kernels, pools, devices, vcpus, memory, workloads
+        )
+    )
+    return Matrix(path.stem, str(path), str(section.get("description", "")), cells, raw=data)

@@ -1,0 +1,282 @@
+"""Runs cells: boots each boot group once, runs its workloads in turn, hands rows to the store."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import pandas as pd
+
+from lab import probes
+from lab.errors import BootError, LabError
+from lab.guest import Guest
+from lab.image import GuestImage, initrd_for
+from lab.kernel import KernelBuild
+from lab.keys import KeyPair
+from lab.matrix import Cell, Matrix
+from lab.parse import parse_debugfs, parse_dmesg, parse_fio, parse_hctx_flags, parse_hist, parse_samples
+from lab.store import RunStore
+from lab.vm import Accel, BootSpec, Disk, Hypervisor, RunningGuest
+
+log = logging.getLogger(__name__)
+
+BOOT_ESTIMATE_S = 15.0  # used for ETA only; bench boot measures the real value
+CELL_OVERHEAD_ESTIMATE_S = 6.0
+
+
+class Reporter(Protocol):
+    """Progress sink: the CLI shows a rich display; tests can pass a silent one."""
+
+    def phase(self, cell: Cell | None, text: str) -> None: ...
+    def cell_done(self, cell: Cell, row: dict[str, Any], estimate_s: float) -> None: ...
+
+
+class SilentReporter:
+    def phase(self, cell: Cell | None, text: str) -> None:
+        log.info("%s: %s", cell.cell_id if cell else "-", text)
+
+    def cell_done(self, cell: Cell, row: dict[str, Any], estimate_s: float) -> None:
+        log.info("%s: %s", cell.cell_id, row["status"])
+
+
+@dataclass
+class LabContext:
+    """What every cell needs, resolved once per run."""
+
+    hypervisor: Hypervisor
+    image: GuestImage
+    client_key: KeyPair
+    kernels: dict[str, KernelBuild]
+    cache: Path
+    accel: Accel = "auto"
+    provenance: dict[str, Any] = field(default_factory=dict)
+    sample_hz: float = probes.DEFAULT_SAMPLE_HZ
+
+
+def cell_estimate_s(cell: Cell) -> float:
+    return cell.workload.runtime_s + CELL_OVERHEAD_ESTIMATE_S
+
+
+def boot_spec(ctx: LabContext, cell: Cell) -> BootSpec:
+    kernel = ctx.kernels[cell.kernel]
+    return BootSpec(
+        kernel=kernel.bzimage,
+        initrd=initrd_for(ctx.image, kernel.modules_dir, kernel.boot_modules, ctx.cache),
+        ssh_key_blob=ctx.client_key.public_blob,
+        swiotlb_nslabs=cell.pool_slabs,
+        swiotlb_force=True,
+        vcpus=cell.vcpus,
+        memory_mib=cell.memory_mib,
+        disks=(Disk(cell.device),),  # type: ignore[arg-type]
+        extra_cmdline=kernel.boot_args,
+        accel=ctx.accel,
+    )
+
+
+def _boot_name(cell: Cell) -> str:
+    digest = hashlib.sha256(repr(cell.boot_key).encode()).hexdigest()[:8]
+    return f"{cell.kernel}-{cell.pool_slabs}-{cell.device}-r{cell.repetition}-{digest}"
+
+
+def base_row(ctx: LabContext, cell: Cell, store: RunStore) -> dict[str, Any]:
+    kernel = ctx.kernels[cell.kernel]
+    return {
+        "run_id": store.run_id,
+        "cell_id": cell.cell_id,
+        "kernel": cell.kernel,
+        "pool_slabs_requested": cell.pool_slabs,
+        "device": cell.device,
+        "vcpus": cell.vcpus,
+        "memory_mib": cell.memory_mib,
+        "repetition": cell.repetition,
+        **cell.workload.describe(),
+        **kernel.describe(),
+        **ctx.provenance,
+    }
+
+
+def failed_row(base: dict[str, Any], reason: str, detail: str, started: float) -> dict[str, Any]:
+    return {**base, "status": "failed", "failure_reason": reason, "failure_detail": detail[-4000:],
+            "cell_wall_s": time.monotonic() - started}  # fmt: skip
+
+
+def run_matrix(
+    matrix: Matrix,
+    store: RunStore,
+    ctx: LabContext,
+    reporter: Reporter,
+    skip: set[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Run every cell not in ``skip``; return the rows written."""
+    rows: list[dict[str, Any]] = []
+    for group in matrix.boot_groups():
+        todo = [cell for cell in group if cell.cell_id not in (skip or set())]
+        if todo:
+            rows.extend(run_group(todo, store, ctx, reporter))
+    return rows
+
+
+def run_group(cells: list[Cell], store: RunStore, ctx: LabContext, reporter: Reporter) -> list[dict[str, Any]]:
+    """Boot once for ``cells`` (same boot key) and run their workloads in order."""
+    first = cells[0]
+    rows: list[dict[str, Any]] = []
+    remaining = list(cells)
+    started = time.monotonic()
+    spec = boot_spec(ctx, first)
+    reporter.phase(first, f"booting ({len(cells)} workload(s) in this boot)")
+    try:
+        with ctx.hypervisor.boot(spec, store.boot_dir(_boot_name(first))) as vm:
+            guest = Guest(vm.endpoint, ctx.client_key.private_path, ctx.image.host_key_blob)
+            ssh_s = guest.connect(alive=vm.check_alive)
+            boot_info = {"accel": vm.accelerator, "boot_s": round(vm.boot_seconds, 3), "ssh_connect_s": round(ssh_s, 3),
+                         "qemu_argv": " ".join(vm.argv), "kernel_cmdline": spec.cmdline()}  # fmt: skip
+            try:
+                for cell in cells:
+                    row = run_cell(cell, vm, guest, store, ctx, reporter, boot_info)
+                    remaining.remove(cell)
+                    rows.append(row)
+                    reporter.cell_done(cell, row, cell_estimate_s(cell))
+                    if row["status"] != "ok":
+                        vm.check_alive()  # a dead guest fails the rest of the group below
+            finally:
+                guest.close()
+    except LabError as exc:
+        reason = exc.reason if isinstance(exc, BootError) else type(exc).__name__
+        for cell in remaining:
+            row = failed_row(base_row(ctx, cell, store), reason, str(exc), started)
+            store.write_cell(row, None, None)
+            rows.append(row)
+            reporter.cell_done(cell, row, cell_estimate_s(cell))
+    return rows
+
+
+def run_cell(
+    cell: Cell,
+    vm: RunningGuest,
+    guest: Guest,
+    store: RunStore,
+    ctx: LabContext,
+    reporter: Reporter,
+    boot_info: dict[str, Any],
+) -> dict[str, Any]:
+    """One workload in a booted guest: prepare, sample, fio, collect, fetch, parse, store."""
+    started = time.monotonic()
+    base = {**base_row(ctx, cell, store), **boot_info}
+    local = store.cell_dir(cell.cell_id)
+    files = probes.WorkloadFiles(f"{probes.GUEST_RUN_DIR}/{cell.cell_id}")
+    disk = Disk(cell.device)  # type: ignore[arg-type]
+
+    def phase(text: str, action: Callable[[], Any]) -> Any:
+        reporter.phase(cell, text)
+        return action()
+
+    try:
+        phase("preparing probes", lambda: probes.prepare(guest, files, disk.guest_name))
+        sampler = phase("starting sampler", lambda: probes.start_sampler(guest, files, ctx.sample_hz))
+        job_file = None
+        if cell.workload.job_file is not None:
+            job_file = files.path("job.fio")
+            guest.connection.put(str(cell.workload.job_file), job_file)
+        argv = cell.workload.fio_argv(disk.guest_path, files.path("fio.json"), job_file)
+        fio_started = time.monotonic()
+        fio_exit = phase(f"fio {cell.workload.name} ({cell.workload.runtime_s} s)",
+                         lambda: probes.run_fio(guest, argv, files, cell.workload.timeout_s))  # fmt: skip
+        fio_wall = time.monotonic() - fio_started
+        phase("stopping sampler", lambda: probes.stop_sampler(guest, sampler))
+        phase("collecting counters", lambda: probes.collect(guest, files))
+        phase("fetching artifacts", lambda: probes.fetch(guest, files, local))
+    except LabError as exc:
+        detail = str(exc)
+        reason = type(exc).__name__
+        try:
+            vm.check_alive()
+        except BootError as dead:
+            reason, detail = dead.reason, str(dead)
+        (local / "console.log").write_text(vm.console_text())
+        return _store_failed(store, failed_row(base, reason, detail, started))
+    (local / "console.log").write_text(vm.console_text())
+    try:
+        row, samples, jobs = build_row(base, local, fio_exit)
+    except LabError as exc:
+        return _store_failed(store, failed_row(base, "parse error", str(exc), started))
+    row.update(fio_wall_s=fio_wall, cell_wall_s=time.monotonic() - started)
+    store.write_cell(row, samples, jobs)
+    return row
+
+
+def _store_failed(store: RunStore, row: dict[str, Any]) -> dict[str, Any]:
+    store.write_cell(row, None, None)
+    return row
+
+
+def build_row(base: dict[str, Any], local: Path, fio_exit: int) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
+    """Turn a cell's fetched artifacts into one result row (+ sample and per-job tables)."""
+
+    def text(name: str) -> str:
+        path = local / name
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    fio_text = text("fio.json")
+    if not fio_text.strip():
+        raise LabError(f"fio produced no JSON (exit {fio_exit}); stderr: {text('fio.stderr')[-1500:]}")
+    fio = parse_fio(fio_text, source=str(local / "fio.json"))
+    before = parse_debugfs(text("debugfs_before.txt"), source=str(local / "debugfs_before.txt"))
+    after = parse_debugfs(text("debugfs_after.txt"), source=str(local / "debugfs_after.txt"))
+    samples = parse_samples(text("samples.csv"), source=str(local / "samples.csv"))
+    hists = {t.name: parse_hist(text(f"hist_{t.name}.txt"), source=f"hist_{t.name}.txt") for t in probes.TRIGGERS}
+    dmesg = parse_dmesg(text("dmesg.txt"))
+    hctx = parse_hctx_flags(text("hctx_flags.txt"))
+    nslabs = before.get("io_tlb_nslabs")
+    hiwater = after.get("io_tlb_used_hiwater")
+    row: dict[str, Any] = {
+        **base,
+        "status": "ok",
+        "failure_reason": "",
+        "failure_detail": "",
+        "nslabs": nslabs,
+        "nslabs_after": after.get("io_tlb_nslabs"),
+        "transient_nslabs_after": after.get("io_tlb_transient_nslabs"),
+        "used_before": before.get("io_tlb_used"),
+        "used_after": after.get("io_tlb_used"),
+        "hiwater": hiwater,
+        "hiwater_frac": (hiwater / nslabs) if hiwater is not None and nslabs else None,
+        "map_failures": hists["map_page_failures"].hits,
+        "map_failure_bytes": hists["map_page_failures"].total("size"),
+        "map_sg_errors": hists["map_sg_errors"].hits,
+        "bounces": hists["bounces"].hits,
+        "bounce_bytes": hists["bounces"].total("size"),
+        "hist_dropped": sum(h.dropped for h in hists.values()),
+        "fio_exit": fio_exit,
+        "fio_iops": fio.iops,
+        "fio_bw_bytes": fio.bw_bytes,
+        "fio_clat_p50_us": fio.clat_us[50.0],
+        "fio_clat_p99_us": fio.clat_us[99.0],
+        "fio_clat_p999_us": fio.clat_us[99.9],
+        "fio_errors": fio.errors,
+        "fio_short_ios": fio.short_ios,
+        "fio_drop_ios": fio.drop_ios,
+        "fio_total_ios": fio.total_ios,
+        "fio_runtime_s": fio.runtime_s,
+        "fio_version": fio.version,
+        "hctx_blocking": any("BLOCKING" in flags for flags in hctx.values()),
+        "hctx_flags": ";".join(f"{k}={'|'.join(sorted(v))}" for k, v in sorted(hctx.items())),
+        "dmesg_swiotlb_full": dmesg.swiotlb_full,
+        "dmesg_io_errors": dmesg.io_errors,
+        "sampler_samples": len(samples.frame),
+        "sampler_complete": samples.complete,
+        "sampler_late": samples.late,
+        "sampler_max_used": float(samples.frame["io_tlb_used"].max()) if "io_tlb_used" in samples.frame else None,
+        "debugfs_after": json.dumps(after, sort_keys=True),
+    }
+    frame = samples.frame.copy()
+    jobs = fio.jobs.copy()
+    for key in ("kernel", "pool_slabs_requested", "workload", "repetition"):
+        frame[key] = base[key]
+        jobs[key] = base[key]
+    return row, frame, jobs

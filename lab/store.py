@@ -1,0 +1,142 @@
+"""Results on disk: results/<run-id>/ with a manifest, per-cell artifacts and Parquet tables.
+
+Every file is written atomically (temp file + rename).  A cell is complete
+when its ``cell.json`` exists; run-level tables are rebuilt from those, so an
+interrupted run keeps every finished cell and ``--resume`` can find them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lab.errors import ConfigError, HostError
+from lab.util import atomic_write_bytes, atomic_write_text
+
+MANIFEST = "manifest.json"
+CELL_RECORD = "cell.json"
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and value != value:  # NaN → null
+        return None
+    return value
+
+
+def write_parquet(path: Path, frame: pd.DataFrame) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class RunStore:
+    root: Path  # results/<run-id>
+
+    @property
+    def run_id(self) -> str:
+        return self.root.name
+
+    @classmethod
+    def create(cls, results_dir: Path, manifest: dict[str, Any], run_id: str | None = None) -> RunStore:
+        root = results_dir / (run_id or new_run_id())
+        try:
+            root.mkdir(parents=True, exist_ok=False)
+        except FileExistsError as exc:
+            raise ConfigError(f"{root} already exists; pick another run id or use --resume") from exc
+        except OSError as exc:
+            raise HostError(f"cannot create results directory {root}: {exc.strerror}") from exc
+        store = cls(root)
+        store.write_manifest({**manifest, "run_id": store.run_id, "status": "running"})
+        return store
+
+    @classmethod
+    def open(cls, path: Path) -> RunStore:
+        if not (path / MANIFEST).is_file():
+            raise ConfigError(f"{path} is not a lab run directory (no {MANIFEST})")
+        return cls(path)
+
+    # -- manifest -------------------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        return dict(json.loads((self.root / MANIFEST).read_text()))
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        atomic_write_text(self.root / MANIFEST, json.dumps(_jsonable(manifest), indent=2, sort_keys=True) + "\n")
+
+    def update_manifest(self, **changes: Any) -> None:
+        self.write_manifest({**self.manifest(), **changes})
+
+    # -- cells ----------------------------------------------------------------------
+    def cell_dir(self, cell_id: str) -> Path:
+        path = self.root / "cells" / cell_id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def boot_dir(self, name: str) -> Path:
+        path = self.root / "boots" / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def completed_cells(self) -> dict[str, dict[str, Any]]:
+        records = {}
+        for record in sorted((self.root / "cells").glob(f"*/{CELL_RECORD}")):
+            data = json.loads(record.read_text())
+            records[str(data["cell_id"])] = data
+        return records
+
+    def write_cell(self, row: dict[str, Any], samples: pd.DataFrame | None, fio_jobs: pd.DataFrame | None) -> None:
+        """Persist one finished cell (ok or failed); ``cell.json`` goes last and marks it complete."""
+        directory = self.cell_dir(str(row["cell_id"]))
+        if samples is not None and not samples.empty:
+            write_parquet(directory / "samples.parquet", samples.assign(cell_id=row["cell_id"]))
+        if fio_jobs is not None and not fio_jobs.empty:
+            write_parquet(directory / "fio_jobs.parquet", fio_jobs.assign(cell_id=row["cell_id"]))
+        atomic_write_bytes(directory / CELL_RECORD, (json.dumps(_jsonable(row), indent=2, sort_keys=True) + "\n").encode())
+
+    def consolidate(self) -> dict[str, Path]:
+        """Rebuild cells.parquet, samples.parquet and fio_jobs.parquet from the finished cells."""
+        written: dict[str, Path] = {}
+        records = list(self.completed_cells().values())
+        if records:
+            write_parquet(self.root / "cells.parquet", pd.DataFrame(records))
+            written["cells"] = self.root / "cells.parquet"
+        for table in ("samples", "fio_jobs"):
+            parts = [pd.read_parquet(p) for p in sorted((self.root / "cells").glob(f"*/{table}.parquet"))]
+            if parts:
+                write_parquet(self.root / f"{table}.parquet", pd.concat(parts, ignore_index=True))
+                written[table] = self.root / f"{table}.parquet"
+        return written
+
+
+def load_cells(run_dir: Path) -> pd.DataFrame:
+    """The cells table of a run (public API for reports and notebooks)."""
+    path = run_dir / "cells.parquet"
+    if path.exists():
+        return pd.read_parquet(path)
+    return pd.DataFrame(list(RunStore.open(run_dir).completed_cells().values()))
+
+
+def load_samples(run_dir: Path) -> pd.DataFrame:
+    path = run_dir / "samples.parquet"
+    return pd.read_parquet(path) if path.exists() else pd.DataFrame()
