@@ -80,8 +80,7 @@ class GuestCommandError(LabError):
         self.stderr = stderr
         tail = "\n".join((stderr or stdout).strip().splitlines()[-15:])
         super().__init__(
-            f"guest command failed (exit {exitcode}): {command}"
-            + (f"\n--- output tail ---\n{tail}" if tail else "")
+            f"guest command failed (exit {exitcode}): {command}" + (f"\n--- output tail ---\n{tail}" if tail else "")
         )
 
 

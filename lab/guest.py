@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import logging
 import shlex
-import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -92,7 +91,7 @@ class Guest:
                     conn.close()
                     raise
                 last = exc
-            except (OSError, EOFError, socket.timeout) as exc:
+            except (TimeoutError, OSError, EOFError) as exc:
                 last = exc
             conn.close()
             time.sleep(0.2)

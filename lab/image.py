@@ -299,7 +299,12 @@ def modules_archive(modules_dir: Path, wanted: Sequence[str], out: Path) -> None
     builtin_names = {_module_name(p) for p in builtin.read_text().split()} if builtin.exists() else set()
     to_load = [m for m in wanted if m.replace("-", "_") not in builtin_names]
     order = module_load_order((modules_dir / "modules.dep").read_text(), to_load) if to_load else []
-    entries = [cpio.Entry("etc", 0o40755), cpio.Entry("etc/lab", 0o40755), cpio.Entry("lab", 0o40755), cpio.Entry("lab/modules", 0o40755)]
+    entries = [
+        cpio.Entry("etc", 0o40755),
+        cpio.Entry("etc/lab", 0o40755),
+        cpio.Entry("lab", 0o40755),
+        cpio.Entry("lab/modules", 0o40755),
+    ]
     listing = []
     for index, rel in enumerate(order):
         raw = (modules_dir / rel).read_bytes()

@@ -24,7 +24,9 @@ STOCK_MODULES = ("virtio_net", "virtio_blk")
 # Initcalls of the distribution kernel that the lab's guests never use and that
 # cost ~2.5 s of boot under TCG (self-tests of crypto and keyring types, BPF
 # struct_ops registration).  Recorded in every result via the command line.
-STOCK_BOOT_ARGS = ("initcall_blacklist=crypto_kdf108_init,init_encrypted,bpf_tcp_ca_kfunc_init,bpf_dummy_struct_ops_init",)
+STOCK_BOOT_ARGS = (
+    "initcall_blacklist=crypto_kdf108_init,init_encrypted,bpf_tcp_ca_kfunc_init,bpf_dummy_struct_ops_init",
+)
 
 
 @dataclass(frozen=True)

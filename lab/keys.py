@@ -29,9 +29,7 @@ def _write_keypair(private_path: Path, comment: str) -> KeyPair:
         serialization.PrivateFormat.OpenSSH,
         serialization.NoEncryption(),
     )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    )
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     public_line = f"{public.decode()} {comment}"
     # Create the private key 0600 from the start: never world-readable, not even briefly.
     private_path.parent.mkdir(parents=True, exist_ok=True)

@@ -98,7 +98,7 @@ def parse_size_bytes(value: object, where: str) -> int:
         return value
     match = _SIZE.match(str(value))
     if not match or (match.group(2) or "").lower().startswith("slab"):
-        raise ConfigError(f"{where}: {value!r} is not a size like \"512MiB\" or \"1GiB\"")
+        raise ConfigError(f'{where}: {value!r} is not a size like "512MiB" or "1GiB"')
     return int(match.group(1)) * _UNITS[(match.group(2) or "b").lower()]
 
 
@@ -171,7 +171,9 @@ def load_matrix(source: str | Path, known_kernels: tuple[str, ...] = KNOWN_KERNE
         if not shipped.is_file():
             names = sorted(p.name.removesuffix(".toml") for p in (resources.files("lab") / "matrices").iterdir()
                            if p.name.endswith(".toml"))  # fmt: skip
-            raise ConfigError(f"no matrix named {source!r}; shipped matrices: {', '.join(names)} (or give a .toml path)")
+            raise ConfigError(
+                f"no matrix named {source!r}; shipped matrices: {', '.join(names)} (or give a .toml path)"
+            )
         path = Path(str(shipped))
     try:
         text = path.read_text()

@@ -6,7 +6,6 @@ Every function takes text and returns values; none does I/O.  Errors are
 
 from __future__ import annotations
 
-
 import json
 import math
 import re
@@ -267,5 +266,3 @@ def parse_fio(text: str, source: str = "fio.json") -> FioResult:
         runtime_s=float(frame["runtime_ms"].max()) / 1000.0,
         version=str(data.get("fio version", "")),
     )
-
-

@@ -81,12 +81,14 @@ def prepare(guest: Guest, files: WorkloadFiles, disk_name: str, knobs: dict[str,
     lines = [
         "set -e",
         f"mkdir -p {_q(d)}",
-        f"for f in $(find {SWIOTLB_DEBUGFS} -name io_tlb_used_hiwater); do echo 0 > \"$f\"; done",
+        f'for f in $(find {SWIOTLB_DEBUGFS} -name io_tlb_used_hiwater); do echo 0 > "$f"; done',
     ]
     for knob, value in (knobs or {}).items():
         lines.append(f"echo {int(value)} > {_q(SWIOTLB_DEBUGFS + '/' + knob)}")
     for trigger in TRIGGERS:
-        lines.append(f"if [ -e {_q(trigger.trigger_file)} ]; then echo {_q(trigger.spec)} > {_q(trigger.trigger_file)}; fi")
+        lines.append(
+            f"if [ -e {_q(trigger.trigger_file)} ]; then echo {_q(trigger.spec)} > {_q(trigger.trigger_file)}; fi"
+        )
     lines += [
         f"dmesg -c > {_q(files.path('dmesg_before.txt'))}",
         f"grep -r . {SWIOTLB_DEBUGFS} > {_q(files.path('debugfs_before.txt'))} || true",
@@ -97,9 +99,7 @@ def prepare(guest: Guest, files: WorkloadFiles, disk_name: str, knobs: dict[str,
 
 def start_sampler(guest: Guest, files: WorkloadFiles, hz: float = DEFAULT_SAMPLE_HZ) -> int:
     argv = [SAMPLER, "-r", f"{hz:g}", "-o", files.path("samples.csv")]
-    command = (
-        f"setsid {quote_argv(argv)} > {_q(files.path('sampler.log'))} 2>&1 < /dev/null & echo $!"
-    )
+    command = f"setsid {quote_argv(argv)} > {_q(files.path('sampler.log'))} 2>&1 < /dev/null & echo $!"
     return int(guest.run(command, timeout_s=15).stdout.strip())
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 
 def _fmt(value: Any, digits: int = 0) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
+        return "-"
     if isinstance(value, float):
         return f"{value:,.{digits}f}"
     return f"{value:,}" if isinstance(value, int) else str(value)
@@ -62,7 +62,7 @@ def summary_markdown(cells: pd.DataFrame, run_dir: str, manifest: dict[str, Any]
             elif key in ("fio_iops", "fio_clat_p99_us"):
                 values.append(_fmt(float(row[key]) if ok else None))
             else:
-                values.append(_fmt(row.get(key)) if ok or key in ("kernel", "device", "workload") else "–")
+                values.append(_fmt(row.get(key)) if ok or key in ("kernel", "device", "workload") else "-")
         lines.append("| " + " | ".join(values) + " |")
     failed = int((cells["status"] != "ok").sum())
     lines += ["", f"{len(cells)} cells, {failed} failed."]

@@ -112,7 +112,9 @@ class RunStore:
             write_parquet(directory / "samples.parquet", samples.assign(cell_id=row["cell_id"]))
         if fio_jobs is not None and not fio_jobs.empty:
             write_parquet(directory / "fio_jobs.parquet", fio_jobs.assign(cell_id=row["cell_id"]))
-        atomic_write_bytes(directory / CELL_RECORD, (json.dumps(_jsonable(row), indent=2, sort_keys=True) + "\n").encode())
+        atomic_write_bytes(
+            directory / CELL_RECORD, (json.dumps(_jsonable(row), indent=2, sort_keys=True) + "\n").encode()
+        )
 
     def consolidate(self) -> dict[str, Path]:
         """Rebuild cells.parquet, samples.parquet and fio_jobs.parquet from the finished cells."""

@@ -342,7 +342,7 @@ class Machine:
             qmp.settimeout(2.0)
             qmp.cmd("quit")
             return True
-        except Exception as exc:  # noqa: BLE001 - any QMP failure means: escalate to signals
+        except Exception as exc:
             log.debug("QMP quit failed: %s", exc)
             return False
         finally:
@@ -404,6 +404,7 @@ class LocalHypervisor:
         self.qemu = qemu
         self._accel_cache: dict[tuple[Path, Path], str] = {}
         self.probe_note = ""
+        self.launched: list[Machine] = []  # every machine this hypervisor started (for audits and tests)
 
     def describe(self) -> dict[str, object]:
         return {"hypervisor": self.name, "qemu": self.qemu, "qemu_version": qemu_version(self.qemu),
@@ -421,6 +422,7 @@ class LocalHypervisor:
     @contextlib.contextmanager
     def boot(self, spec: BootSpec, workdir: Path) -> Iterator[Machine]:
         machine = Machine(spec, workdir, accel=self.resolve_accel(spec, workdir), qemu=self.qemu)
+        self.launched.append(machine)
         with machine:
             machine.wait_ready()
             yield machine
@@ -451,6 +453,7 @@ def probe_kvm(spec: BootSpec, workdir: Path, qemu: str = "qemu-system-x86_64") -
     machine = Machine(probe_spec, workdir / "kvm-probe", accel="kvm", qemu=qemu, quit_timeout_s=1.0)
     started = time.monotonic()
     with machine:
+
         def settled() -> str | None:
             log_text = machine.qemu_log.read_text(errors="replace") if machine.qemu_log.exists() else ""
             if KVM_FAILURE_RE.search(log_text):

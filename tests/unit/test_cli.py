@@ -1,0 +1,36 @@
+"""The command line: bad input exits 2 with a message that names the problem, and writes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lab.cli import main
+
+
+def test_dry_run_lists_cells_and_an_estimate(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "matrix", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "stock-1024-nvme-heavy-r0-" in out
+    assert "4 cells to run in 2 boots" in out
+
+
+def test_unknown_matrix_key_exits_2_naming_file_and_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[matrix]\npools = [1024]\nflavour = "x"\n')
+    results = tmp_path / "results"
+    assert main(["run", "matrix", str(bad), "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:3: unknown key 'flavour'" in err
+    assert not results.exists()
+
+
+def test_missing_qemu_exits_2_naming_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing is installed on this PATH
+    results = tmp_path / "results"
+    assert main(["run", "matrix", "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert "qemu-system-x86_64" in err and "apt-get install" in err and "qemu-system-x86" in err
+    assert not results.exists()

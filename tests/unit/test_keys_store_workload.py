@@ -1,0 +1,62 @@
+"""Keys, the results store, and fio command lines."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import stat
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lab.errors import ConfigError
+from lab.guest import quote_argv
+from lab.keys import client_key
+from lab.store import RunStore, load_cells
+from lab.workload import Workload
+
+
+def test_client_key_is_created_once_with_mode_0600(tmp_path: Path) -> None:
+    first = client_key(tmp_path)
+    assert stat.S_IMODE(first.private_path.stat().st_mode) == 0o600
+    assert first.public_line.startswith("ssh-ed25519 ")
+    assert client_key(tmp_path) == first
+
+
+def test_store_writes_cells_atomically_and_consolidates(tmp_path: Path) -> None:
+    store = RunStore.create(tmp_path, {"matrix": "x"}, run_id="r1")
+    assert store.manifest()["status"] == "running"
+    store.write_cell({"cell_id": "a", "status": "ok", "x": 1.0}, pd.DataFrame({"t_s": [0.0, 0.02]}), None)
+    store.write_cell({"cell_id": "b", "status": "failed", "x": float("nan")}, None, None)
+    assert not list(tmp_path.rglob("*.tmp"))
+    store.consolidate()
+    cells = load_cells(store.root)
+    assert sorted(cells["cell_id"]) == ["a", "b"]
+    assert len(pd.read_parquet(store.root / "samples.parquet")) == 2
+    assert json.loads((store.root / "cells/b/cell.json").read_text())["x"] is None
+
+
+def test_store_refuses_to_overwrite_an_existing_run(tmp_path: Path) -> None:
+    RunStore.create(tmp_path, {}, run_id="same")
+    with pytest.raises(ConfigError, match="already exists"):
+        RunStore.create(tmp_path, {}, run_id="same")
+
+
+def test_fio_argv_targets_the_device_with_json_plus_output() -> None:
+    argv = Workload("w", rw="randread", bs="256k", iodepth=128, numjobs=4, runtime_s=5).fio_argv(
+        "/dev/nvme0n1", "/o.json"
+    )
+    assert argv[:3] == ["fio", "--output-format=json+", "--output=/o.json"]
+    for option in ("--filename=/dev/nvme0n1", "--iodepth=128", "--numjobs=4", "--runtime=5", "--time_based=1"):
+        assert option in argv
+
+
+def test_shell_metacharacters_are_quoted_literally() -> None:
+    hostile = "x; rm -rf / $(reboot) 'quote'"
+    assert shlex.split(quote_argv(["echo", hostile])) == ["echo", hostile]
+
+
+def test_hipri_needs_a_polling_engine() -> None:
+    with pytest.raises(ConfigError, match="hipri needs ioengine io_uring"):
+        Workload("w", hipri=True, ioengine="libaio")

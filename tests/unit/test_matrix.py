@@ -1,0 +1,142 @@
+"""Matrix loading: expansion, stable IDs, boot grouping, and errors that name file, key and valid values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lab.errors import ConfigError
+from lab.matrix import load_matrix, parse_pool_slabs
+
+GOOD = """
+[matrix]
+kernels = ["stock"]
+pools = ["2MiB", 4096]
+workloads = ["a", "b"]
+repetitions = 2
+
+[workloads.a]
+rw = "randread"
+bs = "4k"
+runtime = "3s"
+
+[workloads.b]
+rw = "randwrite"
+bs = "256k"
+iodepth = 32
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "m.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_expansion_gives_every_combination(tmp_path: Path) -> None:
+    matrix = load_matrix(write(tmp_path, GOOD))
+    assert len(matrix.cells) == 2 * 2 * 2  # pools x workloads x repetitions
+    assert {c.pool_slabs for c in matrix.cells} == {1024, 4096}
+    assert matrix.cells[0].workload.runtime_s == 3
+
+
+def test_cell_ids_are_stable_and_unique(tmp_path: Path) -> None:
+    first = [c.cell_id for c in load_matrix(write(tmp_path, GOOD)).cells]
+    second = [c.cell_id for c in load_matrix(write(tmp_path, GOOD, "copy.toml")).cells]
+    assert first == second
+    assert len(set(first)) == len(first)
+
+
+def test_cells_sharing_a_boot_are_grouped(tmp_path: Path) -> None:
+    groups = load_matrix(write(tmp_path, GOOD)).boot_groups()
+    assert len(groups) == 4  # 2 pools x 2 repetitions; the two workloads share each boot
+    assert all([c.workload.name for c in g] == ["a", "b"] for g in groups)
+
+
+def test_default_matrix_ships_with_the_package() -> None:
+    matrix = load_matrix("default")
+    pools = {c.pool_slabs for c in matrix.cells}
+    assert pools == {1024, 32768}
+    assert {c.workload.name for c in matrix.cells} == {"light", "heavy"}
+
+
+@pytest.mark.parametrize(
+    ("value", "slabs"),
+    [("2MiB", 1024), ("64MiB", 32768), (1024, 1024), ("4096 slabs", 4096), ("1 GiB", 524288)],
+)
+def test_pool_sizes_in_bytes_or_slabs(value: object, slabs: int) -> None:
+    assert parse_pool_slabs(value, "here") == slabs
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("[matrix]\npools = = 1\n", r"m\.toml: malformed TOML: .*line 2", id="malformed"),
+        pytest.param(
+            '[matrix]\npools = ["2MiB"]\nbogus = 1\n',
+            r"m\.toml:3: unknown key 'bogus' in \[matrix\]; valid keys:",
+            id="unknown-key",
+        ),
+        pytest.param('[matrix]\npools = ["2MiB"]\n[extra]\n', r"unknown table 'extra'", id="unknown-table"),
+        pytest.param(
+            '[matrix]\npools = ["0MiB"]\n',
+            r"m\.toml:2: matrix\.pools: pool '0MiB' = 0 slabs is below the kernel minimum of 512",
+            id="zero-pool",
+        ),
+        pytest.param("[matrix]\npools = [-5]\n", r"below the kernel minimum", id="negative-pool"),
+        pytest.param(
+            '[matrix]\npools = ["512KiB"]\n',
+            r"256 slabs is below the kernel minimum of 512 slabs \(1 MiB\)",
+            id="below-minimum",
+        ),
+        pytest.param('[matrix]\npools = ["lots"]\n', r"'lots' is not a pool size", id="not-a-size"),
+        pytest.param(
+            '[matrix]\nkernels = ["nope"]\npools = [1024]\n',
+            r"unknown kernel variant 'nope'; valid: stock",
+            id="unknown-kernel",
+        ),
+        pytest.param(
+            '[matrix]\npools = [1024]\ndevices = ["scsi"]\n',
+            r"unknown device 'scsi'; valid: nvme, virtio-blk",
+            id="unknown-device",
+        ),
+        pytest.param(
+            '[matrix]\npools = [1024]\nvcpus = ["two"]\n', r"matrix\.vcpus: 'two' must be an integer", id="wrong-type"
+        ),
+        pytest.param('[matrix]\npools = [1024]\nmemory = ["64MiB"]\n', r"below the 256 MiB", id="tiny-memory"),
+        pytest.param(
+            '[matrix]\npools = [1024]\nworkloads = ["x"]\n', r"workload 'x' is not defined", id="undefined-workload"
+        ),
+        pytest.param(
+            '[matrix]\npools = [1024]\n[workloads.x]\nrw = "sideways"\n', r"rw = 'sideways' is not one of", id="bad-rw"
+        ),
+        pytest.param(
+            "[matrix]\npools = [1024]\n[workloads.x]\niodepth = 0\n",
+            r"iodepth = 0 must be an integer in \[1, 4096\]",
+            id="zero-iodepth",
+        ),
+        pytest.param(
+            '[matrix]\npools = [1024]\n[workloads.x]\nbs = "0k"\n', r"bs = '0k' must be a positive size", id="zero-bs"
+        ),
+        pytest.param(
+            "[matrix]\npools = [1024]\n[workloads.x]\ncolour = 1\n",
+            r"unknown key 'colour' in \[workloads\.x\]",
+            id="unknown-workload-key",
+        ),
+        pytest.param(
+            '[matrix]\npools = [1024]\n[workloads.x]\njob_file = "missing.fio"\n',
+            r"job_file .*missing\.fio does not exist",
+            id="missing-job-file",
+        ),
+        pytest.param('[matrix]\npools = [1024]\n[workloads."a;b"]\n', r"name must match", id="shell-metachar-name"),
+    ],
+)
+def test_bad_matrix_input_names_file_key_and_valid_values(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        load_matrix(write(tmp_path, text))
+
+
+def test_unknown_shipped_matrix_lists_the_shipped_ones() -> None:
+    with pytest.raises(ConfigError, match="shipped matrices: default"):
+        load_matrix("no-such-matrix")

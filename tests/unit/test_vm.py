@@ -1,0 +1,81 @@
+"""The QEMU command line, checked without booting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lab.errors import ConfigError
+from lab.vm import BootSpec, Disk, qemu_argv
+
+
+def spec(**changes: object) -> BootSpec:
+    base: dict[str, object] = {"kernel": Path("/k/bzImage"), "initrd": Path("/k/initrd"), "ssh_key_blob": "AAAAkey"}
+    base.update(changes)
+    return BootSpec(**base)  # type: ignore[arg-type]
+
+
+def argv(s: BootSpec, accel: str = "tcg") -> tuple[str, ...]:
+    return qemu_argv(s, accel=accel, ssh_port=40022, console=Path("/w/console.log"), qmp=Path("/w/q.sock"),
+                     disk_images=tuple(Path(f"/w/disk{i}.raw") for i in range(len(s.disks))))  # fmt: skip
+
+
+def value_after(args: tuple[str, ...], flag: str) -> list[str]:
+    return [args[i + 1] for i, a in enumerate(args) if a == flag]
+
+
+def test_cmdline_forces_bounce_buffering_with_the_requested_pool() -> None:
+    cmdline = spec(swiotlb_nslabs=1024).cmdline().split()
+    assert "swiotlb=1024,force" in cmdline
+    assert "console=ttyS0" in cmdline and "panic=-1" in cmdline
+    assert "lab.ssh_key=AAAAkey" in cmdline
+
+
+def test_ssh_is_forwarded_on_loopback_only_and_guest_network_is_restricted() -> None:
+    [netdev] = value_after(argv(spec()), "-netdev")
+    assert "hostfwd=tcp:127.0.0.1:40022-:22" in netdev
+    assert "restrict=on" in netdev
+
+
+def test_virtio_devices_use_the_dma_api_so_they_bounce() -> None:
+    devices = value_after(argv(spec(disks=(Disk("virtio-blk"),))), "-device")
+    virtio = [d for d in devices if d.startswith("virtio")]
+    assert len(virtio) == 2
+    assert all("iommu_platform=on" in d and "disable-legacy=on" in d for d in virtio)
+
+
+def test_device_under_test_is_emulated_nvme_by_default() -> None:
+    args = argv(spec())
+    assert any(d.startswith("nvme,drive=dut0") for d in value_after(args, "-device"))
+    assert value_after(args, "-drive")[0].startswith("file=/w/disk0.raw,if=none,id=dut0,format=raw")
+
+
+@pytest.mark.parametrize(("accel", "cpu"), [("tcg", "max"), ("kvm", "host")])
+def test_accelerator_profiles(accel: str, cpu: str) -> None:
+    args = argv(spec(), accel)
+    assert value_after(args, "-accel")[0].startswith(accel)
+    assert value_after(args, "-cpu") == [cpu]
+
+
+def test_qmp_socket_and_serial_file_and_no_reboot() -> None:
+    args = argv(spec())
+    assert value_after(args, "-qmp") == ["unix:/w/q.sock,server=on,wait=off"]
+    assert value_after(args, "-serial") == ["file:/w/console.log"]
+    assert "-no-reboot" in args
+
+
+def test_commas_in_paths_are_escaped_for_qemu() -> None:
+    args = qemu_argv(spec(kernel=Path("/a,b/bzImage")), accel="tcg", ssh_port=1, console=Path("/c"),
+                     qmp=Path("/q"), disk_images=(Path("/d"),))  # fmt: skip
+    assert value_after(args, "-kernel") == ["/a,,b/bzImage"]
+
+
+def test_argv_is_a_tuple_of_strings_never_a_shell_string() -> None:
+    args = argv(spec())
+    assert isinstance(args, tuple) and all(isinstance(a, str) for a in args)
+
+
+def test_pool_below_kernel_minimum_is_refused() -> None:
+    with pytest.raises(ConfigError, match="below the kernel minimum of 512 slabs"):
+        spec(swiotlb_nslabs=100)
