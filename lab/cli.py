@@ -22,6 +22,7 @@ from lab import __version__
 from lab.errors import HostError, LabError
 from lab.matrix import Cell, Matrix, load_matrix
 from lab.runner import BOOT_ESTIMATE_S, cell_estimate_s
+from lab.vm import LocalHypervisor
 
 log = logging.getLogger("lab")
 console = Console(stderr=True, soft_wrap=True)
@@ -91,7 +92,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         from lab.kernel import stock_kernel
         from lab.keys import client_key
         from lab.runner import LabContext, boot_spec
-        from lab.vm import LocalHypervisor
 
         console.print("KVM: /dev/kvm is present; probing by booting a guest under KVM ...")
         hypervisor = LocalHypervisor()
@@ -130,7 +130,6 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
     from lab.runner import LabContext, boot_spec, run_matrix
     from lab.store import RunStore, load_cells
     from lab.util import atomic_write_text, cache_dir
-    from lab.vm import LocalHypervisor
 
     matrix = load_matrix(args.matrix)
     store = RunStore.open(Path(args.resume)) if args.resume else None
@@ -211,7 +210,7 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
     from lab.runner import LabContext, boot_spec, run_group
     from lab.store import RunStore
     from lab.util import cache_dir
-    from lab.vm import LocalHypervisor, Machine
+    from lab.vm import Machine
 
     _require_host()
     image, key, cache = build_image(), client_key(), cache_dir()
@@ -244,6 +243,53 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
     if overheads:
         print(f"per-cell overhead (cell wall time minus fio runtime) over {len(overheads)} cells:")
         print(f"  min {min(overheads):.2f} s, median {statistics.median(overheads):.2f} s, max {max(overheads):.2f} s")
+    return 0
+
+
+def cmd_bench_sampler(args: argparse.Namespace) -> int:
+    """fio IOPS with and without the in-guest sampler, alternating in one boot."""
+    from lab.guest import Guest
+    from lab.image import build_image
+    from lab.kernel import stock_kernel
+    from lab.keys import client_key
+    from lab.runner import LabContext, boot_spec, run_cell
+    from lab.store import RunStore
+    from lab.util import cache_dir
+
+    _require_host()
+    image, key, cache = build_image(), client_key(), cache_dir()
+    hypervisor = LocalHypervisor()
+    ctx = LabContext(hypervisor, image, key, {"stock": stock_kernel()}, cache, accel=args.accel)
+    base = next(c for c in load_matrix(args.matrix).cells if c.workload.name == args.workload)
+    base = replace(base, workload=replace(base.workload, runtime_s=args.runtime))
+    spec = boot_spec(ctx, base)
+    ctx.accel = hypervisor.resolve_accel(spec, cache / "probe-work")  # type: ignore[assignment]
+    work = Path(args.results) / f"bench-sampler-{time.strftime('%Y%m%dT%H%M%S')}"
+    store = RunStore.create(work, {"bench": "sampler"}, run_id="cells")
+    iops: dict[bool, list[float]] = {True: [], False: []}
+    with hypervisor.boot(replace(spec, accel=ctx.accel), store.boot_dir("boot")) as vm:
+        with Guest(vm.endpoint, key.private_path, image.host_key_blob) as guest:
+            guest.connect(alive=vm.check_alive)
+            boot_info = {"accel": vm.accelerator}
+            for index in range(2 * args.pairs):
+                sampled = (index % 4) in (0, 3)  # ABBA order cancels slow drifts
+                ctx.sample_hz = args.hz if sampled else 0.0
+                cell = replace(base, repetition=index)
+                row = run_cell(cell, vm, guest, store, ctx, _QuietReporter(), boot_info)
+                if row["status"] != "ok":
+                    raise LabError(f"bench cell failed: {row['failure_reason']}: {row['failure_detail']}")
+                iops[sampled].append(float(row["fio_iops"]))
+                console.print(f"{'with' if sampled else 'without'} sampler: {row['fio_iops']:.0f} IOPS")
+    with_s, without = statistics.mean(iops[True]), statistics.mean(iops[False])
+    cost = (without - with_s) / without * 100.0
+    spread = statistics.stdev(iops[False]) / without * 100.0 if len(iops[False]) > 1 else float("nan")
+    print(
+        f"\nworkload {base.workload.name} ({args.runtime} s x {args.pairs} pairs, {ctx.accel}),"
+        f" sampler at {args.hz:g} Hz:"
+    )
+    print(f"  without sampler: mean {without:.0f} IOPS (runs: {', '.join(f'{v:.0f}' for v in iops[False])})")
+    print(f"  with sampler:    mean {with_s:.0f} IOPS (runs: {', '.join(f'{v:.0f}' for v in iops[True])})")
+    print(f"  sampler cost: {cost:+.2f}% of IOPS (run-to-run spread without sampler: {spread:.2f}% SD)")
     return 0
 
 
@@ -304,6 +350,16 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--results", default="results")
     boot.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
     boot.set_defaults(func=cmd_bench_boot)
+
+    sampler = bench_sub.add_parser("sampler", help="fio IOPS with and without the in-guest sampler")
+    sampler.add_argument("--pairs", type=int, default=4)
+    sampler.add_argument("--runtime", type=int, default=10)
+    sampler.add_argument("--hz", type=float, default=50.0)
+    sampler.add_argument("--workload", default="light")
+    sampler.add_argument("--matrix", default="default")
+    sampler.add_argument("--results", default="results")
+    sampler.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    sampler.set_defaults(func=cmd_bench_sampler)
 
     image = sub.add_parser("image", help="guest image")
     image_sub = image.add_subparsers(dest="what", required=True)

@@ -6,9 +6,11 @@ moves in one place.  Parsing of what is read is in ``lab.parse``.
 
 from __future__ import annotations
 
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from lab.errors import ParseError
 from lab.guest import Guest, quote_argv
 
 SWIOTLB_DEBUGFS = "/sys/kernel/debug/swiotlb"
@@ -131,13 +133,20 @@ def run_fio(guest: Guest, argv: list[str], files: WorkloadFiles, timeout_s: floa
 
 
 def fetch(guest: Guest, files: WorkloadFiles, local_dir: Path) -> list[Path]:
-    """Copy the workload's artifacts to the host over SFTP (missing ones are skipped)."""
-    present = set(guest.run(f"ls {_q(files.directory)}", timeout_s=15).stdout.split())
-    fetched = []
-    for name in ARTIFACTS:
-        if name in present:
-            fetched.append(guest.get(files.path(name), local_dir / name))
-    return fetched
+    """Copy the workload's artifacts to the host: one tar file over SFTP (one round trip, not twelve)."""
+    archive = files.directory + ".tar"
+    guest.run(f"tar -cf {_q(archive)} -C {_q(files.directory)} .", timeout_s=60)
+    local_dir.mkdir(parents=True, exist_ok=True)
+    local_tar = guest.get(archive, local_dir / "artifacts.tar")
+    try:
+        with tarfile.open(local_tar) as tar:
+            members = [m for m in tar.getmembers() if m.isfile() and Path(m.name).name in ARTIFACTS]
+            tar.extractall(local_dir, members=members, filter="data")
+    except tarfile.TarError as exc:
+        raise ParseError("artifact archive", str(local_tar), str(exc)) from exc
+    finally:
+        local_tar.unlink(missing_ok=True)
+    return [local_dir / m.name for m in members]
 
 
 def read_debugfs(guest: Guest) -> str:

@@ -178,7 +178,9 @@ def run_cell(
 
     try:
         phase("preparing probes", lambda: probes.prepare(guest, files, disk.guest_name))
-        sampler = phase("starting sampler", lambda: probes.start_sampler(guest, files, ctx.sample_hz))
+        sampler = None
+        if ctx.sample_hz > 0:
+            sampler = phase("starting sampler", lambda: probes.start_sampler(guest, files, ctx.sample_hz))
         job_file = None
         if cell.workload.job_file is not None:
             job_file = files.path("job.fio")
@@ -188,7 +190,8 @@ def run_cell(
         fio_exit = phase(f"fio {cell.workload.name} ({cell.workload.runtime_s} s)",
                          lambda: probes.run_fio(guest, argv, files, cell.workload.timeout_s))  # fmt: skip
         fio_wall = time.monotonic() - fio_started
-        phase("stopping sampler", lambda: probes.stop_sampler(guest, sampler))
+        if sampler is not None:
+            phase("stopping sampler", lambda: probes.stop_sampler(guest, sampler))
         phase("collecting counters", lambda: probes.collect(guest, files))
         phase("fetching artifacts", lambda: probes.fetch(guest, files, local))
     except LabError as exc:
@@ -228,7 +231,8 @@ def build_row(base: dict[str, Any], local: Path, fio_exit: int) -> tuple[dict[st
     fio = parse_fio(fio_text, source=str(local / "fio.json"))
     before = parse_debugfs(text("debugfs_before.txt"), source=str(local / "debugfs_before.txt"))
     after = parse_debugfs(text("debugfs_after.txt"), source=str(local / "debugfs_after.txt"))
-    samples = parse_samples(text("samples.csv"), source=str(local / "samples.csv"))
+    samples_text = text("samples.csv")
+    samples = parse_samples(samples_text, source=str(local / "samples.csv")) if samples_text else None
     hists = {t.name: parse_hist(text(f"hist_{t.name}.txt"), source=f"hist_{t.name}.txt") for t in probes.TRIGGERS}
     dmesg = parse_dmesg(text("dmesg.txt"))
     hctx = parse_hctx_flags(text("hctx_flags.txt"))
@@ -268,13 +272,16 @@ def build_row(base: dict[str, Any], local: Path, fio_exit: int) -> tuple[dict[st
         "hctx_flags": ";".join(f"{k}={'|'.join(sorted(v))}" for k, v in sorted(hctx.items())),
         "dmesg_swiotlb_full": dmesg.swiotlb_full,
         "dmesg_io_errors": dmesg.io_errors,
-        "sampler_samples": len(samples.frame),
-        "sampler_complete": samples.complete,
-        "sampler_late": samples.late,
-        "sampler_max_used": float(samples.frame["io_tlb_used"].max()) if "io_tlb_used" in samples.frame else None,
+        "sampler_hz": samples.hz if samples else 0.0,
+        "sampler_samples": len(samples.frame) if samples else 0,
+        "sampler_complete": samples.complete if samples else False,
+        "sampler_late": samples.late if samples else 0,
+        "sampler_max_used": float(samples.frame["io_tlb_used"].max())
+        if samples and "io_tlb_used" in samples.frame
+        else None,
         "debugfs_after": json.dumps(after, sort_keys=True),
     }
-    frame = samples.frame.copy()
+    frame = samples.frame.copy() if samples else pd.DataFrame()
     jobs = fio.jobs.copy()
     for key in ("kernel", "pool_slabs_requested", "workload", "repetition"):
         frame[key] = base[key]
