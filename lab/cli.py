@@ -309,6 +309,19 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build_kernel(args: argparse.Namespace) -> int:
+    from lab.kernel import build_kernel, local_source
+
+    source = local_source(Path(args.kernel_tree)) if args.kernel_tree else None
+    started = time.monotonic()
+    with console.status(f"building kernel {args.variant} (log under the cache's kernels/ directory)"):
+        kernel = build_kernel(args.variant, source=source, jobs=args.jobs)
+    print(f"{kernel.name}: {kernel.bzimage} ({kernel.release}) in {time.monotonic() - started:.1f} s")
+    for key, value in kernel.identity.items():
+        print(f"  {key}: {value}")
+    return 0
+
+
 def cmd_kernel_stock(args: argparse.Namespace) -> int:
     from lab.kernel import stock_kernel
 
@@ -360,6 +373,14 @@ def build_parser() -> argparse.ArgumentParser:
     sampler.add_argument("--results", default="results")
     sampler.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
     sampler.set_defaults(func=cmd_bench_sampler)
+
+    build = sub.add_parser("build", help="build things")
+    build_sub = build.add_subparsers(dest="what", required=True)
+    build_kernel = build_sub.add_parser("kernel", help="build a kernel variant (kernel-configs/variants.toml)")
+    build_kernel.add_argument("variant")
+    build_kernel.add_argument("--kernel-tree", metavar="PATH", help="build from this tree instead of Debian's source")
+    build_kernel.add_argument("--jobs", type=int, default=None)
+    build_kernel.set_defaults(func=cmd_build_kernel)
 
     image = sub.add_parser("image", help="guest image")
     image_sub = image.add_subparsers(dest="what", required=True)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab.errors import BuildError, HostError
+from lab.errors import BuildError, ConfigError, HostError
 from lab.util import atomic_write_text, cache_dir, run_host, sha256_file
 
 log = logging.getLogger(__name__)
@@ -132,3 +134,310 @@ def _load_stock(tree: Path) -> KernelBuild:
         boot_args=STOCK_BOOT_ARGS,
         identity=identity,
     )
+
+
+# --- kernels built from source -----------------------------------------------------------
+
+SOURCE_PACKAGE = "linux-source-6.12"
+SOURCE_VERSION = "6.12.117-1~deb12u1"
+# Bump when the build procedure changes in a way the content hash cannot see.
+BUILD_FORMAT = 1
+REPO = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO / "kernel-configs"
+PATCH_DIR = REPO / "patches"
+_CONFIG_LINE = re.compile(r"^(CONFIG_\w+)=(.*)$|^# (CONFIG_\w+) is not set$")
+
+
+@dataclass(frozen=True)
+class KernelSource:
+    """A kernel tree to build from, and how to name it in results."""
+
+    tree: Path
+    label: str  # e.g. "debian:linux-source-6.12=6.12.117-1~deb12u1" or "tree:/path@<git rev>"
+    digest: str  # sha256 of the source package, or the git revision (+ "-dirty") of a local tree
+    pinned: bool = True
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    description: str
+    fragments: tuple[Path, ...]
+    patches: tuple[Path, ...]  # patch files, in application order
+
+
+def debian_source(cache: Path | None = None) -> KernelSource:
+    """Debian's linux-source-6.12, fetched with apt and extracted once into the cache."""
+    root = (cache or cache_dir()) / "kernel-src"
+    for marker in sorted(root.glob("*/source.txt")):
+        info = dict(line.split("=", 1) for line in marker.read_text().splitlines() if "=" in line)
+        if info.get("version") == SOURCE_VERSION or info.get("pinned") == "false":
+            return KernelSource(marker.parent / "linux", info["label"], info["sha256"], info.get("pinned") == "true")
+    root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".src-", dir=root))
+    try:
+        version, pinned = SOURCE_VERSION, True
+        try:
+            deb = _apt_download(SOURCE_PACKAGE, version, work)
+        except BuildError as exc:
+            policy = subprocess.run(["apt-cache", "policy", SOURCE_PACKAGE], capture_output=True, text=True,
+                                    check=False).stdout  # fmt: skip
+            match = re.search(r"Candidate:\s*(\S+)", policy)
+            if not match or match.group(1) == "(none)":
+                raise BuildError(f"{SOURCE_PACKAGE} is not available from apt ({exc}); run apt-get update") from exc
+            version, pinned = match.group(1), False
+            log.warning("PINNED %s=%s IS NOT SERVED ANY MORE; using %s", SOURCE_PACKAGE, SOURCE_VERSION, version)
+            deb = _apt_download(SOURCE_PACKAGE, version, work)
+        digest = sha256_file(deb)
+        run_host(["dpkg-deb", "-x", deb, work / "deb"], what=f"unpacking {deb.name}")
+        tarballs = list((work / "deb" / "usr" / "src").glob("linux-source-*.tar.*"))
+        if len(tarballs) != 1:
+            raise BuildError(f"{deb.name}: expected one linux-source tarball, found {len(tarballs)}")
+        (work / "x").mkdir()
+        run_host(["tar", "-xf", tarballs[0], "-C", work / "x"], what=f"extracting {tarballs[0].name}")
+        [top] = list((work / "x").iterdir())
+        final = root / version
+        final.mkdir(parents=True, exist_ok=True)
+        os.rename(top, final / "linux")
+        label = f"debian:{SOURCE_PACKAGE}={version}"
+        info = {"label": label, "version": version, "sha256": digest, "pinned": str(pinned).lower()}
+        atomic_write_text(final / "source.txt", "".join(f"{k}={v}\n" for k, v in info.items()))
+        return KernelSource(final / "linux", label, digest, pinned)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def local_source(path: Path) -> KernelSource:
+    """A developer's kernel tree (e.g. a git checkout).  It must be clean of build output."""
+    tree = path.resolve()
+    if not (tree / "Makefile").is_file() or not (tree / "kernel" / "dma" / "swiotlb.c").is_file():
+        raise BuildError(f"{path} does not look like a Linux source tree (no Makefile or kernel/dma/swiotlb.c)")
+    if (tree / ".config").exists():
+        raise BuildError(f"{tree} has a .config: run 'make mrproper' there (the lab builds out of tree)")
+    rev = subprocess.run(["git", "-C", tree, "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
+    if rev.returncode == 0:
+        dirty = subprocess.run(["git", "-C", tree, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=False).stdout.strip()  # fmt: skip
+        digest = rev.stdout.strip() + ("-dirty" if dirty else "")
+    else:
+        digest = "untracked-" + sha256_file(tree / "Makefile")[:12]
+    return KernelSource(tree, f"tree:{tree}@{digest}", digest)
+
+
+def load_variants(path: Path | None = None) -> dict[str, Variant]:
+    import tomllib
+
+    path = path or CONFIG_DIR / "variants.toml"
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot load kernel variants: {exc}") from exc
+    variants = {}
+    for name, spec in dict(data.get("variants", {})).items():
+        unknown = set(spec) - {"description", "fragments", "patches"}
+        if unknown:
+            raise ConfigError(f"{path}: variants.{name}: unknown key {sorted(unknown)[0]!r}; "
+                              "valid keys: description, fragments, patches")  # fmt: skip
+        fragments = tuple(CONFIG_DIR / f for f in spec.get("fragments", []))
+        for fragment in fragments:
+            if not fragment.is_file():
+                raise ConfigError(f"{path}: variants.{name}: config fragment {fragment} does not exist")
+        patches: list[Path] = []
+        for series in spec.get("patches", []):
+            directory = PATCH_DIR / series
+            files = sorted(directory.glob("*.patch"))
+            if not files:
+                raise ConfigError(f"{path}: variants.{name}: patch series {directory} has no *.patch files")
+            patches.extend(files)
+        variants[name] = Variant(name, str(spec.get("description", "")), fragments, tuple(patches))
+    return variants
+
+
+def requested_options(fragments: Sequence[Path]) -> dict[str, str]:
+    """CONFIG_X → value ("n" for "is not set"), later fragments overriding earlier ones."""
+    wanted: dict[str, str] = {}
+    for fragment in fragments:
+        wanted.update(parse_config(fragment.read_text()))
+    return wanted
+
+
+def parse_config(text: str) -> dict[str, str]:
+    values = {}
+    for line in text.splitlines():
+        match = _CONFIG_LINE.match(line.strip())
+        if match:
+            if match.group(1):
+                values[match.group(1)] = match.group(2).strip('"')
+            else:
+                values[match.group(3)] = "n"
+    return values
+
+
+def dropped_options(wanted: dict[str, str], final: dict[str, str]) -> list[str]:
+    """Options whose requested value did not survive olddefconfig."""
+    dropped = []
+    for option, value in sorted(wanted.items()):
+        got = final.get(option, "n")
+        if got != value:
+            dropped.append(f"{option}: requested {value}, got {got if option in final else 'n (absent)'}")
+    return dropped
+
+
+def compiler_version() -> str:
+    try:
+        return subprocess.run(["gcc", "--version"], capture_output=True, text=True, check=True).stdout.splitlines()[0]
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise HostError("gcc not found: install the Debian package gcc") from exc
+
+
+def build_key(source: KernelSource, variant: Variant) -> str:
+    digest = hashlib.sha256()
+    digest.update(f"{BUILD_FORMAT}|{source.label}|{source.digest}|{compiler_version()}".encode())
+    for path in (CONFIG_DIR / "base.config", *variant.fragments, *variant.patches):
+        digest.update(b"\0" + path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _built(final: Path, variant: Variant) -> KernelBuild:
+    identity = dict(line.split("=", 1) for line in (final / "identity.txt").read_text().splitlines() if "=" in line)
+    return KernelBuild(
+        name=variant.name,
+        release=identity["kernel_release"],
+        bzimage=final / "bzImage",
+        config=final / "config",
+        identity={k: v for k, v in identity.items() if k != "kernel_release"},
+    )
+
+
+def build_kernel(
+    variant_name: str,
+    source: KernelSource | None = None,
+    cache: Path | None = None,
+    jobs: int | None = None,
+    variants: dict[str, Variant] | None = None,
+) -> KernelBuild:
+    """Build ``variant_name`` (or return the cached build with the same content hash)."""
+    if variant_name == "stock":
+        return stock_kernel(cache)
+    variants = variants if variants is not None else load_variants()
+    if variant_name not in variants:
+        raise ConfigError(f"unknown kernel variant {variant_name!r}; valid: stock, {', '.join(variants)}")
+    variant = variants[variant_name]
+    root = (cache or cache_dir()) / "kernels"
+    if source is None:
+        source = debian_source(cache)
+    key = build_key(source, variant)
+    final = root / f"{variant.name}-{key}"
+    if (final / "identity.txt").exists():
+        return _built(final, variant)
+    root.mkdir(parents=True, exist_ok=True)
+    work = root / f".work-{variant.name}-{key}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    log_path = root / f"{variant.name}-{key}.build.log"
+    try:
+        tree = _prepare_tree(source, variant, work)
+        _configure(tree, work / "build", variant, log_path)
+        _compile(tree, work / "build", log_path, jobs or (os.cpu_count() or 1) + 1, cache or cache_dir())
+        out = work / "out"
+        out.mkdir()
+        shutil.copy2(work / "build" / "arch" / "x86" / "boot" / "bzImage", out / "bzImage")
+        shutil.copy2(work / "build" / ".config", out / "config")
+        shutil.copy2(log_path, out / "build.log")
+        release = (work / "build" / "include" / "config" / "kernel.release").read_text().strip()
+        identity = {
+            "kernel_release": release,
+            "kernel_source": source.label,
+            "kernel_source_sha256": source.digest,
+            "kernel_pinned": str(source.pinned).lower(),
+            "kernel_config_sha256": sha256_file(out / "config"),
+            "kernel_patches_sha256": _patches_digest(variant),
+            "kernel_patches": ",".join(p.name for p in variant.patches) or "none",
+            "kernel_build_key": key,
+            "compiler": compiler_version(),
+        }
+        if not source.pinned:
+            identity["kernel_warning"] = f"PINNED {SOURCE_PACKAGE}={SOURCE_VERSION} WAS NOT AVAILABLE"
+        atomic_write_text(out / "identity.txt", "".join(f"{k}={v}\n" for k, v in identity.items()))
+        os.rename(out, final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return _built(final, variant)
+
+
+def _patches_digest(variant: Variant) -> str:
+    if not variant.patches:
+        return "none"
+    digest = hashlib.sha256()
+    for patch in variant.patches:
+        digest.update(patch.read_bytes())
+    return digest.hexdigest()
+
+
+def _prepare_tree(source: KernelSource, variant: Variant, work: Path) -> Path:
+    """The source tree to build: pristine, or a hard-linked copy with the patches applied."""
+    if not variant.patches:
+        return source.tree
+    tree = work / "src"
+    # patch(1) replaces files instead of writing into them, so hard links keep the pristine tree intact.
+    run_host(["cp", "-al", source.tree, tree], what="copying the kernel tree")
+    for patch in variant.patches:
+        check = subprocess.run(["patch", "-p1", "-N", "--dry-run", "-i", patch], cwd=tree,
+                               capture_output=True, text=True, check=False)  # fmt: skip
+        if check.returncode != 0:
+            raise BuildError(f"patch {patch} does not apply to {source.label}:\n{check.stdout[-3000:]}{check.stderr}")
+        run_host(
+            ["patch", "-p1", "-N", "--no-backup-if-mismatch", "-i", patch], cwd=tree, what=f"applying {patch.name}"
+        )
+    return tree
+
+
+def _make(tree: Path, build: Path, targets: Sequence[str], log_path: Path, env: dict[str, str] | None = None,
+          jobs: int = 1) -> None:  # fmt: skip
+    argv = ["make", "-C", str(tree), f"O={build}", f"-j{jobs}", *targets]
+    with log_path.open("a") as handle:
+        handle.write(f"$ {' '.join(argv)}\n")
+        handle.flush()
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
+                              env={**os.environ, **(env or {})}, check=False)  # fmt: skip
+    if proc.returncode != 0:
+        raise BuildError(f"kernel build step 'make {' '.join(targets)}' failed (log: {log_path}):\n"
+                         + build_errors(log_path.read_text(errors="replace")))  # fmt: skip
+
+
+def build_errors(log_text: str, limit: int = 25) -> str:
+    """The compiler's error lines (with a little context), else the log's tail."""
+    lines = log_text.splitlines()
+    picked: list[str] = []
+    for index, line in enumerate(lines):
+        if re.search(r"\berror\b|Error \d+|undefined reference", line):
+            picked.extend(lines[max(0, index - 2) : index + 3])
+    chosen = picked or lines
+    return "\n".join(chosen[-limit:])
+
+
+def _configure(tree: Path, build: Path, variant: Variant, log_path: Path) -> None:
+    build.mkdir(parents=True, exist_ok=True)
+    log_path.write_text("")
+    fragments = [CONFIG_DIR / "base.config", *variant.fragments]
+    _make(tree, build, ["tinyconfig"], log_path)
+    run_host([tree / "scripts" / "kconfig" / "merge_config.sh", "-m", "-O", build, build / ".config", *fragments],
+             what="merge_config.sh", cwd=tree)  # fmt: skip
+    _make(tree, build, ["olddefconfig"], log_path)
+    dropped = dropped_options(requested_options(fragments), parse_config((build / ".config").read_text()))
+    if dropped:
+        raise BuildError(f"Kconfig dropped options of {variant.name} (unmet dependencies?):\n  " + "\n  ".join(dropped))
+
+
+def _compile(tree: Path, build: Path, log_path: Path, jobs: int, cache: Path) -> None:
+    env = {
+        "KBUILD_BUILD_TIMESTAMP": "2024-08-16",
+        "KBUILD_BUILD_USER": "swiotlb-lab",
+        "KBUILD_BUILD_HOST": "swiotlb-lab",
+        "CCACHE_DIR": str(cache / "ccache"),
+        "CCACHE_BASEDIR": str(cache),
+        "CCACHE_NOHASHDIR": "1",
+        "CCACHE_MAXSIZE": "5G",
+    }
+    cc = "ccache gcc" if shutil.which("ccache") else "gcc"
+    _make(tree, build, [f"CC={cc}", "bzImage"], log_path, env=env, jobs=jobs)
