@@ -124,7 +124,7 @@ def _require_host() -> None:
 
 def cmd_run_matrix(args: argparse.Namespace) -> int:
     from lab.image import build_image
-    from lab.kernel import stock_kernel
+    from lab.kernel import build_kernel
     from lab.keys import client_key
     from lab.report import summary_markdown
     from lab.runner import LabContext, boot_spec, run_matrix
@@ -145,7 +145,10 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
 
     console.print(f"matrix [bold]{matrix.name}[/bold]: {len(todo)} cells in {boots} boots, ~{estimate_s / 60:.0f} min")
     image = build_image()
-    kernels = {name: stock_kernel() for name in {c.kernel for c in matrix.cells}}
+    kernels = {}
+    for name in sorted({c.kernel for c in matrix.cells}):
+        with console.status(f"kernel {name}: building or loading from cache"):
+            kernels[name] = build_kernel(name)
     hypervisor = LocalHypervisor()
     cache = cache_dir()
     ctx = LabContext(hypervisor, image, client_key(), kernels, cache, accel=args.accel)

@@ -327,6 +327,8 @@ def modules_archive(modules_dir: Path, wanted: Sequence[str], out: Path) -> None
 
 def initrd_for(image: GuestImage, kernel_modules_dir: Path | None, modules: Sequence[str], cache: Path) -> Path:
     """The initrd QEMU loads: rootfs + the kernel's boot modules, concatenated and cached."""
+    if kernel_modules_dir is None or not modules:
+        return image.rootfs  # everything built in: nothing to append
     key = sha256_bytes(f"{image.recipe_hash}|{kernel_modules_dir}|{','.join(modules)}".encode())[:16]
     out = cache / "initrds" / f"{key}.cpio"
     if out.exists():

@@ -164,6 +164,7 @@ class Variant:
     description: str
     fragments: tuple[Path, ...]
     patches: tuple[Path, ...]  # patch files, in application order
+    problem: str = ""  # why this variant cannot be built (reported only when it is asked for)
 
 
 def debian_source(cache: Path | None = None) -> KernelSource:
@@ -243,13 +244,14 @@ def load_variants(path: Path | None = None) -> dict[str, Variant]:
             if not fragment.is_file():
                 raise ConfigError(f"{path}: variants.{name}: config fragment {fragment} does not exist")
         patches: list[Path] = []
+        problem = ""
         for series in spec.get("patches", []):
             directory = PATCH_DIR / series
             files = sorted(directory.glob("*.patch"))
             if not files:
-                raise ConfigError(f"{path}: variants.{name}: patch series {directory} has no *.patch files")
+                problem = f"{path}: variants.{name}: patch series {directory} has no *.patch files"
             patches.extend(files)
-        variants[name] = Variant(name, str(spec.get("description", "")), fragments, tuple(patches))
+        variants[name] = Variant(name, str(spec.get("description", "")), fragments, tuple(patches), problem)
     return variants
 
 
@@ -323,6 +325,8 @@ def build_kernel(
     if variant_name not in variants:
         raise ConfigError(f"unknown kernel variant {variant_name!r}; valid: stock, {', '.join(variants)}")
     variant = variants[variant_name]
+    if variant.problem:
+        raise ConfigError(variant.problem)
     root = (cache or cache_dir()) / "kernels"
     if source is None:
         source = debian_source(cache)

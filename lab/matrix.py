@@ -32,7 +32,11 @@ WORKLOAD_KEYS = {
     "hipri": "polled completions (true/false)", "job_file": "path to a fio job file (instead of parameters)",
 }  # fmt: skip
 DEVICES = ("nvme", "virtio-blk")
-KNOWN_KERNELS = ("stock",)
+def known_kernels() -> tuple[str, ...]:
+    """"stock" (Debian's kernel) and every variant in kernel-configs/variants.toml."""
+    from lab.kernel import load_variants
+
+    return ("stock", *load_variants())
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|slabs?)?\s*$", re.I)
 _UNITS = {"b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
 
@@ -163,7 +167,7 @@ def _workload(name: str, spec: object, base: Path, where: str) -> Workload:
         raise ConfigError(f"{where}: {exc}") from exc
 
 
-def load_matrix(source: str | Path, known_kernels: tuple[str, ...] = KNOWN_KERNELS) -> Matrix:
+def load_matrix(source: str | Path, kernels: tuple[str, ...] | None = None) -> Matrix:
     """Load a matrix from a TOML file path or the name of one shipped in the package."""
     path = Path(source)
     if path.suffix != ".toml" and not path.exists():
@@ -183,7 +187,7 @@ def load_matrix(source: str | Path, known_kernels: tuple[str, ...] = KNOWN_KERNE
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: malformed TOML: {exc}") from exc
-    return parse_matrix(data, text, path, known_kernels)
+    return parse_matrix(data, text, path, kernels if kernels is not None else known_kernels())
 
 
 def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tuple[str, ...]) -> Matrix:
