@@ -32,11 +32,15 @@ WORKLOAD_KEYS = {
     "hipri": "polled completions (true/false)", "job_file": "path to a fio job file (instead of parameters)",
 }  # fmt: skip
 DEVICES = ("nvme", "virtio-blk")
+
+
 def known_kernels() -> tuple[str, ...]:
-    """"stock" (Debian's kernel) and every variant in kernel-configs/variants.toml."""
+    """ "stock" (Debian's kernel) and every variant in kernel-configs/variants.toml."""
     from lab.kernel import load_variants
 
     return ("stock", *load_variants())
+
+
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|slabs?)?\s*$", re.I)
 _UNITS = {"b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
 
@@ -52,16 +56,24 @@ class Cell:
     vcpus: int
     memory_mib: int
     repetition: int = 0
+    knobs: tuple[tuple[str, int], ...] = ()  # swiotlb debugfs knobs written before the workload
+    swiotlb_force: bool = True
 
     def content(self) -> dict[str, Any]:
         workload = self.workload.describe()
         if self.workload.job_file is not None:
             workload["job_file"] = hashlib.sha256(self.workload.job_file.read_bytes()).hexdigest()
-        return {
+        content: dict[str, Any] = {
             "kernel": self.kernel, "pool_slabs": self.pool_slabs, "device": self.device,
             "vcpus": self.vcpus, "memory_mib": self.memory_mib, "repetition": self.repetition,
             "workload": workload,
         }  # fmt: skip
+        # Only non-default fields join the content, so IDs of older cells stay valid.
+        if self.knobs:
+            content["knobs"] = dict(self.knobs)
+        if not self.swiotlb_force:
+            content["swiotlb_force"] = False
+        return content
 
     @property
     def cell_id(self) -> str:
@@ -70,9 +82,10 @@ class Cell:
         return f"{self.kernel}-{self.pool_slabs}-{self.device}-{self.workload.name}-r{self.repetition}-{digest}"
 
     @property
-    def boot_key(self) -> tuple[str, int, str, int, int, int]:
+    def boot_key(self) -> tuple[str, int, str, int, int, int, bool]:
         """Cells with equal keys share one boot (workloads run one after another)."""
-        return (self.kernel, self.pool_slabs, self.device, self.vcpus, self.memory_mib, self.repetition)
+        return (self.kernel, self.pool_slabs, self.device, self.vcpus, self.memory_mib, self.repetition,
+                self.swiotlb_force)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -84,7 +97,7 @@ class Matrix:
     raw: dict[str, Any] = field(hash=False, compare=False)
 
     def boot_groups(self) -> list[list[Cell]]:
-        groups: dict[tuple[str, int, str, int, int, int], list[Cell]] = {}
+        groups: dict[tuple[str, int, str, int, int, int, bool], list[Cell]] = {}
         for cell in self.cells:
             groups.setdefault(cell.boot_key, []).append(cell)
         return list(groups.values())

@@ -70,7 +70,7 @@ def boot_spec(ctx: LabContext, cell: Cell) -> BootSpec:
         initrd=initrd_for(ctx.image, kernel.modules_dir, kernel.boot_modules, ctx.cache),
         ssh_key_blob=ctx.client_key.public_blob,
         swiotlb_nslabs=cell.pool_slabs,
-        swiotlb_force=True,
+        swiotlb_force=cell.swiotlb_force,
         vcpus=cell.vcpus,
         memory_mib=cell.memory_mib,
         disks=(Disk(cell.device),),  # type: ignore[arg-type]
@@ -95,6 +95,8 @@ def base_row(ctx: LabContext, cell: Cell, store: RunStore) -> dict[str, Any]:
         "vcpus": cell.vcpus,
         "memory_mib": cell.memory_mib,
         "repetition": cell.repetition,
+        "swiotlb_force": cell.swiotlb_force,
+        "knobs": json.dumps(dict(cell.knobs), sort_keys=True),
         **cell.workload.describe(),
         **kernel.describe(),
         **ctx.provenance,
@@ -177,7 +179,7 @@ def run_cell(
         return action()
 
     try:
-        phase("preparing probes", lambda: probes.prepare(guest, files, disk.guest_name))
+        phase("preparing probes", lambda: probes.prepare(guest, files, disk.guest_name, dict(cell.knobs)))
         sampler = None
         if ctx.sample_hz > 0:
             sampler = phase("starting sampler", lambda: probes.start_sampler(guest, files, ctx.sample_hz))
@@ -218,6 +220,12 @@ def _store_failed(store: RunStore, row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def _delta(before: dict[str, int | None], after: dict[str, int | None], name: str) -> int | None:
+    """A cumulative debugfs counter's increase over the workload (None if absent or invalid)."""
+    start, end = before.get(name), after.get(name)
+    return end - start if start is not None and end is not None else None
+
+
 def build_row(base: dict[str, Any], local: Path, fio_exit: int) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
     """Turn a cell's fetched artifacts into one result row (+ sample and per-job tables)."""
 
@@ -250,6 +258,12 @@ def build_row(base: dict[str, Any], local: Path, fio_exit: int) -> tuple[dict[st
         "used_after": after.get("io_tlb_used"),
         "hiwater": hiwater,
         "hiwater_frac": (hiwater / nslabs) if hiwater is not None and nslabs else None,
+        "high_throttle": after.get("high_throttle"),
+        "low_throttle": after.get("low_throttle"),
+        "high_throttle_count": _delta(before, after, "high_throttle_count"),
+        "low_throttle_count": _delta(before, after, "low_throttle_count"),
+        "throttle_wait_ns": _delta(before, after, "throttle_wait_ns"),
+        "throttle_waiters_after": after.get("throttle_waiters"),
         "map_failures": hists["map_page_failures"].hits,
         "map_failure_bytes": hists["map_page_failures"].total("size"),
         "map_sg_errors": hists["map_sg_errors"].hits,
