@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -335,37 +336,44 @@ def build_kernel(
     if (final / "identity.txt").exists():
         return _built(final, variant)
     root.mkdir(parents=True, exist_ok=True)
-    work = root / f".work-{variant.name}-{key}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
+    # One persistent workspace (source copy + object tree) shared by all
+    # variants: switching variant or changing one patch recompiles only the
+    # objects whose sources or Kconfig symbols changed.  The lock serialises
+    # builds (they need every core anyway).
+    workspace = root / ".workspace"
+    workspace.mkdir(parents=True, exist_ok=True)
     log_path = root / f"{variant.name}-{key}.build.log"
-    try:
-        tree = _prepare_tree(source, variant, work)
-        _configure(tree, work / "build", variant, log_path)
-        _compile(tree, work / "build", log_path, jobs or (os.cpu_count() or 1) + 1, cache or cache_dir())
-        out = work / "out"
-        out.mkdir()
-        shutil.copy2(work / "build" / "arch" / "x86" / "boot" / "bzImage", out / "bzImage")
-        shutil.copy2(work / "build" / ".config", out / "config")
-        shutil.copy2(log_path, out / "build.log")
-        release = (work / "build" / "include" / "config" / "kernel.release").read_text().strip()
-        identity = {
-            "kernel_release": release,
-            "kernel_source": source.label,
-            "kernel_source_sha256": source.digest,
-            "kernel_pinned": str(source.pinned).lower(),
-            "kernel_config_sha256": sha256_file(out / "config"),
-            "kernel_patches_sha256": _patches_digest(variant),
-            "kernel_patches": ",".join(p.name for p in variant.patches) or "none",
-            "kernel_build_key": key,
-            "compiler": compiler_version(),
-        }
-        if not source.pinned:
-            identity["kernel_warning"] = f"PINNED {SOURCE_PACKAGE}={SOURCE_VERSION} WAS NOT AVAILABLE"
-        atomic_write_text(out / "identity.txt", "".join(f"{k}={v}\n" for k, v in identity.items()))
-        os.rename(out, final)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with (root / ".workspace.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (final / "identity.txt").exists():  # built by another process while we waited
+            return _built(final, variant)
+        tree = _sync_tree(source, variant, workspace)
+        build = workspace / "obj"
+        _configure(tree, build, variant, log_path)
+        _compile(tree, build, log_path, jobs or (os.cpu_count() or 1) + 1, cache or cache_dir())
+        out = Path(tempfile.mkdtemp(prefix=f".out-{variant.name}-", dir=root))
+        try:
+            shutil.copy2(build / "arch" / "x86" / "boot" / "bzImage", out / "bzImage")
+            shutil.copy2(build / ".config", out / "config")
+            shutil.copy2(log_path, out / "build.log")
+            release = (build / "include" / "config" / "kernel.release").read_text().strip()
+            identity = {
+                "kernel_release": release,
+                "kernel_source": source.label,
+                "kernel_source_sha256": source.digest,
+                "kernel_pinned": str(source.pinned).lower(),
+                "kernel_config_sha256": sha256_file(out / "config"),
+                "kernel_patches_sha256": _patches_digest(variant),
+                "kernel_patches": ",".join(p.name for p in variant.patches) or "none",
+                "kernel_build_key": key,
+                "compiler": compiler_version(),
+            }
+            if not source.pinned:
+                identity["kernel_warning"] = f"PINNED {SOURCE_PACKAGE}={SOURCE_VERSION} WAS NOT AVAILABLE"
+            atomic_write_text(out / "identity.txt", "".join(f"{k}={v}\n" for k, v in identity.items()))
+            os.rename(out, final)
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
     return _built(final, variant)
 
 
@@ -378,21 +386,71 @@ def _patches_digest(variant: Variant) -> str:
     return digest.hexdigest()
 
 
-def _prepare_tree(source: KernelSource, variant: Variant, work: Path) -> Path:
-    """The source tree to build: pristine, or a hard-linked copy with the patches applied."""
-    if not variant.patches:
-        return source.tree
-    tree = work / "src"
-    # patch(1) replaces files instead of writing into them, so hard links keep the pristine tree intact.
-    run_host(["cp", "-al", source.tree, tree], what="copying the kernel tree")
-    for patch in variant.patches:
+def patched_paths(patch: Path) -> set[str]:
+    """Files a unified diff creates, changes or deletes (paths without the a/ b/ prefix)."""
+    paths = set()
+    for line in patch.read_text(errors="replace").splitlines():
+        if line.startswith(("--- ", "+++ ")):
+            name = line[4:].split("\t")[0].strip()
+            if name != "/dev/null" and "/" in name:
+                paths.add(name.split("/", 1)[1])
+    return paths
+
+
+def _apply_patches(tree: Path, patches: Sequence[Path], label: str) -> None:
+    for patch in patches:
         check = subprocess.run(["patch", "-p1", "-N", "--dry-run", "-i", patch], cwd=tree,
                                capture_output=True, text=True, check=False)  # fmt: skip
         if check.returncode != 0:
-            raise BuildError(f"patch {patch} does not apply to {source.label}:\n{check.stdout[-3000:]}{check.stderr}")
+            raise BuildError(f"patch {patch} does not apply to {label}:\n{check.stdout[-3000:]}{check.stderr}")
         run_host(
             ["patch", "-p1", "-N", "--no-backup-if-mismatch", "-i", patch], cwd=tree, what=f"applying {patch.name}"
         )
+
+
+def _sync_tree(source: KernelSource, variant: Variant, workspace: Path) -> Path:
+    """Bring ``workspace/src`` to pristine source + the variant's patches, touching only files that change.
+
+    Files are replaced, never written in place, so the hard links shared with
+    the pristine tree stay intact; files whose content is unchanged keep their
+    timestamps, so make rebuilds only what a patch change really touches.
+    """
+    tree = workspace / "src"
+    origin = workspace / "origin.txt"
+    if not tree.exists() or not origin.exists() or origin.read_text() != source.label:
+        shutil.rmtree(tree, ignore_errors=True)
+        shutil.rmtree(workspace / "obj", ignore_errors=True)
+        # patch(1) and this function replace files, so hard links keep the pristine tree intact.
+        run_host(["cp", "-al", source.tree, tree], what="copying the kernel tree")
+        (workspace / "touched.txt").unlink(missing_ok=True)
+        atomic_write_text(origin, source.label)
+    touched_file = workspace / "touched.txt"
+    before = set(touched_file.read_text().split()) if touched_file.exists() else set()
+    now: set[str] = set()
+    for patch in variant.patches:
+        now |= patched_paths(patch)
+    incoming = workspace / "incoming"
+    shutil.rmtree(incoming, ignore_errors=True)
+    incoming.mkdir()
+    try:
+        for rel in sorted(before | now):
+            if (source.tree / rel).exists():
+                (incoming / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source.tree / rel, incoming / rel)
+        _apply_patches(incoming, variant.patches, source.label)
+        for rel in sorted(before | now):
+            wanted, current = incoming / rel, tree / rel
+            if not wanted.exists():
+                current.unlink(missing_ok=True)
+            elif not current.exists() or current.read_bytes() != wanted.read_bytes():
+                current.parent.mkdir(parents=True, exist_ok=True)
+                tmp = current.with_name(f".{current.name}.lab-tmp")
+                tmp.write_bytes(wanted.read_bytes())  # new inode, fresh mtime: make sees the change
+                os.chmod(tmp, wanted.stat().st_mode)
+                os.replace(tmp, current)
+        atomic_write_text(touched_file, "\n".join(sorted(now)) + "\n")
+    finally:
+        shutil.rmtree(incoming, ignore_errors=True)
     return tree
 
 
