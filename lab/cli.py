@@ -126,7 +126,7 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
     from lab.image import build_image
     from lab.kernel import build_kernel
     from lab.keys import client_key
-    from lab.report import summary_markdown
+    from lab.report import build_report, summary_markdown
     from lab.runner import LabContext, boot_spec, run_matrix
     from lab.store import RunStore, load_cells
     from lab.util import atomic_write_text, cache_dir
@@ -200,6 +200,9 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
         summary = summary_markdown(cells, str(store.root), store.manifest())
         atomic_write_text(store.root / "summary.md", summary)
         print(summary)
+        if not cells.empty:
+            written = build_report(store.root)
+            console.print(f"report: {written['html']}")
         console.print(f"results: {store.root} ({status})")
     failed = int((cells["status"] != "ok").sum()) if not cells.empty else 0
     return 1 if failed else 0
@@ -312,6 +315,26 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from lab.report import build_report
+    from lab.store import RunStore
+
+    store = RunStore.open(Path(args.run))
+    started = time.monotonic()
+    written = build_report(store.root)
+    print(f"{written['html']}\n{written['md']} ({time.monotonic() - started:.1f} s)")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from lab.compare import compare_runs
+
+    out = compare_runs(Path(args.a), Path(args.b), Path(args.output) if args.output else None)
+    print(out.read_text())
+    print(f"written to {out}")
+    return 0
+
+
 def cmd_build_kernel(args: argparse.Namespace) -> int:
     from lab.kernel import build_kernel, local_source
 
@@ -322,6 +345,52 @@ def cmd_build_kernel(args: argparse.Namespace) -> int:
     print(f"{kernel.name}: {kernel.bzimage} ({kernel.release}) in {time.monotonic() - started:.1f} s")
     for key, value in kernel.identity.items():
         print(f"  {key}: {value}")
+    return 0
+
+
+def cmd_bench_kernel(args: argparse.Namespace) -> int:
+    """Kernel build times: cache hit, rebuild after a one-line patch change, optionally a cold build."""
+    import shutil
+    import tempfile
+
+    from lab.kernel import Variant, build_kernel, load_variants
+
+    variants = load_variants()
+    results: list[tuple[str, float]] = []
+    if args.cold:
+        with tempfile.TemporaryDirectory(prefix="swiotlb-lab-cold-") as cold_cache:
+            started = time.monotonic()
+            build_kernel(args.variant, cache=Path(cold_cache), variants=variants)
+            results.append((f"cold build of {args.variant} (empty cache and ccache)", time.monotonic() - started))
+    build_kernel(args.variant, variants=variants)  # make sure it is cached
+    started = time.monotonic()
+    build_kernel(args.variant, variants=variants)
+    results.append((f"cache hit for {args.variant}", time.monotonic() - started))
+
+    series = variants["throttle"]
+    build_kernel("throttle", variants=variants)
+    with tempfile.TemporaryDirectory(prefix="swiotlb-lab-patch-") as tmp:
+        changed = []
+        for patch in series.patches:
+            copy = Path(tmp) / patch.name
+            text = patch.read_text()
+            if not changed and "+ * A request that may block waits" in text:
+                text = text.replace(
+                    "+ * A request that may block waits", "+ * A request that may block always waits", 1
+                )
+                changed.append(patch.name)
+            copy.write_text(text)
+        if not changed:
+            raise LabError("bench kernel: could not find the comment line to change in the throttle series")
+        edited = Variant("throttle", series.description, series.fragments,
+                         tuple(Path(tmp) / p.name for p in series.patches))  # fmt: skip
+        started = time.monotonic()
+        rebuilt = build_kernel("throttle", variants={"throttle": edited})
+        results.append((f"rebuild of throttle after a one-line change in {changed[0]}", time.monotonic() - started))
+        shutil.rmtree(rebuilt.bzimage.parent, ignore_errors=True)  # not a real variant: keep the cache clean
+    build_kernel("throttle", variants=variants)  # leave the workspace on the real series
+    for label, seconds in results:
+        print(f"{label}: {seconds:.1f} s")
     return 0
 
 
@@ -377,6 +446,16 @@ def build_parser() -> argparse.ArgumentParser:
     sampler.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
     sampler.set_defaults(func=cmd_bench_sampler)
 
+    report = sub.add_parser("report", help="write report.html/report.md with the claims table for a run")
+    report.add_argument("run", help="results/<run-id> directory")
+    report.set_defaults(func=cmd_report)
+
+    compare_cmd = sub.add_parser("compare", help="two runs side by side (e.g. two revisions of the series)")
+    compare_cmd.add_argument("a", help="baseline run directory")
+    compare_cmd.add_argument("b", help="candidate run directory")
+    compare_cmd.add_argument("--output", help="Markdown file to write (default: B/compare-<A>.md)")
+    compare_cmd.set_defaults(func=cmd_compare)
+
     build = sub.add_parser("build", help="build things")
     build_sub = build.add_subparsers(dest="what", required=True)
     build_kernel = build_sub.add_parser("kernel", help="build a kernel variant (kernel-configs/variants.toml)")
@@ -384,6 +463,11 @@ def build_parser() -> argparse.ArgumentParser:
     build_kernel.add_argument("--kernel-tree", metavar="PATH", help="build from this tree instead of Debian's source")
     build_kernel.add_argument("--jobs", type=int, default=None)
     build_kernel.set_defaults(func=cmd_build_kernel)
+
+    bench_kernel = bench_sub.add_parser("kernel", help="kernel build times (cache hit, patch-only rebuild, cold)")
+    bench_kernel.add_argument("--variant", default="static")
+    bench_kernel.add_argument("--cold", action="store_true", help="also time a cold build into an empty cache")
+    bench_kernel.set_defaults(func=cmd_bench_kernel)
 
     image = sub.add_parser("image", help="guest image")
     image_sub = image.add_subparsers(dest="what", required=True)

@@ -1,11 +1,28 @@
-"""Reports from stored results: the Markdown summary printed at the end of a run."""
+"""Reports from stored results: the run summary, and the claims report (Markdown + self-contained HTML)."""
 
 from __future__ import annotations
 
+import base64
+import html
+import io
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from lab.claims import Verdict, judge_all
+from lab.stats import THRESHOLDS_TEXT, Comparison, compare
+from lab.store import load_cells, load_samples, write_parquet
+from lab.util import atomic_write_bytes, atomic_write_text
+
+VARIANT_COLOURS = {"static": "#d62728", "throttle": "#1f77b4", "dynamic": "#2ca02c", "throttle-dynamic": "#9467bd",
+                   "stock": "#7f7f7f"}  # fmt: skip
+COMPARED_METRICS = (
+    ("fio_iops", True), ("fio_clat_p50_us", False), ("fio_clat_p99_us", False), ("fio_clat_p999_us", False),
+    ("map_failures", False), ("hiwater_frac", False),
+)  # fmt: skip
 
 
 def _fmt(value: Any, digits: int = 0) -> str:
@@ -36,7 +53,7 @@ def summary_markdown(cells: pd.DataFrame, run_dir: str, manifest: dict[str, Any]
         f"# swiotlb-lab run {manifest.get('run_id', '?')}",
         "",
         f"- results: `{run_dir}`",
-        f"- matrix: {manifest.get('matrix_name', '?')} — {manifest.get('matrix_description', '')}",
+        f"- matrix: {manifest.get('matrix_name', '?')} - {manifest.get('matrix_description', '')}",
         f"- lab revision {manifest.get('lab_revision', '?')}, QEMU {manifest.get('qemu_version', '?')}, "
         f"accelerator {manifest.get('accel', '?')}, host CPUs {manifest.get('host_cpus', '?')}",
         f"- status: {manifest.get('status', '?')}",
@@ -56,7 +73,8 @@ def summary_markdown(cells: pd.DataFrame, run_dir: str, manifest: dict[str, Any]
                 values.append(f"{_fmt(row['pool_slabs_requested'])} → {_fmt(nslabs)}")
             elif name.startswith("hiwater"):
                 frac = row.get("hiwater_frac") if ok else None
-                values.append(f"{_fmt(hiwater)} / {_fmt(nslabs)} ({_fmt(frac * 100 if frac is not None else None)}%)")
+                pct = frac * 100 if frac is not None and not pd.isna(frac) else None
+                values.append(f"{_fmt(hiwater)} / {_fmt(nslabs)} ({_fmt(pct)}%)")
             elif name == "status":
                 values.append("ok" if ok else f"**failed: {row.get('failure_reason', '')}**")
             elif key in ("fio_iops", "fio_clat_p99_us"):
@@ -67,3 +85,242 @@ def summary_markdown(cells: pd.DataFrame, run_dir: str, manifest: dict[str, Any]
     failed = int((cells["status"] != "ok").sum())
     lines += ["", f"{len(cells)} cells, {failed} failed."]
     return "\n".join(lines) + "\n"
+
+
+# --- figures ------------------------------------------------------------------------------
+
+
+def _png(fig: Any) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def figures(cells: pd.DataFrame, samples: pd.DataFrame) -> dict[str, bytes]:
+    """PNG figures keyed by file name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out: dict[str, bytes] = {}
+    ok = cells[cells["status"] == "ok"] if not cells.empty else cells
+    if ok.empty:
+        return out
+
+    # 1. slabs in use over time: for each variant, the heavy cell with the smallest pool (first repetition)
+    if not samples.empty and "io_tlb_used" in samples:
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        for kernel, group in ok.groupby("kernel"):
+            pick = group.sort_values(["pool_slabs_requested", "fio_iops"], ascending=[True, True])
+            heavy = pick[pick["numjobs"].fillna(1).astype(int) > 1]
+            cell = (heavy if not heavy.empty else pick).iloc[0]
+            series = samples[samples["cell_id"] == cell["cell_id"]].dropna(subset=["io_tlb_used"])
+            if series.empty:
+                continue
+            colour = VARIANT_COLOURS.get(str(kernel))
+            ax.plot(series["t_s"], series["io_tlb_used"], label=f"{kernel} ({cell['workload']})", color=colour, lw=1)
+            ax.axhline(cell["nslabs"], color=colour, ls=":", lw=0.8)
+            if not pd.isna(cell.get("high_throttle")):
+                ax.axhline(cell["high_throttle"], color=colour, ls="--", lw=0.8)
+            if not pd.isna(cell.get("low_throttle")):
+                ax.axhline(cell["low_throttle"], color=colour, ls="-.", lw=0.6)
+        ax.set_xlabel("time since sampler start (s)")
+        ax.set_ylabel("swiotlb slabs in use")
+        ax.set_title("Slabs in use over time (dotted: nslabs, dashed: high_throttle, dash-dot: low_throttle)")
+        ax.legend(fontsize=8)
+        out["usage_over_time.png"] = _png(fig)
+
+    # 2. hiwater / nslabs by variant and pool
+    fig, ax = plt.subplots(figsize=(8, 4))
+    table = ok.groupby(["pool_slabs_requested", "kernel"])["hiwater_frac"].median().unstack()
+    (table * 100).plot.bar(ax=ax, color=[VARIANT_COLOURS.get(str(c)) for c in table.columns])
+    ax.axhline(100, color="black", lw=0.8)
+    ax.set_xlabel("requested pool (slabs)")
+    ax.set_ylabel("hiwater / nslabs (%)")
+    ax.set_title("Pool high-water mark (median over cells)")
+    out["hiwater_by_pool.png"] = _png(fig)
+
+    # 3. IOPS and p99/p99.9 vs pool size per variant
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    for ax, (metric, label) in zip(axes, (("fio_iops", "IOPS"), ("fio_clat_p99_us", "p99 clat (µs)"),
+                                          ("fio_clat_p999_us", "p99.9 clat (µs)")), strict=True):  # fmt: skip
+        for (kernel, workload), group in ok.groupby(["kernel", "workload"]):
+            medians = group.groupby("pool_slabs_requested")[metric].median()
+            ax.plot(medians.index, medians.values, marker="o", label=f"{kernel}/{workload}",
+                    color=VARIANT_COLOURS.get(str(kernel)))  # fmt: skip
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("requested pool (slabs)")
+        ax.set_title(label)
+    axes[0].legend(fontsize=7)
+    out["performance_vs_pool.png"] = _png(fig)
+
+    # 4. map failures and throttle activity per cell
+    fig, axes = plt.subplots(1, 2, figsize=(13, max(3.0, 0.22 * len(ok))))
+    labels = ok["cell_id"].str.slice(0, 48)
+    axes[0].barh(labels, ok["map_failures"], color=[VARIANT_COLOURS.get(k, "#777") for k in ok["kernel"]])
+    axes[0].set_title("failed dma_map_page calls per cell")
+    throttled = ok.get("high_throttle_count", pd.Series(0, index=ok.index)).fillna(0)
+    wait_s = ok.get("throttle_wait_ns", pd.Series(0, index=ok.index)).fillna(0) / 1e9
+    axes[1].barh(labels, throttled, color="#1f77b4", label="throttled mappings")
+    twin = axes[1].twiny()
+    twin.plot(wait_s, labels, "k.", label="throttle wait (s)")
+    axes[1].set_title("throttle count (bars) and total wait in s (dots)")
+    axes[1].set_yticklabels([])
+    out["failures_and_throttle.png"] = _png(fig)
+    return out
+
+
+# --- tables ----------------------------------------------------------------------------------
+
+
+def comparisons(cells: pd.DataFrame, baseline: str = "static") -> list[Comparison | Any]:
+    """Every variant against the baseline variant, per (pool, workload), for the compared metrics."""
+    rows: list[dict[str, Any]] = []
+    ok = cells[cells["status"] == "ok"] if not cells.empty else cells
+    if ok.empty or baseline not in set(ok["kernel"]):
+        return rows
+    for (pool, workload), group in ok.groupby(["pool_slabs_requested", "workload"]):
+        base = group[group["kernel"] == baseline]
+        for kernel in sorted(set(group["kernel"]) - {baseline}):
+            cand = group[group["kernel"] == kernel]
+            for metric, higher in COMPARED_METRICS:
+                c = compare(metric, base[metric].tolist(), cand[metric].tolist(), higher)
+                rows.append({
+                    "pool_slabs": pool, "workload": workload, "baseline": baseline, "variant": kernel,
+                    "metric": metric, "baseline_median": c.baseline.median, "baseline_rsd_pct": c.baseline.rsd_pct,
+                    "variant_median": c.candidate.median, "variant_rsd_pct": c.candidate.rsd_pct,
+                    "variant_ci95": f"[{c.candidate.ci_low:.4g}, {c.candidate.ci_high:.4g}]",
+                    "n": f"{c.baseline.n}/{c.candidate.n}", "change_pct": c.change_pct, "p_value": c.p_value,
+                    "conclusion": c.conclusion,
+                })  # fmt: skip
+    return rows
+
+
+def claims_frame(verdicts: list[Verdict]) -> pd.DataFrame:
+    return pd.DataFrame([{
+        "claim": v.claim, "text": v.text, "verdict": v.verdict, "metric": v.metric, "threshold": v.threshold,
+        "detail": v.detail, "evidence": " ".join(v.evidence),
+    } for v in verdicts])  # fmt: skip
+
+
+# --- documents --------------------------------------------------------------------------------
+
+
+def _md_table(frame: pd.DataFrame) -> str:
+    if frame.empty:
+        return "_none_\n"
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    body = ["| " + " | ".join(_fmt(v, 2) if isinstance(v, float) else str(v) for v in row) + " |"
+            for row in frame.itertuples(index=False)]  # fmt: skip
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def _cell_link(cell_id: str) -> str:
+    return f"[{cell_id}](cells/{cell_id}/cell.json)"
+
+
+def report_markdown(manifest: dict[str, Any], cells: pd.DataFrame, verdicts: list[Verdict],
+                    comparison_rows: list[dict[str, Any]], figure_names: list[str]) -> str:  # fmt: skip
+    lines = [
+        f"# swiotlb throttling: measured verdicts (run {manifest.get('run_id', '?')})",
+        "",
+        f"Lab revision `{manifest.get('lab_revision', '?')}`, QEMU {manifest.get('qemu_version', '?')}, "
+        f"accelerator **{manifest.get('accel', '?')}**, {manifest.get('host_cpus', '?')} host CPUs, "
+        f"matrix `{manifest.get('matrix_name', '?')}`, status {manifest.get('status', '?')}.",
+        "",
+        "## Claims",
+        "",
+        "| claim | verdict | metric | threshold | measured | evidence |",
+        "|---|---|---|---|---|---|",
+    ]
+    for v in verdicts:
+        evidence = ", ".join(_cell_link(c) for c in v.evidence[:6]) + (" …" if len(v.evidence) > 6 else "")
+        lines.append(f"| **{v.claim}** {v.text} | **{v.verdict}** | {v.metric} | {v.threshold} | {v.detail} | "
+                     f"{evidence or '-'} |")  # fmt: skip
+    lines += ["", "## Statistics", "", THRESHOLDS_TEXT, ""]
+    lines.append(_md_table(pd.DataFrame(comparison_rows)))
+    failed = cells[cells["status"] != "ok"] if not cells.empty else cells
+    lines += ["", "## Failed cells", ""]
+    if failed.empty:
+        lines.append("_none_")
+    else:
+        for _, row in failed.iterrows():
+            lines.append(f"- {_cell_link(row['cell_id'])}: {row['failure_reason']}")
+    lines += ["", "## Figures", ""]
+    lines += [f"![{name}](figures/{name})" for name in figure_names]
+    lines += ["", "## Cells", "", summary_markdown(cells, ".", manifest).split("\n\n", 2)[-1]]
+    return "\n".join(lines) + "\n"
+
+
+HTML_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:13px}
+td,th{border:1px solid #ccc;padding:4px 6px;vertical-align:top}
+th{background:#f3f3f3}
+.supported{background:#e3f6e3}.contradicted{background:#fbe3e3}.inconclusive{background:#f6f3dc}
+img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}
+code{background:#f5f5f5;padding:0 3px}
+"""
+
+
+def report_html(manifest: dict[str, Any], cells: pd.DataFrame, verdicts: list[Verdict],
+                comparison_rows: list[dict[str, Any]], pngs: dict[str, bytes]) -> str:  # fmt: skip
+    esc = html.escape
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>swiotlb-lab report {esc(str(manifest.get('run_id', '')))}</title>",
+        f"<style>{HTML_STYLE}</style></head><body>",
+        f"<h1>swiotlb throttling: measured verdicts</h1><p>Run <code>{esc(str(manifest.get('run_id', '?')))}</code>, "
+        f"lab revision <code>{esc(str(manifest.get('lab_revision', '?')))}</code>, QEMU "
+        f"{esc(str(manifest.get('qemu_version', '?')))}, accelerator <b>{esc(str(manifest.get('accel', '?')))}</b>, "
+        f"{esc(str(manifest.get('host_cpus', '?')))} host CPUs, status {esc(str(manifest.get('status', '?')))}.</p>",
+        "<h2>Claims</h2><table id='claims'><tr><th>claim</th><th>verdict</th><th>metric</th><th>threshold</th>"
+        "<th>measured</th><th>evidence</th></tr>",
+    ]
+    for v in verdicts:
+        evidence = " ".join(f"<a href='cells/{esc(c)}/cell.json'>{esc(c)}</a>" for c in v.evidence)
+        parts.append(f"<tr class='{esc(v.verdict)}'><td><b>{esc(v.claim)}</b> {esc(v.text)}</td>"
+                     f"<td><b>{esc(v.verdict)}</b></td><td>{esc(v.metric)}</td><td>{esc(v.threshold)}</td>"
+                     f"<td>{esc(v.detail)}</td><td>{evidence or '-'}</td></tr>")  # fmt: skip
+    parts.append("</table>")
+    parts.append(f"<h2>Statistics</h2><p>{esc(THRESHOLDS_TEXT)}</p>")
+    if comparison_rows:
+        parts.append(pd.DataFrame(comparison_rows).to_html(index=False, float_format=lambda x: f"{x:.4g}"))
+    parts.append("<h2>Figures</h2>")
+    for name, data in pngs.items():
+        encoded = base64.b64encode(data).decode()
+        parts.append(f"<figure><img alt='{esc(name)}' src='data:image/png;base64,{encoded}'>"
+                     f"<figcaption>{esc(name)}</figcaption></figure>")  # fmt: skip
+    parts.append("<h2>Cells</h2>")
+    columns = [c for c in ("cell_id", "status", "failure_reason", "kernel", "pool_slabs_requested", "nslabs",
+                           "workload", "hiwater", "map_failures", "high_throttle_count", "fio_iops",
+                           "fio_clat_p99_us", "fio_errors") if c in cells]  # fmt: skip
+    if not cells.empty:
+        parts.append(cells[columns].to_html(index=False, float_format=lambda x: f"{x:.4g}"))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def build_report(run_dir: Path) -> dict[str, Path]:
+    """Write report.md, report.html, figures/*.png and the tables they came from into ``run_dir``."""
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    cells = load_cells(run_dir)
+    samples = load_samples(run_dir)
+    verdicts = judge_all(cells) if not cells.empty else []
+    comparison_rows = comparisons(cells) if not cells.empty else []
+    pngs = figures(cells, samples) if not cells.empty else {}
+    written: dict[str, Path] = {}
+    for name, data in pngs.items():
+        atomic_write_bytes(run_dir / "figures" / name, data)
+        written[name] = run_dir / "figures" / name
+    write_parquet(run_dir / "claims.parquet", claims_frame(verdicts))
+    write_parquet(run_dir / "comparisons.parquet", pd.DataFrame(comparison_rows))
+    atomic_write_text(run_dir / "report.md", report_markdown(manifest, cells, verdicts, comparison_rows, list(pngs)))
+    atomic_write_text(run_dir / "report.html", report_html(manifest, cells, verdicts, comparison_rows, pngs))
+    written.update(md=run_dir / "report.md", html=run_dir / "report.html")
+    return written

@@ -1,0 +1,255 @@
+"""The thread's claims (REFERENCE.md §1, C1-C7), judged from measured cells.
+
+Each judge takes the run's cells table and returns a ``Verdict``: supported,
+contradicted or inconclusive, with the metric, the threshold and the cells it
+rests on.  A judge that lacks the cells it needs says so; it never guesses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pandas as pd
+
+from lab.stats import Comparison, compare
+
+MAX_MAPPING_SLABS = 128  # largest single bounce mapping: 256 KiB
+NEAR_THRESHOLD_FRAC = 0.10  # "near the threshold": at most 10% of the pool above high_throttle
+
+
+@dataclass(frozen=True)
+class Verdict:
+    claim: str
+    text: str
+    verdict: str  # "supported" | "contradicted" | "inconclusive"
+    metric: str
+    threshold: str
+    evidence: tuple[str, ...]
+    detail: str
+    comparisons: tuple[Comparison, ...] = ()
+
+
+def _ok(cells: pd.DataFrame) -> pd.DataFrame:
+    return cells[cells["status"] == "ok"] if not cells.empty else cells
+
+
+def _kind(cells: pd.DataFrame) -> pd.Series:
+    """Workload kind from its parameters: polled, single-queue (1 job, deep) or heavy (several jobs)."""
+    if cells.empty:
+        return pd.Series(dtype=str)
+    hipri = cells.get("hipri", pd.Series(False, index=cells.index)).fillna(False).astype(bool)
+    numjobs = cells["numjobs"].fillna(1).astype(int)
+    iodepth = cells["iodepth"].fillna(1).astype(int)
+    kind = pd.Series("other", index=cells.index)
+    kind[(numjobs > 1) & ~hipri & (iodepth >= 16)] = "heavy"
+    kind[(numjobs == 1) & ~hipri & (iodepth >= 32)] = "single-queue"
+    kind[hipri] = "polled"
+    return kind
+
+
+def _select(cells: pd.DataFrame, kernel: str, kind: str, pool: int | None = None) -> pd.DataFrame:
+    if cells.empty:
+        return cells
+    chosen = cells[(cells["kernel"] == kernel) & (_kind(cells) == kind)]
+    if pool is not None:
+        chosen = chosen[chosen["pool_slabs_requested"] == pool]
+    return chosen
+
+
+def _smallest_common_pool(cells: pd.DataFrame, kernels: tuple[str, ...], kind: str) -> int | None:
+    pools = None
+    for kernel in kernels:
+        have = set(_select(_ok(cells), kernel, kind)["pool_slabs_requested"])
+        pools = have if pools is None else pools & have
+    return min(pools) if pools else None
+
+
+def _ids(*frames: pd.DataFrame) -> tuple[str, ...]:
+    return tuple(cid for frame in frames for cid in frame["cell_id"])
+
+
+def _missing(claim: str, text: str, metric: str, threshold: str, need: str) -> Verdict:
+    return Verdict(claim, text, "inconclusive", metric, threshold, (), f"no usable cells: this run lacks {need}")
+
+
+def judge_c1(cells: pd.DataFrame) -> Verdict:
+    text = "Without SWIOTLB_DYNAMIC and without throttling, fio easily hits the pool limit and DMA map fails"
+    metric = "failed dma_map_page calls; hiwater vs nslabs; fio errors"
+    threshold = f"every cell: map failures > 0 and hiwater >= nslabs - {MAX_MAPPING_SLABS}"
+    pool = _smallest_common_pool(cells, ("static",), "heavy")
+    if pool is None:
+        return _missing("C1", text, metric, threshold, "successful `static` cells with a heavy workload")
+    chosen = _select(_ok(cells), "static", "heavy", pool)
+    failing = (chosen["map_failures"] > 0) & (chosen["hiwater"] >= chosen["nslabs"] - MAX_MAPPING_SLABS)
+    detail = (
+        f"pool {pool} slabs: map failures {int(chosen['map_failures'].min())}-{int(chosen['map_failures'].max())}"
+        f" per cell, hiwater {int(chosen['hiwater'].max())}/{int(chosen['nslabs'].max())},"
+        f" fio errors {int(chosen['fio_errors'].sum())} (NVMe requeues failed maps, so fio may see none)"
+    )
+    if failing.all():
+        verdict = "supported"
+    elif (chosen["map_failures"] == 0).all():
+        verdict = "contradicted"
+    else:
+        verdict = "inconclusive"
+    return Verdict("C1", text, verdict, metric, threshold, _ids(chosen), detail)
+
+
+def judge_c2(cells: pd.DataFrame) -> Verdict:
+    text = "With throttling and the same fio load, the high-water mark stays near the throttle threshold, no errors"
+    metric = "hiwater - high_throttle; failed maps; fio errors"
+    threshold = (f"every cell: map failures == 0, fio errors == 0, hiwater <= high_throttle + "
+                 f"{NEAR_THRESHOLD_FRAC:.0%} of nslabs, and throttling engaged (high_throttle_count > 0)")  # fmt: skip
+    pool = _smallest_common_pool(cells, ("throttle",), "heavy")
+    if pool is None:
+        return _missing("C2", text, metric, threshold, "successful `throttle` cells with a heavy workload")
+    chosen = _select(_ok(cells), "throttle", "heavy", pool)
+    engaged = chosen["high_throttle_count"].fillna(0) > 0
+    near = chosen["hiwater"] <= chosen["high_throttle"] + NEAR_THRESHOLD_FRAC * chosen["nslabs"]
+    clean = (chosen["map_failures"] == 0) & (chosen["fio_errors"] == 0)
+    detail = (
+        f"pool {pool} slabs, high_throttle {int(chosen['high_throttle'].max())}: hiwater "
+        f"{int(chosen['hiwater'].min())}-{int(chosen['hiwater'].max())}, map failures "
+        f"{int(chosen['map_failures'].min())}-{int(chosen['map_failures'].max())}, fio errors "
+        f"{int(chosen['fio_errors'].sum())}, throttled {int(chosen['high_throttle_count'].fillna(0).sum())} times"
+    )
+    if not engaged.all():
+        verdict = "inconclusive"
+        detail += "; the load did not reach the threshold in every cell"
+    elif (clean & near).all():
+        verdict = "supported"
+    else:
+        verdict = "contradicted"
+    return Verdict("C2", text, verdict, metric, threshold, _ids(chosen), detail)
+
+
+def judge_c3(cells: pd.DataFrame) -> Verdict:
+    text = "SWIOTLB_DYNAMIC grows the pool without any limit"
+    metric = "io_tlb_nslabs after the run vs the requested pool"
+    threshold = "every cell: nslabs after > requested (growth factor reported; no upper limit can be proven)"
+    pool = _smallest_common_pool(cells, ("dynamic",), "heavy")
+    if pool is None:
+        return _missing("C3", text, metric, threshold, "successful `dynamic` cells with a heavy workload")
+    chosen = _select(_ok(cells), "dynamic", "heavy", pool)
+    growth = chosen["nslabs_after"] / chosen["pool_slabs_requested"]
+    detail = f"requested {pool} slabs; after the run {int(chosen['nslabs_after'].min())}-" \
+             f"{int(chosen['nslabs_after'].max())} slabs (x{growth.max():.1f})"  # fmt: skip
+    verdict = "supported" if (growth > 1).all() else ("contradicted" if (growth <= 1).all() else "inconclusive")
+    return Verdict("C3", text, verdict, metric, threshold, _ids(chosen), detail)
+
+
+def _pair(cells: pd.DataFrame, a: str, b: str, kind: str) -> tuple[pd.DataFrame, pd.DataFrame, int | None]:
+    pool = _smallest_common_pool(cells, (a, b), kind)
+    if pool is None:
+        return cells.iloc[0:0], cells.iloc[0:0], None
+    return _select(_ok(cells), a, kind, pool), _select(_ok(cells), b, kind, pool), pool
+
+
+def judge_c4(cells: pd.DataFrame) -> Verdict:
+    text = "If one CPU can queue enough requests to fill the pool, throttling does nothing"
+    metric = "failed maps, static vs throttle, one fio job with a deep queue"
+    threshold = "supported if static fails maps and throttle's failures are not significantly lower"
+    static, throttle, pool = _pair(cells, "static", "throttle", "single-queue")
+    if pool is None:
+        return _missing("C4", text, metric, threshold, "`static` and `throttle` cells with one deep-queue job")
+    comparison = compare("map_failures", static["map_failures"].tolist(), throttle["map_failures"].tolist(), False)
+    detail = (f"pool {pool}: map failures static median {comparison.baseline.median:.0f}, throttle median "
+              f"{comparison.candidate.median:.0f} ({comparison.conclusion}, p={comparison.p_value:.3g})")  # fmt: skip
+    if comparison.conclusion in ("invalid data", "too noisy") or (static["map_failures"] == 0).all():
+        verdict = "inconclusive"
+        if (static["map_failures"] == 0).all():
+            detail += "; one job did not fill the pool without throttling, so the premise is not met"
+    elif comparison.conclusion == "improved":
+        verdict = "contradicted"
+    else:
+        verdict = "supported"
+    return Verdict("C4", text, verdict, metric, threshold, _ids(static, throttle), detail, (comparison,))
+
+
+def _perf(base: pd.DataFrame, cand: pd.DataFrame) -> tuple[Comparison, ...]:
+    return (
+        compare("fio_iops", base["fio_iops"].tolist(), cand["fio_iops"].tolist(), True),
+        compare("fio_clat_p50_us", base["fio_clat_p50_us"].tolist(), cand["fio_clat_p50_us"].tolist(), False),
+        compare("fio_clat_p99_us", base["fio_clat_p99_us"].tolist(), cand["fio_clat_p99_us"].tolist(), False),
+        compare("fio_clat_p999_us", base["fio_clat_p999_us"].tolist(), cand["fio_clat_p999_us"].tolist(), False),
+    )
+
+
+def _describe(comparisons: tuple[Comparison, ...]) -> str:
+    return "; ".join(f"{c.metric} {c.change_pct:+.1f}% ({c.conclusion})" for c in comparisons)
+
+
+def judge_c5(cells: pd.DataFrame) -> Verdict:
+    text = "A thread stuck on the throttle while it should poll completions can make things worse (poll queues)"
+    metric = "polled I/O (hipri) IOPS and completion latency, throttle vs static; failed cells"
+    threshold = "supported if throttle regresses IOPS or a latency percentile, or its cells fail (hang, timeout)"
+    pool = _smallest_common_pool(cells, ("static",), "polled")
+    all_throttle = _select(cells, "throttle", "polled", pool) if pool is not None else cells.iloc[0:0]
+    if pool is None or all_throttle.empty:
+        return _missing("C5", text, metric, threshold, "`static` and `throttle` cells with polled I/O")
+    static = _select(_ok(cells), "static", "polled", pool)
+    throttle = _select(_ok(cells), "throttle", "polled", pool)
+    failed = all_throttle[all_throttle["status"] != "ok"]
+    if not failed.empty:
+        reasons = ", ".join(sorted(set(failed["failure_reason"])))
+        return Verdict("C5", text, "supported", metric, threshold, _ids(failed, static),
+                       f"{len(failed)} of {len(all_throttle)} throttle cells failed ({reasons})")  # fmt: skip
+    comparisons = _perf(static, throttle)
+    conclusions = {c.conclusion for c in comparisons}
+    if "regressed" in conclusions:
+        verdict = "supported"
+    elif conclusions & {"invalid data", "too noisy"}:
+        verdict = "inconclusive"
+    else:
+        verdict = "contradicted"
+    return Verdict("C5", text, verdict, metric, threshold, _ids(static, throttle), _describe(comparisons), comparisons)
+
+
+def judge_c6(cells: pd.DataFrame) -> Verdict:
+    text = "Throttling costs some throughput/latency above the threshold"
+    metric = "IOPS, p50/p99/p99.9 completion latency, throttle vs static (heavy load, smallest pool)"
+    threshold = "supported if any of them regresses significantly; contradicted if none does"
+    static, throttle, pool = _pair(cells, "static", "throttle", "heavy")
+    if pool is None:
+        return _missing("C6", text, metric, threshold, "`static` and `throttle` cells with a heavy workload")
+    comparisons = _perf(static, throttle)
+    conclusions = {c.conclusion for c in comparisons}
+    wait_ms = throttle["throttle_wait_ns"].fillna(0).median() / 1e6 if "throttle_wait_ns" in throttle else 0.0
+    detail = f"pool {pool}: {_describe(comparisons)}; median throttle wait {wait_ms:.0f} ms per cell"
+    if "regressed" in conclusions:
+        verdict = "supported"
+    elif conclusions & {"invalid data", "too noisy"}:
+        verdict = "inconclusive"
+    else:
+        verdict = "contradicted"
+    return Verdict("C6", text, verdict, metric, threshold, _ids(static, throttle), detail, comparisons)
+
+
+def judge_c7(cells: pd.DataFrame) -> Verdict:
+    text = "Delaying requests is cheaper than growing the pool in a CoCo VM"
+    metric = "IOPS and completion latency, throttle vs dynamic at the same requested pool"
+    threshold = "supported if throttle is not significantly worse than dynamic on any of them"
+    dynamic, throttle, pool = _pair(cells, "dynamic", "throttle", "heavy")
+    if pool is None:
+        return _missing("C7", text, metric, threshold, "`dynamic` and `throttle` cells with a heavy workload")
+    comparisons = _perf(dynamic, throttle)
+    conclusions = {c.conclusion for c in comparisons}
+    grown = int(dynamic["nslabs_after"].max()) if not dynamic.empty else 0
+    detail = f"pool {pool} (dynamic grew to {grown} slabs): {_describe(comparisons)}"
+    if conclusions & {"invalid data", "too noisy"}:
+        verdict = "inconclusive"
+    elif "regressed" in conclusions:
+        verdict = "contradicted"
+    else:
+        verdict = "supported"
+    return Verdict("C7", text, verdict, metric, threshold, _ids(dynamic, throttle), detail, comparisons)
+
+
+JUDGES: tuple[Callable[[pd.DataFrame], Verdict], ...] = (
+    judge_c1, judge_c2, judge_c3, judge_c4, judge_c5, judge_c6, judge_c7,
+)  # fmt: skip
+
+
+def judge_all(cells: pd.DataFrame) -> list[Verdict]:
+    return [judge(cells) for judge in JUDGES]

@@ -1,0 +1,44 @@
+"""Two runs side by side: per kernel, pool and workload, every compared metric of B against A."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from lab.claims import judge_all
+from lab.errors import ConfigError
+from lab.report import COMPARED_METRICS, _md_table
+from lab.stats import THRESHOLDS_TEXT, compare
+from lab.store import RunStore, load_cells
+from lab.util import atomic_write_text
+
+
+def compare_runs(a: Path, b: Path, output: Path | None = None) -> Path:
+    RunStore.open(a), RunStore.open(b)
+    cells_a, cells_b = load_cells(a), load_cells(b)
+    if cells_a.empty or cells_b.empty:
+        raise ConfigError(f"nothing to compare: {a if cells_a.empty else b} has no finished cells")
+    ok_a = cells_a[cells_a["status"] == "ok"]
+    ok_b = cells_b[cells_b["status"] == "ok"]
+    rows = []
+    keys = ["kernel", "pool_slabs_requested", "workload"]
+    for key, group_b in ok_b.groupby(keys):
+        group_a = ok_a[(ok_a[keys] == pd.Series(key, index=keys)).all(axis=1)]
+        for metric, higher in COMPARED_METRICS:
+            c = compare(metric, group_a[metric].tolist(), group_b[metric].tolist(), higher)
+            rows.append({**dict(zip(keys, key, strict=True)), "metric": metric, "A_median": c.baseline.median,
+                         "A_rsd_pct": c.baseline.rsd_pct, "B_median": c.candidate.median,
+                         "B_rsd_pct": c.candidate.rsd_pct, "change_pct": c.change_pct, "p_value": c.p_value,
+                         "conclusion": c.conclusion})  # fmt: skip
+    verdicts = pd.DataFrame(
+        [{"claim": va.claim, "A": va.verdict, "B": vb.verdict} for va, vb in
+         zip(judge_all(cells_a), judge_all(cells_b), strict=True)]
+    )  # fmt: skip
+    text = "\n".join([
+        f"# Compare {a.name} (A) with {b.name} (B)", "", "## Claims", "", _md_table(verdicts),
+        "## Metrics", "", THRESHOLDS_TEXT, "", _md_table(pd.DataFrame(rows)),
+    ])  # fmt: skip
+    out = output or b / f"compare-{a.name}.md"
+    atomic_write_text(out, text)
+    return out
