@@ -21,7 +21,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from lab import __version__
 from lab.errors import HostError, LabError
 from lab.matrix import Cell, Matrix, load_matrix
-from lab.runner import BOOT_ESTIMATE_S, cell_estimate_s
+from lab.runner import BOOT_ESTIMATE_S, cell_estimate_s, default_jobs
 from lab.vm import LocalHypervisor
 
 log = logging.getLogger("lab")
@@ -96,7 +96,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         console.print("KVM: /dev/kvm is present; probing by booting a guest under KVM ...")
         hypervisor = LocalHypervisor()
         ctx = LabContext(hypervisor, build_image(), client_key(), {"stock": stock_kernel()}, cache_dir())
-        cell = load_matrix("default").cells[0]
+        cell = load_matrix("stock").cells[0]
         accel = hypervisor.resolve_accel(boot_spec(ctx, cell), cache_dir() / "doctor")
         console.print(f"KVM: guests will run under [bold]{accel}[/bold] ({hypervisor.probe_note})")
     missing = [r.package for r in REQUIREMENTS if not r.present()]
@@ -143,7 +143,10 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
         return 0
     _require_host()
 
-    console.print(f"matrix [bold]{matrix.name}[/bold]: {len(todo)} cells in {boots} boots, ~{estimate_s / 60:.0f} min")
+    jobs = args.jobs or default_jobs(max(c.vcpus for c in matrix.cells))
+    estimate_s /= min(jobs, max(boots, 1))
+    console.print(f"matrix [bold]{matrix.name}[/bold]: {len(todo)} cells in {boots} boots, {jobs} at a time, "
+                  f"~{estimate_s / 60:.0f} min")  # fmt: skip
     image = build_image()
     kernels = {}
     for name in sorted({c.kernel for c in matrix.cells}):
@@ -170,6 +173,7 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
         "cells": [c.cell_id for c in matrix.cells],
         "kernels": {name: k.describe() for name, k in kernels.items()},
         "image_recipe_hash": image.recipe_hash,
+        "jobs": jobs,
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if store is None:
@@ -183,7 +187,7 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False,
         ) as progress:  # fmt: skip
             reporter = RichReporter(progress, estimate_s, len(todo))
-            run_matrix(matrix, store, ctx, reporter, skip)
+            run_matrix(matrix, store, ctx, reporter, skip, jobs=jobs)
     except KeyboardInterrupt:
         status = "interrupted"
         raise
@@ -424,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     matrix.add_argument("--dry-run", action="store_true", help="list cells, boots and estimated time; run nothing")
     matrix.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run")
     matrix.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    matrix.add_argument("--jobs", type=int, default=0,
+                        help="guests at once (default: host CPUs // (vCPUs + 1), at least 1)")  # fmt: skip
     matrix.set_defaults(func=cmd_run_matrix)
 
     bench = sub.add_parser("bench", help="benchmarks")
@@ -431,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     boot = bench_sub.add_parser("boot", help="boot-to-SSH time and per-cell overhead")
     boot.add_argument("--boots", type=int, default=5)
     boot.add_argument("--cell-runtime", type=int, default=5, help="fio runtime of the overhead cells (s)")
-    boot.add_argument("--matrix", default="default")
+    boot.add_argument("--matrix", default="stock")
     boot.add_argument("--results", default="results")
     boot.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
     boot.set_defaults(func=cmd_bench_boot)
@@ -441,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     sampler.add_argument("--runtime", type=int, default=10)
     sampler.add_argument("--hz", type=float, default=50.0)
     sampler.add_argument("--workload", default="light")
-    sampler.add_argument("--matrix", default="default")
+    sampler.add_argument("--matrix", default="stock")
     sampler.add_argument("--results", default="results")
     sampler.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
     sampler.set_defaults(func=cmd_bench_sampler)

@@ -32,6 +32,7 @@ WORKLOAD_KEYS = {
     "hipri": "polled completions (true/false)", "job_file": "path to a fio job file (instead of parameters)",
 }  # fmt: skip
 DEVICES = ("nvme", "virtio-blk")
+POLL_QUEUES = 2  # NVMe poll queues booted for polled (hipri) workloads
 
 
 def known_kernels() -> tuple[str, ...]:
@@ -82,10 +83,15 @@ class Cell:
         return f"{self.kernel}-{self.pool_slabs}-{self.device}-{self.workload.name}-r{self.repetition}-{digest}"
 
     @property
-    def boot_key(self) -> tuple[str, int, str, int, int, int, bool]:
+    def poll_queues(self) -> int:
+        """Polled workloads (hipri) need NVMe poll queues, which are set at boot."""
+        return POLL_QUEUES if self.workload.hipri and self.device == "nvme" else 0
+
+    @property
+    def boot_key(self) -> tuple[str, int, str, int, int, int, bool, int]:
         """Cells with equal keys share one boot (workloads run one after another)."""
         return (self.kernel, self.pool_slabs, self.device, self.vcpus, self.memory_mib, self.repetition,
-                self.swiotlb_force)  # fmt: skip
+                self.swiotlb_force, self.poll_queues)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -97,7 +103,7 @@ class Matrix:
     raw: dict[str, Any] = field(hash=False, compare=False)
 
     def boot_groups(self) -> list[list[Cell]]:
-        groups: dict[tuple[str, int, str, int, int, int, bool], list[Cell]] = {}
+        groups: dict[tuple[str, int, str, int, int, int, bool, int], list[Cell]] = {}
         for cell in self.cells:
             groups.setdefault(cell.boot_key, []).append(cell)
         return list(groups.values())

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,6 +60,7 @@ class LabContext:
     accel: Accel = "auto"
     provenance: dict[str, Any] = field(default_factory=dict)
     sample_hz: float = probes.DEFAULT_SAMPLE_HZ
+    stopping: threading.Event = field(default_factory=threading.Event)
 
 
 def cell_estimate_s(cell: Cell) -> float:
@@ -74,7 +78,7 @@ def boot_spec(ctx: LabContext, cell: Cell) -> BootSpec:
         vcpus=cell.vcpus,
         memory_mib=cell.memory_mib,
         disks=(Disk(cell.device),),  # type: ignore[arg-type]
-        extra_cmdline=kernel.boot_args,
+        extra_cmdline=kernel.boot_args + ((f"nvme.poll_queues={cell.poll_queues}",) if cell.poll_queues else ()),
         accel=ctx.accel,
     )
 
@@ -108,19 +112,44 @@ def failed_row(base: dict[str, Any], reason: str, detail: str, started: float) -
             "cell_wall_s": time.monotonic() - started}  # fmt: skip
 
 
+def default_jobs(vcpus: int, host_cpus: int | None = None) -> int:
+    """Guests that can run at once without distorting results.
+
+    Each guest needs a host core per vCPU plus one for QEMU's I/O thread;
+    oversubscribing cores turns measurements into measurements of the host
+    scheduler.  On a 2-core machine this is 1.
+    """
+    return max(1, (host_cpus or os.cpu_count() or 1) // (vcpus + 1))
+
+
 def run_matrix(
     matrix: Matrix,
     store: RunStore,
     ctx: LabContext,
     reporter: Reporter,
     skip: set[str] | None = None,
+    jobs: int = 1,
 ) -> list[dict[str, Any]]:
-    """Run every cell not in ``skip``; return the rows written."""
+    """Run every cell not in ``skip``, up to ``jobs`` boots at once; return the rows written."""
+    groups = [[c for c in group if c.cell_id not in (skip or set())] for group in matrix.boot_groups()]
+    groups = [group for group in groups if group]
+    if jobs <= 1:
+        return [row for group in groups for row in run_group(group, store, ctx, reporter)]
     rows: list[dict[str, Any]] = []
-    for group in matrix.boot_groups():
-        todo = [cell for cell in group if cell.cell_id not in (skip or set())]
-        if todo:
-            rows.extend(run_group(todo, store, ctx, reporter))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="boot") as pool:
+        futures = [pool.submit(run_group, group, store, ctx, reporter) for group in groups]
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                rows.extend(future.result())
+        except BaseException:
+            # Ctrl-C or SIGTERM: no new boots, and stop every running guest now;
+            # the interrupted cells are not recorded, so --resume redoes them.
+            ctx.stopping.set()
+            for future in futures:
+                future.cancel()
+            for machine in list(getattr(ctx.hypervisor, "launched", [])):
+                machine.shutdown()
+            raise
     return rows
 
 
@@ -140,6 +169,8 @@ def run_group(cells: list[Cell], store: RunStore, ctx: LabContext, reporter: Rep
                          "qemu_argv": " ".join(vm.argv), "kernel_cmdline": spec.cmdline()}  # fmt: skip
             try:
                 for cell in cells:
+                    if ctx.stopping.is_set():
+                        break
                     row = run_cell(cell, vm, guest, store, ctx, reporter, boot_info)
                     remaining.remove(cell)
                     rows.append(row)
@@ -149,6 +180,8 @@ def run_group(cells: list[Cell], store: RunStore, ctx: LabContext, reporter: Rep
             finally:
                 guest.close()
     except LabError as exc:
+        if ctx.stopping.is_set():
+            return rows  # interrupted: leave the rest for --resume
         reason = exc.reason if isinstance(exc, BootError) else type(exc).__name__
         for cell in remaining:
             row = failed_row(base_row(ctx, cell, store), reason, str(exc), started)
@@ -197,6 +230,8 @@ def run_cell(
         phase("collecting counters", lambda: probes.collect(guest, files))
         phase("fetching artifacts", lambda: probes.fetch(guest, files, local))
     except LabError as exc:
+        if ctx.stopping.is_set():
+            raise  # interrupted, not failed
         detail = str(exc)
         reason = type(exc).__name__
         try:

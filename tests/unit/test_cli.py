@@ -10,7 +10,7 @@ from lab.cli import main
 
 
 def test_dry_run_lists_cells_and_an_estimate(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["run", "matrix", "--dry-run"]) == 0
+    assert main(["run", "matrix", "stock", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "stock-1024-nvme-heavy-r0-" in out
     assert "4 cells to run in 2 boots" in out

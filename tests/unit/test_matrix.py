@@ -54,11 +54,22 @@ def test_cells_sharing_a_boot_are_grouped(tmp_path: Path) -> None:
     assert all([c.workload.name for c in g] == ["a", "b"] for g in groups)
 
 
-def test_default_matrix_ships_with_the_package() -> None:
-    matrix = load_matrix("default")
+def test_stock_matrix_ships_with_the_package() -> None:
+    matrix = load_matrix("stock")
     pools = {c.pool_slabs for c in matrix.cells}
     assert pools == {1024, 32768}
     assert {c.workload.name for c in matrix.cells} == {"light", "heavy"}
+
+
+def test_default_matrix_has_what_the_claims_need() -> None:
+    matrix = load_matrix("default")
+    assert {c.kernel for c in matrix.cells} == {"static", "throttle", "dynamic"}
+    assert {c.workload.name for c in matrix.cells} == {"heavy", "single-queue", "polled"}
+    assert {c.repetition for c in matrix.cells} == {0, 1, 2}
+    polled = [c for c in matrix.cells if c.workload.hipri]
+    assert polled and all(c.poll_queues > 0 for c in polled)
+    # polled cells need NVMe poll queues, so they boot separately from the others
+    assert len(matrix.boot_groups()) == 3 * 3 * 2
 
 
 @pytest.mark.parametrize(
