@@ -398,6 +398,45 @@ def cmd_bench_kernel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_matrix(args: argparse.Namespace) -> int:
+    """Throughput of a finished run (cells/hour, boots saved by grouping) and report time for 10,000 cells."""
+    import json
+    import shutil
+    import tempfile
+
+    import pandas as pd
+
+    from lab.report import build_report
+    from lab.store import load_cells
+
+    if args.run:
+        run = Path(args.run)
+        manifest = json.loads((run / "manifest.json").read_text())
+        cells = load_cells(run)
+        matrix = load_matrix(manifest["matrix_source"])
+        started = time.mktime(time.strptime(manifest["started_utc"], "%Y-%m-%dT%H:%M:%SZ"))
+        finished = time.mktime(time.strptime(manifest["finished_utc"], "%Y-%m-%dT%H:%M:%SZ"))
+        hours = (finished - started) / 3600.0
+        boots = len(matrix.boot_groups())
+        print(
+            f"run {run.name}: {len(cells)} cells in {hours * 60:.1f} min = {len(cells) / hours:.0f} cells/hour "
+            f"({manifest.get('accel')}, jobs {manifest.get('jobs', 1)})"
+        )
+        print(f"boots: {boots} for {len(matrix.cells)} cells; grouping saved {len(matrix.cells) - boots} boots")
+    sample = Path(args.sample_run)
+    with tempfile.TemporaryDirectory(prefix="swiotlb-lab-bench-") as tmp:
+        copy = Path(tmp) / sample.name
+        shutil.copytree(sample, copy)
+        cells = load_cells(copy)
+        copies = [cells.assign(cell_id=cells["cell_id"] + f"-x{i}", repetition=cells["repetition"] + 100 * i)
+                  for i in range(args.cells // len(cells) + 1)]  # fmt: skip
+        pd.concat(copies).iloc[: args.cells].to_parquet(copy / "cells.parquet", index=False)
+        started_s = time.monotonic()
+        build_report(copy)
+        print(f"report for {args.cells} cells: {time.monotonic() - started_s:.2f} s")
+    return 0
+
+
 def cmd_kernel_stock(args: argparse.Namespace) -> int:
     from lab.kernel import stock_kernel
 
@@ -474,6 +513,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench_kernel.add_argument("--variant", default="static")
     bench_kernel.add_argument("--cold", action="store_true", help="also time a cold build into an empty cache")
     bench_kernel.set_defaults(func=cmd_bench_kernel)
+
+    bench_matrix = bench_sub.add_parser("matrix", help="cells/hour and boots saved of a run; report time at scale")
+    bench_matrix.add_argument("--run", help="a finished results/<run-id> to measure")
+    bench_matrix.add_argument(
+        "--sample-run", default=str(Path(__file__).resolve().parent.parent / "tests/data/run-small")
+    )
+    bench_matrix.add_argument("--cells", type=int, default=10_000)
+    bench_matrix.set_defaults(func=cmd_bench_matrix)
 
     image = sub.add_parser("image", help="guest image")
     image_sub = image.add_subparsers(dest="what", required=True)

@@ -1,0 +1,102 @@
+"""Report, claims and notebooks on a small real run committed under tests/data/run-small."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+from nbclient import NotebookClient
+
+from lab.claims import judge_all
+from lab.compare import compare_runs
+from lab.report import build_report
+from lab.store import load_cells
+
+RUN = Path(__file__).resolve().parent.parent / "data" / "run-small"
+ANALYSIS = Path(__file__).resolve().parents[2] / "analysis"
+
+
+@pytest.fixture
+def run_copy(tmp_path: Path) -> Path:
+    copy = tmp_path / RUN.name
+    shutil.copytree(RUN, copy)
+    return copy
+
+
+def test_claims_table_is_filled_from_real_cells() -> None:
+    verdicts = {v.claim: v for v in judge_all(load_cells(RUN))}
+    assert list(verdicts) == ["C1", "C2", "C3", "C4", "C5", "C6", "C7"]
+    for verdict in verdicts.values():
+        assert verdict.verdict in ("supported", "contradicted", "inconclusive")
+        assert verdict.metric and verdict.threshold and verdict.detail
+    # C1 rests on static cells that really failed maps
+    assert verdicts["C1"].evidence and all(c.startswith("static-") for c in verdicts["C1"].evidence)
+
+
+def test_claims_without_the_needed_cells_are_inconclusive_not_guessed() -> None:
+    cells = load_cells(RUN)
+    only_static = cells[cells["kernel"] == "static"]
+    verdicts = {v.claim: v for v in judge_all(only_static)}
+    for claim in ("C2", "C3", "C4", "C5", "C6", "C7"):
+        assert verdicts[claim].verdict == "inconclusive", claim
+        assert verdicts[claim].evidence == ()
+
+
+def test_report_writes_markdown_html_figures_and_tables(run_copy: Path) -> None:
+    written = build_report(run_copy)
+    html = (run_copy / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4
+    assert "id='claims'" in html and "C7" in html
+    assert (run_copy / "report.md").read_text().startswith("# swiotlb throttling: measured verdicts")
+    assert len(pd.read_parquet(run_copy / "claims.parquet")) == 7
+    assert {"usage_over_time.png", "hiwater_by_pool.png", "performance_vs_pool.png",
+            "failures_and_throttle.png"} <= set(written)  # fmt: skip
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (make setup installs it)")
+def test_report_renders_in_a_headless_browser_with_its_figures(run_copy: Path, tmp_path: Path) -> None:
+    build_report(run_copy)
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]  # fmt: skip
+    url = (run_copy / "report.html").as_uri()
+    dom = subprocess.run(["chromium", *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert dom.stdout.count("<img") == 4
+    assert '<table id="claims"' in dom.stdout or "id='claims'" in dom.stdout
+    shot = tmp_path / "report.png"
+    subprocess.run(["chromium", *flags, "--window-size=1400,3000", f"--screenshot={shot}", url],
+                   capture_output=True, timeout=120, check=True)  # fmt: skip
+    assert shot.stat().st_size > 50_000  # a page with tables and four plots, not a blank one
+
+
+def test_compare_two_runs_side_by_side(run_copy: Path, tmp_path: Path) -> None:
+    out = compare_runs(RUN, run_copy, tmp_path / "compare.md")
+    text = out.read_text()
+    assert "| C1 |" in text and "not significant" in text  # a run compared with itself changes nothing
+
+
+def test_report_of_ten_thousand_cells_lists_every_cell(run_copy: Path) -> None:
+    """Functional check; how long it takes is measured by `python -m lab bench matrix` (BENCHMARKS.md)."""
+    cells = load_cells(run_copy)
+    copies = [cells.assign(cell_id=cells["cell_id"] + f"-x{i}", repetition=cells["repetition"] + 100 * i)
+              for i in range(10_000 // len(cells) + 1)]  # fmt: skip
+    pd.concat(copies).iloc[:10_000].to_parquet(run_copy / "cells.parquet", index=False)
+    build_report(run_copy)
+    html = (run_copy / "report.html").read_text()
+    assert html.count("-x") >= 10_000 - len(cells)
+
+
+@pytest.mark.parametrize("notebook", ["swiotlb_usage_over_time.ipynb", "throttling_cost.ipynb"])
+def test_analysis_notebooks_execute_against_a_real_run(notebook: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LAB_RUN", str(RUN))
+    book = nbformat.read(ANALYSIS / notebook, as_version=4)
+    NotebookClient(book, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ANALYSIS)}}).execute()
+    outputs = [o for cell in book.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert os.environ["LAB_RUN"] == str(RUN)
