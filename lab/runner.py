@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import pandas as pd
 
 from lab import probes
-from lab.errors import BootError, LabError
+from lab.errors import BootError, GuestCommandError, LabError, LabTimeout, ParseError
 from lab.guest import Guest
 from lab.image import GuestImage, initrd_for
 from lab.kernel import KernelBuild
@@ -153,41 +153,66 @@ def run_matrix(
     return rows
 
 
+def failure_reason(exc: LabError) -> str:
+    """A short, stable reason for a failed cell (the report groups failures by it)."""
+    if isinstance(exc, BootError):
+        return exc.reason
+    if isinstance(exc, LabTimeout):
+        return "timeout"
+    if isinstance(exc, GuestCommandError):
+        return "ssh failure" if exc.exitcode is None else "guest command failed"
+    if isinstance(exc, ParseError):
+        return "parse error"
+    return type(exc).__name__
+
+
 def run_group(cells: list[Cell], store: RunStore, ctx: LabContext, reporter: Reporter) -> list[dict[str, Any]]:
-    """Boot once for ``cells`` (same boot key) and run their workloads in order."""
-    first = cells[0]
+    """Run ``cells`` (same boot key) one after another in as few boots as possible.
+
+    A cell that loses the guest (panic, hang, dead QEMU, broken SSH) fails
+    alone: the remaining cells get a fresh boot.  A boot that fails fails the
+    remaining cells, since the next boot of the same kernel would fail too.
+    """
     rows: list[dict[str, Any]] = []
     remaining = list(cells)
-    started = time.monotonic()
-    spec = boot_spec(ctx, first)
-    reporter.phase(first, f"booting ({len(cells)} workload(s) in this boot)")
-    try:
-        with ctx.hypervisor.boot(spec, store.boot_dir(_boot_name(first))) as vm:
-            guest = Guest(vm.endpoint, ctx.client_key.private_path, ctx.image.host_key_blob)
-            ssh_s = guest.connect(alive=vm.check_alive)
-            boot_info = {"accel": vm.accelerator, "boot_s": round(vm.boot_seconds, 3), "ssh_connect_s": round(ssh_s, 3),
-                         "qemu_argv": " ".join(vm.argv), "kernel_cmdline": spec.cmdline()}  # fmt: skip
-            try:
-                for cell in cells:
-                    if ctx.stopping.is_set():
-                        break
-                    row = run_cell(cell, vm, guest, store, ctx, reporter, boot_info)
-                    remaining.remove(cell)
-                    rows.append(row)
-                    reporter.cell_done(cell, row, cell_estimate_s(cell))
-                    if row["status"] != "ok":
-                        vm.check_alive()  # a dead guest fails the rest of the group below
-            finally:
-                guest.close()
-    except LabError as exc:
-        if ctx.stopping.is_set():
-            return rows  # interrupted: leave the rest for --resume
-        reason = exc.reason if isinstance(exc, BootError) else type(exc).__name__
-        for cell in remaining:
-            row = failed_row(base_row(ctx, cell, store), reason, str(exc), started)
-            store.write_cell(row, None, None)
-            rows.append(row)
-            reporter.cell_done(cell, row, cell_estimate_s(cell))
+    attempt = 0
+    while remaining and not ctx.stopping.is_set():
+        attempt += 1
+        first = remaining[0]
+        started = time.monotonic()
+        spec = boot_spec(ctx, first)
+        reporter.phase(first, f"booting ({len(remaining)} workload(s) in this boot)")
+        workdir = store.boot_dir(_boot_name(first) + (f"-boot{attempt}" if attempt > 1 else ""))
+        booted = False
+        try:
+            with ctx.hypervisor.boot(spec, workdir) as vm:
+                guest = Guest(vm.endpoint, ctx.client_key.private_path, ctx.image.host_key_blob)
+                ssh_s = guest.connect(alive=vm.check_alive)
+                booted = True
+                boot_info = {"accel": vm.accelerator, "boot_s": round(vm.boot_seconds, 3),
+                             "ssh_connect_s": round(ssh_s, 3), "qemu_argv": " ".join(vm.argv),
+                             "kernel_cmdline": spec.cmdline(), "boot_attempt": attempt}  # fmt: skip
+                try:
+                    while remaining and not ctx.stopping.is_set():
+                        cell = remaining.pop(0)
+                        row = run_cell(cell, vm, guest, store, ctx, reporter, boot_info)
+                        rows.append(row)
+                        reporter.cell_done(cell, row, cell_estimate_s(cell))
+                        if row.get("guest_lost"):
+                            break  # reboot for the rest
+                finally:
+                    guest.close()
+        except LabError as exc:
+            if ctx.stopping.is_set():
+                return rows  # interrupted: leave the rest for --resume
+            if booted:
+                continue  # the guest died between cells: boot again for the rest
+            for cell in remaining:
+                row = failed_row(base_row(ctx, cell, store), failure_reason(exc), str(exc), started)
+                store.write_cell(row, None, None)
+                rows.append(row)
+                reporter.cell_done(cell, row, cell_estimate_s(cell))
+            remaining = []
     return rows
 
 
@@ -233,13 +258,19 @@ def run_cell(
         if ctx.stopping.is_set():
             raise  # interrupted, not failed
         detail = str(exc)
-        reason = type(exc).__name__
+        reason = failure_reason(exc)
+        # Anything but a command that ran and failed leaves the guest in doubt: reboot for the next cell.
+        guest_lost = not (isinstance(exc, GuestCommandError) and exc.exitcode is not None)
         try:
             vm.check_alive()
         except BootError as dead:
-            reason, detail = dead.reason, str(dead)
-        (local / "console.log").write_text(vm.console_text())
-        return _store_failed(store, failed_row(base, reason, detail, started))
+            reason, detail, guest_lost = dead.reason, str(dead), True
+        console = vm.console_text()
+        (local / "console.log").write_text(console)
+        row = failed_row(base, reason, detail, started)
+        row["guest_lost"] = guest_lost
+        row["console_excerpt"] = "\n".join(console.splitlines()[-40:])
+        return _store_failed(store, row)
     (local / "console.log").write_text(vm.console_text())
     try:
         row, samples, jobs = build_row(base, local, fio_exit)
