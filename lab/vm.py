@@ -7,6 +7,7 @@ plugs in by implementing the same ``boot()`` and returning a ``RunningGuest``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import json
@@ -164,6 +165,22 @@ def qemu_version(qemu: str = "qemu-system-x86_64") -> str:
         raise HostError(f"{qemu} not found or not working: install the Debian package qemu-system-x86") from exc
     match = re.search(r"version (\S+)", out)
     return match.group(1) if match else out.strip()
+
+
+def qmp_command(socket_path: Path, command: str, timeout_s: float, **args: object) -> object:
+    """One QMP command with a bound on every step: a stopped (SIGSTOPped) QEMU must not hang the lab."""
+    from qemu.qmp import QMPClient
+
+    async def go() -> object:
+        client = QMPClient("swiotlb-lab")
+        try:
+            await asyncio.wait_for(client.connect(str(socket_path)), timeout_s)
+            return await asyncio.wait_for(client.execute(command, dict(args)), timeout_s)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.disconnect(), timeout_s)
+
+    return asyncio.run(go())
 
 
 _PR_SET_PDEATHSIG = 1
@@ -332,34 +349,18 @@ class Machine:
         return self._boot_seconds
 
     def _qmp_quit(self) -> bool:
-        from qemu.qmp.legacy import QEMUMonitorProtocol
-
         if not self.qmp_socket.exists():
             return False
-        qmp = QEMUMonitorProtocol(str(self.qmp_socket))
         try:
-            qmp.connect(negotiate=True)
-            qmp.settimeout(2.0)
-            qmp.cmd("quit")
+            qmp_command(self.qmp_socket, "quit", timeout_s=2.0)
             return True
         except Exception as exc:
-            log.debug("QMP quit failed: %s", exc)
+            log.debug("QMP quit failed: %r", exc)
             return False
-        finally:
-            with contextlib.suppress(Exception):
-                qmp.close()
 
     def qmp(self, command: str, **args: object) -> object:
         """Run one QMP command (e.g. for fault injection or status)."""
-        from qemu.qmp.legacy import QEMUMonitorProtocol
-
-        qmp = QEMUMonitorProtocol(str(self.qmp_socket))
-        try:
-            qmp.connect(negotiate=True)
-            qmp.settimeout(5.0)
-            return qmp.cmd(command, **args)
-        finally:
-            qmp.close()
+        return qmp_command(self.qmp_socket, command, timeout_s=5.0, **args)
 
     def shutdown(self) -> None:
         """Stop QEMU: QMP quit, then SIGTERM, then SIGKILL.  Harmless to call twice."""
