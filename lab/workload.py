@@ -59,7 +59,7 @@ class Workload:
     @property
     def timeout_s(self) -> float:
         """How long fio may take before the lab gives up on it."""
-        return self.runtime_s * 3 + 60
+        return self.runtime_s * 2 + 30
 
     def fio_argv(self, device: str, output: str, job_file_in_guest: str | None = None) -> list[str]:
         common = ["fio", f"--output-format={FIO_OUTPUT_FORMAT}", f"--output={output}"]
