@@ -143,3 +143,10 @@ def test_dynamic_kernel_grows_the_pool_beyond_the_request(ctx: LabContext, store
     [row] = run(ctx, store, Cell("dynamic", POOL, "nvme", HEAVY, vcpus=2, memory_mib=1024))
     assert row["nslabs"] >= POOL
     assert row["nslabs_after"] > POOL
+
+
+def test_virtio_blk_opts_in_and_throttles_too(ctx: LabContext, store: RunStore) -> None:
+    [row] = run(ctx, store, Cell("throttle", POOL, "virtio-blk", HEAVY, vcpus=2, memory_mib=1024))
+    assert row["hctx_blocking"], row["hctx_flags"]
+    assert row["high_throttle_count"] > 0
+    assert row["fio_errors"] == 0 and row["fio_iops"] > 0
