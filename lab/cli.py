@@ -230,7 +230,7 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
     cell = matrix.cells[0]
     spec = boot_spec(ctx, cell)
     accel = hypervisor.resolve_accel(spec, cache / "probe-work")
-    spec = replace(spec, accel=accel)
+    spec = replace(spec, accel=accel)  # type: ignore[arg-type]
     work = Path(args.results) / f"bench-boot-{time.strftime('%Y%m%dT%H%M%S')}"
     times = []
     for index in range(args.boots):
@@ -374,7 +374,7 @@ def cmd_bench_kernel(args: argparse.Namespace) -> int:
     series = variants["throttle"]
     build_kernel("throttle", variants=variants)
     with tempfile.TemporaryDirectory(prefix="swiotlb-lab-patch-") as tmp:
-        changed = []
+        changed: list[str] = []
         for patch in series.patches:
             copy = Path(tmp) / patch.name
             text = patch.read_text()

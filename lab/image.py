@@ -204,7 +204,7 @@ def _dynamic_info(path: Path) -> tuple[list[str], list[str]]:
                 continue
             for tag in section.iter_tags():
                 if tag.entry.d_tag == "DT_NEEDED":
-                    needed.append(tag.needed)
+                    needed.append(str(tag.needed))  # type: ignore[attr-defined]
                 elif tag.entry.d_tag in ("DT_RUNPATH", "DT_RPATH"):
                     runpaths.extend(getattr(tag, "runpath", getattr(tag, "rpath", "")).split(":"))
         return needed, runpaths

@@ -177,7 +177,7 @@ def figures(cells: pd.DataFrame, samples: pd.DataFrame) -> dict[str, bytes]:
 # --- tables ----------------------------------------------------------------------------------
 
 
-def comparisons(cells: pd.DataFrame, baseline: str = "static") -> list[Comparison | Any]:
+def comparisons(cells: pd.DataFrame, baseline: str = "static") -> list[dict[str, Any]]:
     """Every variant against the baseline variant, per (pool, workload), for the compared metrics."""
     rows: list[dict[str, Any]] = []
     ok = cells[cells["status"] == "ok"] if not cells.empty else cells
