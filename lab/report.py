@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from lab.claims import Verdict, judge_all
-from lab.stats import THRESHOLDS_TEXT, Comparison, compare
+from lab.stats import THRESHOLDS_TEXT, compare
 from lab.store import load_cells, load_samples, write_parquet
 from lab.util import atomic_write_bytes, atomic_write_text
 
