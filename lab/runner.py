@@ -330,7 +330,10 @@ def build_row(base: dict[str, Any], local: Path, fio_exit: int) -> tuple[dict[st
         "low_throttle_count": _delta(before, after, "low_throttle_count"),
         "throttle_wait_ns": _delta(before, after, "throttle_wait_ns"),
         "throttle_waiters_after": after.get("throttle_waiters"),
-        "map_failures": hists["map_page_failures"].hits,
+        # Failed mappings at the DMA layer: single mappings (dma_map_page returning
+        # DMA_MAPPING_ERROR) plus scatterlists (dma_map_sg_err), whichever path the driver used.
+        "map_failures": hists["map_page_failures"].hits + hists["map_sg_errors"].hits,
+        "map_page_failures": hists["map_page_failures"].hits,
         "map_failure_bytes": hists["map_page_failures"].total("size"),
         "map_sg_errors": hists["map_sg_errors"].hits,
         "bounces": hists["bounces"].hits,
