@@ -187,12 +187,23 @@ def run_group(cells: list[Cell], store: RunStore, ctx: LabContext, reporter: Rep
         try:
             with ctx.hypervisor.boot(spec, workdir) as vm:
                 guest = Guest(vm.endpoint, ctx.client_key.private_path, ctx.image.host_key_blob)
-                ssh_s = guest.connect(alive=vm.check_alive)
-                booted = True
-                boot_info = {"accel": vm.accelerator, "boot_s": round(vm.boot_seconds, 3),
-                             "ssh_connect_s": round(ssh_s, 3), "qemu_argv": " ".join(vm.argv),
-                             "kernel_cmdline": spec.cmdline(), "boot_attempt": attempt}  # fmt: skip
                 try:
+                    ssh_s = guest.connect(alive=vm.check_alive)
+                    # Trust nothing about the guest platform: a kernel without ACPI on q35,
+                    # for one, silently runs with a single CPU whatever -smp says.
+                    guest_cpus = int(guest.run("nproc", timeout_s=30).stdout.strip() or 0)
+                    if guest_cpus != spec.vcpus:
+                        raise BootError(
+                            f"the guest sees {guest_cpus} CPU(s) but {spec.vcpus} vCPU(s) were requested",
+                            argv=vm.argv,
+                            reason="vcpu mismatch",
+                            console_tail=vm.console_text()[-3000:],
+                        )
+                    booted = True
+                    boot_info = {"accel": vm.accelerator, "boot_s": round(vm.boot_seconds, 3),
+                                 "ssh_connect_s": round(ssh_s, 3), "qemu_argv": " ".join(vm.argv),
+                                 "kernel_cmdline": spec.cmdline(), "boot_attempt": attempt,
+                                 "guest_cpus": guest_cpus}  # fmt: skip
                     while remaining and not ctx.stopping.is_set():
                         cell = remaining.pop(0)
                         row = run_cell(cell, vm, guest, store, ctx, reporter, boot_info)
@@ -323,7 +334,10 @@ def build_row(base: dict[str, Any], local: Path, fio_exit: int) -> tuple[dict[st
         "used_before": before.get("io_tlb_used"),
         "used_after": after.get("io_tlb_used"),
         "hiwater": hiwater,
-        "hiwater_frac": (hiwater / nslabs) if hiwater is not None and nslabs else None,
+        # A dynamic pool grows during the run: measure against the largest size it had.
+        "hiwater_frac": (hiwater / max(nslabs, after.get("io_tlb_nslabs") or 0))
+        if hiwater is not None and nslabs
+        else None,
         "high_throttle": after.get("high_throttle"),
         "low_throttle": after.get("low_throttle"),
         "high_throttle_count": _delta(before, after, "high_throttle_count"),
