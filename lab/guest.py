@@ -113,6 +113,10 @@ class Guest:
             raise LabTimeout(f"guest command {command!r}", timeout_s) from exc
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise GuestCommandError(command, None, "", f"SSH failure: {exc!r}") from exc
+        if result.exited == -1:
+            # paramiko's "no exit status": the channel closed under the command (sshd or the
+            # network died).  That is a lost session, not a command that failed.
+            raise GuestCommandError(command, None, result.stdout, "SSH session closed before the command exited")
         outcome = CommandResult(command, result.exited, result.stdout, result.stderr, time.monotonic() - started)
         if check and result.exited != 0:
             raise GuestCommandError(command, result.exited, result.stdout, result.stderr)

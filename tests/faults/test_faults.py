@@ -19,7 +19,7 @@ from lab import probes
 from lab.errors import BuildError
 from lab.guest import Guest
 from lab.image import GuestImage
-from lab.kernel import Variant, build_kernel, load_variants
+from lab.kernel import KernelBuild, Variant, build_kernel, load_variants
 from lab.keys import KeyPair
 from lab.matrix import Cell
 from lab.runner import LabContext, run_group
@@ -54,15 +54,15 @@ class InjectDuringFio:
 
 
 @pytest.fixture
-def ctx(guest_image: GuestImage, lab_key: KeyPair) -> LabContext:
-    kernel = build_kernel("static")
-    return LabContext(LocalHypervisor(), guest_image, lab_key, {"static": kernel}, cache_dir(),
+def ctx(guest_image: GuestImage, lab_key: KeyPair, stock: KernelBuild) -> LabContext:
+    # Debian's kernel: the faults concern the lab, not the kernel, and it needs no build.
+    return LabContext(LocalHypervisor(), guest_image, lab_key, {"stock": stock}, cache_dir(),
                       provenance={"lab_revision": "test"})  # fmt: skip
 
 
 def run_with_fault(ctx: LabContext, tmp_path: Path, inject: Callable[[Machine], None]) -> list[dict[str, Any]]:
     store = RunStore.create(tmp_path, {"test": "fault"})
-    cells = [Cell("static", 1024, "nvme", FIO, 2, 1024), Cell("static", 1024, "nvme", NEXT, 2, 1024)]
+    cells = [Cell("stock", 1024, "nvme", FIO, 2, 1024), Cell("stock", 1024, "nvme", NEXT, 2, 1024)]
     reporter = InjectDuringFio(ctx.hypervisor, inject)  # type: ignore[arg-type]
     before = qemu_pids()
     rows = run_group(cells, store, ctx, reporter)
@@ -71,6 +71,7 @@ def run_with_fault(ctx: LabContext, tmp_path: Path, inject: Callable[[Machine], 
     for machine in ctx.hypervisor.launched:  # type: ignore[attr-defined]
         assert machine.pid is None or not pid_alive(machine.pid)
     assert [r["cell_id"] for r in rows] == [c.cell_id for c in cells]
+    assert rows[0]["status"] == "failed", rows[0]
     assert rows[1]["status"] == "ok", "the next cell must run, in a fresh boot"
     assert rows[1]["boot_attempt"] == 2
     store.consolidate()
@@ -105,7 +106,9 @@ def test_hung_guest_times_out_and_its_qemu_is_killed(ctx: LabContext, tmp_path: 
 
 
 def test_dropped_ssh_session_fails_the_cell_after_bounded_retries(ctx: LabContext, tmp_path: Path) -> None:
-    rows = run_with_fault(ctx, tmp_path, lambda m: guest_shell(m, ctx, "pkill -KILL sshd"))
+    # Every sshd, listener and sessions alike (sessions rename themselves "sshd: root@notty").
+    kill_sshd = 'for p in /proc/[0-9]*; do [ "$(cat $p/comm 2>/dev/null)" = sshd ] && kill -9 ${p#/proc/}; done'
+    rows = run_with_fault(ctx, tmp_path, lambda m: guest_shell(m, ctx, kill_sshd))
     assert rows[0]["status"] == "failed"
     assert rows[0]["failure_reason"] in ("ssh failure", "timeout")
     assert rows[0]["failure_detail"]
@@ -136,7 +139,7 @@ def test_corrupt_fio_json_fails_the_cell_with_the_parse_error(ctx: LabContext, t
 
     monkeypatch.setattr(probes, "fetch", truncating_fetch)
     store = RunStore.create(tmp_path, {"test": "corrupt"})
-    cells = [Cell("static", 1024, "nvme", FIO, 2, 1024), Cell("static", 1024, "nvme", NEXT, 2, 1024)]
+    cells = [Cell("stock", 1024, "nvme", FIO, 2, 1024), Cell("stock", 1024, "nvme", NEXT, 2, 1024)]
     rows = run_group(cells, store, ctx, InjectDuringFio(ctx.hypervisor, lambda m: None))  # type: ignore[arg-type]
     assert rows[0]["status"] == "failed" and rows[0]["failure_reason"] == "parse error"
     assert "fio JSON" in rows[0]["failure_detail"]
@@ -193,7 +196,7 @@ def test_full_results_disk_gives_a_clear_error_and_keeps_earlier_cells(tmp_path:
 
 def test_sigterm_stops_qemu_and_marks_the_run_interrupted(tmp_path: Path) -> None:
     matrix = tmp_path / "m.toml"
-    matrix.write_text('[matrix]\nkernels = ["static"]\npools = [1024]\nworkloads = ["w"]\nrepetitions = 2\n'
+    matrix.write_text('[matrix]\nkernels = ["stock"]\npools = [1024]\nworkloads = ["w"]\nrepetitions = 2\n'
                       '[workloads.w]\nruntime = "20s"\nsize = "64M"\n')  # fmt: skip
     before = qemu_pids()
     proc = subprocess.Popen([sys.executable, "-m", "lab", "run", "matrix", str(matrix), "--results", str(tmp_path)],
