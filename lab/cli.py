@@ -195,7 +195,10 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
         status = "failed"
         raise
     finally:
-        store.consolidate()
+        try:
+            store.consolidate()
+        except OSError as exc:  # the per-cell records stay the source of truth
+            console.print(f"could not rebuild the run tables: {exc}")
         cells = load_cells(store.root)
         finished = set(cells["cell_id"]) if not cells.empty else set()
         if status == "complete" and not all(c.cell_id in finished for c in matrix.cells):
@@ -548,5 +551,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: QEMU stopped, partial results kept", file=sys.stderr)
         return 130
+    except OSError as exc:  # e.g. a full results disk: say where, keep what was written
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}; finished cells are kept", file=sys.stderr)
+        return 1
     finally:
         signal.signal(signal.SIGTERM, previous)

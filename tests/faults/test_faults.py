@@ -182,11 +182,13 @@ def test_full_results_disk_gives_a_clear_error_and_keeps_earlier_cells(tmp_path:
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(small)], check=True)
     try:
         store = RunStore.create(small, {"test": "disk-full"}, run_id="r")
+        import numpy as np
         import pandas as pd
 
         store.write_cell({"cell_id": "early", "status": "ok"}, pd.DataFrame({"t_s": [0.0]}), None)
         with pytest.raises(OSError):
-            store.write_cell({"cell_id": "late", "status": "ok"}, pd.DataFrame({"t_s": [0.0] * 200_000}), None)
+            noise = pd.DataFrame({"t_s": np.random.default_rng(1).random(200_000)})  # ~1.6 MB, incompressible
+            store.write_cell({"cell_id": "late", "status": "ok"}, noise, None)
         assert not list(small.rglob("*.tmp"))
         assert json.loads((store.root / "cells/early/cell.json").read_text())["cell_id"] == "early"
         assert not (store.root / "cells/late/cell.json").exists()
