@@ -25,6 +25,9 @@ MATRIX_KEYS = {
     "vcpus": "list of vCPU counts",
     "memory": 'list of guest memory sizes, e.g. "1GiB"',
     "repetitions": "number of repetitions (each repetition boots afresh)",
+    "throttle": 'list of throttle thresholds: "default" or "HIGH/LOW" in percent of the pool (throttle kernels)',
+    "include": 'list of tables of axis values to add, e.g. {kernel = "throttle", pool = "1MiB"}',
+    "exclude": 'list of tables of axis values to drop, e.g. {kernel = "static", workload = "polled"}',
 }
 WORKLOAD_KEYS = {
     "rw": "fio rw mode", "bs": "block size", "iodepth": "queue depth", "numjobs": "fio jobs",
@@ -186,6 +189,45 @@ def _workload(name: str, spec: object, base: Path, where: str) -> Workload:
         raise ConfigError(f"{where}: {exc}") from exc
 
 
+def _throttle_knobs(value: object, where: str) -> tuple[str, tuple[int, int] | None]:
+    """ "default" or "HIGH/LOW" in percent of the pool, e.g. "50/45"."""
+    text = str(value).strip()
+    if text == "default":
+        return text, None
+    match = re.match(r"^(\d{1,3})/(\d{1,3})$", text)
+    if not match or not 0 < int(match.group(2)) <= int(match.group(1)) <= 100:
+        raise ConfigError(f'{where}: {value!r} must be "default" or "HIGH/LOW" percentages with LOW <= HIGH <= 100')
+    return text, (int(match.group(1)), int(match.group(2)))
+
+
+def _knobs_for(percent: tuple[int, int] | None, pool_slabs: int) -> tuple[tuple[str, int], ...]:
+    if percent is None:
+        return ()
+    return (("high_throttle", pool_slabs * percent[0] // 100), ("low_throttle", pool_slabs * percent[1] // 100))
+
+
+def _rule(rule: object, where: str, axes: dict[str, list[Any]], kind: str) -> dict[str, Any]:
+    """An include/exclude table: axis → value, values normalised like the axes themselves."""
+    if not isinstance(rule, dict):
+        raise ConfigError(f'{where}: each {kind} entry must be a table like {{kernel = "static", workload = "polled"}}')
+    normalised: dict[str, Any] = {}
+    for axis, value in rule.items():
+        if axis not in axes:
+            raise ConfigError(f"{where}: unknown axis {axis!r} in {kind}; valid: {', '.join(axes)}")
+        if axis == "pool":
+            value = parse_pool_slabs(value, where)
+        elif axis == "memory":
+            value = parse_size_bytes(value, where) >> 20
+        if value not in axes[axis]:
+            raise ConfigError(f"{where}: {kind} names {axis} = {rule[axis]!r}, which is not in matrix.{axis}s")
+        normalised[axis] = value
+    return normalised
+
+
+def _matches(combo: dict[str, Any], rule: dict[str, Any]) -> bool:
+    return all(combo[axis] == value for axis, value in rule.items())
+
+
 def load_matrix(source: str | Path, kernels: tuple[str, ...] | None = None) -> Matrix:
     """Load a matrix from a TOML file path or the name of one shipped in the package."""
     path = Path(source)
@@ -260,10 +302,40 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
                               f"defined: {', '.join(defined) or 'none'} (add [workloads.{name}])")  # fmt: skip
         workloads.append(_workload(name, defined[name], path.parent, f"{path}{_line_of(text, 'workloads.' + name)}"))
 
+    throttles = [
+        _throttle_knobs(v, where("throttle")) for v in _list(section, "throttle", ["default"], where("throttle"))
+    ]
+    by_name = {w.name: w for w in workloads}
+    axes: dict[str, list[Any]] = {
+        "kernel": kernels, "pool": pools, "device": devices, "vcpus": vcpus, "memory": memory,
+        "workload": names, "throttle": [t[0] for t in throttles],
+    }  # fmt: skip
+    knobs_of = dict(throttles)
+    excludes = [_rule(r, where("exclude"), axes, "exclude") for r in _list(section, "exclude", [{}], where("exclude"))
+                if r]  # fmt: skip
+    includes = [_rule(r, where("include"), axes, "include") for r in _list(section, "include", [{}], where("include"))
+                if r]  # fmt: skip
+
+    combos = [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
+    # Threshold overrides only mean something on kernels with the throttle.
+    combos = [c for c in combos if c["throttle"] == "default" or "throttle" in c["kernel"]]
+    combos = [c for c in combos if not any(_matches(c, rule) for rule in excludes)]
+    for rule in includes:
+        extra = {axis: values[0] for axis, values in axes.items()} | rule
+        if extra not in combos:
+            combos.append(extra)
     cells = tuple(
-        Cell(kernel, pool, device, workload, cpus, mem, rep)
-        for rep, kernel, pool, device, cpus, mem, workload in itertools.product(
-            range(repetitions), kernels, pools, devices, vcpus, memory, workloads
+        Cell(
+            c["kernel"],
+            c["pool"],
+            c["device"],
+            by_name[c["workload"]],
+            c["vcpus"],
+            c["memory"],
+            rep,
+            knobs=_knobs_for(knobs_of[c["throttle"]], c["pool"]),
         )
+        for rep in range(repetitions)
+        for c in combos
     )
     return Matrix(path.stem, str(path), str(section.get("description", "")), cells, raw=data)

@@ -151,3 +151,45 @@ def test_bad_matrix_input_names_file_key_and_valid_values(tmp_path: Path, text: 
 def test_unknown_shipped_matrix_lists_the_shipped_ones() -> None:
     with pytest.raises(ConfigError, match="shipped matrices: default"):
         load_matrix("no-such-matrix")
+
+
+RULES = """
+[matrix]
+kernels = ["static", "throttle"]
+pools = ["2MiB"]
+workloads = ["a", "b"]
+throttle = ["default", "50/45"]
+exclude = [{kernel = "static", workload = "b"}]
+include = [{kernel = "static", pool = "2MiB", workload = "b", vcpus = 2}]
+
+[workloads.a]
+rw = "randread"
+
+[workloads.b]
+rw = "randwrite"
+"""
+
+
+def test_throttle_axis_include_and_exclude(tmp_path: Path) -> None:
+    cells = load_matrix(write(tmp_path, RULES)).cells
+    names = sorted((c.kernel, c.workload.name, dict(c.knobs).get("high_throttle", 0)) for c in cells)
+    # threshold overrides only on the throttle kernel; static/b excluded, then included back once
+    assert names == [("static", "a", 0), ("static", "b", 0), ("throttle", "a", 0), ("throttle", "a", 512),
+                     ("throttle", "b", 0), ("throttle", "b", 512)]  # fmt: skip
+    knobs = {c.knobs for c in cells if c.knobs}
+    assert knobs == {(("high_throttle", 512), ("low_throttle", 460))}
+    assert len({c.cell_id for c in cells}) == len(cells)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        pytest.param('throttle = ["70/80"]', "LOW <= HIGH", id="low-above-high"),
+        pytest.param('exclude = [{colour = "red"}]', "unknown axis 'colour'", id="unknown-axis"),
+        pytest.param('exclude = [{kernel = "dynamic"}]', "not in matrix.kernels", id="value-not-in-axis"),
+    ],
+)
+def test_bad_rules_are_refused(tmp_path: Path, line: str, message: str) -> None:
+    text = f'[matrix]\nkernels = ["static", "throttle"]\npools = [1024]\n{line}\n[workloads.a]\nrw = "read"\n'
+    with pytest.raises(ConfigError, match=message):
+        load_matrix(write(tmp_path, text))
