@@ -26,6 +26,7 @@ MATRIX_KEYS = {
     "memory": 'list of guest memory sizes, e.g. "1GiB"',
     "repetitions": "number of repetitions (each repetition boots afresh)",
     "throttle": 'list of throttle thresholds: "default" or "HIGH/LOW" in percent of the pool (throttle kernels)',
+    "net_load": "list of true/false: background TCP stream from guest to host over virtio-net during fio",
     "include": 'list of tables of axis values to add, e.g. {kernel = "throttle", pool = "1MiB"}',
     "exclude": 'list of tables of axis values to drop, e.g. {kernel = "static", workload = "polled"}',
 }
@@ -62,6 +63,7 @@ class Cell:
     repetition: int = 0
     knobs: tuple[tuple[str, int], ...] = ()  # swiotlb debugfs knobs written before the workload
     swiotlb_force: bool = True
+    net_load: bool = False  # a TCP stream guest -> host over virtio-net during the workload
 
     def content(self) -> dict[str, Any]:
         workload = self.workload.describe()
@@ -77,6 +79,8 @@ class Cell:
             content["knobs"] = dict(self.knobs)
         if not self.swiotlb_force:
             content["swiotlb_force"] = False
+        if self.net_load:
+            content["net_load"] = True
         return content
 
     @property
@@ -91,10 +95,10 @@ class Cell:
         return POLL_QUEUES if self.workload.hipri and self.device == "nvme" else 0
 
     @property
-    def boot_key(self) -> tuple[str, int, str, int, int, int, bool, int]:
+    def boot_key(self) -> tuple[str, int, str, int, int, int, bool, int, bool]:
         """Cells with equal keys share one boot (workloads run one after another)."""
         return (self.kernel, self.pool_slabs, self.device, self.vcpus, self.memory_mib, self.repetition,
-                self.swiotlb_force, self.poll_queues)  # fmt: skip
+                self.swiotlb_force, self.poll_queues, self.net_load)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,7 @@ class Matrix:
     raw: dict[str, Any] = field(hash=False, compare=False)
 
     def boot_groups(self) -> list[list[Cell]]:
-        groups: dict[tuple[str, int, str, int, int, int, bool, int], list[Cell]] = {}
+        groups: dict[tuple[str, int, str, int, int, int, bool, int, bool], list[Cell]] = {}
         for cell in self.cells:
             groups.setdefault(cell.boot_key, []).append(cell)
         return list(groups.values())
@@ -302,13 +306,16 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
                               f"defined: {', '.join(defined) or 'none'} (add [workloads.{name}])")  # fmt: skip
         workloads.append(_workload(name, defined[name], path.parent, f"{path}{_line_of(text, 'workloads.' + name)}"))
 
+    net_load = _list(section, "net_load", [False], where("net_load"))
+    if not all(isinstance(v, bool) for v in net_load):
+        raise ConfigError(f"{where('net_load')}: {net_load!r} must be a list of true/false")
     throttles = [
         _throttle_knobs(v, where("throttle")) for v in _list(section, "throttle", ["default"], where("throttle"))
     ]
     by_name = {w.name: w for w in workloads}
     axes: dict[str, list[Any]] = {
         "kernel": kernels, "pool": pools, "device": devices, "vcpus": vcpus, "memory": memory,
-        "workload": names, "throttle": [t[0] for t in throttles],
+        "workload": names, "throttle": [t[0] for t in throttles], "net_load": net_load,
     }  # fmt: skip
     knobs_of = dict(throttles)
     excludes = [_rule(r, where("exclude"), axes, "exclude") for r in _list(section, "exclude", [{}], where("exclude"))
@@ -334,6 +341,7 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
             c["memory"],
             rep,
             knobs=_knobs_for(knobs_of[c["throttle"]], c["pool"]),
+            net_load=c["net_load"],
         )
         for rep in range(repetitions)
         for c in combos

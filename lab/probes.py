@@ -151,3 +151,21 @@ def fetch(guest: Guest, files: WorkloadFiles, local_dir: Path) -> list[Path]:
 
 def read_debugfs(guest: Guest) -> str:
     return guest.run(f"grep -r . {SWIOTLB_DEBUGFS} || true", timeout_s=15).stdout
+
+
+def start_net_load(guest: Guest, files: WorkloadFiles, port: int) -> None:
+    """The guest side of the background network load: stream zeros to whoever connects."""
+    # QEMU's user network accepts the host's connection even before the guest listens (and then
+    # drops it), so wait until the guest's socket is in LISTEN state (0A) in /proc/net/tcp{,6}
+    # (busybox nc listens on IPv6 where the kernel has it).
+    listening = f":{int(port):04X} 0+:0000 0A"
+    guest.run(
+        f"setsid nc -l -p {int(port)} < /dev/zero > /dev/null 2> {_q(files.path('netload.log'))} &\n"
+        f"for i in $(seq 100); do grep -qE {_q(listening)} /proc/net/tcp /proc/net/tcp6 2>/dev/null && exit 0; "
+        "sleep 0.1; done; exit 1",
+        timeout_s=60,
+    )
+
+
+def stop_net_load(guest: Guest) -> None:
+    guest.run("pkill -x nc || true", timeout_s=15)

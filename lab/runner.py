@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from lab import probes
+from lab import netload, probes
 from lab.errors import BootError, GuestCommandError, LabError, LabTimeout, ParseError
 from lab.guest import Guest
 from lab.image import GuestImage, initrd_for
@@ -79,6 +79,7 @@ def boot_spec(ctx: LabContext, cell: Cell) -> BootSpec:
         memory_mib=cell.memory_mib,
         disks=(Disk(cell.device),),  # type: ignore[arg-type]
         extra_cmdline=kernel.boot_args + ((f"nvme.poll_queues={cell.poll_queues}",) if cell.poll_queues else ()),
+        forwards=(netload.GUEST_PORT,) if cell.net_load else (),
         accel=ctx.accel,
     )
 
@@ -100,6 +101,7 @@ def base_row(ctx: LabContext, cell: Cell, store: RunStore) -> dict[str, Any]:
         "memory_mib": cell.memory_mib,
         "repetition": cell.repetition,
         "swiotlb_force": cell.swiotlb_force,
+        "net_load": cell.net_load,
         "knobs": json.dumps(dict(cell.knobs), sort_keys=True),
         **cell.workload.describe(),
         **kernel.describe(),
@@ -257,10 +259,23 @@ def run_cell(
             job_file = files.path("job.fio")
             guest.connection.put(str(cell.workload.job_file), job_file)
         argv = cell.workload.fio_argv(disk.guest_path, files.path("fio.json"), job_file)
+        load = None
+        if cell.net_load:
+            phase("starting network load", lambda: probes.start_net_load(guest, files, netload.GUEST_PORT))
+            load = netload.NetLoad(vm.forwarded(netload.GUEST_PORT))
+            load.start()
         fio_started = time.monotonic()
         fio_exit = phase(f"fio {cell.workload.name} ({cell.workload.runtime_s} s)",
                          lambda: probes.run_fio(guest, argv, files, cell.workload.timeout_s))  # fmt: skip
         fio_wall = time.monotonic() - fio_started
+        if load is not None:
+            net_bytes, net_seconds = load.stop()
+            probes.stop_net_load(guest)
+            base.update(
+                net_load_bytes=net_bytes,
+                net_load_mbps=net_bytes * 8 / 1e6 / max(net_seconds, 1e-9),
+                net_load_error=load.error,
+            )
         if sampler is not None:
             phase("stopping sampler", lambda: probes.stop_sampler(guest, sampler))
         phase("collecting counters", lambda: probes.collect(guest, files))

@@ -67,6 +67,7 @@ class BootSpec:
     memory_mib: int = 1024
     disks: tuple[Disk, ...] = (Disk(),)
     extra_cmdline: tuple[str, ...] = ()
+    forwards: tuple[int, ...] = ()  # further guest TCP ports reachable from the host (on 127.0.0.1)
     accel: Accel = "auto"
     boot_timeout_s: float = 120.0
 
@@ -120,9 +121,11 @@ def qemu_argv(
     qmp: Path,
     disk_images: tuple[Path, ...],
     qemu: str = "qemu-system-x86_64",
+    forwards: dict[int, int] | None = None,
 ) -> tuple[str, ...]:
     """The QEMU command for ``spec``; pure, so tests can check it without booting."""
     profile = ACCELERATORS[accel]
+    extra_fwd = "".join(f",hostfwd=tcp:127.0.0.1:{host}-:{guest}" for guest, host in (forwards or {}).items())
     argv: list[str] = [
         qemu,
         "-nodefaults", "-no-user-config", "-no-reboot",
@@ -138,7 +141,7 @@ def qemu_argv(
         "-serial", f"file:{_opt(console)}",
         "-qmp", f"unix:{_opt(qmp)},server=on,wait=off",
         # restrict=on: the guest reaches nothing; only the forwarded port reaches it.
-        "-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
+        "-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22{extra_fwd}",
         # iommu_platform=on makes virtio use the DMA API, so it bounces like in a CoCo VM.
         "-device", "virtio-net-pci,netdev=net0,iommu_platform=on,disable-legacy=on,romfile=",
     ]  # fmt: skip
@@ -212,6 +215,7 @@ class RunningGuest(Protocol):
 
     def console_text(self) -> str: ...
     def check_alive(self) -> None: ...
+    def forwarded(self, guest_port: int) -> Endpoint: ...
 
 
 class Hypervisor(Protocol):
@@ -234,6 +238,7 @@ class Machine:
     quit_timeout_s: float = 5.0
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _port: int = field(default=0, init=False)
+    _forwards: dict[int, int] = field(default_factory=dict, init=False)
     _argv: tuple[str, ...] = field(default=(), init=False)
     _started: float = field(default=0.0, init=False)
     _boot_seconds: float = field(default=0.0, init=False)
@@ -261,6 +266,10 @@ class Machine:
     @property
     def accelerator(self) -> str:
         return self.accel
+
+    def forwarded(self, guest_port: int) -> Endpoint:
+        """Where on the host a forwarded guest port (BootSpec.forwards) is reached."""
+        return Endpoint("127.0.0.1", self._forwards[guest_port])
 
     @property
     def argv(self) -> tuple[str, ...]:
@@ -312,11 +321,12 @@ class Machine:
             images.append(image)
         for attempt in range(3):
             self._port = free_port()
+            self._forwards = {guest_port: free_port() for guest_port in self.spec.forwards}
             self.console_log.unlink(missing_ok=True)
             self.qmp_socket.unlink(missing_ok=True)
             self._argv = qemu_argv(
                 self.spec, accel=self.accel, ssh_port=self._port, console=self.console_log,
-                qmp=self.qmp_socket, disk_images=tuple(images), qemu=self.qemu,
+                qmp=self.qmp_socket, disk_images=tuple(images), qemu=self.qemu, forwards=self._forwards,
             )  # fmt: skip
             log.debug("QEMU argv: %s", self._argv)
             with self.qemu_log.open("wb") as err:

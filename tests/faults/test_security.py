@@ -94,3 +94,15 @@ class _Quiet:
 
     def cell_done(self, cell: Cell, row: dict[str, object], estimate_s: float) -> None:
         pass
+
+
+def test_background_network_load_streams_through_the_bouncing_virtio_net(
+    guest_image: GuestImage, stock: KernelBuild, lab_key: KeyPair, tmp_path: Path
+) -> None:
+    ctx = LabContext(LocalHypervisor(), guest_image, lab_key, {"stock": stock}, cache_dir())
+    store = RunStore.create(tmp_path, {"test": "netload"})
+    workload = Workload("w", rw="randread", bs="64k", iodepth=16, numjobs=2, runtime_s=3, size="64M")
+    [row] = run_group([Cell("stock", 1024, "nvme", workload, 2, 1024, net_load=True)], store, ctx, _Quiet())
+    assert row["status"] == "ok", row.get("failure_detail")
+    assert row["net_load_bytes"] > 1_000_000 and row["net_load_mbps"] > 1
+    assert "hostfwd=tcp:127.0.0.1:" in row["qemu_argv"] and "-:5001" in row["qemu_argv"]
