@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from lab import __version__
-from lab.errors import HostError, LabError
+from lab.errors import ConfigError, HostError, LabError
 from lab.matrix import Cell, Matrix, load_matrix
 from lab.runner import BOOT_ESTIMATE_S, cell_estimate_s, default_jobs
 from lab.vm import LocalHypervisor
@@ -132,8 +132,10 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
     from lab.util import atomic_write_text, cache_dir
 
     matrix = load_matrix(args.matrix)
+    if args.retry_failed and not args.resume:
+        raise ConfigError("--retry-failed needs --resume RUN_DIR (the run whose failed cells to rerun)")
     store = RunStore.open(Path(args.resume)) if args.resume else None
-    skip = set(store.completed_cells()) if store else set()
+    skip = store.cells_to_skip(retry_failed=args.retry_failed) if store else set()
     estimate_s, boots = _estimate(matrix, skip)
     todo = [c for c in matrix.cells if c.cell_id not in skip]
     if args.dry_run:
@@ -469,6 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     matrix.add_argument("--results", default="results", help="results directory (default: ./results)")
     matrix.add_argument("--dry-run", action="store_true", help="list cells, boots and estimated time; run nothing")
     matrix.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run")
+    matrix.add_argument("--retry-failed", action="store_true", help="with --resume: also rerun the failed cells")
     matrix.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
     matrix.add_argument("--jobs", type=int, default=0,
                         help="guests at once (default: host CPUs // (vCPUs + 1), at least 1)")  # fmt: skip

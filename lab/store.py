@@ -105,6 +105,10 @@ class RunStore:
             records[str(data["cell_id"])] = data
         return records
 
+    def cells_to_skip(self, retry_failed: bool = False) -> set[str]:
+        """Cells a resumed run must not redo: every finished one, or only the successful ones."""
+        return {cid for cid, rec in self.completed_cells().items() if not retry_failed or rec.get("status") == "ok"}
+
     def write_cell(self, row: dict[str, Any], samples: pd.DataFrame | None, fio_jobs: pd.DataFrame | None) -> None:
         """Persist one finished cell (ok or failed); ``cell.json`` goes last and marks it complete."""
         directory = self.cell_dir(str(row["cell_id"]))

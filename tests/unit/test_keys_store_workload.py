@@ -60,3 +60,11 @@ def test_shell_metacharacters_are_quoted_literally() -> None:
 def test_hipri_needs_a_polling_engine() -> None:
     with pytest.raises(ConfigError, match="hipri needs ioengine io_uring"):
         Workload("w", hipri=True, ioengine="libaio")
+
+
+def test_resume_skips_finished_cells_and_retry_failed_reruns_only_failures(tmp_path: Path) -> None:
+    store = RunStore.create(tmp_path, {}, run_id="r")
+    store.write_cell({"cell_id": "good", "status": "ok"}, None, None)
+    store.write_cell({"cell_id": "bad", "status": "failed", "failure_reason": "timeout"}, None, None)
+    assert store.cells_to_skip() == {"good", "bad"}
+    assert store.cells_to_skip(retry_failed=True) == {"good"}
