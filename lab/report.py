@@ -47,6 +47,32 @@ SUMMARY_COLUMNS = (
 )
 
 
+SUMMARY_MAX_ROWS = 200  # above this, the summary shows one row per kernel/pool/device/workload
+
+
+def _grouped_summary(cells: pd.DataFrame) -> str:
+    keys = ["kernel", "pool_slabs_requested", "device", "workload"]
+    ok = cells[cells["status"] == "ok"]
+    table = ok.groupby(keys).agg(
+        cells=("cell_id", "size"), hiwater_frac=("hiwater_frac", "median"), map_failures=("map_failures", "median"),
+        fio_iops=("fio_iops", "median"), fio_clat_p99_us=("fio_clat_p99_us", "median"),
+        fio_errors=("fio_errors", "sum"),
+    ).reset_index()  # fmt: skip
+    failed = cells[cells["status"] != "ok"].groupby(keys).size().rename("failed").reset_index()
+    table = table.merge(failed, on=keys, how="outer").fillna({"failed": 0, "cells": 0})
+    header = "| kernel | pool (slabs) | device | workload | cells ok | failed | median hiwater/nslabs | median map " \
+             "failures | median IOPS | median p99 µs | fio errors |"  # fmt: skip
+    lines = [f"{len(cells)} cells, summarised per kernel/pool/device/workload (medians over ok cells):", "",
+             header, "|" + "---|" * 11]  # fmt: skip
+    for row in table.itertuples(index=False):
+        lines.append(
+            f"| {row.kernel} | {_fmt(row.pool_slabs_requested)} | {row.device} | {row.workload} | {int(row.cells)} | "
+            f"{int(row.failed)} | {_fmt(row.hiwater_frac * 100 if pd.notna(row.hiwater_frac) else None)}% | "
+            f"{_fmt(row.map_failures)} | {_fmt(row.fio_iops)} | {_fmt(row.fio_clat_p99_us)} | {_fmt(row.fio_errors)} |"
+        )
+    return "\n".join(lines)
+
+
 def summary_markdown(cells: pd.DataFrame, run_dir: str, manifest: dict[str, Any]) -> str:
     """A compact Markdown table of every cell, with the run's provenance."""
     lines = [
@@ -63,6 +89,8 @@ def summary_markdown(cells: pd.DataFrame, run_dir: str, manifest: dict[str, Any]
     ]
     if cells.empty:
         return "\n".join([*lines, "", "_no cells finished_"]) + "\n"
+    if len(cells) > SUMMARY_MAX_ROWS:
+        return "\n".join([*lines[:-2], "", _grouped_summary(cells)]) + "\n"
     for _, row in cells.sort_values(["kernel", "pool_slabs_requested", "device", "workload", "repetition"]).iterrows():
         ok = row.get("status") == "ok"
         nslabs = row.get("nslabs") if ok else None
@@ -158,16 +186,22 @@ def figures(cells: pd.DataFrame, samples: pd.DataFrame) -> dict[str, bytes]:
     axes[0].legend(fontsize=7)
     out["performance_vs_pool.png"] = _png(fig)
 
-    # 4. map failures and throttle activity per cell
-    fig, axes = plt.subplots(1, 2, figsize=(13, max(3.0, 0.22 * len(ok))))
-    labels = ok["cell_id"].str.slice(0, 48)
-    axes[0].barh(labels, ok["map_failures"], color=[VARIANT_COLOURS.get(k, "#777") for k in ok["kernel"]])
-    axes[0].set_title("failed dma_map_page calls per cell")
-    throttled = ok.get("high_throttle_count", pd.Series(0, index=ok.index)).fillna(0)
-    wait_s = ok.get("throttle_wait_ns", pd.Series(0, index=ok.index)).fillna(0) / 1e9
-    axes[1].barh(labels, throttled, color="#1f77b4", label="throttled mappings")
+    # 4. map failures and throttle activity: per cell for small runs, per group (median) for large ones
+    per_cell = len(ok) <= 60
+    if per_cell:
+        data = ok.assign(label=ok["cell_id"].str.slice(0, 48))
+    else:
+        keys = ["kernel", "pool_slabs_requested", "workload"]
+        data = ok.groupby(keys, as_index=False)[["map_failures", "high_throttle_count", "throttle_wait_ns"]].median()
+        data["label"] = data[keys].astype(str).agg("/".join, axis=1)
+    fig, axes = plt.subplots(1, 2, figsize=(13, max(3.0, 0.22 * len(data))))
+    axes[0].barh(data["label"], data["map_failures"], color=[VARIANT_COLOURS.get(k, "#777") for k in data["kernel"]])
+    axes[0].set_title("failed DMA maps " + ("per cell" if per_cell else "(median per kernel/pool/workload)"))
+    throttled = data.get("high_throttle_count", pd.Series(0, index=data.index)).fillna(0)
+    wait_s = data.get("throttle_wait_ns", pd.Series(0, index=data.index)).fillna(0) / 1e9
+    axes[1].barh(data["label"], throttled, color="#1f77b4", label="throttled mappings")
     twin = axes[1].twiny()
-    twin.plot(wait_s, labels, "k.", label="throttle wait (s)")
+    twin.plot(wait_s, data["label"], "k.", label="throttle wait (s)")
     axes[1].set_title("throttle count (bars) and total wait in s (dots)")
     axes[1].set_yticklabels([])
     out["failures_and_throttle.png"] = _png(fig)
@@ -268,6 +302,20 @@ code{background:#f5f5f5;padding:0 3px}
 """
 
 
+def _html_cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def _html_table(frame: pd.DataFrame) -> str:
+    """A plain HTML table; pandas' to_html takes seconds for 10,000 rows."""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    body = "\n".join("<tr>" + "".join(f"<td>{_html_cell(v)}</td>" for v in row) + "</tr>"
+                     for row in frame.itertuples(index=False))  # fmt: skip
+    return f"<table><tr>{head}</tr>\n{body}</table>"
+
+
 def report_html(manifest: dict[str, Any], cells: pd.DataFrame, verdicts: list[Verdict],
                 comparison_rows: list[dict[str, Any]], pngs: dict[str, bytes]) -> str:  # fmt: skip
     esc = html.escape
@@ -301,7 +349,7 @@ def report_html(manifest: dict[str, Any], cells: pd.DataFrame, verdicts: list[Ve
                            "workload", "hiwater", "map_failures", "high_throttle_count", "fio_iops",
                            "fio_clat_p99_us", "fio_errors") if c in cells]  # fmt: skip
     if not cells.empty:
-        parts.append(cells[columns].to_html(index=False, float_format=lambda x: f"{x:.4g}"))
+        parts.append(_html_table(cells[columns]))
     parts.append("</body></html>")
     return "\n".join(parts)
 

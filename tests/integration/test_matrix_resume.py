@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 MATRIX = """
 [matrix]
-kernels = ["static", "throttle"]
+kernels = ["static", "dynamic"]
 pools = ["2MiB", "4MiB"]
 workloads = ["a", "b"]
 repetitions = 3
