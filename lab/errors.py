@@ -28,6 +28,12 @@ class BuildError(LabError):
     """A kernel or image build failed."""
 
 
+class PatchError(BuildError):
+    """A patch that does not apply: bad input, like a malformed matrix."""
+
+    exit_code = 2
+
+
 class BootError(LabError):
     """A guest did not come up, or died.  Carries the QEMU argv and console tail."""
 

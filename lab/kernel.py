@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab.errors import BuildError, ConfigError, HostError
+from lab.errors import BuildError, ConfigError, HostError, PatchError
 from lab.util import atomic_write_text, cache_dir, run_host, sha256_file
 
 log = logging.getLogger(__name__)
@@ -402,7 +402,7 @@ def _apply_patches(tree: Path, patches: Sequence[Path], label: str) -> None:
         check = subprocess.run(["patch", "-p1", "-N", "--dry-run", "-i", patch], cwd=tree,
                                capture_output=True, text=True, check=False)  # fmt: skip
         if check.returncode != 0:
-            raise BuildError(f"patch {patch} does not apply to {label}:\n{check.stdout[-3000:]}{check.stderr}")
+            raise PatchError(f"patch {patch} does not apply to {label}:\n{check.stdout[-3000:]}{check.stderr}")
         run_host(
             ["patch", "-p1", "-N", "--no-backup-if-mismatch", "-i", patch], cwd=tree, what=f"applying {patch.name}"
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,18 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # fio's JSON+ output carries per-job completion-latency histograms, so the lab
 # can merge jobs exactly instead of averaging percentiles.
 FIO_OUTPUT_FORMAT = "json+"
+
+
+def check_job_file(path: Path) -> None:
+    """Reject a fio job file that is not valid INI (fio's format) before any guest boots."""
+    parser = configparser.ConfigParser(strict=False, allow_no_value=True, interpolation=None)
+    try:
+        parser.read_string(path.read_text(), source=str(path))
+    except configparser.Error as exc:
+        raise ConfigError(f"{path}: fio job file syntax error: {exc}") from exc
+    jobs = [name for name in parser.sections() if name != "global"]
+    if not jobs:
+        raise ConfigError(f"{path}: fio job file defines no job (need a [jobname] section besides [global])")
 
 
 @dataclass(frozen=True)
@@ -40,6 +53,7 @@ class Workload:
         if self.job_file is not None:
             if not self.job_file.is_file():
                 raise ConfigError(f"{where}: job_file {self.job_file} does not exist")
+            check_job_file(self.job_file)
             return
         if self.rw not in RW_MODES:
             raise ConfigError(f"{where}: rw = {self.rw!r} is not one of {', '.join(RW_MODES)}")

@@ -193,3 +193,18 @@ def test_bad_rules_are_refused(tmp_path: Path, line: str, message: str) -> None:
     text = f'[matrix]\nkernels = ["static", "throttle"]\npools = [1024]\n{line}\n[workloads.a]\nrw = "read"\n'
     with pytest.raises(ConfigError, match=message):
         load_matrix(write(tmp_path, text))
+
+
+def test_fio_job_file_with_a_syntax_error_is_refused_naming_the_file_and_line(tmp_path: Path) -> None:
+    job = tmp_path / "bad.fio"
+    job.write_text("rw=randread\n[job1]\nbs=4k\n")  # an option before any section
+    text = '[matrix]\npools = [1024]\n[workloads.x]\njob_file = "bad.fio"\n'
+    with pytest.raises(ConfigError, match=r"bad\.fio: fio job file syntax error"):
+        load_matrix(write(tmp_path, text))
+
+
+def test_valid_fio_job_file_is_accepted(tmp_path: Path) -> None:
+    (tmp_path / "ok.fio").write_text("[global]\nfilename=${LAB_DEVICE}\nrw=randread\ndirect=1\n[job1]\nbs=4k\n")
+    text = '[matrix]\npools = [1024]\n[workloads.x]\njob_file = "ok.fio"\n'
+    [cell] = load_matrix(write(tmp_path, text)).cells
+    assert cell.workload.job_file == tmp_path / "ok.fio"
