@@ -162,11 +162,12 @@ def _busybox_links(stage: Path) -> None:
     _symlink(stage, "/bin/sh", "/bin/busybox")
 
 
-def copy_from_root(root: Path, stage: Path, path: str, _depth: int = 0) -> str:
+def copy_from_root(root: Path, stage: Path | None, path: str, _depth: int = 0) -> str:
     """Copy ``root/path`` to ``stage/path``, recreating each symlink met on the way.
 
     Absolute symlink targets are taken relative to ``root``, as in a chroot.
-    Returns the real (symlink-free) path inside ``root``.
+    Returns the real (symlink-free) path inside ``root``; with ``stage`` None
+    it only resolves.
     """
     if _depth > 40:
         raise BuildError(f"too many levels of symbolic links resolving {path} in {root}")
@@ -177,15 +178,19 @@ def copy_from_root(root: Path, stage: Path, path: str, _depth: int = 0) -> str:
         src = root / str(candidate)[1:]
         if src.is_symlink():
             target = os.readlink(src)
-            _symlink(stage, str(candidate), target)
+            if stage is not None:
+                _symlink(stage, str(candidate), target)
             base = PurePosixPath(target) if target.startswith("/") else candidate.parent / target
             rest = parts[index + 1 :]
             resolved = posixpath.normpath(str(base.joinpath(*rest)))
             return copy_from_root(root, stage, resolved, _depth + 1)
         current = candidate
-    src, dst = root / str(current)[1:], stage / str(current)[1:]
+    src = root / str(current)[1:]
     if not src.exists():
         raise BuildError(f"{current} is not in the debootstrap tree {root}; check images/guest/recipe.toml")
+    if stage is None:
+        return str(current)
+    dst = stage / str(current)[1:]
     if src.is_dir():
         dst.mkdir(parents=True, exist_ok=True)
     elif not dst.exists():
@@ -212,11 +217,7 @@ def _dynamic_info(path: Path) -> tuple[list[str], list[str]]:
 
 def _real(root: Path, path: str) -> Path:
     """Resolve ``path`` inside ``root`` as a chroot would."""
-    scratch = Path(tempfile.mkdtemp())
-    try:
-        return root / copy_from_root(root, scratch, path).lstrip("/")
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    return root / copy_from_root(root, None, path).lstrip("/")
 
 
 def library_closure(root: Path, binaries: Sequence[str]) -> list[str]:

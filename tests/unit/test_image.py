@@ -74,6 +74,8 @@ def test_copy_from_root_follows_absolute_symlinks_inside_the_root(tmp_path: Path
     assert (stage / "usr/lib/libx.so.1.2").read_text() == "lib"
     assert os.readlink(stage / "lib") == "usr/lib"
     assert stat.S_ISLNK((stage / "usr/lib/libx.so.1").lstat().st_mode)
+    # without a stage it only resolves, and writes nothing
+    assert copy_from_root(root, None, "/lib/libx.so.1") == "/usr/lib/libx.so.1.2"
 
 
 def test_recipe_hash_changes_when_any_recipe_file_changes(tmp_path: Path) -> None:
