@@ -176,6 +176,18 @@ def _perf(base: pd.DataFrame, cand: pd.DataFrame) -> tuple[Comparison, ...]:
     )
 
 
+def _regression_verdict(comparisons: tuple[Comparison, ...], *, if_regressed: str, otherwise: str,
+                        noise_first: bool = False) -> str:  # fmt: skip
+    """Verdict of a claim about a performance regression: a regression in any metric decides it."""
+    conclusions = {c.conclusion for c in comparisons}
+    undecided = bool(conclusions & {"invalid data", "too noisy"})
+    if undecided and noise_first:
+        return "inconclusive"
+    if "regressed" in conclusions:
+        return if_regressed
+    return "inconclusive" if undecided else otherwise
+
+
 def _describe(comparisons: tuple[Comparison, ...]) -> str:
     return "; ".join(f"{c.metric} {c.change_pct:+.1f}% ({c.conclusion})" for c in comparisons)
 
@@ -196,13 +208,7 @@ def judge_c5(cells: pd.DataFrame) -> Verdict:
         return Verdict("C5", text, "supported", metric, threshold, _ids(failed, static),
                        f"{len(failed)} of {len(all_throttle)} throttle cells failed ({reasons})")  # fmt: skip
     comparisons = _perf(static, throttle)
-    conclusions = {c.conclusion for c in comparisons}
-    if "regressed" in conclusions:
-        verdict = "supported"
-    elif conclusions & {"invalid data", "too noisy"}:
-        verdict = "inconclusive"
-    else:
-        verdict = "contradicted"
+    verdict = _regression_verdict(comparisons, if_regressed="supported", otherwise="contradicted")
     return Verdict("C5", text, verdict, metric, threshold, _ids(static, throttle), _describe(comparisons), comparisons)
 
 
@@ -214,15 +220,9 @@ def judge_c6(cells: pd.DataFrame) -> Verdict:
     if pool is None:
         return _missing("C6", text, metric, threshold, "`static` and `throttle` cells with a heavy workload")
     comparisons = _perf(static, throttle)
-    conclusions = {c.conclusion for c in comparisons}
     wait_ms = throttle["throttle_wait_ns"].fillna(0).median() / 1e6 if "throttle_wait_ns" in throttle else 0.0
     detail = f"pool {pool}: {_describe(comparisons)}; median throttle wait {wait_ms:.0f} ms per cell"
-    if "regressed" in conclusions:
-        verdict = "supported"
-    elif conclusions & {"invalid data", "too noisy"}:
-        verdict = "inconclusive"
-    else:
-        verdict = "contradicted"
+    verdict = _regression_verdict(comparisons, if_regressed="supported", otherwise="contradicted")
     return Verdict("C6", text, verdict, metric, threshold, _ids(static, throttle), detail, comparisons)
 
 
@@ -234,15 +234,10 @@ def judge_c7(cells: pd.DataFrame) -> Verdict:
     if pool is None:
         return _missing("C7", text, metric, threshold, "`dynamic` and `throttle` cells with a heavy workload")
     comparisons = _perf(dynamic, throttle)
-    conclusions = {c.conclusion for c in comparisons}
     grown = int(dynamic["nslabs_after"].max()) if not dynamic.empty else 0
     detail = f"pool {pool} (dynamic grew to {grown} slabs): {_describe(comparisons)}"
-    if conclusions & {"invalid data", "too noisy"}:
-        verdict = "inconclusive"
-    elif "regressed" in conclusions:
-        verdict = "contradicted"
-    else:
-        verdict = "supported"
+    # "Not worse" needs every metric decided, so noise outranks a regression here.
+    verdict = _regression_verdict(comparisons, if_regressed="contradicted", otherwise="supported", noise_first=True)
     return Verdict("C7", text, verdict, metric, threshold, _ids(dynamic, throttle), detail, comparisons)
 
 
