@@ -468,14 +468,16 @@ def _make(tree: Path, build: Path, targets: Sequence[str], log_path: Path, env: 
 
 
 def build_errors(log_text: str, limit: int = 25) -> str:
-    """The compiler's error lines (with a little context), else the log's tail."""
+    """The compiler's and linker's errors first (each with the line after), then make's, else the log's tail."""
     lines = log_text.splitlines()
+    compiler = re.compile(r":\d+(:\d+)?: (fatal )?error:|undefined reference|^ld: |\bError: ")
     picked: list[str] = []
     for index, line in enumerate(lines):
-        if re.search(r"\berror\b|Error \d+|undefined reference", line):
-            picked.extend(lines[max(0, index - 2) : index + 3])
-    chosen = picked or lines
-    return "\n".join(chosen[-limit:])
+        if compiler.search(line):
+            picked.extend(lines[index : index + 2])
+    make_errors = [line for line in lines if re.search(r"\*\*\* .*Error \d+", line)]
+    chosen = (picked[:limit] + make_errors[:2]) if picked else (make_errors or lines)[-limit:]
+    return "\n".join(chosen)
 
 
 def _configure(tree: Path, build: Path, variant: Variant, log_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import signal
@@ -19,7 +20,7 @@ from lab import probes
 from lab.errors import BuildError
 from lab.guest import Guest
 from lab.image import GuestImage
-from lab.kernel import KernelBuild, Variant, build_kernel, load_variants
+from lab.kernel import KernelBuild, Variant, build_kernel, debian_source, load_variants
 from lab.keys import KeyPair
 from lab.matrix import Cell
 from lab.runner import LabContext, run_group
@@ -152,12 +153,13 @@ def test_corrupt_fio_json_fails_the_cell_with_the_parse_error(ctx: LabContext, t
 
 def test_kernel_build_failure_shows_the_compiler_error(tmp_path: Path) -> None:
     base = load_variants()["static"]
+    # The diff is made from the real source, so it applies cleanly and the failure is the compiler's.
+    original = (debian_source().tree / "kernel/dma/swiotlb.c").read_text().splitlines(keepends=True)
+    at = original.index("#include <linux/cache.h>\n") + 1
+    changed = [*original[:at], "#error lab-fault-injection\n", *original[at:]]
+    diff = difflib.unified_diff(original, changed, "a/kernel/dma/swiotlb.c", "b/kernel/dma/swiotlb.c")
     broken = tmp_path / "0001-break.patch"
-    broken.write_text(
-        "From: lab <lab@example.invalid>\nSubject: [PATCH] break the build\n\n---\n"
-        "--- a/kernel/dma/swiotlb.c\n+++ b/kernel/dma/swiotlb.c\n@@ -20,3 +20,4 @@\n"
-        ' #define pr_fmt(fmt) "software IO TLB: " fmt\n \n #include <linux/cache.h>\n+#error lab-fault-injection\n'
-    )
+    broken.write_text("From: lab <lab@example.invalid>\nSubject: [PATCH] break the build\n\n---\n" + "".join(diff))
     variant = Variant("static", base.description, base.fragments, (broken,))
     with pytest.raises(BuildError) as failure:
         build_kernel("static", variants={"static": variant})

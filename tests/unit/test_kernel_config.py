@@ -57,6 +57,15 @@ def test_build_errors_pick_compiler_errors_with_context() -> None:
     assert errors.count("CC      kernel/a.o") <= 1  # a little context, not the whole log
 
 
+def test_build_errors_keep_the_compiler_error_of_a_real_failed_build() -> None:
+    # A real log: make -j3 goes on compiling other files after the error, then unwinds 6 make levels.
+    log = (Path(__file__).parents[1] / "data" / "build-error-swiotlb.log").read_text()
+    errors = build_errors(log)
+    assert "swiotlb.c:24:2: error: #error lab-fault-injection" in errors
+    assert errors.splitlines()[-2].endswith("kernel/dma/swiotlb.o] Error 1")  # which object failed
+    assert "CC      crypto/algapi.o" not in errors
+
+
 def test_shipped_variants_cover_the_four_kernels() -> None:
     variants = load_variants()
     assert {"static", "dynamic", "throttle", "throttle-dynamic"} <= set(variants)
