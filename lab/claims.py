@@ -148,23 +148,45 @@ def _pair(cells: pd.DataFrame, a: str, b: str, kind: str) -> tuple[pd.DataFrame,
 
 def judge_c4(cells: pd.DataFrame) -> Verdict:
     text = "If one CPU can queue enough requests to fill the pool, throttling does nothing"
-    metric = "failed maps, static vs throttle, one fio job with a deep queue"
-    threshold = "supported if static fails maps and throttle's failures are not significantly lower"
+    metric = "hiwater and failed maps, static vs throttle, one fio job with a deep queue"
+    threshold = ("premise: static fills the pool (map failures > 0 or hiwater >= nslabs - 128); contradicted if "
+                 "throttle lowers hiwater or map failures significantly; supported if neither differs")  # fmt: skip
     static, throttle, pool = _pair(cells, "static", "throttle", "single-queue")
     if pool is None:
         return _missing("C4", text, metric, threshold, "`static` and `throttle` cells with one deep-queue job")
-    comparison = compare("map_failures", static["map_failures"].tolist(), throttle["map_failures"].tolist(), False)
-    detail = (f"pool {pool}: map failures static median {comparison.baseline.median:.0f}, throttle median "
-              f"{comparison.candidate.median:.0f} ({comparison.conclusion}, p={comparison.p_value:.3g})")  # fmt: skip
-    if comparison.conclusion in ("invalid data", "too noisy") or (static["map_failures"] == 0).all():
+    comparisons = (
+        compare("hiwater", static["hiwater"].tolist(), throttle["hiwater"].tolist(), False),
+        compare("map_failures", static["map_failures"].tolist(), throttle["map_failures"].tolist(), False),
+    )
+    hiwater, failures = comparisons
+    engaged = throttle["high_throttle_count"].fillna(0)
+    detail = (
+        f"pool {pool}: hiwater static {_span(static['hiwater'])}, throttle {_span(throttle['hiwater'])} "
+        f"(high_throttle {_span(throttle['high_throttle'])}; {hiwater.conclusion}, p={hiwater.p_value:.3g}); "
+        f"map failures static {_span(static['map_failures'])}, throttle {_span(throttle['map_failures'])} "
+        f"({failures.conclusion}, p={failures.p_value:.3g}); throttled {_span(engaged)} times per cell"
+    )
+    fills = (static["map_failures"] > 0) | (static["hiwater"] >= static["nslabs"] - MAX_MAPPING_SLABS)
+    conclusions = {c.conclusion for c in comparisons}
+    if not fills.any():
         verdict = "inconclusive"
-        if (static["map_failures"] == 0).all():
-            detail += "; one job did not fill the pool without throttling, so the premise is not met"
-    elif comparison.conclusion == "improved":
+        detail += "; one job did not fill the pool without throttling, so the premise is not met"
+    elif "improved" in conclusions:
         verdict = "contradicted"
+    elif conclusions & {"invalid data", "too noisy"}:
+        verdict = "inconclusive"
     else:
         verdict = "supported"
-    return Verdict("C4", text, verdict, metric, threshold, _ids(static, throttle), detail, (comparison,))
+    return Verdict("C4", text, verdict, metric, threshold, _ids(static, throttle), detail, comparisons)
+
+
+def _span(values: pd.Series) -> str:
+    """'min-max' (or the one value) of a column, as integers."""
+    clean = values.dropna()
+    if clean.empty:
+        return "n/a"
+    low, high = int(clean.min()), int(clean.max())
+    return f"{low}" if low == high else f"{low}-{high}"
 
 
 def _perf(base: pd.DataFrame, cand: pd.DataFrame) -> tuple[Comparison, ...]:
@@ -176,16 +198,13 @@ def _perf(base: pd.DataFrame, cand: pd.DataFrame) -> tuple[Comparison, ...]:
     )
 
 
-def _regression_verdict(comparisons: tuple[Comparison, ...], *, if_regressed: str, otherwise: str,
-                        noise_first: bool = False) -> str:  # fmt: skip
-    """Verdict of a claim about a performance regression: a regression in any metric decides it."""
+def _regression_verdict(comparisons: tuple[Comparison, ...], *, if_regressed: str, otherwise: str) -> str:
+    """Verdict of a claim about a performance regression: one significant regression decides it;
+    without one, every metric must be decided (not too noisy, not invalid) for the other verdict."""
     conclusions = {c.conclusion for c in comparisons}
-    undecided = bool(conclusions & {"invalid data", "too noisy"})
-    if undecided and noise_first:
-        return "inconclusive"
     if "regressed" in conclusions:
         return if_regressed
-    return "inconclusive" if undecided else otherwise
+    return "inconclusive" if conclusions & {"invalid data", "too noisy"} else otherwise
 
 
 def _describe(comparisons: tuple[Comparison, ...]) -> str:
@@ -229,15 +248,21 @@ def judge_c6(cells: pd.DataFrame) -> Verdict:
 def judge_c7(cells: pd.DataFrame) -> Verdict:
     text = "Delaying requests is cheaper than growing the pool in a CoCo VM"
     metric = "IOPS and completion latency, throttle vs dynamic at the same requested pool"
-    threshold = "supported if throttle is not significantly worse than dynamic on any of them"
+    threshold = ("contradicted if throttle is significantly worse than dynamic on any of them; "
+                 "supported if it is worse on none and every metric is decided")  # fmt: skip
     dynamic, throttle, pool = _pair(cells, "dynamic", "throttle", "heavy")
     if pool is None:
         return _missing("C7", text, metric, threshold, "`dynamic` and `throttle` cells with a heavy workload")
     comparisons = _perf(dynamic, throttle)
     grown = int(dynamic["nslabs_after"].max()) if not dynamic.empty else 0
     detail = f"pool {pool} (dynamic grew to {grown} slabs): {_describe(comparisons)}"
-    # "Not worse" needs every metric decided, so noise outranks a regression here.
-    verdict = _regression_verdict(comparisons, if_regressed="contradicted", otherwise="supported", noise_first=True)
+    encryption = set(pd.concat([dynamic, throttle]).get("memory_encryption", pd.Series(dtype=str)).fillna("unknown"))
+    if not encryption or encryption <= {"none", "unknown"}:
+        detail += ("; the guests ran without memory encryption, so growing the pool cost no shared-page "
+                   "conversion here: the CoCo share of dynamic's cost needs an SEV-SNP or TDX host")  # fmt: skip
+    else:
+        detail += f"; memory encryption: {', '.join(sorted(encryption))}"
+    verdict = _regression_verdict(comparisons, if_regressed="contradicted", otherwise="supported")
     return Verdict("C7", text, verdict, metric, threshold, _ids(dynamic, throttle), detail, comparisons)
 
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -23,6 +23,9 @@ from lab.errors import ConfigError, HostError, LabError
 from lab.matrix import Cell, Matrix, load_matrix
 from lab.runner import BOOT_ESTIMATE_S, cell_estimate_s, default_jobs
 from lab.vm import LocalHypervisor
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger("lab")
 console = Console(stderr=True, soft_wrap=True)
@@ -213,8 +216,15 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
             written = build_report(store.root)
             console.print(f"report: {written['html']}")
         console.print(f"results: {store.root} ({status})")
-    failed = int((cells["status"] != "ok").sum()) if not cells.empty else 0
-    return 1 if failed else 0
+    return run_exit_code(cells, status, strict=args.strict)
+
+
+def run_exit_code(cells: pd.DataFrame, status: str, *, strict: bool) -> int:
+    """0 when the matrix ran to the end and measured something; failed cells are findings, listed in the
+    summary and the report (a hang of a patched kernel is a result), unless ``strict`` asks to fail on them."""
+    if status != "complete" or cells.empty or not (cells["status"] == "ok").any():
+        return 1
+    return 1 if strict and (cells["status"] != "ok").any() else 0
 
 
 def cmd_bench_boot(args: argparse.Namespace) -> int:
@@ -472,6 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
     matrix.add_argument("--dry-run", action="store_true", help="list cells, boots and estimated time; run nothing")
     matrix.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run")
     matrix.add_argument("--retry-failed", action="store_true", help="with --resume: also rerun the failed cells")
+    matrix.add_argument("--strict", action="store_true",
+                        help="exit 1 if any cell failed (default: failed cells are findings; exit 1 only if the "
+                             "run did not finish or measured nothing)")  # fmt: skip
     matrix.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
     matrix.add_argument("--jobs", type=int, default=0,
                         help="guests at once (default: host CPUs // (vCPUs + 1), at least 1)")  # fmt: skip

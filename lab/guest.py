@@ -114,6 +114,10 @@ class Guest:
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise GuestCommandError(command, None, "", f"SSH failure: {exc!r}") from exc
         if result.exited == -1:
+            if time.monotonic() - started >= timeout_s:
+                # invoke's timer closed the channel, but its thread had not finished when the
+                # command returned, so invoke did not call it a timeout: it was one.
+                raise LabTimeout(f"guest command {command!r}", timeout_s)
             # paramiko's "no exit status": the channel closed under the command (sshd or the
             # network died).  That is a lost session, not a command that failed.
             raise GuestCommandError(command, None, result.stdout, "SSH session closed before the command exited")

@@ -77,6 +77,29 @@ def _q(text: str) -> str:
     return quote_argv([text])
 
 
+ENCRYPTION_BANNER = "Memory Encryption Features active: "  # arch/x86/mm/mem_encrypt.c, at boot
+
+
+@dataclass(frozen=True)
+class Platform:
+    """What the booted guest kernel reports about the machine it runs on."""
+
+    cpus: int
+    memory_encryption: str  # e.g. "AMD SEV SEV-ES SEV-SNP" or "Intel TDX"; "none" if the kernel reports none
+
+
+def read_platform(guest: Guest) -> Platform:
+    """Online CPUs and memory encryption, read right after boot (before any workload clears dmesg)."""
+    banner = _q(f"s/.*{ENCRYPTION_BANNER}//p")
+    lines = guest.run(f"nproc; dmesg | sed -n {banner} | head -n 1", timeout_s=30).stdout.splitlines()
+    try:
+        cpus = int(lines[0].strip())
+    except (IndexError, ValueError) as exc:
+        raise ParseError("the CPU count", "guest nproc", f"printed {lines[:1]!r}") from exc
+    encryption = lines[1].strip() if len(lines) > 1 and lines[1].strip() else "none"
+    return Platform(cpus, encryption)
+
+
 def prepare(guest: Guest, files: WorkloadFiles, disk_name: str, knobs: dict[str, int] | None = None) -> None:
     """Before a workload: reset hiwater, apply throttle knobs, arm hist triggers, snapshot state."""
     d = files.directory

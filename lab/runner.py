@@ -193,10 +193,10 @@ def run_group(cells: list[Cell], store: RunStore, ctx: LabContext, reporter: Rep
                     ssh_s = guest.connect(alive=vm.check_alive)
                     # Trust nothing about the guest platform: a kernel without ACPI on q35,
                     # for one, silently runs with a single CPU whatever -smp says.
-                    guest_cpus = int(guest.run("nproc", timeout_s=30).stdout.strip() or 0)
-                    if guest_cpus != spec.vcpus:
+                    platform = probes.read_platform(guest)
+                    if platform.cpus != spec.vcpus:
                         raise BootError(
-                            f"the guest sees {guest_cpus} CPU(s) but {spec.vcpus} vCPU(s) were requested",
+                            f"the guest sees {platform.cpus} CPU(s) but {spec.vcpus} vCPU(s) were requested",
                             argv=vm.argv,
                             reason="vcpu mismatch",
                             console_tail=vm.console_text()[-3000:],
@@ -205,7 +205,8 @@ def run_group(cells: list[Cell], store: RunStore, ctx: LabContext, reporter: Rep
                     boot_info = {"accel": vm.accelerator, "boot_s": round(vm.boot_seconds, 3),
                                  "ssh_connect_s": round(ssh_s, 3), "qemu_argv": " ".join(vm.argv),
                                  "kernel_cmdline": spec.cmdline(), "boot_attempt": attempt,
-                                 "guest_cpus": guest_cpus}  # fmt: skip
+                                 "guest_cpus": platform.cpus,
+                                 "memory_encryption": platform.memory_encryption}  # fmt: skip
                     while remaining and not ctx.stopping.is_set():
                         cell = remaining.pop(0)
                         row = run_cell(cell, vm, guest, store, ctx, reporter, boot_info)

@@ -102,7 +102,7 @@ def test_guest_kernel_panic_mid_fio_fails_the_cell_with_a_serial_excerpt(ctx: La
 def test_hung_guest_times_out_and_its_qemu_is_killed(ctx: LabContext, tmp_path: Path) -> None:
     started = time.monotonic()
     rows = run_with_fault(ctx, tmp_path, lambda m: os.kill(m.pid or 0, signal.SIGSTOP))
-    assert rows[0]["status"] == "failed" and rows[0]["failure_reason"] == "timeout"
+    assert rows[0]["status"] == "failed" and rows[0]["failure_reason"] == "timeout", rows[0]["failure_detail"]
     assert time.monotonic() - started < FIO.timeout_s + 120
 
 
