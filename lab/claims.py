@@ -98,30 +98,36 @@ def judge_c1(cells: pd.DataFrame) -> Verdict:
 
 def judge_c2(cells: pd.DataFrame) -> Verdict:
     text = "With throttling and the same fio load, the high-water mark stays near the throttle threshold, no errors"
-    metric = "hiwater - high_throttle; failed maps; fio errors"
-    threshold = (f"every cell: map failures == 0, fio errors == 0, hiwater <= high_throttle + "
-                 f"{NEAR_THRESHOLD_FRAC:.0%} of nslabs, and throttling engaged (high_throttle_count > 0)")  # fmt: skip
-    pool = _smallest_common_pool(cells, ("throttle",), "heavy")
-    if pool is None:
+    metric = "hiwater - high_throttle; failed maps; fio errors; per pool size"
+    threshold = (f"every cell of a pool: map failures == 0, fio errors == 0, hiwater <= high_throttle + "
+                 f"{NEAR_THRESHOLD_FRAC:.0%} of nslabs, and throttling engaged (high_throttle_count > 0); "
+                 "contradicted if any pool size fails this")  # fmt: skip
+    usable = _select(_ok(cells), "throttle", "heavy")
+    if usable.empty:
         return _missing("C2", text, metric, threshold, "successful `throttle` cells with a heavy workload")
-    chosen = _select(_ok(cells), "throttle", "heavy", pool)
-    engaged = chosen["high_throttle_count"].fillna(0) > 0
-    near = chosen["hiwater"] <= chosen["high_throttle"] + NEAR_THRESHOLD_FRAC * chosen["nslabs"]
-    clean = (chosen["map_failures"] == 0) & (chosen["fio_errors"] == 0)
-    detail = (
-        f"pool {pool} slabs, high_throttle {int(chosen['high_throttle'].max())}: hiwater "
-        f"{int(chosen['hiwater'].min())}-{int(chosen['hiwater'].max())}, map failures "
-        f"{int(chosen['map_failures'].min())}-{int(chosen['map_failures'].max())}, fio errors "
-        f"{int(chosen['fio_errors'].sum())}, throttled {int(chosen['high_throttle_count'].fillna(0).sum())} times"
-    )
-    if not engaged.all():
-        verdict = "inconclusive"
-        detail += "; the load did not reach the threshold in every cell"
-    elif (clean & near).all():
+    parts, outcomes, evidence = [], [], []
+    for pool in sorted(set(usable["pool_slabs_requested"])):
+        chosen = _select(usable, "throttle", "heavy", pool)
+        engaged = chosen["high_throttle_count"].fillna(0) > 0
+        near = chosen["hiwater"] <= chosen["high_throttle"] + NEAR_THRESHOLD_FRAC * chosen["nslabs"]
+        clean = (chosen["map_failures"] == 0) & (chosen["fio_errors"] == 0)
+        outcome = "not reached" if not engaged.all() else ("holds" if (clean & near).all() else "fails")
+        outcomes.append(outcome)
+        evidence.append(chosen)
+        parts.append(
+            f"pool {pool} slabs, high_throttle {_span(chosen['high_throttle'])}: hiwater {_span(chosen['hiwater'])} "
+            f"({_span(chosen['hiwater'] - chosen['high_throttle'])} above high_throttle), map failures "
+            f"{_span(chosen['map_failures'])}, fio errors {int(chosen['fio_errors'].sum())}, throttled "
+            f"{_span(chosen['high_throttle_count'].fillna(0))} times per cell: {outcome}"
+        )
+    if "fails" in outcomes:
+        verdict = "contradicted"
+    elif set(outcomes) == {"holds"}:
         verdict = "supported"
     else:
-        verdict = "contradicted"
-    return Verdict("C2", text, verdict, metric, threshold, _ids(chosen), detail)
+        verdict = "inconclusive"
+        parts.append("the load did not reach the threshold in every cell")
+    return Verdict("C2", text, verdict, metric, threshold, _ids(*evidence), "; ".join(parts))
 
 
 def judge_c3(cells: pd.DataFrame) -> Verdict:

@@ -65,11 +65,15 @@ def test_default_matrix_has_what_the_claims_need() -> None:
     matrix = load_matrix("default")
     assert {c.kernel for c in matrix.cells} == {"static", "throttle", "dynamic"}
     assert {c.workload.name for c in matrix.cells} == {"heavy", "single-queue", "polled"}
-    assert {c.repetition for c in matrix.cells} == {0, 1, 2}
+    assert {c.repetition for c in matrix.cells} == set(range(5))
     polled = [c for c in matrix.cells if c.workload.hipri]
     assert polled and all(c.poll_queues > 0 for c in polled)
+    # C2 per pool size: static and throttle run the heavy load on 2, 4 and 8 MiB, the rest on 2 MiB only
+    larger = {(c.kernel, c.workload.name) for c in matrix.cells if c.pool_slabs > 1024}
+    assert larger == {("static", "heavy"), ("throttle", "heavy")}
+    assert {c.pool_slabs for c in matrix.cells} == {1024, 2048, 4096}
     # polled cells need NVMe poll queues, so they boot separately from the others
-    assert len(matrix.boot_groups()) == 3 * 3 * 2
+    assert len(matrix.boot_groups()) == 5 * (3 * 2 + 2 * 2)
 
 
 @pytest.mark.parametrize(
