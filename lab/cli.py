@@ -27,6 +27,8 @@ from lab.vm import LocalHypervisor
 if TYPE_CHECKING:
     import pandas as pd
 
+    from lab.runner import LabContext
+
 log = logging.getLogger("lab")
 console = Console(stderr=True, soft_wrap=True)
 
@@ -91,14 +93,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     elif not os.access(kvm, os.R_OK | os.W_OK):
         console.print("KVM: /dev/kvm is not accessible to this user → guests will run under TCG")
     elif ok:
-        from lab.image import build_image
-        from lab.kernel import stock_kernel
-        from lab.keys import client_key
-        from lab.runner import LabContext, boot_spec
+        from lab.runner import boot_spec
 
         console.print("KVM: /dev/kvm is present; probing by booting a guest under KVM ...")
         hypervisor = LocalHypervisor()
-        ctx = LabContext(hypervisor, build_image(), client_key(), {"stock": stock_kernel()}, cache_dir())
+        ctx = _stock_context(hypervisor)
         cell = load_matrix("stock").cells[0]
         accel = hypervisor.resolve_accel(boot_spec(ctx, cell), cache_dir() / "doctor")
         console.print(f"KVM: guests will run under [bold]{accel}[/bold] ({hypervisor.probe_note})")
@@ -123,6 +122,18 @@ def _require_host() -> None:
         packages = " ".join(sorted({r.package for r in missing}))
         what = ", ".join(r.what for r in missing)
         raise HostError(f"missing on this host: {what}; install with: apt-get install {packages}")
+
+
+def _stock_context(hypervisor: LocalHypervisor, accel: str = "auto") -> LabContext:
+    """A lab context on Debian's stock kernel (doctor and the benchmarks need no kernel build)."""
+    from lab.image import build_image
+    from lab.kernel import stock_kernel
+    from lab.keys import client_key
+    from lab.runner import LabContext
+    from lab.util import cache_dir
+
+    return LabContext(hypervisor, build_image(), client_key(), {"stock": stock_kernel()}, cache_dir(),
+                      accel=accel)  # type: ignore[arg-type]  # fmt: skip
 
 
 def cmd_run_matrix(args: argparse.Namespace) -> int:
@@ -229,18 +240,14 @@ def run_exit_code(cells: pd.DataFrame, status: str, *, strict: bool) -> int:
 
 def cmd_bench_boot(args: argparse.Namespace) -> int:
     from lab.guest import Guest
-    from lab.image import build_image
-    from lab.kernel import stock_kernel
-    from lab.keys import client_key
-    from lab.runner import LabContext, boot_spec, run_group
+    from lab.runner import boot_spec, run_group
     from lab.store import RunStore
-    from lab.util import cache_dir
     from lab.vm import Machine
 
     _require_host()
-    image, key, cache = build_image(), client_key(), cache_dir()
     hypervisor = LocalHypervisor()
-    ctx = LabContext(hypervisor, image, key, {"stock": stock_kernel()}, cache, accel=args.accel)
+    ctx = _stock_context(hypervisor, args.accel)
+    image, key, cache = ctx.image, ctx.client_key, ctx.cache
     matrix = load_matrix(args.matrix)
     cell = matrix.cells[0]
     spec = boot_spec(ctx, cell)
@@ -274,17 +281,13 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
 def cmd_bench_sampler(args: argparse.Namespace) -> int:
     """fio IOPS with and without the in-guest sampler, alternating in one boot."""
     from lab.guest import Guest
-    from lab.image import build_image
-    from lab.kernel import stock_kernel
-    from lab.keys import client_key
-    from lab.runner import LabContext, boot_spec, run_cell
+    from lab.runner import boot_spec, run_cell
     from lab.store import RunStore
-    from lab.util import cache_dir
 
     _require_host()
-    image, key, cache = build_image(), client_key(), cache_dir()
     hypervisor = LocalHypervisor()
-    ctx = LabContext(hypervisor, image, key, {"stock": stock_kernel()}, cache, accel=args.accel)
+    ctx = _stock_context(hypervisor, args.accel)
+    image, key, cache = ctx.image, ctx.client_key, ctx.cache
     base = next(c for c in load_matrix(args.matrix).cells if c.workload.name == args.workload)
     base = replace(base, workload=replace(base.workload, runtime_s=args.runtime))
     spec = boot_spec(ctx, base)

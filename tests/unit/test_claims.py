@@ -1,0 +1,102 @@
+"""The claims judges and the run's exit code on the cells of a real default-matrix run (tests/data/default-cells)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lab.claims import judge_all, judge_c2, judge_c4, judge_c5, judge_c7
+from lab.cli import run_exit_code
+
+CELLS = Path(__file__).resolve().parent.parent / "data" / "default-cells.parquet"
+
+
+@pytest.fixture(scope="module")
+def cells() -> pd.DataFrame:
+    return pd.read_parquet(CELLS)
+
+
+def test_every_claim_gets_a_verdict_with_evidence(cells: pd.DataFrame) -> None:
+    verdicts = judge_all(cells)
+    assert [v.claim for v in verdicts] == [f"C{i}" for i in range(1, 8)]
+    for verdict in verdicts:
+        assert verdict.verdict in ("supported", "contradicted", "inconclusive")
+        assert verdict.evidence and set(verdict.evidence) <= set(cells["cell_id"])
+        assert verdict.metric and verdict.threshold and verdict.detail
+
+
+def test_c2_is_judged_for_every_pool_size(cells: pd.DataFrame) -> None:
+    verdict = judge_c2(cells)
+    for pool in (1024, 2048, 4096):
+        assert f"pool {pool} slabs" in verdict.detail
+    # The 2 MiB pool fails maps under throttling in this run: a counter-example, whatever the larger pools do.
+    small = cells[(cells["kernel"] == "throttle") & (cells["pool_slabs_requested"] == 1024)]
+    assert (small["map_failures"] > 0).any()
+    assert verdict.verdict == "contradicted"
+    # Judged on the largest pool alone, the claim stands or falls by that pool's own cells.
+    largest = cells[cells["pool_slabs_requested"] == 4096]
+    alone = judge_c2(largest)
+    holds = "holds" in alone.detail
+    assert alone.verdict == ("supported" if holds else "contradicted")
+
+
+def test_c4_premise_unmet_is_inconclusive(cells: pd.DataFrame) -> None:
+    single = (cells["kernel"] == "static") & (cells["workload"] == "single-queue")
+    quiet = cells.copy()
+    quiet.loc[single, "map_failures"] = 0
+    quiet.loc[single, "hiwater"] = 100
+    verdict = judge_c4(quiet)
+    assert verdict.verdict == "inconclusive" and "premise is not met" in verdict.detail
+
+
+def test_c4_contradicted_when_throttle_lowers_hiwater(cells: pd.DataFrame) -> None:
+    verdict = judge_c4(cells)
+    hiwater = next(c for c in verdict.comparisons if c.metric == "hiwater")
+    if hiwater.conclusion == "improved":
+        assert verdict.verdict == "contradicted"
+    # Both kernels fill the pool alike in every repetition: the throttle did nothing.
+    single = (cells["workload"] == "single-queue") & cells["kernel"].isin(["static", "throttle"])
+    alike = cells.copy()
+    alike.loc[single, "hiwater"] = 1020
+    alike.loc[single, "map_failures"] = 2000
+    assert judge_c4(alike).verdict == "supported"
+    # As alike in the median, but one kernel all over the place: too noisy to say.
+    noisy = alike.copy()
+    throttle_rows = noisy.index[single & (noisy["kernel"] == "throttle")]
+    noisy.loc[throttle_rows, "map_failures"] = [0, 4000, 2000, 100, 3900][: len(throttle_rows)]
+    assert judge_c4(noisy).verdict == "inconclusive"
+
+
+def test_c5_without_throttle_cells_says_what_is_missing(cells: pd.DataFrame) -> None:
+    verdict = judge_c5(cells[cells["kernel"] != "throttle"])
+    assert verdict.verdict == "inconclusive" and "polled" in verdict.detail and not verdict.evidence
+
+
+def test_c7_names_the_missing_memory_encryption(cells: pd.DataFrame) -> None:
+    assert set(cells["memory_encryption"]) == {"none"}  # TCG: no SEV-SNP, no TDX
+    assert "without memory encryption" in judge_c7(cells).detail
+    coco = cells.assign(memory_encryption="AMD SEV SEV-ES SEV-SNP")
+    detail = judge_c7(coco).detail
+    assert "memory encryption: AMD SEV SEV-ES SEV-SNP" in detail and "without memory encryption" not in detail
+
+
+def test_c7_one_significant_regression_decides(cells: pd.DataFrame) -> None:
+    verdict = judge_c7(cells)
+    conclusions = {c.conclusion for c in verdict.comparisons}
+    if "regressed" in conclusions:
+        assert verdict.verdict == "contradicted"
+    elif conclusions & {"too noisy", "invalid data"}:
+        assert verdict.verdict == "inconclusive"
+    else:
+        assert verdict.verdict == "supported"
+
+
+def test_failed_cells_are_findings_unless_strict(cells: pd.DataFrame) -> None:
+    assert (cells["status"] == "failed").any()  # the throttled polled cells hang in this run
+    assert run_exit_code(cells, "complete", strict=False) == 0
+    assert run_exit_code(cells, "complete", strict=True) == 1
+    assert run_exit_code(cells, "partial", strict=False) == 1
+    assert run_exit_code(cells.assign(status="failed"), "complete", strict=False) == 1  # measured nothing
+    assert run_exit_code(cells.iloc[0:0], "complete", strict=False) == 1
