@@ -21,7 +21,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from lab import __version__
 from lab.errors import ConfigError, HostError, LabError
 from lab.matrix import Cell, Matrix, load_matrix
-from lab.runner import BOOT_ESTIMATE_S, cell_estimate_s, default_jobs
+from lab.runner import boot_estimate_s, cell_estimate_s, default_jobs
 from lab.vm import LocalHypervisor
 
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def _estimate(matrix: Matrix, skip: set[str]) -> tuple[float, int]:
     groups = [[c for c in g if c.cell_id not in skip] for g in matrix.boot_groups()]
     groups = [g for g in groups if g]
-    return sum(BOOT_ESTIMATE_S + sum(cell_estimate_s(c) for c in g) for g in groups), len(groups)
+    return sum(boot_estimate_s(g[0]) + sum(cell_estimate_s(c) for c in g) for g in groups), len(groups)
 
 
 def _require_host() -> None:
