@@ -93,7 +93,9 @@ def summary_markdown(cells: pd.DataFrame, run_dir: str, manifest: dict[str, Any]
         return "\n".join([*lines[:-2], "", _grouped_summary(cells)]) + "\n"
     for _, row in cells.sort_values(["kernel", "pool_slabs_requested", "device", "workload", "repetition"]).iterrows():
         ok = row.get("status") == "ok"
-        nslabs = row.get("nslabs") if ok else None
+        # A dynamic pool grows during the cell: show the largest size it had, as hiwater_frac does.
+        sizes = [row.get(k) for k in ("nslabs", "nslabs_after") if ok and pd.notna(row.get(k))]
+        nslabs = max(sizes) if sizes else None
         hiwater = row.get("hiwater") if ok else None
         values = []
         for name, key in SUMMARY_COLUMNS:
@@ -142,6 +144,7 @@ def figures(cells: pd.DataFrame, samples: pd.DataFrame) -> dict[str, bytes]:
     # 1. slabs in use over time: for each variant, the heavy cell with the smallest pool (first repetition)
     if not samples.empty and "io_tlb_used" in samples:
         fig, ax = plt.subplots(figsize=(9, 4.5))
+        plotted = False
         for kernel, group in ok.groupby("kernel"):
             pick = group.sort_values(["pool_slabs_requested", "fio_iops"], ascending=[True, True])
             heavy = pick[pick["numjobs"].fillna(1).astype(int) > 1]
@@ -151,6 +154,7 @@ def figures(cells: pd.DataFrame, samples: pd.DataFrame) -> dict[str, bytes]:
                 continue
             colour = VARIANT_COLOURS.get(str(kernel))
             ax.plot(series["t_s"], series["io_tlb_used"], label=f"{kernel} ({cell['workload']})", color=colour, lw=1)
+            plotted = True
             ax.axhline(cell["nslabs"], color=colour, ls=":", lw=0.8)
             if not pd.isna(cell.get("high_throttle")):
                 ax.axhline(cell["high_throttle"], color=colour, ls="--", lw=0.8)
@@ -159,8 +163,11 @@ def figures(cells: pd.DataFrame, samples: pd.DataFrame) -> dict[str, bytes]:
         ax.set_xlabel("time since sampler start (s)")
         ax.set_ylabel("swiotlb slabs in use")
         ax.set_title("Slabs in use over time (dotted: nslabs, dashed: high_throttle, dash-dot: low_throttle)")
-        ax.legend(fontsize=8)
-        out["usage_over_time.png"] = _png(fig)
+        if plotted:
+            ax.legend(fontsize=8)
+            out["usage_over_time.png"] = _png(fig)
+        else:  # no sampler series for the chosen cells: no empty figure
+            plt.close(fig)
 
     # 2. hiwater / nslabs by variant and pool
     fig, ax = plt.subplots(figsize=(8, 4))

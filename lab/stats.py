@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -73,7 +74,11 @@ def compare(metric: str, baseline: Sequence[float], candidate: Sequence[float], 
         # No variance at all (e.g. a counter that is 0 in every run): exact comparison.
         p = 1.0 if b_vals[0] == c_vals[0] else 0.0
     else:
-        p = float(scipy_stats.ttest_ind(c_vals, b_vals, equal_var=False).pvalue)
+        with warnings.catch_warnings():
+            # A group of (nearly) identical values: scipy warns that its moments lose precision; the
+            # t statistic is then extreme or near zero, and no verdict hinges on its last digits.
+            warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)
+            p = float(scipy_stats.ttest_ind(c_vals, b_vals, equal_var=False).pvalue)
     noisy = any(s.rsd_pct > NOISY_RSD_PCT for s in (base, cand) if s.mean != 0)
     if p >= ALPHA or math.isnan(p):
         conclusion = "too noisy" if noisy else "not significant"
