@@ -227,14 +227,28 @@ def judge_c5(cells: pd.DataFrame) -> Verdict:
         return _missing("C5", text, metric, threshold, "`static` and `throttle` cells with polled I/O")
     static = _select(_ok(cells), "static", "polled", pool)
     throttle = _select(_ok(cells), "throttle", "polled", pool)
+    exempt = _exempt_polled(cells, static, pool)
     failed = all_throttle[all_throttle["status"] != "ok"]
     if not failed.empty:
         reasons = ", ".join(sorted(set(failed["failure_reason"])))
-        return Verdict("C5", text, "supported", metric, threshold, _ids(failed, static),
-                       f"{len(failed)} of {len(all_throttle)} throttle cells failed ({reasons})")  # fmt: skip
+        detail = f"{len(failed)} of {len(all_throttle)} throttle cells failed ({reasons}){exempt[0]}"
+        return Verdict("C5", text, "supported", metric, threshold, _ids(failed, static, exempt[1]), detail)
     comparisons = _perf(static, throttle)
     verdict = _regression_verdict(comparisons, if_regressed="supported", otherwise="contradicted")
-    return Verdict("C5", text, verdict, metric, threshold, _ids(static, throttle), _describe(comparisons), comparisons)
+    return Verdict("C5", text, verdict, metric, threshold, _ids(static, throttle, exempt[1]),
+                   _describe(comparisons) + exempt[0], comparisons)  # fmt: skip
+
+
+def _exempt_polled(cells: pd.DataFrame, static: pd.DataFrame, pool: int) -> tuple[str, pd.DataFrame]:
+    """What the `throttle-nopoll` variant (polled requests never wait) did with the same load, if it ran."""
+    nopoll = _select(cells, "throttle-nopoll", "polled", pool)
+    if nopoll.empty:
+        return "", nopoll
+    ok = _ok(nopoll)
+    text = f"; with polled requests exempt from the throttle (throttle-nopoll): {len(ok)} of {len(nopoll)} cells ok"
+    if len(ok) >= 2:
+        text += ", vs static: " + _describe(_perf(static, ok))
+    return text, nopoll
 
 
 def judge_c6(cells: pd.DataFrame) -> Verdict:

@@ -63,7 +63,8 @@ def test_stock_matrix_ships_with_the_package() -> None:
 
 def test_default_matrix_has_what_the_claims_need() -> None:
     matrix = load_matrix("default")
-    assert {c.kernel for c in matrix.cells} == {"static", "throttle", "dynamic"}
+    assert {c.kernel for c in matrix.cells} == {"static", "throttle", "dynamic", "throttle-nopoll"}
+    assert {c.workload.name for c in matrix.cells if c.kernel == "throttle-nopoll"} == {"polled"}
     assert {c.workload.name for c in matrix.cells} == {"heavy", "single-queue", "polled"}
     assert {c.repetition for c in matrix.cells} == set(range(5))
     polled = [c for c in matrix.cells if c.workload.hipri]
@@ -73,7 +74,7 @@ def test_default_matrix_has_what_the_claims_need() -> None:
     assert larger == {("static", "heavy"), ("throttle", "heavy")}
     assert {c.pool_slabs for c in matrix.cells} == {1024, 2048, 4096}
     # polled cells need NVMe poll queues, so they boot separately from the others
-    assert len(matrix.boot_groups()) == 5 * (3 * 2 + 2 * 2)
+    assert len(matrix.boot_groups()) == 5 * (3 * 2 + 2 * 2 + 1)
 
 
 @pytest.mark.parametrize(
