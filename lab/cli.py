@@ -9,6 +9,7 @@ import signal
 import statistics
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -223,11 +224,19 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
         summary = summary_markdown(cells, str(store.root), store.manifest())
         atomic_write_text(store.root / "summary.md", summary)
         print(summary)
+        report_failed = False
         if not cells.empty:
-            written = build_report(store.root)
-            console.print(f"report: {written['html']}")
+            try:
+                written = build_report(store.root)
+                console.print(f"report: {written['html']}")
+            except Exception:  # the cells are safe on disk; say so instead of losing the summary to a traceback
+                report_failed = True
+                error_file = store.root / "report-error.txt"
+                atomic_write_text(error_file, traceback.format_exc())
+                console.print(f"[red]the report could not be built[/red] (traceback in {error_file}); "
+                              f"every cell is stored, rebuild with: python -m lab report {store.root}")  # fmt: skip
         console.print(f"results: {store.root} ({status})")
-    return run_exit_code(cells, status, strict=args.strict)
+    return 1 if report_failed else run_exit_code(cells, status, strict=args.strict)
 
 
 def run_exit_code(cells: pd.DataFrame, status: str, *, strict: bool) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import json
@@ -18,7 +19,18 @@ from lab.store import load_cells, load_samples, write_parquet
 from lab.util import atomic_write_bytes, atomic_write_text
 
 VARIANT_COLOURS = {"static": "#d62728", "throttle": "#1f77b4", "dynamic": "#2ca02c", "throttle-dynamic": "#9467bd",
-                   "stock": "#7f7f7f"}  # fmt: skip
+                   "throttle-nopoll": "#17becf", "stock": "#7f7f7f"}  # fmt: skip
+OTHER_COLOURS = ("#ff7f0e", "#8c564b", "#e377c2", "#bcbd22", "#aec7e8", "#98df8a")
+
+
+def variant_colour(kernel: object) -> str:
+    """A variant's colour in every figure; variants of a user's own are given a stable one by name."""
+    name = str(kernel)
+    if name in VARIANT_COLOURS:
+        return VARIANT_COLOURS[name]
+    return OTHER_COLOURS[int(hashlib.sha256(name.encode()).hexdigest(), 16) % len(OTHER_COLOURS)]
+
+
 COMPARED_METRICS = (
     ("fio_iops", True), ("fio_clat_p50_us", False), ("fio_clat_p99_us", False), ("fio_clat_p999_us", False),
     ("map_failures", False), ("hiwater_frac", False),
@@ -152,7 +164,7 @@ def figures(cells: pd.DataFrame, samples: pd.DataFrame) -> dict[str, bytes]:
             series = samples[samples["cell_id"] == cell["cell_id"]].dropna(subset=["io_tlb_used"])
             if series.empty:
                 continue
-            colour = VARIANT_COLOURS.get(str(kernel))
+            colour = variant_colour(kernel)
             ax.plot(series["t_s"], series["io_tlb_used"], label=f"{kernel} ({cell['workload']})", color=colour, lw=1)
             plotted = True
             ax.axhline(cell["nslabs"], color=colour, ls=":", lw=0.8)
@@ -172,7 +184,7 @@ def figures(cells: pd.DataFrame, samples: pd.DataFrame) -> dict[str, bytes]:
     # 2. hiwater / nslabs by variant and pool
     fig, ax = plt.subplots(figsize=(8, 4))
     table = ok.groupby(["pool_slabs_requested", "kernel"])["hiwater_frac"].median().unstack()
-    (table * 100).plot.bar(ax=ax, color=[VARIANT_COLOURS.get(str(c)) for c in table.columns])
+    (table * 100).plot.bar(ax=ax, color=[variant_colour(c) for c in table.columns])
     ax.axhline(100, color="black", lw=0.8)
     ax.set_xlabel("requested pool (slabs)")
     ax.set_ylabel("hiwater / nslabs (%)")
@@ -186,7 +198,7 @@ def figures(cells: pd.DataFrame, samples: pd.DataFrame) -> dict[str, bytes]:
         for (kernel, workload), group in ok.groupby(["kernel", "workload"]):
             medians = group.groupby("pool_slabs_requested")[metric].median()
             ax.plot(medians.index, medians.values, marker="o", label=f"{kernel}/{workload}",
-                    color=VARIANT_COLOURS.get(str(kernel)))  # fmt: skip
+                    color=variant_colour(kernel))  # fmt: skip
         ax.set_xscale("log", base=2)
         ax.set_xlabel("requested pool (slabs)")
         ax.set_title(label)
@@ -202,7 +214,7 @@ def figures(cells: pd.DataFrame, samples: pd.DataFrame) -> dict[str, bytes]:
         data = ok.groupby(keys, as_index=False)[["map_failures", "high_throttle_count", "throttle_wait_ns"]].median()
         data["label"] = data[keys].astype(str).agg("/".join, axis=1)
     fig, axes = plt.subplots(1, 2, figsize=(13, max(3.0, 0.22 * len(data))))
-    axes[0].barh(data["label"], data["map_failures"], color=[VARIANT_COLOURS.get(k, "#777") for k in data["kernel"]])
+    axes[0].barh(data["label"], data["map_failures"], color=[variant_colour(k) for k in data["kernel"]])
     axes[0].set_title("failed DMA maps " + ("per cell" if per_cell else "(median per kernel/pool/workload)"))
     throttled = data.get("high_throttle_count", pd.Series(0, index=data.index)).fillna(0)
     wait_s = data.get("throttle_wait_ns", pd.Series(0, index=data.index)).fillna(0) / 1e9

@@ -69,6 +69,16 @@ def test_c4_contradicted_when_throttle_lowers_hiwater(cells: pd.DataFrame) -> No
     assert judge_c4(noisy).verdict == "inconclusive"
 
 
+def test_c5_reports_the_variant_that_keeps_polled_io_off_the_throttle(cells: pd.DataFrame) -> None:
+    verdict = judge_c5(cells)
+    nopoll = cells[(cells["kernel"] == "throttle-nopoll") & (cells["workload"] == "polled")]
+    assert not nopoll.empty and set(nopoll["cell_id"]) <= set(verdict.evidence)
+    ok = int((nopoll["status"] == "ok").sum())
+    assert f"(throttle-nopoll): {ok} of {len(nopoll)} cells ok" in verdict.detail
+    without = judge_c5(cells[cells["kernel"] != "throttle-nopoll"])
+    assert "throttle-nopoll" not in without.detail and without.verdict == verdict.verdict
+
+
 def test_c5_without_throttle_cells_says_what_is_missing(cells: pd.DataFrame) -> None:
     verdict = judge_c5(cells[cells["kernel"] != "throttle"])
     assert verdict.verdict == "inconclusive" and "polled" in verdict.detail and not verdict.evidence

@@ -100,3 +100,13 @@ def test_analysis_notebooks_execute_against_a_real_run(notebook: str, monkeypatc
     outputs = [o for cell in book.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert os.environ["LAB_RUN"] == str(RUN)
+
+
+def test_report_draws_a_variant_it_has_no_colour_for(run_copy: Path) -> None:
+    # A user's own variant (kernel-configs/variants.toml) must not break the figures.
+    cells = pd.read_parquet(run_copy / "cells.parquet")
+    cells["kernel"] = cells["kernel"].replace({"dynamic": "my-own-variant"})
+    cells.to_parquet(run_copy / "cells.parquet", index=False)
+    written = build_report(run_copy)
+    assert "my-own-variant" in written["html"].read_text()
+    assert len(list((run_copy / "figures").glob("*.png"))) >= 4
