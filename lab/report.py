@@ -153,33 +153,39 @@ def figures(cells: pd.DataFrame, samples: pd.DataFrame) -> dict[str, bytes]:
     if ok.empty:
         return out
 
-    # 1. slabs in use over time: for each variant, the heavy cell with the smallest pool (first repetition)
+    # 1. slabs in use over time, one panel per variant: its heavy cell on the smallest pool (the
+    #    repetition with the lowest IOPS, the worst case), with the pool size and thresholds drawn
     if not samples.empty and "io_tlb_used" in samples:
-        fig, ax = plt.subplots(figsize=(9, 4.5))
-        plotted = False
+        picked = []
         for kernel, group in ok.groupby("kernel"):
             pick = group.sort_values(["pool_slabs_requested", "fio_iops"], ascending=[True, True])
             heavy = pick[pick["numjobs"].fillna(1).astype(int) > 1]
             cell = (heavy if not heavy.empty else pick).iloc[0]
             series = samples[samples["cell_id"] == cell["cell_id"]].dropna(subset=["io_tlb_used"])
-            if series.empty:
-                continue
-            colour = variant_colour(kernel)
-            ax.plot(series["t_s"], series["io_tlb_used"], label=f"{kernel} ({cell['workload']})", color=colour, lw=1)
-            plotted = True
-            ax.axhline(cell["nslabs"], color=colour, ls=":", lw=0.8)
-            if not pd.isna(cell.get("high_throttle")):
-                ax.axhline(cell["high_throttle"], color=colour, ls="--", lw=0.8)
-            if not pd.isna(cell.get("low_throttle")):
-                ax.axhline(cell["low_throttle"], color=colour, ls="-.", lw=0.6)
-        ax.set_xlabel("time since sampler start (s)")
-        ax.set_ylabel("swiotlb slabs in use")
-        ax.set_title("Slabs in use over time (dotted: nslabs, dashed: high_throttle, dash-dot: low_throttle)")
-        if plotted:
-            ax.legend(fontsize=8)
+            if not series.empty:
+                picked.append((kernel, cell, series))
+        if picked:
+            # Own y scale per panel: a grown dynamic pool would flatten the fixed ones.
+            fig, axes = plt.subplots(len(picked), 1, figsize=(9, 1.2 + 1.9 * len(picked)), sharex=True,
+                                     squeeze=False)  # fmt: skip
+            for ax, (kernel, cell, series) in zip(axes[:, 0], picked, strict=True):
+                ax.plot(series["t_s"], series["io_tlb_used"], color=variant_colour(kernel), lw=0.8, label="in use")
+                ax.axhline(cell["nslabs"], color="black", ls=":", lw=0.9, label="nslabs")
+                grown = cell.get("nslabs_after")
+                if pd.notna(grown) and grown > cell["nslabs"]:
+                    ax.axhline(grown, color="black", ls=(0, (1, 4)), lw=0.9, label="nslabs after the run")
+                if pd.notna(cell.get("high_throttle")):
+                    ax.axhline(cell["high_throttle"], color="dimgrey", ls="--", lw=0.9, label="high_throttle")
+                if pd.notna(cell.get("low_throttle")):
+                    ax.axhline(cell["low_throttle"], color="dimgrey", ls="-.", lw=0.7, label="low_throttle")
+                ax.set_title(f"{kernel}: {cell['workload']}, pool {int(cell['pool_slabs_requested'])} slabs "
+                             f"({cell['cell_id']})", fontsize=9, loc="left")  # fmt: skip
+                ax.set_ylabel("slabs in use", fontsize=8)
+                ax.set_ylim(bottom=0)  # the idle level (virtio-net's receive buffers) is not zero
+                ax.legend(fontsize=7, loc="upper right", ncol=2)
+            axes[-1, 0].set_xlabel("time since sampler start (s)")
+            fig.suptitle("swiotlb slabs in use over time, per variant")
             out["usage_over_time.png"] = _png(fig)
-        else:  # no sampler series for the chosen cells: no empty figure
-            plt.close(fig)
 
     # 2. hiwater / nslabs by variant and pool
     fig, ax = plt.subplots(figsize=(8, 4))
