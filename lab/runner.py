@@ -25,7 +25,7 @@ from lab.keys import KeyPair
 from lab.matrix import Cell, Matrix
 from lab.parse import parse_debugfs, parse_dmesg, parse_fio, parse_hctx_flags, parse_hist, parse_samples
 from lab.store import RunStore
-from lab.vm import Accel, BootSpec, Disk, Hypervisor, RunningGuest
+from lab.vm import Accel, BootSpec, Disk, Hypervisor, RunningGuest, console_excerpt
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +303,7 @@ def run_cell(
         (local / "console.log").write_text(console)
         row = failed_row(base, reason, detail, started)
         row["guest_lost"] = guest_lost
-        row["console_excerpt"] = "\n".join(console.splitlines()[-40:])
+        row["console_excerpt"] = console_excerpt(console)
         return _store_failed(store, row)
     (local / "console.log").write_text(vm.console_text())
     try:

@@ -37,6 +37,17 @@ DiskKind = Literal["nvme", "virtio-blk"]
 Accel = Literal["auto", "kvm", "tcg"]
 
 
+def console_excerpt(text: str, lines: int = 40) -> str:
+    """The serial console's last ``lines`` lines, or, after a panic or oops, the lines from just
+    before its first report on (a panic's stack trace and register dump outrun any fixed tail)."""
+    all_lines = text.splitlines()
+    for index, line in enumerate(all_lines):
+        if PANIC_RE.search(line):
+            start = max(0, index - 5)
+            return "\n".join(all_lines[start : start + max(lines, 80)])
+    return "\n".join(all_lines[-lines:])
+
+
 @dataclass(frozen=True)
 class Disk:
     """A scratch disk for the device under test."""
@@ -290,7 +301,7 @@ class Machine:
             return ""
 
     def console_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.console_text().splitlines()[-lines:])
+        return console_excerpt(self.console_text(), lines)
 
     def _error(self, message: str, cls: type[BootError] = BootError, reason: str = "boot failed") -> BootError:
         code = self._proc.poll() if self._proc else None

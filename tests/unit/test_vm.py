@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from lab.errors import ConfigError
-from lab.vm import BootSpec, Disk, qemu_argv
+from lab.vm import BootSpec, Disk, console_excerpt, qemu_argv
 
 
 def spec(**changes: object) -> BootSpec:
@@ -79,3 +79,17 @@ def test_argv_is_a_tuple_of_strings_never_a_shell_string() -> None:
 def test_pool_below_kernel_minimum_is_refused() -> None:
     with pytest.raises(ConfigError, match="below the kernel minimum of 512 slabs"):
         spec(swiotlb_nslabs=100)
+
+
+def test_console_excerpt_starts_before_the_panic_of_a_real_console() -> None:
+    text = (Path(__file__).resolve().parents[1] / "data" / "console-sysrq-panic.log").read_text()
+    lines = text.splitlines()
+    assert not any("Kernel panic" in line for line in lines[-40:])  # the tail alone misses it
+    excerpt = console_excerpt(text)
+    assert "sysrq: Trigger a crash" in excerpt and "Kernel panic - not syncing: sysrq triggered crash" in excerpt
+    assert excerpt.splitlines()[-1] == lines[-1]  # and still reaches the end of this short trace
+
+
+def test_console_excerpt_without_a_panic_is_the_tail() -> None:
+    text = "\n".join(f"line {i}" for i in range(100))
+    assert console_excerpt(text, 3) == "line 97\nline 98\nline 99"
