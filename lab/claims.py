@@ -16,6 +16,7 @@ from lab.stats import Comparison, compare
 
 MAX_MAPPING_SLABS = 128  # largest single bounce mapping: 256 KiB
 NEAR_THRESHOLD_FRAC = 0.10  # "near the threshold": at most 10% of the pool above high_throttle
+UNDECIDED = frozenset({"invalid data", "too noisy"})  # comparison conclusions that decide nothing
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,7 @@ def judge_c4(cells: pd.DataFrame) -> Verdict:
         detail += "; one job did not fill the pool without throttling, so the premise is not met"
     elif "improved" in conclusions:
         verdict = "contradicted"
-    elif conclusions & {"invalid data", "too noisy"}:
+    elif conclusions & UNDECIDED:
         verdict = "inconclusive"
     else:
         verdict = "supported"
@@ -210,7 +211,7 @@ def _regression_verdict(comparisons: tuple[Comparison, ...], *, if_regressed: st
     conclusions = {c.conclusion for c in comparisons}
     if "regressed" in conclusions:
         return if_regressed
-    return "inconclusive" if conclusions & {"invalid data", "too noisy"} else otherwise
+    return "inconclusive" if conclusions & UNDECIDED else otherwise
 
 
 def _describe(comparisons: tuple[Comparison, ...]) -> str:
@@ -227,16 +228,16 @@ def judge_c5(cells: pd.DataFrame) -> Verdict:
         return _missing("C5", text, metric, threshold, "`static` and `throttle` cells with polled I/O")
     static = _select(_ok(cells), "static", "polled", pool)
     throttle = _select(_ok(cells), "throttle", "polled", pool)
-    exempt = _exempt_polled(cells, static, pool)
+    exempt_text, exempt_cells = _exempt_polled(cells, static, pool)
     failed = all_throttle[all_throttle["status"] != "ok"]
     if not failed.empty:
         reasons = ", ".join(sorted(set(failed["failure_reason"])))
-        detail = f"{len(failed)} of {len(all_throttle)} throttle cells failed ({reasons}){exempt[0]}"
-        return Verdict("C5", text, "supported", metric, threshold, _ids(failed, static, exempt[1]), detail)
+        detail = f"{len(failed)} of {len(all_throttle)} throttle cells failed ({reasons}){exempt_text}"
+        return Verdict("C5", text, "supported", metric, threshold, _ids(failed, static, exempt_cells), detail)
     comparisons = _perf(static, throttle)
     verdict = _regression_verdict(comparisons, if_regressed="supported", otherwise="contradicted")
-    return Verdict("C5", text, verdict, metric, threshold, _ids(static, throttle, exempt[1]),
-                   _describe(comparisons) + exempt[0], comparisons)  # fmt: skip
+    return Verdict("C5", text, verdict, metric, threshold, _ids(static, throttle, exempt_cells),
+                   _describe(comparisons) + exempt_text, comparisons)  # fmt: skip
 
 
 def _exempt_polled(cells: pd.DataFrame, static: pd.DataFrame, pool: int) -> tuple[str, pd.DataFrame]:
