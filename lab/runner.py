@@ -206,7 +206,7 @@ def run_group(cells: list[Cell], store: RunStore, ctx: LabContext, reporter: Rep
                             f"the guest sees {platform.cpus} CPU(s) but {spec.vcpus} vCPU(s) were requested",
                             argv=vm.argv,
                             reason="vcpu mismatch",
-                            console_tail=vm.console_text()[-3000:],
+                            console_tail=console_excerpt(vm.console_text()),
                         )
                     booted = True
                     boot_info = {"accel": vm.accelerator, "boot_s": round(vm.boot_seconds, 3),
