@@ -50,6 +50,10 @@ _SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|slabs?)?\s*$", re.I)
 _UNITS = {"b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
 
 
+# kernel, pool slabs, device, vCPUs, memory MiB, repetition, swiotlb force, poll queues, net load
+BootKey = tuple[str, int, str, int, int, int, bool, int, bool]
+
+
 @dataclass(frozen=True)
 class Cell:
     """One measurement: a workload on one booted configuration."""
@@ -95,7 +99,7 @@ class Cell:
         return POLL_QUEUES if self.workload.hipri and self.device == "nvme" else 0
 
     @property
-    def boot_key(self) -> tuple[str, int, str, int, int, int, bool, int, bool]:
+    def boot_key(self) -> BootKey:
         """Cells with equal keys share one boot (workloads run one after another)."""
         return (self.kernel, self.pool_slabs, self.device, self.vcpus, self.memory_mib, self.repetition,
                 self.swiotlb_force, self.poll_queues, self.net_load)  # fmt: skip
@@ -110,7 +114,7 @@ class Matrix:
     raw: dict[str, Any] = field(hash=False, compare=False)
 
     def boot_groups(self) -> list[list[Cell]]:
-        groups: dict[tuple[str, int, str, int, int, int, bool, int, bool], list[Cell]] = {}
+        groups: dict[BootKey, list[Cell]] = {}
         for cell in self.cells:
             groups.setdefault(cell.boot_key, []).append(cell)
         return list(groups.values())
