@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import statistics
 import sys
 import time
@@ -13,13 +12,12 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from lab import __version__
+from lab import __version__, interrupt
 from lab.errors import ConfigError, HostError, LabError
 from lab.matrix import Cell, Matrix, load_matrix
 from lab.runner import boot_estimate_s, cell_estimate_s, default_jobs
@@ -29,17 +27,10 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from lab.runner import LabContext
+    from lab.store import RunStore
 
 log = logging.getLogger("lab")
 console = Console(stderr=True, soft_wrap=True)
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGTERM, turned into the same unwinding as Ctrl-C so every QEMU is stopped."""
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise Interrupted(f"signal {signum}")
 
 
 # --- reporters ----------------------------------------------------------------------------
@@ -141,9 +132,9 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
     from lab.image import build_image
     from lab.kernel import build_kernel
     from lab.keys import client_key
-    from lab.report import build_report, summary_markdown
-    from lab.runner import LabContext, boot_spec, run_matrix
-    from lab.store import RunStore, load_cells
+    from lab.report import build_report
+    from lab.runner import LabContext, PhaseRecorder, boot_spec, run_matrix
+    from lab.store import RunStore
     from lab.util import atomic_write_text, cache_dir
 
     matrix = load_matrix(args.matrix)
@@ -203,7 +194,7 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
             SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[cells]} cells"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False,
         ) as progress:  # fmt: skip
-            reporter = RichReporter(progress, estimate_s, len(todo))
+            reporter = PhaseRecorder(store, RichReporter(progress, estimate_s, len(todo)))
             run_matrix(matrix, store, ctx, reporter, skip, jobs=jobs)
     except KeyboardInterrupt:
         status = "interrupted"
@@ -212,20 +203,15 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
         status = "failed"
         raise
     finally:
-        try:
-            store.consolidate()
-        except OSError as exc:  # the per-cell records stay the source of truth
-            console.print(f"could not rebuild the run tables: {exc}")
-        cells = load_cells(store.root)
-        finished = set(cells["cell_id"]) if not cells.empty else set()
-        if status == "complete" and not all(c.cell_id in finished for c in matrix.cells):
-            status = "partial"
-        store.update_manifest(status=status, finished_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        summary = summary_markdown(cells, str(store.root), store.manifest())
-        atomic_write_text(store.root / "summary.md", summary)
-        print(summary)
+        # A second Ctrl-C must not tear the bookkeeping that marks what was kept.
+        with interrupt.deferred():
+            cells, status = _finish_run(store, matrix, status)
         report_failed = False
-        if not cells.empty:
+        if status == "interrupted":
+            console.print(f"interrupted ({interrupt.reason() or 'KeyboardInterrupt'}): no report; finish the run "
+                          f"with --resume {store.root}, or build a report of the kept cells with "
+                          f"python -m lab report {store.root}")  # fmt: skip
+        elif not cells.empty:
             try:
                 written = build_report(store.root)
                 console.print(f"report: {written['html']}")
@@ -237,6 +223,27 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
                               f"every cell is stored, rebuild with: python -m lab report {store.root}")  # fmt: skip
         console.print(f"results: {store.root} ({status})")
     return 1 if report_failed else run_exit_code(cells, status, strict=args.strict)
+
+
+def _finish_run(store: RunStore, matrix: Matrix, status: str) -> tuple[pd.DataFrame, str]:
+    """Rebuild the run tables, mark the manifest with the final status, write and print the summary."""
+    from lab.report import summary_markdown
+    from lab.store import load_cells
+    from lab.util import atomic_write_text
+
+    try:
+        store.consolidate()
+    except OSError as exc:  # the per-cell records stay the source of truth
+        console.print(f"could not rebuild the run tables: {exc}")
+    cells = load_cells(store.root)
+    finished = set(cells["cell_id"]) if not cells.empty else set()
+    if status == "complete" and not all(c.cell_id in finished for c in matrix.cells):
+        status = "partial"
+    store.update_manifest(status=status, finished_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    summary = summary_markdown(cells, str(store.root), store.manifest())
+    atomic_write_text(store.root / "summary.md", summary)
+    print(summary)
+    return cells, status
 
 
 def run_exit_code(cells: pd.DataFrame, status: str, *, strict: bool) -> int:
@@ -570,10 +577,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("paramiko", "qemu.qmp", "invoke", "fabric"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        return int(args.func(args))
+        with interrupt.handling_signals():
+            code = int(args.func(args))
+            interrupt.check()  # a stop request that some library swallowed still ends the command as one
+            return code
     except LabError as exc:
+        if interrupt.stop_requested():  # an error the stop itself caused (a closed channel, a killed build)
+            print(f"interrupted ({interrupt.reason()}): QEMU stopped, partial results kept", file=sys.stderr)
+            return 130
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
@@ -583,5 +595,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" ({exc.filename})" if exc.filename else ""
         print(f"error: {exc.strerror or exc}{where}; finished cells are kept", file=sys.stderr)
         return 1
-    finally:
-        signal.signal(signal.SIGTERM, previous)

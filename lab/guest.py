@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import shlex
 import time
@@ -13,7 +14,9 @@ from pathlib import Path
 import paramiko
 from fabric import Config, Connection
 from invoke.exceptions import CommandTimedOut
+from invoke.runners import Result
 
+from lab import interrupt
 from lab.errors import GuestCommandError, LabTimeout
 from lab.vm import Endpoint
 
@@ -73,6 +76,7 @@ class Guest:
         started = time.monotonic()
         last: Exception | None = None
         while time.monotonic() - started < timeout_s:
+            interrupt.check()
             if alive is not None:
                 alive()
             conn = self._new_connection()
@@ -94,7 +98,7 @@ class Guest:
             except (TimeoutError, OSError, EOFError) as exc:
                 last = exc
             conn.close()
-            time.sleep(0.2)
+            interrupt.sleep(0.2)
         raise LabTimeout(f"SSH to {self.endpoint.host}:{self.endpoint.port}", timeout_s, repr(last))
 
     @property
@@ -108,7 +112,7 @@ class Guest:
         log.debug("guest$ %s", command)
         started = time.monotonic()
         try:
-            result = self.connection.run(command, hide=True, warn=True, timeout=timeout_s, in_stream=False)
+            result = self._run_stoppable(command, timeout_s)
         except CommandTimedOut as exc:
             raise LabTimeout(f"guest command {command!r}", timeout_s) from exc
         except (paramiko.SSHException, OSError, EOFError) as exc:
@@ -126,14 +130,60 @@ class Guest:
             raise GuestCommandError(command, result.exited, result.stdout, result.stderr)
         return outcome
 
-    def get(self, remote: str, local: Path) -> Path:
-        """Fetch a file over SFTP."""
-        local.parent.mkdir(parents=True, exist_ok=True)
+    def _run_stoppable(self, command: str, timeout_s: float) -> Result:
+        """``Connection.run`` that a stop request ends within ``interrupt.POLL_S``, in any thread.
+
+        A blocking ``run`` waits in invoke's ``Runner._finish``, which catches ``KeyboardInterrupt``,
+        forwards it to the remote command (a no-op without a pty) and keeps waiting: an operator's
+        Ctrl-C during fio would be lost.  So the command runs asynchronously and this thread polls;
+        on a stop request the channel is closed (invoke's ``kill`` for a remote command) and the
+        stop is raised here.
+        """
+        interrupt.check()
+        promise = self.connection.run(command, hide=True, warn=True, timeout=timeout_s, in_stream=False,
+                                      asynchronous=True)  # fmt: skip
+        runner = promise.runner
         try:
-            self.connection.get(remote, str(local))
+            while not runner.process_is_finished:
+                interrupt.check()
+                time.sleep(interrupt.POLL_S)
+        except BaseException:
+            runner.kill()
+            with contextlib.suppress(Exception):
+                promise.join()
+            raise
+        result: Result = promise.join()
+        interrupt.check()  # a signal that landed in join() was swallowed by invoke: honour it here
+        return result
+
+    def get(self, remote: str, local: Path) -> Path:
+        """Fetch a file over SFTP; a stop request aborts the transfer between blocks."""
+        local.parent.mkdir(parents=True, exist_ok=True)
+
+        def progress(done: int, total: int) -> None:
+            interrupt.check()
+
+        interrupt.check()
+        try:
+            self.connection.sftp().get(remote, str(local), callback=progress)
         except (OSError, paramiko.SSHException) as exc:
             raise GuestCommandError(f"sftp get {remote}", None, "", repr(exc)) from exc
+        except BaseException:
+            local.unlink(missing_ok=True)  # never leave half a file behind
+            raise
         return local
+
+    def put(self, local: Path, remote: str) -> None:
+        """Send a file over SFTP; a stop request aborts the transfer between blocks."""
+
+        def progress(done: int, total: int) -> None:
+            interrupt.check()
+
+        interrupt.check()
+        try:
+            self.connection.sftp().put(str(local), remote, callback=progress)
+        except (OSError, paramiko.SSHException) as exc:
+            raise GuestCommandError(f"sftp put {remote}", None, "", repr(exc)) from exc
 
     def close(self) -> None:
         if self._conn is not None:

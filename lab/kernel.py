@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab.errors import BuildError, ConfigError, HostError, PatchError
-from lab.util import atomic_write_text, cache_dir, run_host, sha256_file
+from lab.util import atomic_write_text, cache_dir, run_host, run_process, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +52,12 @@ class KernelBuild:
 def _apt_download(package: str, version: str | None, dest: Path) -> Path:
     spec = f"{package}={version}" if version else package
     try:
-        subprocess.run(["apt-get", "download", spec], cwd=dest, check=True, capture_output=True, text=True)
+        code, _, stderr = run_process(["apt-get", "download", spec], cwd=dest, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE)  # fmt: skip
     except FileNotFoundError as exc:
         raise HostError("apt-get not found: the stock kernel comes from Debian's archive") from exc
-    except subprocess.CalledProcessError as exc:
-        raise BuildError(f"apt-get download {spec} failed: {exc.stderr.strip()}") from exc
+    if code != 0:
+        raise BuildError(f"apt-get download {spec} failed: {stderr.strip()}")
     debs = sorted(dest.glob("*.deb"))
     if len(debs) != 1:
         raise BuildError(f"apt-get download {spec} produced {len(debs)} files in {dest}")
@@ -460,9 +461,8 @@ def _make(tree: Path, build: Path, targets: Sequence[str], log_path: Path, env: 
     with log_path.open("a") as handle:
         handle.write(f"$ {' '.join(argv)}\n")
         handle.flush()
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
-                              env={**os.environ, **(env or {})}, check=False)  # fmt: skip
-    if proc.returncode != 0:
+        returncode, _, _ = run_process(argv, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    if returncode != 0:
         raise BuildError(f"kernel build step 'make {' '.join(targets)}' failed (log: {log_path}):\n"
                          + build_errors(log_path.read_text(errors="replace")))  # fmt: skip
 

@@ -7,7 +7,6 @@ import hashlib
 import json
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from lab import netload, probes
+from lab import interrupt, netload, probes
 from lab.errors import BootError, GuestCommandError, LabError, LabTimeout, ParseError
 from lab.guest import Guest
 from lab.image import GuestImage, initrd_for
@@ -43,6 +42,20 @@ class Reporter(Protocol):
     def cell_done(self, cell: Cell, row: dict[str, Any], estimate_s: float) -> None: ...
 
 
+class PhaseRecorder:
+    """A reporter that also writes each phase to the run directory (``phase.json``), then passes it on."""
+
+    def __init__(self, store: RunStore, inner: Reporter) -> None:
+        self.store, self.inner = store, inner
+
+    def phase(self, cell: Cell | None, text: str) -> None:
+        self.store.write_phase(cell.cell_id if cell else "", text)
+        self.inner.phase(cell, text)
+
+    def cell_done(self, cell: Cell, row: dict[str, Any], estimate_s: float) -> None:
+        self.inner.cell_done(cell, row, estimate_s)
+
+
 class SilentReporter:
     def phase(self, cell: Cell | None, text: str) -> None:
         log.info("%s: %s", cell.cell_id if cell else "-", text)
@@ -63,7 +76,6 @@ class LabContext:
     accel: Accel = "auto"
     provenance: dict[str, Any] = field(default_factory=dict)
     sample_hz: float = probes.DEFAULT_SAMPLE_HZ
-    stopping: threading.Event = field(default_factory=threading.Event)
 
 
 def boot_estimate_s(cell: Cell) -> float:
@@ -150,14 +162,13 @@ def run_matrix(
         try:
             for future in concurrent.futures.as_completed(futures):
                 rows.extend(future.result())
-        except BaseException:
-            # Ctrl-C or SIGTERM: no new boots, and stop every running guest now;
-            # the interrupted cells are not recorded, so --resume redoes them.
-            ctx.stopping.set()
+        except BaseException as exc:
+            # Ctrl-C, SIGTERM or a failure: no new boots; the running groups see the stop request
+            # within interrupt.POLL_S and stop their guests on the way out (the pool's exit waits
+            # for them).  Interrupted cells are not recorded, so --resume redoes them.
+            interrupt.request_stop(f"stopping the other boots after {type(exc).__name__}")
             for future in futures:
                 future.cancel()
-            for machine in list(getattr(ctx.hypervisor, "launched", [])):
-                machine.shutdown()
             raise
     return rows
 
@@ -185,7 +196,8 @@ def run_group(cells: list[Cell], store: RunStore, ctx: LabContext, reporter: Rep
     rows: list[dict[str, Any]] = []
     remaining = list(cells)
     attempt = 0
-    while remaining and not ctx.stopping.is_set():
+    while remaining:
+        interrupt.check()
         attempt += 1
         first = remaining[0]
         started = time.monotonic()
@@ -214,7 +226,8 @@ def run_group(cells: list[Cell], store: RunStore, ctx: LabContext, reporter: Rep
                                  "kernel_cmdline": spec.cmdline(), "boot_attempt": attempt,
                                  "guest_cpus": platform.cpus,
                                  "memory_encryption": platform.memory_encryption}  # fmt: skip
-                    while remaining and not ctx.stopping.is_set():
+                    while remaining:
+                        interrupt.check()
                         cell = remaining.pop(0)
                         row = run_cell(cell, vm, guest, store, ctx, reporter, boot_info)
                         rows.append(row)
@@ -224,8 +237,7 @@ def run_group(cells: list[Cell], store: RunStore, ctx: LabContext, reporter: Rep
                 finally:
                     guest.close()
         except LabError as exc:
-            if ctx.stopping.is_set():
-                return rows  # interrupted: leave the rest for --resume
+            interrupt.check()  # an error caused by the stop itself is not a finding: leave the rest for --resume
             if booted:
                 continue  # the guest died between cells: boot again for the rest
             for cell in remaining:
@@ -257,6 +269,7 @@ def run_cell(
         reporter.phase(cell, text)
         return action()
 
+    load: netload.NetLoad | None = None
     try:
         phase("preparing probes", lambda: probes.prepare(guest, files, disk.guest_name, dict(cell.knobs)))
         sampler = None
@@ -265,9 +278,8 @@ def run_cell(
         job_file = None
         if cell.workload.job_file is not None:
             job_file = files.path("job.fio")
-            guest.connection.put(str(cell.workload.job_file), job_file)
+            guest.put(cell.workload.job_file, job_file)
         argv = cell.workload.fio_argv(disk.guest_path, files.path("fio.json"), job_file)
-        load = None
         if cell.net_load:
             phase("starting network load", lambda: probes.start_net_load(guest, files, netload.GUEST_PORT))
             load = netload.NetLoad(vm.forwarded(netload.GUEST_PORT))
@@ -278,19 +290,19 @@ def run_cell(
         fio_wall = time.monotonic() - fio_started
         if load is not None:
             net_bytes, net_seconds = load.stop()
+            net_error, load = load.error, None
             probes.stop_net_load(guest)
             base.update(
                 net_load_bytes=net_bytes,
                 net_load_mbps=net_bytes * 8 / 1e6 / max(net_seconds, 1e-9),
-                net_load_error=load.error,
+                net_load_error=net_error,
             )
         if sampler is not None:
             phase("stopping sampler", lambda: probes.stop_sampler(guest, sampler))
         phase("collecting counters", lambda: probes.collect(guest, files))
         phase("fetching artifacts", lambda: probes.fetch(guest, files, local))
     except LabError as exc:
-        if ctx.stopping.is_set():
-            raise  # interrupted, not failed
+        interrupt.check()  # interrupted, not failed: the cell is not recorded
         detail = str(exc)
         reason = failure_reason(exc)
         # Anything but a command that ran and failed leaves the guest in doubt: reboot for the next cell.
@@ -305,6 +317,9 @@ def run_cell(
         row["guest_lost"] = guest_lost
         row["console_excerpt"] = console_excerpt(console)
         return _store_failed(store, row)
+    finally:
+        if load is not None:  # the cell failed or was interrupted with the stream still being read
+            load.stop()
     (local / "console.log").write_text(vm.console_text())
     try:
         row, samples, jobs = build_row(base, local, fio_exit)

@@ -22,6 +22,7 @@ from lab.util import atomic_write_bytes, atomic_write_text
 
 MANIFEST = "manifest.json"
 CELL_RECORD = "cell.json"
+PHASE = "phase.json"
 
 
 def new_run_id() -> str:
@@ -86,6 +87,12 @@ class RunStore:
 
     def update_manifest(self, **changes: Any) -> None:
         self.write_manifest({**self.manifest(), **changes})
+
+    def write_phase(self, cell_id: str, phase: str) -> None:
+        """What the run is doing now (``phase.json``), for operators, CI watchdogs and tests."""
+        record = {"cell_id": cell_id, "phase": phase, "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "pid": os.getpid()}  # fmt: skip
+        atomic_write_text(self.root / PHASE, json.dumps(record, sort_keys=True) + "\n")
 
     # -- cells ----------------------------------------------------------------------
     def cell_dir(self, cell_id: str) -> Path:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import signal
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import IO, Any, TypeVar
 
+from lab import interrupt
 from lab.errors import BuildError, LabTimeout
 
 log = logging.getLogger(__name__)
@@ -41,16 +44,18 @@ def wait_until(
 ) -> T:
     """Call ``check`` until it returns something other than None/False, or time out.
 
-    ``check`` may raise to abort the wait early (e.g. on a kernel panic).
+    ``check`` may raise to abort the wait early (e.g. on a kernel panic); a stop request
+    (Ctrl-C, SIGTERM) ends the wait with ``Interrupted``.
     """
     deadline = time.monotonic() + timeout_s
     while True:
+        interrupt.check()
         result = check()
         if result is not None and result is not False:
             return result
         if time.monotonic() >= deadline:
             raise LabTimeout(what, timeout_s, detail() if detail else "")
-        time.sleep(interval_s)
+        interrupt.sleep(interval_s)
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -93,6 +98,54 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def run_process(
+    argv: Sequence[str],
+    *,
+    stdout: int | IO[Any],
+    stderr: int | IO[Any],
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout_s: float | None = None,
+) -> tuple[int, str, str]:
+    """Run a host command (never through a shell) and wait for it, stopping it on timeout or a stop request.
+
+    The command gets a process group of its own, so that stopping it also stops what it started (make's
+    compilers): a SIGTERM sent to the lab alone would otherwise leave them running.  Returns the exit code
+    and whatever was captured (``subprocess.PIPE``) as text.
+    """
+    interrupt.check()
+    started = time.monotonic()
+    with interrupt.deferred():  # the process must be ours to stop before any interrupt can unwind
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                                start_new_session=True, text=True, errors="replace")  # fmt: skip
+    try:
+        while True:
+            try:
+                out, err = proc.communicate(timeout=interrupt.POLL_S * 4)
+                return proc.returncode, out or "", err or ""
+            except subprocess.TimeoutExpired:
+                pass
+            interrupt.check()
+            if timeout_s is not None and time.monotonic() - started > timeout_s:
+                raise LabTimeout(argv[0], timeout_s, " ".join(argv))
+    finally:
+        if proc.poll() is None:
+            with interrupt.deferred():
+                _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM to the command's process group, SIGKILL after 5 s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(5.0)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def run_host(
     argv: Sequence[str | os.PathLike[str]],
     *,
@@ -106,27 +159,18 @@ def run_host(
     args = [str(a) for a in argv]
     log.debug("running %s: %s", what, args)
     try:
-        proc = subprocess.run(
-            args,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=timeout_s,
-            check=False,
-        )
+        code, stdout, stderr = run_process(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, env=env,
+                                           timeout_s=timeout_s)  # fmt: skip
     except FileNotFoundError as exc:
         raise BuildError(f"{what}: command not found: {args[0]}") from exc
-    except subprocess.TimeoutExpired as exc:
+    except LabTimeout as exc:
         raise LabTimeout(what, timeout_s or 0.0, " ".join(args)) from exc
-    output = proc.stdout + proc.stderr
+    output = stdout + stderr
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text(output)
-    if proc.returncode != 0:
+    if code != 0:
         tail = "\n".join(output.strip().splitlines()[-25:])
         where = f" (full log: {log_path})" if log_path else ""
-        raise BuildError(f"{what} failed with exit code {proc.returncode}{where}:\n{tail}")
-    return proc.stdout
+        raise BuildError(f"{what} failed with exit code {code}{where}:\n{tail}")
+    return stdout

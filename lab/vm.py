@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Protocol
 
+from lab import interrupt
 from lab.errors import BootError, ConfigError, HostError, KernelPanic, LabTimeout
 from lab.util import cache_dir, sha256_bytes, sha256_file, wait_until
 
@@ -197,13 +197,12 @@ def qmp_command(socket_path: Path, command: str, timeout_s: float, **args: objec
     return asyncio.run(go())
 
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask the kernel to SIGKILL QEMU if the lab dies, even by SIGKILL: no orphans."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+# The kernel SIGKILLs QEMU when the lab dies, even by SIGKILL: no orphans.  util-linux's setpriv
+# (Essential in Debian) sets PR_SET_PDEATHSIG and execs QEMU, so no Python runs between fork and
+# exec (a preexec_fn is unsafe once paramiko's, invoke's or --jobs threads exist).  The signal
+# fires when the *thread* that started QEMU ends; the lab starts QEMU only from threads that
+# outlive it (the main thread, or a boot worker that stops its QEMU before it returns).
+DIE_WITH_PARENT = ("setpriv", "--pdeathsig", "KILL", "--")
 
 
 @dataclass(frozen=True)
@@ -340,14 +339,15 @@ class Machine:
                 qmp=self.qmp_socket, disk_images=tuple(images), qemu=self.qemu, forwards=self._forwards,
             )  # fmt: skip
             log.debug("QEMU argv: %s", self._argv)
-            with self.qemu_log.open("wb") as err:
+            # No exception may land between QEMU's start and self._proc knowing it (interrupt.deferred);
+            # a stop request is honoured right after, and __enter__ then stops this QEMU.
+            with self.qemu_log.open("wb") as err, interrupt.deferred():
                 self._started = time.monotonic()
                 self._proc = subprocess.Popen(
-                    self._argv, stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT,
+                    DIE_WITH_PARENT + self._argv, stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT,
                     start_new_session=True,  # Ctrl-C goes to the lab, which then stops QEMU in order
-                    preexec_fn=_die_with_parent,
                 )  # fmt: skip
-            time.sleep(0.05)
+            interrupt.sleep(0.05)
             if self._proc.poll() is None or "hostfwd" not in self.qemu_log.read_text(errors="replace"):
                 return
             log.info("port %d was taken before QEMU bound it; retrying (%d)", self._port, attempt + 1)
@@ -384,7 +384,12 @@ class Machine:
         return qmp_command(self.qmp_socket, command, timeout_s=5.0, **args)
 
     def shutdown(self) -> None:
-        """Stop QEMU: QMP quit, then SIGTERM, then SIGKILL.  Harmless to call twice."""
+        """Stop QEMU: QMP quit, then SIGTERM, then SIGKILL.  Harmless to call twice; a second Ctrl-C
+        meanwhile is held back until QEMU is gone (at most ~15 s, normally well under one)."""
+        with interrupt.deferred():
+            self._shutdown()
+
+    def _shutdown(self) -> None:
         proc = self._proc
         try:
             if proc is None or proc.poll() is not None:
@@ -410,7 +415,11 @@ class Machine:
             self.qmp_socket.unlink(missing_ok=True)
 
     def __enter__(self) -> Machine:
-        self.launch()
+        try:
+            self.launch()
+        except BaseException:  # interrupted or failed after QEMU started: __exit__ will not run
+            self.shutdown()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -18,8 +18,9 @@ from lab.vm import LocalHypervisor
 
 
 def qemu_pids() -> set[int]:
+    """Live QEMU processes (a zombie has exited; whether init has reaped it yet is not the lab's doing)."""
     out = subprocess.run(["pgrep", "-f", "qemu-system"], capture_output=True, text=True, check=False).stdout
-    return {int(pid) for pid in out.split()} - {os.getpid()}
+    return {pid for pid in map(int, out.split()) if pid != os.getpid() and pid_alive(pid)}
 
 
 @pytest.fixture(scope="session", autouse=True)
