@@ -196,7 +196,27 @@ def _span(values: pd.Series) -> str:
     return f"{low}" if low == high else f"{low}-{high}"
 
 
+def _observed(cells: pd.DataFrame) -> pd.Series:
+    """Whether the in-guest sampler ran during each cell's fio (rows from before the `observed` column:
+    whether it left samples)."""
+    if "observed" in cells:
+        return cells["observed"].fillna(True).astype(bool)
+    return cells.get("sampler_samples", pd.Series(0, index=cells.index)).fillna(0) > 0
+
+
+def _like_with_like(base: pd.DataFrame, cand: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """The cells a performance comparison may use: both groups unobserved (the sampler competes with fio
+    for the vCPUs, and not equally on every kernel), else both observed, each with at least 2 cells;
+    only when neither exists, all of them, and the detail says so."""
+    for observed, label in ((False, "unobserved cells"), (True, "observed cells (sampler running)")):
+        b, c = base[_observed(base) == observed], cand[_observed(cand) == observed]
+        if len(b) >= 2 and len(c) >= 2:
+            return b, c, label
+    return base, cand, "observed and unobserved cells mixed (the sampler's cost is not excluded)"
+
+
 def _perf(base: pd.DataFrame, cand: pd.DataFrame) -> tuple[Comparison, ...]:
+    base, cand, _ = _like_with_like(base, cand)
     return (
         compare("fio_iops", base["fio_iops"].tolist(), cand["fio_iops"].tolist(), True),
         compare("fio_clat_p50_us", base["fio_clat_p50_us"].tolist(), cand["fio_clat_p50_us"].tolist(), False),
@@ -214,8 +234,13 @@ def _regression_verdict(comparisons: tuple[Comparison, ...], *, if_regressed: st
     return "inconclusive" if conclusions & UNDECIDED else otherwise
 
 
-def _describe(comparisons: tuple[Comparison, ...]) -> str:
-    return "; ".join(f"{c.metric} {c.change_pct:+.1f}% ({c.conclusion})" for c in comparisons)
+def _describe(comparisons: tuple[Comparison, ...], base: pd.DataFrame | None = None,
+              cand: pd.DataFrame | None = None) -> str:  # fmt: skip
+    text = "; ".join(f"{c.metric} {c.change_pct:+.1f}% ({c.conclusion})" for c in comparisons)
+    if base is not None and cand is not None:
+        b, c, label = _like_with_like(base, cand)
+        text += f" [{len(b)} vs {len(c)} {label}]"
+    return text
 
 
 def judge_c5(cells: pd.DataFrame) -> Verdict:
@@ -237,7 +262,7 @@ def judge_c5(cells: pd.DataFrame) -> Verdict:
     comparisons = _perf(static, throttle)
     verdict = _regression_verdict(comparisons, if_regressed="supported", otherwise="contradicted")
     return Verdict("C5", text, verdict, metric, threshold, _ids(static, throttle, exempt_cells),
-                   _describe(comparisons) + exempt_text, comparisons)  # fmt: skip
+                   _describe(comparisons, static, throttle) + exempt_text, comparisons)  # fmt: skip
 
 
 def _exempt_polled(cells: pd.DataFrame, static: pd.DataFrame, pool: int) -> tuple[str, pd.DataFrame]:
@@ -248,7 +273,7 @@ def _exempt_polled(cells: pd.DataFrame, static: pd.DataFrame, pool: int) -> tupl
     ok = _ok(nopoll)
     text = f"; with polled requests exempt from the throttle (throttle-nopoll): {len(ok)} of {len(nopoll)} cells ok"
     if len(ok) >= 2:
-        text += ", vs static: " + _describe(_perf(static, ok))
+        text += ", vs static: " + _describe(_perf(static, ok), static, ok)
     return text, nopoll
 
 
@@ -261,7 +286,7 @@ def judge_c6(cells: pd.DataFrame) -> Verdict:
         return _missing("C6", text, metric, threshold, "`static` and `throttle` cells with a heavy workload")
     comparisons = _perf(static, throttle)
     wait_ms = throttle["throttle_wait_ns"].fillna(0).median() / 1e6 if "throttle_wait_ns" in throttle else 0.0
-    detail = f"pool {pool}: {_describe(comparisons)}; median throttle wait {wait_ms:.0f} ms per cell"
+    detail = f"pool {pool}: {_describe(comparisons, static, throttle)}; median throttle wait {wait_ms:.0f} ms per cell"
     verdict = _regression_verdict(comparisons, if_regressed="supported", otherwise="contradicted")
     return Verdict("C6", text, verdict, metric, threshold, _ids(static, throttle), detail, comparisons)
 
@@ -276,7 +301,7 @@ def judge_c7(cells: pd.DataFrame) -> Verdict:
         return _missing("C7", text, metric, threshold, "`dynamic` and `throttle` cells with a heavy workload")
     comparisons = _perf(dynamic, throttle)
     grown = int(dynamic["nslabs_after"].max()) if not dynamic.empty else 0
-    detail = f"pool {pool} (dynamic grew to {grown} slabs): {_describe(comparisons)}"
+    detail = f"pool {pool} (dynamic grew to {grown} slabs): {_describe(comparisons, dynamic, throttle)}"
     encryption = set(pd.concat([dynamic, throttle]).get("memory_encryption", pd.Series(dtype=str)).fillna("unknown"))
     if not encryption or encryption <= {"none", "unknown"}:
         detail += ("; the guests ran without memory encryption, so growing the pool cost no shared-page "

@@ -117,14 +117,24 @@ def _require_host() -> None:
 
 
 def _stock_context(hypervisor: LocalHypervisor, accel: str = "auto") -> LabContext:
-    """A lab context on Debian's stock kernel (doctor and the benchmarks need no kernel build)."""
+    """A lab context on Debian's stock kernel (doctor needs no kernel build)."""
+    return _bench_context(hypervisor, ("stock",), accel)
+
+
+def _bench_context(hypervisor: LocalHypervisor, kernel_names: Sequence[str], accel: str = "auto") -> LabContext:
+    """A lab context with the kernels a matrix names: Debian's stock kernel is fetched, the lab's
+    variants are built (or loaded from the cache), anything else was rejected by the matrix loader."""
     from lab.image import build_image
-    from lab.kernel import stock_kernel
+    from lab.kernel import KernelBuild, build_kernel, stock_kernel
     from lab.keys import client_key
     from lab.runner import LabContext
     from lab.util import cache_dir
 
-    return LabContext(hypervisor, build_image(), client_key(), {"stock": stock_kernel()}, cache_dir(),
+    kernels: dict[str, KernelBuild] = {}
+    for name in sorted(set(kernel_names)):
+        with console.status(f"kernel {name}: {'fetching' if name == 'stock' else 'building'} or loading from cache"):
+            kernels[name] = stock_kernel() if name == "stock" else build_kernel(name)
+    return LabContext(hypervisor, build_image(), client_key(), kernels, cache_dir(),
                       accel=accel)  # type: ignore[arg-type]  # fmt: skip
 
 
@@ -260,12 +270,12 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
     from lab.store import RunStore
     from lab.vm import Machine
 
+    matrix = load_matrix(args.matrix)
     _require_host()
     hypervisor = LocalHypervisor()
-    ctx = _stock_context(hypervisor, args.accel)
-    image, key, cache = ctx.image, ctx.client_key, ctx.cache
-    matrix = load_matrix(args.matrix)
     cell = matrix.cells[0]
+    ctx = _bench_context(hypervisor, (cell.kernel,), args.accel)
+    image, key, cache = ctx.image, ctx.client_key, ctx.cache
     spec = boot_spec(ctx, cell)
     accel = hypervisor.resolve_accel(spec, cache / "probe-work")
     spec = replace(spec, accel=accel)  # type: ignore[arg-type]
@@ -286,7 +296,7 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
     short = [replace(c, workload=replace(c.workload, runtime_s=args.cell_runtime)) for c in matrix.boot_groups()[0]]
     rows = run_group(short, store, ctx, _QuietReporter())
     overheads = [r["cell_wall_s"] - r["fio_runtime_s"] for r in rows if r["status"] == "ok"]
-    print(f"\nboot-to-SSH over {len(times)} boots ({accel}, stock kernel {ctx.kernels['stock'].release}):")
+    print(f"\nboot-to-SSH over {len(times)} boots ({accel}, kernel {cell.kernel} {ctx.kernels[cell.kernel].release}):")
     print(f"  min {min(times):.2f} s, median {statistics.median(times):.2f} s, max {max(times):.2f} s")
     if overheads:
         print(f"per-cell overhead (cell wall time minus fio runtime) over {len(overheads)} cells:")
@@ -295,45 +305,65 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_sampler(args: argparse.Namespace) -> int:
-    """fio IOPS with and without the in-guest sampler, alternating in one boot."""
+    """What an instrument costs fio: runs with and without it, in ABBA order in one boot per workload,
+    so that drifts cancel; the cost gets a confidence interval over the pairs."""
     from lab.guest import Guest
     from lab.runner import boot_spec, run_cell
+    from lab.stats import paired_cost
     from lab.store import RunStore
 
+    matrix = load_matrix(args.matrix)
+    names = [n.strip() for n in args.workloads.split(",") if n.strip()]
+    by_name = {c.workload.name: c for c in reversed(matrix.cells)}  # repetition 0 of each workload
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ConfigError(f"--workloads: {', '.join(unknown)} not in matrix {matrix.source}; "
+                          f"valid: {', '.join(sorted(by_name))}")  # fmt: skip
+    if args.pairs < 2:
+        raise ConfigError(f"--pairs {args.pairs}: a confidence interval needs at least 2 pairs")
     _require_host()
     hypervisor = LocalHypervisor()
-    ctx = _stock_context(hypervisor, args.accel)
-    image, key, cache = ctx.image, ctx.client_key, ctx.cache
-    base = next(c for c in load_matrix(args.matrix).cells if c.workload.name == args.workload)
-    base = replace(base, workload=replace(base.workload, runtime_s=args.runtime))
-    spec = boot_spec(ctx, base)
-    ctx.accel = hypervisor.resolve_accel(spec, cache / "probe-work")  # type: ignore[assignment]
-    work = Path(args.results) / f"bench-sampler-{time.strftime('%Y%m%dT%H%M%S')}"
-    store = RunStore.create(work, {"bench": "sampler"}, run_id="cells")
-    iops: dict[bool, list[float]] = {True: [], False: []}
-    with hypervisor.boot(replace(spec, accel=ctx.accel), store.boot_dir("boot")) as vm:
-        with Guest(vm.endpoint, key.private_path, image.host_key_blob) as guest:
-            guest.connect(alive=vm.check_alive)
-            boot_info = {"accel": vm.accelerator}
-            for index in range(2 * args.pairs):
-                sampled = (index % 4) in (0, 3)  # ABBA order cancels slow drifts
-                ctx.sample_hz = args.hz if sampled else 0.0
-                cell = replace(base, repetition=index)
-                row = run_cell(cell, vm, guest, store, ctx, _QuietReporter(), boot_info)
-                if row["status"] != "ok":
-                    raise LabError(f"bench cell failed: {row['failure_reason']}: {row['failure_detail']}")
-                iops[sampled].append(float(row["fio_iops"]))
-                console.print(f"{'with' if sampled else 'without'} sampler: {row['fio_iops']:.0f} IOPS")
-    with_s, without = statistics.mean(iops[True]), statistics.mean(iops[False])
-    cost = (without - with_s) / without * 100.0
-    spread = statistics.stdev(iops[False]) / without * 100.0 if len(iops[False]) > 1 else float("nan")
+    ctx = _bench_context(hypervisor, sorted({by_name[n].kernel for n in names}), args.accel)
+    work = Path(args.results) / f"bench-{args.observer}-{time.strftime('%Y%m%dT%H%M%S')}"
+    store = RunStore.create(work, {"bench": args.observer}, run_id="cells")
+    results = []
+    for name in names:
+        base = by_name[name]
+        base = replace(base, workload=replace(base.workload, runtime_s=args.runtime), sample_hz=0.0)
+        spec = boot_spec(ctx, base)
+        ctx.accel = hypervisor.resolve_accel(spec, ctx.cache / "probe-work")  # type: ignore[assignment]
+        iops: dict[bool, list[float]] = {True: [], False: []}
+        started = time.monotonic()
+        with hypervisor.boot(replace(spec, accel=ctx.accel), store.boot_dir(f"boot-{name}")) as vm:
+            with Guest(vm.endpoint, ctx.client_key.private_path, ctx.image.host_key_blob) as guest:
+                guest.connect(alive=vm.check_alive)
+                boot_to_ssh = time.monotonic() - started
+                boot_info = {"accel": vm.accelerator}
+                for index in range(2 * args.pairs):
+                    on = (index % 4) in (0, 3)  # ABBA: each pair has one run of each, and drifts cancel
+                    cell = replace(base, repetition=index, sample_hz=args.hz if on and args.observer == "sampler"
+                                   else 0.0)  # fmt: skip
+                    ctx.arm_triggers = not (args.observer == "triggers" and not on)
+                    row = run_cell(cell, vm, guest, store, ctx, _QuietReporter(), boot_info)
+                    if row["status"] != "ok":
+                        raise LabError(f"bench cell failed: {row['failure_reason']}: {row['failure_detail']}")
+                    iops[on].append(float(row["fio_iops"]))
+        ctx.arm_triggers = True
+        cost = paired_cost(iops[False], iops[True])
+        results.append((name, cost, iops, boot_to_ssh))
+    what = f"the sampler at {args.hz:g} Hz" if args.observer == "sampler" else "the tracefs hist triggers"
     print(
-        f"\nworkload {base.workload.name} ({args.runtime} s x {args.pairs} pairs, {ctx.accel}),"
-        f" sampler at {args.hz:g} Hz:"
+        f"\ncost of {what} in fio IOPS ({ctx.accel}, {os.cpu_count()} host CPUs, {args.pairs} ABBA pairs of "
+        f"{args.runtime} s per workload; positive = slower with it):"
     )
-    print(f"  without sampler: mean {without:.0f} IOPS (runs: {', '.join(f'{v:.0f}' for v in iops[False])})")
-    print(f"  with sampler:    mean {with_s:.0f} IOPS (runs: {', '.join(f'{v:.0f}' for v in iops[True])})")
-    print(f"  sampler cost: {cost:+.2f}% of IOPS (run-to-run spread without sampler: {spread:.2f}% SD)")
+    for name, cost, iops, boot_to_ssh in results:
+        print(
+            f"  {name}: {cost.mean_pct:+.2f}% (95% CI {cost.ci_low_pct:+.2f}% to {cost.ci_high_pct:+.2f}%), "
+            f"run-to-run spread without it {cost.noise_pct:.2f}% SD: {cost.verdict}"
+        )
+        print(f"    without: {', '.join(f'{v:.0f}' for v in iops[False])}")
+        print(f"    with:    {', '.join(f'{v:.0f}' for v in iops[True])}")
+        print(f"    this machine's speed: boot to SSH {boot_to_ssh:.2f} s ({by_name[name].kernel} kernel)")
     return 0
 
 
@@ -519,11 +549,13 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
     boot.set_defaults(func=cmd_bench_boot)
 
-    sampler = bench_sub.add_parser("sampler", help="fio IOPS with and without the in-guest sampler")
-    sampler.add_argument("--pairs", type=int, default=4)
+    sampler = bench_sub.add_parser("sampler", help="what an instrument (the sampler, or the hist triggers) costs fio")
+    sampler.add_argument("--observer", choices=("sampler", "triggers"), default="sampler",
+                         help="the instrument to measure (default: the in-guest sampler)")  # fmt: skip
+    sampler.add_argument("--pairs", type=int, default=8, help="ABBA pairs per workload (default 8)")
     sampler.add_argument("--runtime", type=int, default=10)
     sampler.add_argument("--hz", type=float, default=50.0)
-    sampler.add_argument("--workload", default="light")
+    sampler.add_argument("--workloads", default="light,heavy", help="comma-separated workloads of the matrix")
     sampler.add_argument("--matrix", default="stock")
     sampler.add_argument("--results", default="results")
     sampler.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")

@@ -27,6 +27,8 @@ MATRIX_KEYS = {
     "repetitions": "number of repetitions (each repetition boots afresh)",
     "throttle": 'list of throttle thresholds: "default" or "HIGH/LOW" in percent of the pool (throttle kernels)',
     "net_load": "list of true/false: background TCP stream from guest to host over virtio-net during fio",
+    "observe": '"first" (the in-guest sampler runs in repetition 0 only), "all" or "none"',
+    "sample_hz": "the in-guest sampler's rate in observed cells (default 50)",
     "include": 'list of tables of axis values to add, e.g. {kernel = "throttle", pool = "1MiB"}',
     "exclude": 'list of tables of axis values to drop, e.g. {kernel = "static", workload = "polled"}',
 }
@@ -37,6 +39,8 @@ WORKLOAD_KEYS = {
 }  # fmt: skip
 DEVICES = ("nvme", "virtio-blk")
 POLL_QUEUES = 2  # NVMe poll queues booted for polled (hipri) workloads
+OBSERVE = ("first", "all", "none")
+DEFAULT_SAMPLE_HZ = 50.0
 
 
 def known_kernels() -> tuple[str, ...]:
@@ -68,6 +72,11 @@ class Cell:
     knobs: tuple[tuple[str, int], ...] = ()  # swiotlb debugfs knobs written before the workload
     swiotlb_force: bool = True
     net_load: bool = False  # a TCP stream guest -> host over virtio-net during the workload
+    sample_hz: float = 0.0  # the in-guest sampler's rate; 0: unobserved (no sampler during fio)
+
+    @property
+    def observed(self) -> bool:
+        return self.sample_hz > 0
 
     def content(self) -> dict[str, Any]:
         workload = self.workload.describe()
@@ -85,6 +94,8 @@ class Cell:
             content["swiotlb_force"] = False
         if self.net_load:
             content["net_load"] = True
+        if self.sample_hz:
+            content["sample_hz"] = self.sample_hz
         return content
 
     @property
@@ -316,6 +327,16 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
     throttles = [
         _throttle_knobs(v, where("throttle")) for v in _list(section, "throttle", ["default"], where("throttle"))
     ]
+    observe = section.get("observe", "first")
+    if observe not in OBSERVE:
+        raise ConfigError(f"{where('observe')}: {observe!r} must be one of {', '.join(map(repr, OBSERVE))}")
+    sample_hz = section.get("sample_hz", DEFAULT_SAMPLE_HZ)
+    if not isinstance(sample_hz, int | float) or isinstance(sample_hz, bool) or not 0 < sample_hz <= 1000:
+        raise ConfigError(f"{where('sample_hz')}: {sample_hz!r} must be a number of samples per second, 0 < Hz <= 1000")
+
+    def rate(repetition: int) -> float:
+        return float(sample_hz) if observe == "all" or (observe == "first" and repetition == 0) else 0.0
+
     by_name = {w.name: w for w in workloads}
     axes: dict[str, list[Any]] = {
         "kernel": kernels, "pool": pools, "device": devices, "vcpus": vcpus, "memory": memory,
@@ -346,6 +367,7 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
             rep,
             knobs=_knobs_for(knobs_of[c["throttle"]], c["pool"]),
             net_load=c["net_load"],
+            sample_hz=rate(rep),
         )
         for rep in range(repetitions)
         for c in combos

@@ -18,7 +18,6 @@ TRACEFS = "/sys/kernel/tracing"
 BLOCK_DEBUGFS = "/sys/kernel/debug/block"
 SAMPLER = "/usr/local/bin/swiotlb-sampler"
 GUEST_RUN_DIR = "/run/lab"
-DEFAULT_SAMPLE_HZ = 50.0
 DMA_MAPPING_ERROR = "0xffffffffffffffff"
 
 
@@ -100,8 +99,10 @@ def read_platform(guest: Guest) -> Platform:
     return Platform(cpus, encryption)
 
 
-def prepare(guest: Guest, files: WorkloadFiles, disk_name: str, knobs: dict[str, int] | None = None) -> None:
-    """Before a workload: reset hiwater, apply throttle knobs, arm hist triggers, snapshot state."""
+def prepare(guest: Guest, files: WorkloadFiles, disk_name: str, knobs: dict[str, int] | None = None,
+            triggers: bool = True) -> None:  # fmt: skip
+    """Before a workload: reset hiwater, apply throttle knobs, arm hist triggers (unless ``triggers`` is
+    False: only to measure what they cost), snapshot state."""
     d = files.directory
     lines = [
         "set -e",
@@ -110,7 +111,7 @@ def prepare(guest: Guest, files: WorkloadFiles, disk_name: str, knobs: dict[str,
     ]
     for knob, value in (knobs or {}).items():
         lines.append(f"echo {int(value)} > {_q(SWIOTLB_DEBUGFS + '/' + knob)}")
-    for trigger in TRIGGERS:
+    for trigger in TRIGGERS if triggers else ():
         lines.append(
             f"if [ -e {_q(trigger.trigger_file)} ]; then echo {_q(trigger.spec)} > {_q(trigger.trigger_file)}; fi"
         )
@@ -122,7 +123,7 @@ def prepare(guest: Guest, files: WorkloadFiles, disk_name: str, knobs: dict[str,
     guest.run("\n".join(lines), timeout_s=30)
 
 
-def start_sampler(guest: Guest, files: WorkloadFiles, hz: float = DEFAULT_SAMPLE_HZ) -> int:
+def start_sampler(guest: Guest, files: WorkloadFiles, hz: float) -> int:
     argv = [SAMPLER, "-r", f"{hz:g}", "-o", files.path("samples.csv")]
     command = f"setsid {quote_argv(argv)} > {_q(files.path('sampler.log'))} 2>&1 < /dev/null & echo $!"
     return int(guest.run(command, timeout_s=15).stdout.strip())
@@ -136,10 +137,10 @@ def stop_sampler(guest: Guest, pid: int) -> None:
     )
 
 
-def collect(guest: Guest, files: WorkloadFiles) -> None:
+def collect(guest: Guest, files: WorkloadFiles, triggers: bool = True) -> None:
     """After a workload: counters, hist tables (then disarm), dmesg."""
     lines = [f"grep -r . {SWIOTLB_DEBUGFS} > {_q(files.path('debugfs_after.txt'))} || true"]
-    for trigger in TRIGGERS:
+    for trigger in TRIGGERS if triggers else ():
         out = _q(files.path(f"hist_{trigger.name}.txt"))
         lines.append(
             f"if [ -e {_q(trigger.hist_file)} ]; then cat {_q(trigger.hist_file)} > {out}; "

@@ -88,3 +88,44 @@ def compare(metric: str, baseline: Sequence[float], candidate: Sequence[float], 
         better = change > 0 if higher_is_better else change < 0
         conclusion = "improved" if better else "regressed"
     return Comparison(metric, base, cand, change, p, conclusion)
+
+
+@dataclass(frozen=True)
+class PairedCost:
+    """What an instrument costs, from paired runs (one with it, one without, back to back)."""
+
+    pairs: int
+    mean_pct: float  # mean over pairs of (without - with) / without, in % (positive: the instrument slows fio)
+    ci_low_pct: float  # 95% confidence interval of that mean (t distribution over the pairs)
+    ci_high_pct: float
+    noise_pct: float  # run-to-run spread: relative SD of the runs without the instrument
+
+    @property
+    def verdict(self) -> str:
+        """'no measurable cost' if the interval contains 0; 'below the noise' if the whole interval lies
+        within the run-to-run spread; otherwise 'costs up to X%' (the interval's far end)."""
+        if self.pairs < 2 or math.isnan(self.ci_low_pct):
+            return "undecided (fewer than 2 pairs)"
+        if self.ci_low_pct <= 0 <= self.ci_high_pct:
+            return "no measurable cost"
+        if max(abs(self.ci_low_pct), abs(self.ci_high_pct)) < self.noise_pct:
+            return "below the noise"
+        return f"costs up to {max(abs(self.ci_low_pct), abs(self.ci_high_pct)):.1f}%"
+
+
+def paired_cost(without: Sequence[float], with_instrument: Sequence[float]) -> PairedCost:
+    """The relative cost of an instrument from runs paired by index (``without[i]`` next to
+    ``with_instrument[i]``); pairing cancels drifts that an unpaired comparison would count as noise."""
+    if len(without) != len(with_instrument):
+        raise ValueError(f"paired runs differ in number: {len(without)} without, {len(with_instrument)} with")
+    costs = [(w - i) / w * 100.0 for w, i in zip(without, with_instrument, strict=True)]
+    n = len(costs)
+    base = summarize(without)
+    noise = base.rsd_pct
+    if n < 2:
+        mean = costs[0] if costs else math.nan
+        return PairedCost(n, mean, math.nan, math.nan, noise)
+    mean = sum(costs) / n
+    sd = math.sqrt(sum((c - mean) ** 2 for c in costs) / (n - 1))
+    half = float(scipy_stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    return PairedCost(n, mean, mean - half, mean + half, noise)

@@ -213,3 +213,33 @@ def test_valid_fio_job_file_is_accepted(tmp_path: Path) -> None:
     text = '[matrix]\npools = [1024]\n[workloads.x]\njob_file = "ok.fio"\n'
     [cell] = load_matrix(write(tmp_path, text)).cells
     assert cell.workload.job_file == tmp_path / "ok.fio"
+
+
+def test_by_default_only_the_first_repetition_runs_the_sampler(tmp_path: Path) -> None:
+    matrix = load_matrix(write(tmp_path, GOOD))
+    assert {(c.repetition, c.sample_hz) for c in matrix.cells} == {(0, 50.0), (1, 0.0)}
+    assert all(c.observed == (c.repetition == 0) for c in matrix.cells)
+
+
+@pytest.mark.parametrize(("observe", "rates"), [("all", {(0, 20.0), (1, 20.0)}), ("none", {(0, 0.0), (1, 0.0)})],
+                         ids=["all", "none"])  # fmt: skip
+def test_observe_all_or_none_at_the_given_rate(tmp_path: Path, observe: str, rates: set[tuple[int, float]]) -> None:
+    text = GOOD.replace("repetitions = 2", f'repetitions = 2\nobserve = "{observe}"\nsample_hz = 20')
+    assert {(c.repetition, c.sample_hz) for c in load_matrix(write(tmp_path, text)).cells} == rates
+
+
+def test_observed_and_unobserved_cells_have_different_ids_but_share_a_boot(tmp_path: Path) -> None:
+    observed = load_matrix(write(tmp_path, GOOD.replace("repetitions = 2", 'observe = "all"'), "a.toml"))
+    unobserved = load_matrix(write(tmp_path, GOOD.replace("repetitions = 2", 'observe = "none"'), "b.toml"))
+    assert not {c.cell_id for c in observed.cells} & {c.cell_id for c in unobserved.cells}
+    assert [c.boot_key for c in observed.cells] == [c.boot_key for c in unobserved.cells]
+
+
+@pytest.mark.parametrize(("line", "message"), [('observe = "some"', "'some' must be one of 'first', 'all', 'none'"),
+                                               ("sample_hz = 0", "0 must be a number of samples per second")],
+                         ids=["observe", "sample_hz"])  # fmt: skip
+def test_bad_observe_settings_name_the_key(tmp_path: Path, line: str, message: str) -> None:
+    path = write(tmp_path, GOOD.replace("repetitions = 2", f"repetitions = 2\n{line}"))
+    with pytest.raises(ConfigError) as error:
+        load_matrix(path)
+    assert f"{path}:7: matrix.{line.split()[0]}: {message}" in str(error.value)
