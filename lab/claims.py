@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from lab.stats import Comparison, compare
+from lab.stats import UNDECIDED, Comparison, Metric, compare_family
 
 MAX_MAPPING_SLABS = 128  # largest single bounce mapping: 256 KiB
 NEAR_THRESHOLD_FRAC = 0.10  # "near the threshold": at most 10% of the pool above high_throttle
-UNDECIDED = frozenset({"invalid data", "too noisy"})  # comparison conclusions that decide nothing
+PERF_METRICS = (("fio_iops", True), ("fio_clat_p50_us", False), ("fio_clat_p99_us", False),
+                ("fio_clat_p999_us", False))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -161,10 +162,10 @@ def judge_c4(cells: pd.DataFrame) -> Verdict:
     static, throttle, pool = _pair(cells, "static", "throttle", "single-queue")
     if pool is None:
         return _missing("C4", text, metric, threshold, "`static` and `throttle` cells with one deep-queue job")
-    comparisons = (
-        compare("hiwater", static["hiwater"].tolist(), throttle["hiwater"].tolist(), False),
-        compare("map_failures", static["map_failures"].tolist(), throttle["map_failures"].tolist(), False),
-    )
+    comparisons = compare_family([
+        Metric("hiwater", static["hiwater"].tolist(), throttle["hiwater"].tolist(), False),
+        Metric("map_failures", static["map_failures"].tolist(), throttle["map_failures"].tolist(), False),
+    ])  # fmt: skip
     hiwater, failures = comparisons
     engaged = throttle["high_throttle_count"].fillna(0)
     detail = (
@@ -196,7 +197,7 @@ def _span(values: pd.Series) -> str:
     return f"{low}" if low == high else f"{low}-{high}"
 
 
-def _observed(cells: pd.DataFrame) -> pd.Series:
+def observed(cells: pd.DataFrame) -> pd.Series:
     """Whether the in-guest sampler ran during each cell's fio (rows from before the `observed` column:
     whether it left samples)."""
     if "observed" in cells:
@@ -204,25 +205,21 @@ def _observed(cells: pd.DataFrame) -> pd.Series:
     return cells.get("sampler_samples", pd.Series(0, index=cells.index)).fillna(0) > 0
 
 
-def _like_with_like(base: pd.DataFrame, cand: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+def like_with_like(base: pd.DataFrame, cand: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     """The cells a performance comparison may use: both groups unobserved (the sampler competes with fio
     for the vCPUs, and not equally on every kernel), else both observed, each with at least 2 cells;
     only when neither exists, all of them, and the detail says so."""
-    for observed, label in ((False, "unobserved cells"), (True, "observed cells (sampler running)")):
-        b, c = base[_observed(base) == observed], cand[_observed(cand) == observed]
+    for kind, label in ((False, "unobserved cells"), (True, "observed cells (sampler running)")):
+        b, c = base[observed(base) == kind], cand[observed(cand) == kind]
         if len(b) >= 2 and len(c) >= 2:
             return b, c, label
     return base, cand, "observed and unobserved cells mixed (the sampler's cost is not excluded)"
 
 
 def _perf(base: pd.DataFrame, cand: pd.DataFrame) -> tuple[Comparison, ...]:
-    base, cand, _ = _like_with_like(base, cand)
-    return (
-        compare("fio_iops", base["fio_iops"].tolist(), cand["fio_iops"].tolist(), True),
-        compare("fio_clat_p50_us", base["fio_clat_p50_us"].tolist(), cand["fio_clat_p50_us"].tolist(), False),
-        compare("fio_clat_p99_us", base["fio_clat_p99_us"].tolist(), cand["fio_clat_p99_us"].tolist(), False),
-        compare("fio_clat_p999_us", base["fio_clat_p999_us"].tolist(), cand["fio_clat_p999_us"].tolist(), False),
-    )
+    """The performance family (IOPS and three latency percentiles), Holm-adjusted together, on like cells."""
+    base, cand, _ = like_with_like(base, cand)
+    return compare_family([Metric(m, base[m].tolist(), cand[m].tolist(), higher) for m, higher in PERF_METRICS])
 
 
 def _regression_verdict(comparisons: tuple[Comparison, ...], *, if_regressed: str, otherwise: str) -> str:
@@ -236,9 +233,15 @@ def _regression_verdict(comparisons: tuple[Comparison, ...], *, if_regressed: st
 
 def _describe(comparisons: tuple[Comparison, ...], base: pd.DataFrame | None = None,
               cand: pd.DataFrame | None = None) -> str:  # fmt: skip
-    text = "; ".join(f"{c.metric} {c.change_pct:+.1f}% ({c.conclusion})" for c in comparisons)
+    def one(c: Comparison) -> str:
+        text = f"{c.metric} {c.change_pct:+.1f}% ({c.conclusion}"
+        if c.reps_needed is not None:
+            text += f"; ~{c.reps_needed} repetitions per group would detect it"
+        return text + ")"
+
+    text = "; ".join(one(c) for c in comparisons)
     if base is not None and cand is not None:
-        b, c, label = _like_with_like(base, cand)
+        b, c, label = like_with_like(base, cand)
         text += f" [{len(b)} vs {len(c)} {label}]"
     return text
 

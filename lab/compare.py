@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from lab.claims import judge_all
+from lab.claims import judge_all, like_with_like
 from lab.errors import ConfigError
 from lab.report import COMPARED_METRICS, _md_table
-from lab.stats import THRESHOLDS_TEXT, compare
+from lab.stats import THRESHOLDS_TEXT, Metric, compare_family
 from lab.store import RunStore, load_cells
 from lab.util import atomic_write_text
 
@@ -25,12 +25,14 @@ def compare_runs(a: Path, b: Path, output: Path | None = None) -> Path:
     keys = ["kernel", "pool_slabs_requested", "workload"]
     for key, group_b in ok_b.groupby(keys):
         group_a = ok_a[(ok_a[keys] == pd.Series(key, index=keys)).all(axis=1)]
-        for metric, higher in COMPARED_METRICS:
-            c = compare(metric, group_a[metric].tolist(), group_b[metric].tolist(), higher)
-            rows.append({**dict(zip(keys, key, strict=True)), "metric": metric, "A_median": c.baseline.median,
+        group_a, group_b, _ = like_with_like(group_a, group_b)
+        family = compare_family([Metric(m, group_a[m].tolist(), group_b[m].tolist(), higher)
+                                 for m, higher in COMPARED_METRICS])  # fmt: skip
+        for c in family:
+            rows.append({**dict(zip(keys, key, strict=True)), "metric": c.metric, "A_median": c.baseline.median,
                          "A_rsd_pct": c.baseline.rsd_pct, "B_median": c.candidate.median,
                          "B_rsd_pct": c.candidate.rsd_pct, "change_pct": c.change_pct, "p_value": c.p_value,
-                         "conclusion": c.conclusion})  # fmt: skip
+                         "conclusion": c.conclusion, "reps_needed": c.reps_needed})  # fmt: skip
     verdicts = pd.DataFrame(
         [{"claim": va.claim, "A": va.verdict, "B": vb.verdict} for va, vb in
          zip(judge_all(cells_a), judge_all(cells_b), strict=True)]

@@ -13,8 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from lab.claims import Verdict, judge_all
-from lab.stats import THRESHOLDS_TEXT, compare
+from lab.claims import Verdict, judge_all, like_with_like
+from lab.stats import THRESHOLDS_TEXT, Metric, compare_family
 from lab.store import load_cells, load_samples, write_parquet
 from lab.util import atomic_write_bytes, atomic_write_text
 
@@ -243,18 +243,20 @@ def comparisons(cells: pd.DataFrame, baseline: str = "static") -> list[dict[str,
     if ok.empty or baseline not in set(ok["kernel"]):
         return rows
     for (pool, workload), group in ok.groupby(["pool_slabs_requested", "workload"]):
-        base = group[group["kernel"] == baseline]
         for kernel in sorted(set(group["kernel"]) - {baseline}):
-            cand = group[group["kernel"] == kernel]
-            for metric, higher in COMPARED_METRICS:
-                c = compare(metric, base[metric].tolist(), cand[metric].tolist(), higher)
+            base, cand, cells_used = like_with_like(
+                group[group["kernel"] == baseline], group[group["kernel"] == kernel]
+            )
+            family = compare_family([Metric(m, base[m].tolist(), cand[m].tolist(), higher)
+                                     for m, higher in COMPARED_METRICS])  # fmt: skip
+            for c in family:
                 rows.append({
                     "pool_slabs": pool, "workload": workload, "baseline": baseline, "variant": kernel,
-                    "metric": metric, "baseline_median": c.baseline.median, "baseline_rsd_pct": c.baseline.rsd_pct,
+                    "metric": c.metric, "baseline_median": c.baseline.median, "baseline_rsd_pct": c.baseline.rsd_pct,
                     "variant_median": c.candidate.median, "variant_rsd_pct": c.candidate.rsd_pct,
                     "variant_ci95": f"[{c.candidate.ci_low:.4g}, {c.candidate.ci_high:.4g}]",
                     "n": f"{c.baseline.n}/{c.candidate.n}", "change_pct": c.change_pct, "p_value": c.p_value,
-                    "conclusion": c.conclusion,
+                    "p_raw": c.p_raw, "conclusion": c.conclusion, "reps_needed": c.reps_needed, "cells": cells_used,
                 })  # fmt: skip
     return rows
 

@@ -9,19 +9,31 @@ from dataclasses import dataclass
 
 from scipy import stats as scipy_stats
 
-# Thresholds, stated in every report (see ``THRESHOLDS_TEXT``).
-ALPHA = 0.05  # significance level of Welch's t-test
-NOISY_RSD_PCT = 15.0  # relative SD above which a metric is too noisy to compare
+# Thresholds, stated in every report (see ``THRESHOLDS_TEXT``); ``compare`` applies exactly this rule.
+ALPHA = 0.05  # significance level, after the Holm-Bonferroni correction within a family of metrics
+NOISY_RSD_PCT = 15.0  # relative SD above which a metric is noisy: a rank test must agree
 NEGLIGIBLE_PCT = 2.0  # relative change below which a significant difference is negligible
+POWER = 0.8  # the power "repetitions needed" is computed for
 
 THRESHOLDS_TEXT = (
-    f"Welch's t-test at alpha = {ALPHA}; a metric whose relative standard deviation exceeds "
-    f"{NOISY_RSD_PCT:g}% in either group is *too noisy*; a significant change smaller than "
-    f"{NEGLIGIBLE_PCT:g}% of the baseline median is *negligible*; fewer than 2 valid values "
-    "per group, or a missing group, is *invalid data*."
+    "Each metric is compared over repetitions with Welch's t-test. Where a claim or a table row compares "
+    "several metrics of the same cells (a family), the p-values are adjusted with the Holm-Bonferroni method "
+    f"across that family. A change is significant when its adjusted p-value is below {ALPHA}; when either "
+    f"group's relative standard deviation exceeds {NOISY_RSD_PCT:g}% (noisy), the Mann-Whitney U rank test "
+    "must also be significant (its p-value adjusted alike), since a t-test on a few noisy values can be "
+    "carried by one outlier. A change that is not significant is *too noisy* when a group is noisy, else "
+    f"*not significant*; a significant change smaller than {NEGLIGIBLE_PCT:g}% of the baseline median is "
+    "*negligible*; otherwise it is *improved* or *regressed*. Fewer than 2 valid values per group, or a "
+    "missing group, is *invalid data*. For every *too noisy* or *not significant* result, `reps_needed` is "
+    f"the number of repetitions per group that would detect the observed change with {POWER:.0%} power at "
+    "the family's Bonferroni level (two-sample t-test on the observed means and SDs; for noisy metrics at "
+    "least as many as the rank test needs to reach that level at all). Groups compare like with like: cells "
+    "that ran without the in-guest sampler when each group has at least two, else cells that ran with it; "
+    "mixed only when neither exists, and then the claim says so."
 )
 
 CONCLUSIONS = ("invalid data", "too noisy", "not significant", "negligible", "improved", "regressed")
+UNDECIDED = frozenset({"invalid data", "too noisy"})  # conclusions that decide nothing
 
 
 @dataclass(frozen=True)
@@ -32,10 +44,15 @@ class Summary:
     rsd_pct: float  # relative standard deviation (%SD)
     ci_low: float  # 95% confidence interval of the mean (t distribution)
     ci_high: float
+    sd: float = math.nan
+
+
+def _clean(values: Sequence[float | None]) -> list[float]:
+    return [float(v) for v in values if v is not None and not math.isnan(float(v))]
 
 
 def summarize(values: Sequence[float]) -> Summary:
-    clean = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    clean = _clean(values)
     n = len(clean)
     if n == 0:
         return Summary(0, math.nan, math.nan, math.nan, math.nan, math.nan)
@@ -46,7 +63,7 @@ def summarize(values: Sequence[float]) -> Summary:
     sd = math.sqrt(sum((v - mean) ** 2 for v in clean) / (n - 1))
     rsd = sd / abs(mean) * 100.0 if mean else (0.0 if sd == 0 else math.inf)
     half = float(scipy_stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-    return Summary(n, median, mean, rsd, mean - half, mean + half)
+    return Summary(n, median, mean, rsd, mean - half, mean + half, sd)
 
 
 @dataclass(frozen=True)
@@ -55,39 +72,129 @@ class Comparison:
     baseline: Summary
     candidate: Summary
     change_pct: float  # candidate median vs baseline median
-    p_value: float
+    p_value: float  # the deciding p-value, Holm-adjusted within the family (see THRESHOLDS_TEXT)
     conclusion: str
+    p_raw: float = math.nan  # the deciding p-value before the adjustment
+    family: int = 1  # how many comparisons the adjustment spans
+    noisy: bool = False  # a group's RSD exceeds NOISY_RSD_PCT: the rank test had to agree
+    reps_needed: int | None = None  # per group, for POWER at the family's level (undecided results only)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric to compare between a baseline and a candidate group."""
+
+    name: str
+    baseline: Sequence[float]
+    candidate: Sequence[float]
+    higher_is_better: bool
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (statsmodels' implementation); NaN stays NaN and is not
+    counted in the family."""
+    from statsmodels.stats.multitest import multipletests
+
+    valid = [i for i, p in enumerate(p_values) if not math.isnan(p)]
+    adjusted = [math.nan] * len(p_values)
+    if valid:
+        _, corrected, _, _ = multipletests([p_values[i] for i in valid], alpha=ALPHA, method="holm")
+        for i, p in zip(valid, corrected, strict=True):
+            adjusted[i] = float(p)
+    return adjusted
+
+
+def _raw(base: list[float], cand: list[float], noisy: bool) -> float:
+    """The deciding p-value: Welch's t-test, and for noisy groups the larger of it and the rank test's."""
+    if len(set(base)) == 1 and len(set(cand)) == 1:
+        # No variance at all (e.g. a counter that is 0 in every run): exact comparison.
+        return 1.0 if base[0] == cand[0] else 0.0
+    with warnings.catch_warnings():
+        # A group of (nearly) identical values: scipy warns that its moments lose precision; the
+        # t statistic is then extreme or near zero, and no verdict hinges on its last digits.
+        warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)
+        p = float(scipy_stats.ttest_ind(cand, base, equal_var=False).pvalue)
+    if noisy:
+        p = max(p, float(scipy_stats.mannwhitneyu(cand, base, alternative="two-sided").pvalue))
+    return p
+
+
+def _rank_test_min_n(alpha: float) -> int:
+    """Repetitions per group below which a two-sided Mann-Whitney U test cannot reach ``alpha`` at all
+    (its smallest p-value with n per group is 2 / C(2n, n))."""
+    n = 2
+    while 2.0 / math.comb(2 * n, n) >= alpha:
+        n += 1
+    return n
+
+
+def _power(n: int, effect: float, alpha: float) -> float:
+    """Power of a two-sided two-sample t-test with n per group at effect size ``effect`` (noncentral t)."""
+    df = 2 * n - 2
+    crit = float(scipy_stats.t.ppf(1 - alpha / 2, df))
+    nc = effect * math.sqrt(n / 2)
+    return float(scipy_stats.nct.sf(crit, df, nc) + scipy_stats.nct.cdf(-crit, df, nc))
+
+
+def reps_needed(base: Summary, cand: Summary, family: int, noisy: bool, limit: int = 10_000) -> int | None:
+    """Repetitions per group that would detect the observed difference of means with POWER, at the
+    family's Bonferroni level ALPHA / family.  None when the means are equal (nothing to detect) or
+    more than ``limit`` would be needed."""
+    alpha = ALPHA / max(family, 1)
+    diff = abs(cand.mean - base.mean)
+    spread = math.sqrt((base.sd**2 + cand.sd**2) / 2)
+    if not diff or math.isnan(diff) or math.isnan(spread):
+        return None
+    n = 2
+    if spread > 0:
+        effect = diff / spread
+        while _power(n, effect, alpha) < POWER:
+            n = n + 1 if n < 64 else n * 2  # exact at small n, where the answer matters; coarse beyond
+            if n > limit:
+                return None
+    return max(n, _rank_test_min_n(alpha)) if noisy else n
+
+
+def conclude(change: float, p: float, noisy: bool, higher_is_better: bool) -> str:
+    if math.isnan(p) or p >= ALPHA:
+        return "too noisy" if noisy else "not significant"
+    if abs(change) < NEGLIGIBLE_PCT:
+        return "negligible"
+    better = change > 0 if higher_is_better else change < 0
+    return "improved" if better else "regressed"
+
+
+def compare_family(metrics: Sequence[Metric]) -> tuple[Comparison, ...]:
+    """Compare several metrics of the same two groups of cells; p-values are Holm-adjusted across them."""
+    prepared = []
+    for m in metrics:
+        base, cand = summarize(m.baseline), summarize(m.candidate)
+        if base.n < 2 or cand.n < 2:
+            prepared.append((m, base, cand, math.nan, math.nan, False))
+            continue
+        if base.median:
+            change = (cand.median - base.median) / abs(base.median) * 100.0
+        else:
+            change = 0.0 if cand.median == 0 else math.copysign(math.inf, cand.median)
+        noisy = any(s.rsd_pct > NOISY_RSD_PCT for s in (base, cand) if s.mean != 0)
+        prepared.append((m, base, cand, change, _raw(_clean(m.baseline), _clean(m.candidate), noisy), noisy))
+    raw = [p for *_, p, _ in prepared]
+    adjusted = holm(raw)
+    family = sum(not math.isnan(p) for p in raw)
+    out = []
+    for (m, base, cand, change, p_raw, noisy), p in zip(prepared, adjusted, strict=True):
+        if math.isnan(p_raw):
+            out.append(Comparison(m.name, base, cand, math.nan, math.nan, "invalid data", family=family))
+            continue
+        conclusion = conclude(change, p, noisy, m.higher_is_better)
+        needed = reps_needed(base, cand, family, noisy) if conclusion in ("too noisy", "not significant") else None
+        out.append(Comparison(m.name, base, cand, change, p, conclusion, p_raw, family, noisy, needed))
+    return tuple(out)
 
 
 def compare(metric: str, baseline: Sequence[float], candidate: Sequence[float], higher_is_better: bool) -> Comparison:
-    """Compare a metric between two groups of repetitions and conclude."""
-    base, cand = summarize(baseline), summarize(candidate)
-    if base.n < 2 or cand.n < 2:
-        return Comparison(metric, base, cand, math.nan, math.nan, "invalid data")
-    if base.median:
-        change = (cand.median - base.median) / abs(base.median) * 100.0
-    else:
-        change = 0.0 if cand.median == 0 else math.copysign(math.inf, cand.median)
-    b_vals = [float(v) for v in baseline if v is not None and not math.isnan(float(v))]
-    c_vals = [float(v) for v in candidate if v is not None and not math.isnan(float(v))]
-    if len(set(b_vals)) == 1 and len(set(c_vals)) == 1:
-        # No variance at all (e.g. a counter that is 0 in every run): exact comparison.
-        p = 1.0 if b_vals[0] == c_vals[0] else 0.0
-    else:
-        with warnings.catch_warnings():
-            # A group of (nearly) identical values: scipy warns that its moments lose precision; the
-            # t statistic is then extreme or near zero, and no verdict hinges on its last digits.
-            warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)
-            p = float(scipy_stats.ttest_ind(c_vals, b_vals, equal_var=False).pvalue)
-    noisy = any(s.rsd_pct > NOISY_RSD_PCT for s in (base, cand) if s.mean != 0)
-    if p >= ALPHA or math.isnan(p):
-        conclusion = "too noisy" if noisy else "not significant"
-    elif abs(change) < NEGLIGIBLE_PCT:
-        conclusion = "negligible"
-    else:
-        better = change > 0 if higher_is_better else change < 0
-        conclusion = "improved" if better else "regressed"
-    return Comparison(metric, base, cand, change, p, conclusion)
+    """Compare one metric between two groups of repetitions and conclude (a family of one)."""
+    return compare_family([Metric(metric, baseline, candidate, higher_is_better)])[0]
 
 
 @dataclass(frozen=True)

@@ -128,6 +128,7 @@ def test_a_signal_during_fio_stops_the_run(tmp_path: Path, sig: signal.Signals) 
     assert phase(results)["phase"].startswith("fio a")
     seconds, output = stop_and_time(proc, sig)
     assert proc.returncode == 130, output
+    print(f"{sig.name} during fio: stopped in {seconds:.2f} s")
     assert seconds < STOP_BOUND_S, f"{sig.name} during fio took {seconds:.1f} s to stop the run"
     check_stopped_then_resume(results, kept, before)
 
@@ -146,6 +147,7 @@ def test_a_signal_during_a_boot_stops_the_run(tmp_path: Path, sig: signal.Signal
     assert phase(results)["phase"].startswith("booting"), "the boot finished before the signal: retry on a slower box"
     seconds, output = stop_and_time(proc, sig)
     assert proc.returncode == 130, output
+    print(f"{sig.name} during a boot: stopped in {seconds:.2f} s")
     assert seconds < STOP_BOUND_S, f"{sig.name} during a boot took {seconds:.1f} s to stop the run"
     check_stopped_then_resume(results, kept, before)
 
@@ -180,6 +182,7 @@ def test_a_signal_during_an_artifact_transfer_stops_the_run(
     assert sent, "the second cell's transfer never started"
     assert code == 130
     assert threading.current_thread() is threading.main_thread()
+    print(f"{sig.name} during a transfer: stopped in {stopped - sent[0]:.2f} s")
     assert stopped - sent[0] < STOP_BOUND_S, f"{sig.name} during a transfer took {stopped - sent[0]:.1f} s"
     [partial] = [p for p in (results).glob("*/cells/*") if not (p / "cell.json").exists()]
     assert not list(partial.glob("*.tar")), "half an archive was left behind"

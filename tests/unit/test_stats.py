@@ -5,8 +5,21 @@ from __future__ import annotations
 import math
 
 import pytest
+from scipy import stats as scipy_stats
 
-from lab.stats import compare, summarize
+from lab.stats import (
+    ALPHA,
+    NEGLIGIBLE_PCT,
+    NOISY_RSD_PCT,
+    POWER,
+    THRESHOLDS_TEXT,
+    Metric,
+    compare,
+    compare_family,
+    conclude,
+    holm,
+    summarize,
+)
 
 
 def test_summary_of_three_repetitions() -> None:
@@ -45,3 +58,75 @@ def test_change_is_relative_to_the_baseline_median() -> None:
     assert c.change_pct == pytest.approx(-10.0)
     assert c.p_value == 0.0 and c.conclusion == "regressed"
     assert math.isnan(compare("x", [], [1, 2], True).change_pct)
+
+
+# --- the rule stated in THRESHOLDS_TEXT, at its boundaries ---------------------------------------
+
+
+def test_a_large_significant_change_in_noisy_data_is_decided_when_the_rank_test_agrees() -> None:
+    # The example from the issue: baseline RSD 21.6% (noisy), a 90% drop that both tests call significant.
+    c = compare("m", [100, 130, 85, 140, 95], [10, 12, 11, 9, 10], True)
+    assert c.noisy and c.baseline.rsd_pct == pytest.approx(21.56, abs=0.01)
+    assert c.conclusion == "regressed"
+    assert c.p_value == pytest.approx(0.0119, abs=1e-4)  # the rank test's p (5 vs 5, no ties), the larger one
+
+
+def test_rsd_of_exactly_15_percent_is_not_noisy_and_just_above_it_is() -> None:
+    # [85, 100, 115]: mean 100, SD 15 -> RSD 15.0%, not above the limit: Welch alone decides.
+    assert compare("m", [85, 100, 115], [50, 50.5, 49.5], True).conclusion == "regressed"
+    # [84.9, 100, 115.1]: RSD 15.1%: the rank test must agree, and with 3 per group it cannot reach
+    # p < 0.05 (its smallest p is 2 / C(6, 3) = 0.1), so the change is too noisy to call.
+    c = compare("m", [84.9, 100, 115.1], [50, 50.5, 49.5], True)
+    assert c.noisy and c.conclusion == "too noisy"
+    assert c.reps_needed is not None and c.reps_needed >= 4  # the rank test needs 4 per group at 0.05
+
+
+@pytest.mark.parametrize(
+    ("change", "p", "noisy", "conclusion"),
+    [
+        pytest.param(10.0, 0.05, False, "not significant", id="p-equal-to-alpha"),
+        pytest.param(10.0, 0.0499, False, "improved", id="p-just-below-alpha"),
+        pytest.param(10.0, 0.05, True, "too noisy", id="p-equal-to-alpha-noisy"),
+        pytest.param(2.0, 0.01, False, "improved", id="change-equal-to-2pct"),
+        pytest.param(-1.99, 0.01, False, "negligible", id="change-just-below-2pct"),
+        pytest.param(-2.0, 0.01, False, "regressed", id="drop-equal-to-2pct"),
+        pytest.param(10.0, float("nan"), False, "not significant", id="no-p-value"),
+    ],
+)
+def test_conclusion_boundaries(change: float, p: float, noisy: bool, conclusion: str) -> None:
+    assert conclude(change, p, noisy, higher_is_better=True) == conclusion
+
+
+def test_holm_bonferroni_by_hand() -> None:
+    # Sorted: 0.005 x 4 = 0.02; 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; 0.04 x 1 = 0.04 -> raised to 0.06 (monotone).
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # A missing p-value is not a member of the family: m = 2.
+    adjusted = holm([0.01, float("nan"), 0.04])
+    assert adjusted[0] == pytest.approx(0.02) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.04)
+    assert holm([0.3, 0.9]) == pytest.approx([0.6, 0.9])
+
+
+def test_a_change_significant_alone_is_not_in_a_family_of_four() -> None:
+    base, cand = [100, 101, 99], [103, 104, 102]
+    raw = scipy_stats.ttest_ind(cand, base, equal_var=False).pvalue
+    assert 0.05 / 4 < raw < 0.05  # significant alone, not after Holm over four metrics
+    assert compare("iops", base, cand, True).conclusion == "improved"
+    flat = [100, 101, 99]
+    family = compare_family([Metric("iops", base, cand, True)] + [Metric(f"m{i}", flat, flat, True) for i in range(3)])
+    assert family[0].conclusion == "not significant"
+    assert family[0].p_raw == pytest.approx(raw) and family[0].p_value == pytest.approx(4 * raw)
+    assert all(c.family == 4 for c in family)
+
+
+def test_repetitions_needed_for_80_percent_power_match_the_textbook() -> None:
+    # Effect size d = 1 (means 101 and 102, SD 1 each): 17 per group at alpha 0.05, power 0.8 (two-sided).
+    c = compare("m", [100, 101, 102], [101, 102, 103], True)
+    assert c.conclusion == "not significant" and c.reps_needed == 17
+    # Decided comparisons need no more repetitions.
+    assert compare("m", [100, 101, 99], [80, 81, 79], True).reps_needed is None
+
+
+def test_the_thresholds_text_states_the_constants_the_code_uses() -> None:
+    assert f"below {ALPHA}" in THRESHOLDS_TEXT and f"exceeds {NOISY_RSD_PCT:g}%" in THRESHOLDS_TEXT
+    assert f"smaller than {NEGLIGIBLE_PCT:g}%" in THRESHOLDS_TEXT and "Holm-Bonferroni" in THRESHOLDS_TEXT
+    assert "Mann-Whitney" in THRESHOLDS_TEXT and f"{POWER:.0%} power" in THRESHOLDS_TEXT
