@@ -24,6 +24,7 @@ from typing import Literal, Protocol
 
 from lab import interrupt
 from lab.errors import BootError, ConfigError, HostError, KernelPanic, LabTimeout
+from lab.platforms import _opt, profile
 from lab.util import cache_dir, sha256_bytes, sha256_file, wait_until
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ KVM_FAILURE_RE = re.compile(r"KVM internal error|emulation failure|failed to ini
 SLAB_BYTES = 2048
 MIN_POOL_SLABS = 512  # the kernel's minimum swiotlb pool is 1 MiB
 DiskKind = Literal["nvme", "virtio-blk"]
-Accel = Literal["auto", "kvm", "tcg"]
+Accel = Literal["auto", "kvm", "tcg", "sev-snp", "tdx"]
 
 
 def console_excerpt(text: str, lines: int = 40) -> str:
@@ -79,7 +80,9 @@ class BootSpec:
     disks: tuple[Disk, ...] = (Disk(),)
     extra_cmdline: tuple[str, ...] = ()
     forwards: tuple[int, ...] = ()  # further guest TCP ports reachable from the host (on 127.0.0.1)
-    accel: Accel = "auto"
+    accel: Accel = "auto"  # a platform name (lab.platforms), or "auto": kvm if a probe boot works, else tcg
+    firmware: Path | None = None  # OVMF image for -bios (EFI boot; required on sev-snp and tdx); None: SeaBIOS
+    cbitpos: int | None = None  # the host's SEV C-bit position (sev-snp only)
     boot_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
@@ -103,26 +106,6 @@ class BootSpec:
         return " ".join(args)
 
 
-def _opt(path: Path) -> str:
-    """QEMU option values escape commas by doubling them."""
-    return str(path).replace(",", ",,")
-
-
-@dataclass(frozen=True)
-class AccelProfile:
-    """How QEMU is told to run guests with one accelerator."""
-
-    name: str
-    accel_arg: str
-    cpu: str
-
-
-ACCELERATORS = {
-    "kvm": AccelProfile("kvm", "kvm", "host"),
-    "tcg": AccelProfile("tcg", "tcg,thread=multi,tb-size=256", "max"),
-}
-
-
 def qemu_argv(
     spec: BootSpec,
     *,
@@ -134,17 +117,15 @@ def qemu_argv(
     qemu: str = "qemu-system-x86_64",
     forwards: dict[int, int] | None = None,
 ) -> tuple[str, ...]:
-    """The QEMU command for ``spec``; pure, so tests can check it without booting."""
-    profile = ACCELERATORS[accel]
+    """The QEMU command for ``spec`` on platform ``accel`` (tcg, kvm, sev-snp, tdx); pure, so tests
+    can check it without booting."""
+    launch = profile(accel)
     extra_fwd = "".join(f",hostfwd=tcp:127.0.0.1:{host}-:{guest}" for guest, host in (forwards or {}).items())
     argv: list[str] = [
         qemu,
         "-nodefaults", "-no-user-config", "-no-reboot",
-        "-machine", "q35",
-        "-accel", profile.accel_arg,
-        "-cpu", profile.cpu,
+        *launch.machine_args(spec.memory_mib, spec.firmware, spec.cbitpos),
         "-smp", str(spec.vcpus),
-        "-m", f"{spec.memory_mib}M",
         "-display", "none", "-vga", "none",
         "-kernel", _opt(spec.kernel),
         "-initrd", _opt(spec.initrd),
