@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from lab.stats import UNDECIDED, Comparison, Metric, compare_family
+from lab.store import SKIPPED
 
 MAX_MAPPING_SLABS = 128  # largest single bounce mapping: 256 KiB
 NEAR_THRESHOLD_FRAC = 0.10  # "near the threshold": at most 10% of the pool above high_throttle
@@ -257,7 +258,7 @@ def judge_c5(cells: pd.DataFrame) -> Verdict:
     static = _select(_ok(cells), "static", "polled", pool)
     throttle = _select(_ok(cells), "throttle", "polled", pool)
     exempt_text, exempt_cells = _exempt_polled(cells, static, pool)
-    failed = all_throttle[all_throttle["status"] != "ok"]
+    failed = all_throttle[all_throttle["status"] == "failed"]
     if not failed.empty:
         reasons = ", ".join(sorted(set(failed["failure_reason"])))
         detail = f"{len(failed)} of {len(all_throttle)} throttle cells failed ({reasons}){exempt_text}"
@@ -321,4 +322,7 @@ JUDGES: tuple[Callable[[pd.DataFrame], Verdict], ...] = (
 
 
 def judge_all(cells: pd.DataFrame) -> list[Verdict]:
+    """Every claim; cells skipped because their platform was not offered are not evidence of anything."""
+    if not cells.empty and "status" in cells:
+        cells = cells[cells["status"] != SKIPPED]
     return [judge(cells) for judge in JUDGES]

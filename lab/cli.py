@@ -21,6 +21,7 @@ from lab import __version__, interrupt
 from lab.errors import ConfigError, HostError, LabError
 from lab.matrix import Cell, Matrix, load_matrix
 from lab.runner import boot_estimate_s, cell_estimate_s, default_jobs
+from lab.store import SKIPPED
 from lab.vm import LocalHypervisor
 
 if TYPE_CHECKING:
@@ -56,6 +57,8 @@ class RichReporter:
 
 
 def one_line(row: dict[str, Any]) -> str:
+    if row["status"] == SKIPPED:
+        return f"[yellow]-[/yellow] {row['cell_id']}: skipped: {row['failure_detail']}"
     if row["status"] != "ok":
         return f"[red]✗[/red] {row['cell_id']}: failed: {row['failure_reason']}"
     frac = row.get("hiwater_frac")
@@ -142,6 +145,7 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
     from lab.image import build_image
     from lab.kernel import build_kernel
     from lab.keys import client_key
+    from lab.preflight import LocalView, preflight
     from lab.report import build_report
     from lab.runner import LabContext, PhaseRecorder, boot_spec, run_matrix
     from lab.store import RunStore
@@ -176,10 +180,15 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
     from lab.host import provenance
 
     ctx.provenance = provenance()
-    first_spec = boot_spec(ctx, matrix.cells[0])
+    # "auto" cells: KVM where a probe boot works, else TCG; CoCo platforms: what the preflight finds.
+    first_spec = replace(boot_spec(ctx, matrix.cells[0]), accel=args.accel, firmware=None, cbitpos=None)
     accel = hypervisor.resolve_accel(first_spec, cache / "probe-work")
     ctx.accel = accel  # type: ignore[assignment]
     ctx.provenance["accel"] = accel
+    host = preflight(LocalView())
+    ctx.offered, ctx.cbitpos = dict(host.offered), host.cbitpos
+    if hypervisor.probe_note and accel != "kvm":
+        ctx.offered["kvm"] = f"a KVM boot probe failed on this host ({hypervisor.probe_note})"
     manifest = {
         **ctx.provenance,
         "lab_version": __version__,
@@ -256,12 +265,18 @@ def _finish_run(store: RunStore, matrix: Matrix, status: str) -> tuple[pd.DataFr
     return cells, status
 
 
+EXIT_NOTHING_RAN = 3  # every cell was skipped: no host here offers the matrix's platforms
+
+
 def run_exit_code(cells: pd.DataFrame, status: str, *, strict: bool) -> int:
     """0 when the matrix ran to the end and measured something; failed cells are findings, listed in the
-    summary and the report (a hang of a patched kernel is a result), unless ``strict`` asks to fail on them."""
+    summary and the report (a hang of a patched kernel is a result), unless ``strict`` asks to fail on them.
+    Skipped cells (platform not offered) are neither; a run in which every cell was skipped exits 3."""
+    if status == "complete" and not cells.empty and (cells["status"] == SKIPPED).all():
+        return EXIT_NOTHING_RAN
     if status != "complete" or cells.empty or not (cells["status"] == "ok").any():
         return 1
-    return 1 if strict and (cells["status"] != "ok").any() else 0
+    return 1 if strict and (cells["status"] == "failed").any() else 0
 
 
 def cmd_bench_boot(args: argparse.Namespace) -> int:

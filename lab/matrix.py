@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.errors import ConfigError
+from lab.platforms import PLATFORM_NAMES
 from lab.vm import MIN_POOL_SLABS, SLAB_BYTES
 from lab.workload import Workload
 
@@ -27,6 +28,7 @@ MATRIX_KEYS = {
     "repetitions": "number of repetitions (each repetition boots afresh)",
     "throttle": 'list of throttle thresholds: "default" or "HIGH/LOW" in percent of the pool (throttle kernels)',
     "net_load": "list of true/false: background TCP stream from guest to host over virtio-net during fio",
+    "platforms": 'list of "auto" (kvm if it works, else tcg), "tcg", "kvm", "sev-snp", "tdx"',
     "observe": '"first" (the in-guest sampler runs in repetition 0 only), "all" or "none"',
     "sample_hz": "the in-guest sampler's rate in observed cells (default 50)",
     "include": 'list of tables of axis values to add, e.g. {kernel = "throttle", pool = "1MiB"}',
@@ -54,8 +56,8 @@ _SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|slabs?)?\s*$", re.I)
 _UNITS = {"b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
 
 
-# kernel, pool slabs, device, vCPUs, memory MiB, repetition, swiotlb force, poll queues, net load
-BootKey = tuple[str, int, str, int, int, int, bool, int, bool]
+# kernel, pool slabs, device, vCPUs, memory MiB, repetition, swiotlb force, poll queues, net load, platform
+BootKey = tuple[str, int, str, int, int, int, bool, int, bool, str]
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class Cell:
     swiotlb_force: bool = True
     net_load: bool = False  # a TCP stream guest -> host over virtio-net during the workload
     sample_hz: float = 0.0  # the in-guest sampler's rate; 0: unobserved (no sampler during fio)
+    platform: str = "auto"  # launch profile (lab.platforms); "auto": kvm where it works, else tcg
 
     @property
     def observed(self) -> bool:
@@ -96,6 +99,8 @@ class Cell:
             content["net_load"] = True
         if self.sample_hz:
             content["sample_hz"] = self.sample_hz
+        if self.platform != "auto":
+            content["platform"] = self.platform
         return content
 
     @property
@@ -113,7 +118,7 @@ class Cell:
     def boot_key(self) -> BootKey:
         """Cells with equal keys share one boot (workloads run one after another)."""
         return (self.kernel, self.pool_slabs, self.device, self.vcpus, self.memory_mib, self.repetition,
-                self.swiotlb_force, self.poll_queues, self.net_load)  # fmt: skip
+                self.swiotlb_force, self.poll_queues, self.net_load, self.platform)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -327,6 +332,10 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
     throttles = [
         _throttle_knobs(v, where("throttle")) for v in _list(section, "throttle", ["default"], where("throttle"))
     ]
+    platforms = [str(p) for p in _list(section, "platforms", ["auto"], where("platforms"))]
+    for name in platforms:
+        if name not in PLATFORM_NAMES:
+            raise ConfigError(f"{where('platforms')}: unknown platform {name!r}; valid: {', '.join(PLATFORM_NAMES)}")
     observe = section.get("observe", "first")
     if observe not in OBSERVE:
         raise ConfigError(f"{where('observe')}: {observe!r} must be one of {', '.join(map(repr, OBSERVE))}")
@@ -340,7 +349,7 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
     by_name = {w.name: w for w in workloads}
     axes: dict[str, list[Any]] = {
         "kernel": kernels, "pool": pools, "device": devices, "vcpus": vcpus, "memory": memory,
-        "workload": names, "throttle": [t[0] for t in throttles], "net_load": net_load,
+        "workload": names, "throttle": [t[0] for t in throttles], "net_load": net_load, "platform": platforms,
     }  # fmt: skip
     knobs_of = dict(throttles)
     excludes = [_rule(r, where("exclude"), axes, "exclude") for r in _list(section, "exclude", [{}], where("exclude"))
@@ -368,6 +377,7 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
             knobs=_knobs_for(knobs_of[c["throttle"]], c["pool"]),
             net_load=c["net_load"],
             sample_hz=rate(rep),
+            platform=c["platform"],
         )
         for rep in range(repetitions)
         for c in combos

@@ -15,7 +15,7 @@ import pandas as pd
 
 from lab.claims import Verdict, judge_all, like_with_like
 from lab.stats import THRESHOLDS_TEXT, Metric, compare_family
-from lab.store import load_cells, load_samples, write_parquet
+from lab.store import SKIPPED, load_cells, load_samples, write_parquet
 from lab.util import atomic_write_bytes, atomic_write_text
 
 VARIANT_COLOURS = {"static": "#d62728", "throttle": "#1f77b4", "dynamic": "#2ca02c", "throttle-dynamic": "#9467bd",
@@ -70,7 +70,7 @@ def _grouped_summary(cells: pd.DataFrame) -> str:
         fio_iops=("fio_iops", "median"), fio_clat_p99_us=("fio_clat_p99_us", "median"),
         fio_errors=("fio_errors", "sum"),
     ).reset_index()  # fmt: skip
-    failed = cells[cells["status"] != "ok"].groupby(keys).size().rename("failed").reset_index()
+    failed = cells[cells["status"] == "failed"].groupby(keys).size().rename("failed").reset_index()
     table = table.merge(failed, on=keys, how="outer").fillna({"failed": 0, "cells": 0})
     header = "| kernel | pool (slabs) | device | workload | cells ok | failed | median hiwater/nslabs | median map " \
              "failures | median IOPS | median p99 µs | fio errors |"  # fmt: skip
@@ -118,14 +118,20 @@ def summary_markdown(cells: pd.DataFrame, run_dir: str, manifest: dict[str, Any]
                 pct = frac * 100 if frac is not None and not pd.isna(frac) else None
                 values.append(f"{_fmt(hiwater)} / {_fmt(nslabs)} ({_fmt(pct)}%)")
             elif name == "status":
-                values.append("ok" if ok else f"**failed: {row.get('failure_reason', '')}**")
+                if row.get("status") == SKIPPED:
+                    values.append(f"skipped: {row.get('failure_detail', '')}")
+                else:
+                    values.append("ok" if ok else f"**failed: {row.get('failure_reason', '')}**")
             elif key in ("fio_iops", "fio_clat_p99_us"):
                 values.append(_fmt(float(row[key]) if ok else None))
             else:
                 values.append(_fmt(row.get(key)) if ok or key in ("kernel", "device", "workload") else "-")
         lines.append("| " + " | ".join(values) + " |")
-    failed = int((cells["status"] != "ok").sum())
-    lines += ["", f"{len(cells)} cells, {failed} failed."]
+    failed = int((cells["status"] == "failed").sum())
+    skipped = int((cells["status"] == SKIPPED).sum())
+    lines += ["", f"{len(cells)} cells, {failed} failed" + (f", {skipped} skipped (platform not offered by this "
+                                                           "host: neither a failure nor a finding)" if skipped else "")
+              + "."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -305,13 +311,25 @@ def report_markdown(manifest: dict[str, Any], cells: pd.DataFrame, verdicts: lis
                      f"{evidence or '-'} |")  # fmt: skip
     lines += ["", "## Statistics", "", THRESHOLDS_TEXT, ""]
     lines.append(_md_table(pd.DataFrame(comparison_rows)))
-    failed = cells[cells["status"] != "ok"] if not cells.empty else cells
+    failed = cells[cells["status"] == "failed"] if not cells.empty else cells
     lines += ["", "## Failed cells", ""]
     if failed.empty:
         lines.append("_none_")
     else:
         for _, row in failed.iterrows():
             lines.append(f"- {_cell_link(row['cell_id'])}: {row['failure_reason']}")
+    skipped = cells[cells["status"] == SKIPPED] if not cells.empty else cells
+    if not skipped.empty:
+        lines += [
+            "",
+            "## Skipped cells",
+            "",
+            "Their platform is not offered by the host that ran this matrix; "
+            "they are neither failures nor findings, and `--resume` on a host that offers it runs them.",
+            "",
+        ]
+        for reason, group in skipped.groupby("failure_detail"):
+            lines.append(f"- {len(group)} cell(s): {reason}")
     lines += ["", "## Figures", ""]
     lines += [f"![{name}](figures/{name})" for name in figure_names]
     lines += ["", "## Cells", "", summary_markdown(cells, ".", manifest).split("\n\n", 2)[-1]]

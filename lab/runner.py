@@ -23,7 +23,8 @@ from lab.kernel import KernelBuild
 from lab.keys import KeyPair
 from lab.matrix import Cell, Matrix
 from lab.parse import parse_debugfs, parse_dmesg, parse_fio, parse_hctx_flags, parse_hist, parse_samples
-from lab.store import RunStore
+from lab.platforms import AUTO, encryption_matches, profile
+from lab.store import SKIPPED, RunStore
 from lab.vm import Accel, BootSpec, Disk, Hypervisor, RunningGuest, console_excerpt
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,9 @@ class LabContext:
     accel: Accel = "auto"
     provenance: dict[str, Any] = field(default_factory=dict)
     arm_triggers: bool = True  # False only in `bench sampler --observer triggers`, to measure their cost
+    offered: dict[str, str] = field(default_factory=dict)  # platform -> "" if this host offers it, else why not
+    firmware: dict[str, Path] = field(default_factory=dict)  # platform -> its OVMF image on this host
+    cbitpos: int | None = None  # this host's SEV C-bit position (sev-snp)
 
 
 def boot_estimate_s(cell: Cell) -> float:
@@ -88,6 +92,7 @@ def cell_estimate_s(cell: Cell) -> float:
 
 def boot_spec(ctx: LabContext, cell: Cell) -> BootSpec:
     kernel = ctx.kernels[cell.kernel]
+    platform = ctx.accel if cell.platform == AUTO else cell.platform
     return BootSpec(
         kernel=kernel.bzimage,
         initrd=initrd_for(ctx.image, kernel.modules_dir, kernel.boot_modules, ctx.cache),
@@ -99,7 +104,9 @@ def boot_spec(ctx: LabContext, cell: Cell) -> BootSpec:
         disks=(Disk(cell.device),),  # type: ignore[arg-type]
         extra_cmdline=kernel.boot_args + ((f"nvme.poll_queues={cell.poll_queues}",) if cell.poll_queues else ()),
         forwards=(netload.GUEST_PORT,) if cell.net_load else (),
-        accel=ctx.accel,
+        accel=platform,  # type: ignore[arg-type]
+        firmware=ctx.firmware.get(platform),
+        cbitpos=ctx.cbitpos if platform == "sev-snp" else None,
     )
 
 
@@ -126,11 +133,18 @@ def base_row(ctx: LabContext, cell: Cell, store: RunStore) -> dict[str, Any]:
         "observed": cell.observed,
         "sample_hz_requested": cell.sample_hz,
         "triggers_armed": ctx.arm_triggers,
+        "platform": cell.platform,
         "knobs": json.dumps(dict(cell.knobs), sort_keys=True),
         **cell.workload.describe(),
         **kernel.describe(),
         **ctx.provenance,
     }
+
+
+def skipped_row(base: dict[str, Any], detail: str) -> dict[str, Any]:
+    """A cell that could not run here: neither a failure nor a finding (``--resume`` retries it)."""
+    return {**base, "status": SKIPPED, "failure_reason": "platform not offered", "failure_detail": detail,
+            "cell_wall_s": 0.0}  # fmt: skip
 
 
 def failed_row(base: dict[str, Any], reason: str, detail: str, started: float) -> dict[str, Any]:
@@ -159,9 +173,21 @@ def run_matrix(
     """Run every cell not in ``skip``, up to ``jobs`` boots at once; return the rows written."""
     groups = [[c for c in group if c.cell_id not in (skip or set())] for group in matrix.boot_groups()]
     groups = [group for group in groups if group]
+    runnable, skipped = [], []
+    for group in groups:
+        reason = ctx.offered.get(group[0].platform, "") if group[0].platform != AUTO else ""
+        if not reason:
+            runnable.append(group)
+            continue
+        for cell in group:  # no host here offers the platform: say so, and let a resume elsewhere run it
+            row = skipped_row(base_row(ctx, cell, store), f"platform {cell.platform} not offered: {reason}")
+            store.write_cell(row, None, None)
+            reporter.cell_done(cell, row, 0.0)
+            skipped.append(row)
+    groups = runnable
     if jobs <= 1:
-        return [row for group in groups for row in run_group(group, store, ctx, reporter)]
-    rows: list[dict[str, Any]] = []
+        return skipped + [row for group in groups for row in run_group(group, store, ctx, reporter)]
+    rows: list[dict[str, Any]] = list(skipped)
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="boot") as pool:
         futures = [pool.submit(run_group, group, store, ctx, reporter) for group in groups]
         try:
@@ -223,6 +249,15 @@ def run_group(cells: list[Cell], store: RunStore, ctx: LabContext, reporter: Rep
                             f"the guest sees {platform.cpus} CPU(s) but {spec.vcpus} vCPU(s) were requested",
                             argv=vm.argv,
                             reason="vcpu mismatch",
+                            console_tail=console_excerpt(vm.console_text()),
+                        )
+                    # A CoCo cell whose guest runs unencrypted would measure the wrong thing silently.
+                    if not encryption_matches(spec.accel, platform.memory_encryption):
+                        raise BootError(
+                            f"the guest on platform {spec.accel} reports memory encryption "
+                            f"{platform.memory_encryption!r}, not {profile(spec.accel).encryption}",
+                            argv=vm.argv,
+                            reason="no memory encryption",
                             console_tail=console_excerpt(vm.console_text()),
                         )
                     booted = True

@@ -23,6 +23,7 @@ from lab.util import atomic_write_bytes, atomic_write_text
 MANIFEST = "manifest.json"
 CELL_RECORD = "cell.json"
 PHASE = "phase.json"
+SKIPPED = "skipped"  # status of a cell whose platform the host does not offer: not a failure, not a finding
 
 
 def new_run_id() -> str:
@@ -113,8 +114,10 @@ class RunStore:
         return records
 
     def cells_to_skip(self, retry_failed: bool = False) -> set[str]:
-        """Cells a resumed run must not redo: every finished one, or only the successful ones."""
-        return {cid for cid, rec in self.completed_cells().items() if not retry_failed or rec.get("status") == "ok"}
+        """Cells a resumed run must not redo: every finished one, or only the successful ones.  Cells
+        skipped because their platform was not offered are never finished: a resume tries them again."""
+        return {cid for cid, rec in self.completed_cells().items()
+                if rec.get("status") != SKIPPED and (not retry_failed or rec.get("status") == "ok")}  # fmt: skip
 
     def write_cell(self, row: dict[str, Any], samples: pd.DataFrame | None, fio_jobs: pd.DataFrame | None) -> None:
         """Persist one finished cell (ok or failed); ``cell.json`` goes last and marks it complete."""

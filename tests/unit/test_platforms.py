@@ -118,7 +118,7 @@ def fake_host(tmp_path: Path, *, files: dict[str, str], version: str = VERSION_7
 
 
 SNP_HOST = {"/dev/kvm": "", "/sys/module/kvm_amd/parameters/sev_snp": "Y\n", "/fw/OVMF.amdsev.fd": "x"}
-# EAX 0x1a: SEV (bit 1) and SEV-ES (bit 3), SNP (bit 4); EBX 0x...73: C-bit 51 (0x33) in bits 5:0.
+# EAX 0x0001b59f: SEV (bit 1), SEV-ES (bit 3), SNP (bit 4) among others; EBX 0x4173: C-bit 51 (0x33) in bits 5:0.
 CPUID_SNP = " 0001b59f 00004173 000001fd 00000080\n"
 
 

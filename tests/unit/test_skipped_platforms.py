@@ -1,0 +1,69 @@
+"""A cell whose platform this host does not offer is skipped with its reason: neither a failure nor a
+finding, in the store, the summary and the exit code, and a resume tries it again."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lab.cli import EXIT_NOTHING_RAN, run_exit_code
+from lab.image import GuestImage
+from lab.kernel import KernelBuild
+from lab.keys import KeyPair
+from lab.matrix import Cell
+from lab.report import summary_markdown
+from lab.runner import LabContext, SilentReporter, run_matrix
+from lab.store import RunStore, load_cells
+from lab.vm import BootSpec
+from lab.workload import Workload
+
+REASON = "needs QEMU >= 9.1, host has 7.2; sev-snp not enabled on the host"
+
+
+class NoBoots:
+    """A hypervisor that must not be asked to boot anything."""
+
+    name = "none"
+
+    def boot(self, spec: BootSpec, workdir: Path) -> contextlib.AbstractContextManager[Any]:
+        raise AssertionError(f"booted a skipped cell on {spec.accel}")
+
+    def describe(self) -> dict[str, object]:
+        return {}
+
+
+def context(tmp_path: Path) -> LabContext:
+    kernel = KernelBuild("static", "6.12.117", tmp_path / "bzImage", tmp_path / "config")
+    image = GuestImage(tmp_path / "rootfs.cpio", "ssh-ed25519 AAAAhost lab", "recipe")
+    return LabContext(NoBoots(), image, KeyPair(tmp_path / "key", "ssh-ed25519 AAAAkey lab"),  # type: ignore[arg-type]
+                      {"static": kernel}, tmp_path, offered={"tcg": "", "kvm": "", "sev-snp": REASON})  # fmt: skip
+
+
+def test_cells_on_a_platform_the_host_lacks_are_skipped_with_the_reason(tmp_path: Path) -> None:
+    cells = [Cell("static", 1024, "nvme", Workload("w"), 2, 1024, rep, platform="sev-snp") for rep in range(2)]
+    store = RunStore.create(tmp_path / "results", {"test": "skip"}, run_id="r")
+    from lab.matrix import Matrix
+
+    rows = run_matrix(Matrix("m", "m.toml", "", tuple(cells), raw={}), store, context(tmp_path), SilentReporter())
+    assert [r["status"] for r in rows] == ["skipped", "skipped"]
+    assert rows[0]["failure_detail"] == f"platform sev-snp not offered: {REASON}"
+    store.consolidate()
+    stored = load_cells(store.root)
+    assert set(stored["status"]) == {"skipped"} and set(stored["platform"]) == {"sev-snp"}
+    # Not a finding and not a failure: the exit code says nothing could run here, the summary says why.
+    assert run_exit_code(stored, "complete", strict=True) == EXIT_NOTHING_RAN == 3
+    summary = summary_markdown(stored, str(store.root), {})
+    assert "2 cells, 0 failed, 2 skipped (platform not offered" in summary
+    assert f"skipped: platform sev-snp not offered: {REASON}" in summary
+    # A resume on a host that offers the platform runs them.
+    assert store.cells_to_skip() == set()
+
+
+def test_skipped_cells_do_not_fail_a_strict_run_that_measured_something() -> None:
+    cells = pd.DataFrame({"cell_id": ["a", "b", "c"], "status": ["ok", "skipped", "failed"]})
+    assert run_exit_code(cells.iloc[:2], "complete", strict=True) == 0
+    assert run_exit_code(cells, "complete", strict=True) == 1
+    assert run_exit_code(cells, "complete", strict=False) == 0
