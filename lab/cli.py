@@ -72,9 +72,51 @@ def one_line(row: dict[str, Any]) -> str:
 # --- commands -----------------------------------------------------------------------------
 
 
+def cmd_doctor_hosts(path: Path) -> int:
+    """Probe every host of an inventory over SSH and print what each offers; 0 only if every host is
+    reachable and offers every platform the inventory claims for it."""
+    from rich.table import Table
+
+    from lab.hosts import load_hosts, probe_host
+
+    hosts = load_hosts(path)
+    table = Table(title=f"hosts in {path}")
+    for column in ("host", "SSH", "QEMU", "host kernel", *PLATFORM_COLUMNS, "as claimed"):
+        table.add_column(column)
+    notes: list[str] = []
+    healthy = True
+    for host in hosts.values():
+        report = probe_host(host)
+        if report.result is None:
+            healthy = False
+            table.add_row(host.name, "[red]unreachable[/red]", *([""] * (len(PLATFORM_COLUMNS) + 3)))
+            notes.append(f"{host.name}: {report.reachable}")
+            continue
+        result = report.result
+        missing = report.mismatches()
+        healthy &= not missing
+        table.add_row(host.name, f"{host.user}@{host.address}:{host.port}", result.qemu_version or "-",
+                      result.facts.get("host_kernel", ""),
+                      *("[green]yes[/green]" if result.offers(p) else "[dim]no[/dim]" for p in PLATFORM_COLUMNS),
+                      "[green]yes[/green]" if not missing else "[red]no[/red]")  # fmt: skip
+        notes += [f"{host.name}: {p} not offered: {result.offered[p]}" for p in PLATFORM_COLUMNS
+                  if not result.offers(p)]  # fmt: skip
+        notes += [f"{host.name}: claimed in {path.name} but not offered: {m}" for m in missing]
+    Console().print(table)  # stdout, with the notes: what a CI log or a pipe keeps
+    for note in notes:
+        print(note)
+    return 0 if healthy else 1
+
+
+PLATFORM_COLUMNS = ("tcg", "kvm", "sev-snp", "tdx")
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from lab.host import REQUIREMENTS
     from lab.util import cache_dir
+
+    if args.hosts:
+        return cmd_doctor_hosts(Path(args.hosts))
 
     ok = True
     for requirement in REQUIREMENTS:
@@ -536,6 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     doctor = sub.add_parser("doctor", help="check host requirements and whether KVM works")
+    doctor.add_argument("--hosts", metavar="HOSTS.toml",
+                        help="probe every host of an inventory over SSH (see lab/hosts.example.toml)")  # fmt: skip
     doctor.set_defaults(func=cmd_doctor)
 
     run = sub.add_parser("run", help="run experiments")

@@ -1,0 +1,111 @@
+"""`doctor --hosts` against a real sshd on 127.0.0.1 with throwaway keys: the preflight runs over SSH."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+SSHD = Path("/usr/sbin/sshd")
+
+
+@dataclass(frozen=True)
+class LocalSshd:
+    port: int
+    client_key: Path
+    host_key_line: str
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def local_sshd(tmp_path: Path) -> Iterator[LocalSshd]:
+    if not SSHD.exists():
+        pytest.skip("needs the Debian package openssh-server (make setup installs it)")
+    if os.geteuid() != 0:
+        pytest.skip("sshd with its own config needs root")
+    for name in ("host", "client"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "lab-test", "-f", str(tmp_path / name)],
+                       check=True)  # fmt: skip
+    authorized = tmp_path / "authorized_keys"
+    shutil.copy(tmp_path / "client.pub", authorized)
+    authorized.chmod(0o600)
+    port = _free_port()
+    config = tmp_path / "sshd_config"
+    config.write_text(f"Port {port}\nListenAddress 127.0.0.1\nHostKey {tmp_path / 'host'}\n"
+                      f"AuthorizedKeysFile {authorized}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+                      "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nPidFile none\n")  # fmt: skip
+    Path("/run/sshd").mkdir(exist_ok=True)  # its privilege-separation directory
+    proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None, f"sshd exited: {proc.stderr.read() if proc.stderr else ''}"
+                assert time.monotonic() < deadline, "sshd did not listen within 10 s"
+                time.sleep(0.05)
+        yield LocalSshd(port, tmp_path / "client", (tmp_path / "host.pub").read_text().strip())
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def doctor(hosts: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "lab", "doctor", "--hosts", str(hosts)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+def test_doctor_probes_a_host_over_real_ssh(local_sshd: LocalSshd, tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts.toml"
+    hosts.write_text(f'[hosts.loopback]\naddress = "127.0.0.1:{local_sshd.port}"\nuser = "root"\n'
+                     f'key = "{local_sshd.client_key}"\nhost_key = "{local_sshd.host_key_line}"\n'
+                     'platforms = ["tcg"]\n')  # fmt: skip
+    proc = doctor(hosts)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "loopback: sev-snp not offered: needs QEMU >= 9.1, host has 7.2" in proc.stdout  # read over SSH
+
+
+def test_doctor_names_a_platform_the_inventory_claims_but_the_host_lacks(local_sshd: LocalSshd,
+                                                                        tmp_path: Path) -> None:  # fmt: skip
+    hosts = tmp_path / "hosts.toml"
+    hosts.write_text(
+        f'[hosts.loopback]\naddress = "127.0.0.1:{local_sshd.port}"\nkey = "{local_sshd.client_key}"\n'
+        f'host_key = "{local_sshd.host_key_line}"\nplatforms = ["tcg", "sev-snp"]\n'
+        'firmware = {{ sev-snp = "/nonexistent/OVMF.amdsev.fd" }}\n'.replace("{{", "{").replace("}}", "}")
+    )
+    proc = doctor(hosts)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    [claimed] = [line for line in proc.stdout.splitlines() if "claimed in hosts.toml but not offered" in line]
+    assert claimed.startswith("loopback: claimed in hosts.toml but not offered: sev-snp: needs QEMU >= 9.1")
+    assert "firmware /nonexistent/OVMF.amdsev.fd not found" in claimed
+
+
+def test_doctor_refuses_a_host_whose_key_does_not_match_the_pinned_one(local_sshd: LocalSshd,
+                                                                      tmp_path: Path) -> None:  # fmt: skip
+    other = tmp_path / "other"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    hosts = tmp_path / "hosts.toml"
+    hosts.write_text(f'[hosts.impostor]\naddress = "127.0.0.1:{local_sshd.port}"\nkey = "{local_sshd.client_key}"\n'
+                     f'host_key = "{(tmp_path / "other.pub").read_text().strip()}"\n')  # fmt: skip
+    proc = doctor(hosts)
+    [note] = [line for line in proc.stdout.splitlines() if line.startswith("impostor:")]
+    assert proc.returncode == 1 and f"SSH to root@127.0.0.1:{local_sshd.port} failed" in note
