@@ -1,0 +1,40 @@
+"""Every lab kernel boots through OVMF (the EFI path SEV-SNP and TDX guests take), here under TCG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lab import probes
+from lab.guest import Guest
+from lab.image import GuestImage, initrd_for
+from lab.kernel import build_kernel, load_variants
+from lab.keys import KeyPair
+from lab.util import cache_dir
+from lab.vm import BootSpec, LocalHypervisor
+
+pytestmark = pytest.mark.integration
+
+OVMF = Path("/usr/share/ovmf/OVMF.fd")  # Debian's ovmf package (make setup installs it)
+
+
+@pytest.mark.parametrize("variant", sorted(load_variants()))
+def test_a_lab_kernel_boots_through_ovmf(variant: str, guest_image: GuestImage, lab_key: KeyPair,
+                                         hypervisor: LocalHypervisor, tmp_path: Path) -> None:  # fmt: skip
+    if not OVMF.exists():
+        pytest.skip(f"{OVMF} missing: install the Debian package ovmf (make setup does)")
+    kernel = build_kernel(variant)
+    spec = BootSpec(kernel.bzimage, initrd_for(guest_image, kernel.modules_dir, kernel.boot_modules, cache_dir()),
+                    lab_key.public_blob, swiotlb_nslabs=1024, accel="tcg", firmware=OVMF, disks=())  # fmt: skip
+    with hypervisor.boot(spec, tmp_path) as vm:
+        assert "-bios" in vm.argv and str(OVMF) in vm.argv
+        with Guest(vm.endpoint, lab_key.private_path, guest_image.host_key_blob) as guest:
+            guest.connect(alive=vm.check_alive)
+            platform = probes.read_platform(guest)
+            efi = guest.run("ls /sys/firmware/efi >/dev/null && echo efi; dmesg | grep -m1 'efi: EFI v'", timeout_s=30)
+        console = vm.console_text()
+    assert platform.cpus == spec.vcpus and platform.memory_encryption == "none"
+    assert efi.stdout.startswith("efi\n"), "the kernel did not boot as an EFI application"
+    assert "efi: EFI v" in efi.stdout  # OVMF's EFI system table, as the kernel saw it
+    assert "software IO TLB" in console
