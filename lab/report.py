@@ -8,15 +8,19 @@ import html
 import io
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+from scipy import stats as scipy_stats
 
-from lab.claims import Verdict, judge_all, like_with_like
+from lab.claims import Verdict, judge_all, like_with_like, observed
 from lab.stats import THRESHOLDS_TEXT, Metric, compare_family
 from lab.store import SKIPPED, load_cells, load_samples, write_parquet
 from lab.util import atomic_write_bytes, atomic_write_text
+from lab.vm import SLAB_BYTES
 
 VARIANT_COLOURS = {"static": "#d62728", "throttle": "#1f77b4", "dynamic": "#2ca02c", "throttle-dynamic": "#9467bd",
                    "throttle-nopoll": "#17becf", "stock": "#7f7f7f"}  # fmt: skip
@@ -147,6 +151,92 @@ def _png(fig: Any) -> bytes:
     return buffer.getvalue()
 
 
+PERFORMANCE_FIGURE = "performance.png"
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+# The figure that shows the evidence of each claim (linked from the claims table).
+CLAIM_FIGURES = {"C1": "failures_and_throttle.png", "C2": "hiwater_by_pool.png", "C3": "usage_over_time.png",
+                 "C4": "hiwater_by_pool.png", "C5": PERFORMANCE_FIGURE, "C6": PERFORMANCE_FIGURE,
+                 "C7": PERFORMANCE_FIGURE}  # fmt: skip
+
+
+def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Median and its percentile-bootstrap confidence interval (seeded: the same cells, the same figure);
+    with fewer than 3 values there is no interval (NaN)."""
+    data = np.asarray([v for v in values if pd.notna(v)], dtype=float)
+    if data.size == 0:
+        return math.nan, math.nan, math.nan
+    median = float(np.median(data))
+    if data.size < 3 or np.all(data == data[0]):
+        return median, (median if data.size >= 3 else math.nan), (median if data.size >= 3 else math.nan)
+    result = scipy_stats.bootstrap((data,), np.median, confidence_level=confidence, n_resamples=2000,
+                                   method="percentile", random_state=np.random.default_rng(0))  # fmt: skip
+    return median, float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def _performance_figure(ok: pd.DataFrame, plt: Any) -> bytes | None:
+    metrics = [("fio_iops", "IOPS"), ("fio_clat_p99_us", "p99 completion latency"),
+               ("fio_clat_p999_us", "p99.9 completion latency")]  # fmt: skip
+    data = ok.dropna(subset=["fio_iops"])
+    if data.empty:
+        return None
+    workloads = sorted(set(data["workload"]))
+    kernels = sorted(set(data["kernel"]))
+    pools = sorted(set(data["pool_slabs_requested"]))
+    fig, axes = plt.subplots(len(workloads), len(metrics), figsize=(4.4 * len(metrics), 2.9 * len(workloads)),
+                             squeeze=False)  # fmt: skip
+    width = 0.8 / max(len(kernels), 1)
+    for row, workload in enumerate(workloads):
+        cells = data[data["workload"] == workload]
+        for col, (metric, label) in enumerate(metrics):
+            ax = axes[row, col]
+            # Latency in ms once µs would need four digits or more on the axis.
+            scale, unit = (1.0, "") if metric == "fio_iops" else (
+                (1e-3, " (ms)") if cells[metric].max() >= 1000 else (1.0, " (µs)"))  # fmt: skip
+            top = 0.0
+            for k, kernel in enumerate(kernels):
+                xs, ys, lows, highs = [], [], [], []
+                for p, pool in enumerate(pools):
+                    group = cells[(cells["kernel"] == kernel) & (cells["pool_slabs_requested"] == pool)]
+                    unobserved = group[~observed(group)]
+                    chosen = unobserved if len(unobserved) >= 2 else group
+                    if chosen.empty:
+                        continue
+                    values = (chosen[metric] * scale).tolist()
+                    median, low, high = median_interval(values)
+                    x = p + (k - (len(kernels) - 1) / 2) * width
+                    ax.plot([x] * len(values), values, ".", color=variant_colour(kernel), alpha=0.35, ms=3)
+                    top = max(top, max(values), high if pd.notna(high) else 0.0)
+                    xs.append(x)
+                    ys.append(median)
+                    lows.append(median - low if pd.notna(low) else 0.0)
+                    highs.append(high - median if pd.notna(high) else 0.0)
+                if xs:
+                    ax.errorbar(xs, ys, yerr=[lows, highs], fmt=MARKERS[k % len(MARKERS)], capsize=3, ms=5,
+                                color=variant_colour(kernel), label=kernel)  # fmt: skip
+            ax.set_xticks(range(len(pools)), [_pool_label(int(pool)) for pool in pools])
+            ax.set_xlim(-0.6, len(pools) - 0.4)
+            ax.set_ylim(0, top * 1.12 or 1.0)
+            ax.set_title(f"{workload}: {label}", fontsize=9, loc="left")
+            ax.set_ylabel(label.split()[0] + unit, fontsize=8)
+            if row == len(workloads) - 1:
+                ax.set_xlabel("swiotlb pool")
+    handles: dict[str, Any] = {}
+    for ax in axes.flat:  # one legend for the figure: a variant may have cells in some workloads only
+        for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(name, handle)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=len(handles), fontsize=8,
+               bbox_to_anchor=(0.5, -0.02))  # fmt: skip
+    fig.suptitle("Performance by variant: median (marker) with its 95% bootstrap interval, and each repetition (dots);"
+                 "\nrepetitions without the in-guest sampler where a group has two or more", fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _pool_label(slabs: int) -> str:
+    size = slabs * SLAB_BYTES
+    return f"{size >> 20} MiB" if size % (1 << 20) == 0 else f"{slabs} slabs"
+
+
 def figures(cells: pd.DataFrame, samples: pd.DataFrame) -> dict[str, bytes]:
     """PNG figures keyed by file name."""
     import matplotlib
@@ -203,19 +293,11 @@ def figures(cells: pd.DataFrame, samples: pd.DataFrame) -> dict[str, bytes]:
     ax.set_title("Pool high-water mark (median over cells)")
     out["hiwater_by_pool.png"] = _png(fig)
 
-    # 3. IOPS and p99/p99.9 vs pool size per variant
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    for ax, (metric, label) in zip(axes, (("fio_iops", "IOPS"), ("fio_clat_p99_us", "p99 clat (µs)"),
-                                          ("fio_clat_p999_us", "p99.9 clat (µs)")), strict=True):  # fmt: skip
-        for (kernel, workload), group in ok.groupby(["kernel", "workload"]):
-            medians = group.groupby("pool_slabs_requested")[metric].median()
-            ax.plot(medians.index, medians.values, marker="o", label=f"{kernel}/{workload}",
-                    color=variant_colour(kernel))  # fmt: skip
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("requested pool (slabs)")
-        ax.set_title(label)
-    axes[0].legend(fontsize=7)
-    out["performance_vs_pool.png"] = _png(fig)
+    # 3. performance: one row of panels per workload (IOPS, p99, p99.9), variants side by side within
+    #    each pool size, the median of the unobserved repetitions with its 95% bootstrap interval
+    perf = _performance_figure(ok, plt)
+    if perf is not None:
+        out[PERFORMANCE_FIGURE] = perf
 
     # 4. map failures and throttle activity: per cell for small runs, per group (median) for large ones
     per_cell = len(ok) <= 60
@@ -302,13 +384,15 @@ def report_markdown(manifest: dict[str, Any], cells: pd.DataFrame, verdicts: lis
         "",
         "## Claims",
         "",
-        "| claim | verdict | metric | threshold | measured | evidence |",
-        "|---|---|---|---|---|---|",
+        "| claim | verdict | metric | threshold | measured | evidence | figure |",
+        "|---|---|---|---|---|---|---|",
     ]
     for v in verdicts:
         evidence = ", ".join(_cell_link(c) for c in v.evidence[:6]) + (" …" if len(v.evidence) > 6 else "")
+        figure = CLAIM_FIGURES.get(v.claim)
+        shown = f"[{figure}](figures/{figure})" if figure in figure_names else "-"
         lines.append(f"| **{v.claim}** {v.text} | **{v.verdict}** | {v.metric} | {v.threshold} | {v.detail} | "
-                     f"{evidence or '-'} |")  # fmt: skip
+                     f"{evidence or '-'} | {shown} |")  # fmt: skip
     lines += ["", "## Statistics", "", THRESHOLDS_TEXT, ""]
     lines.append(_md_table(pd.DataFrame(comparison_rows)))
     failed = cells[cells["status"] == "failed"] if not cells.empty else cells
@@ -373,13 +457,15 @@ def report_html(manifest: dict[str, Any], cells: pd.DataFrame, verdicts: list[Ve
         f"{esc(str(manifest.get('qemu_version', '?')))}, accelerator <b>{esc(str(manifest.get('accel', '?')))}</b>, "
         f"{esc(str(manifest.get('host_cpus', '?')))} host CPUs, status {esc(str(manifest.get('status', '?')))}.</p>",
         "<h2>Claims</h2><table id='claims'><tr><th>claim</th><th>verdict</th><th>metric</th><th>threshold</th>"
-        "<th>measured</th><th>evidence</th></tr>",
+        "<th>measured</th><th>evidence</th><th>figure</th></tr>",
     ]
     for v in verdicts:
         evidence = " ".join(f"<a href='cells/{esc(c)}/cell.json'>{esc(c)}</a>" for c in v.evidence)
+        figure = CLAIM_FIGURES.get(v.claim, "")
+        shown = f"<a href='#fig-{esc(figure)}'>{esc(figure)}</a>" if figure in pngs else "-"
         parts.append(f"<tr class='{esc(v.verdict)}'><td><b>{esc(v.claim)}</b> {esc(v.text)}</td>"
                      f"<td><b>{esc(v.verdict)}</b></td><td>{esc(v.metric)}</td><td>{esc(v.threshold)}</td>"
-                     f"<td>{esc(v.detail)}</td><td>{evidence or '-'}</td></tr>")  # fmt: skip
+                     f"<td>{esc(v.detail)}</td><td>{evidence or '-'}</td><td>{shown}</td></tr>")  # fmt: skip
     parts.append("</table>")
     parts.append(f"<h2>Statistics</h2><p>{esc(THRESHOLDS_TEXT)}</p>")
     if comparison_rows:
@@ -387,7 +473,7 @@ def report_html(manifest: dict[str, Any], cells: pd.DataFrame, verdicts: list[Ve
     parts.append("<h2>Figures</h2>")
     for name, data in pngs.items():
         encoded = base64.b64encode(data).decode()
-        parts.append(f"<figure><img alt='{esc(name)}' src='data:image/png;base64,{encoded}'>"
+        parts.append(f"<figure id='fig-{esc(name)}'><img alt='{esc(name)}' src='data:image/png;base64,{encoded}'>"
                      f"<figcaption>{esc(name)}</figcaption></figure>")  # fmt: skip
     parts.append("<h2>Cells</h2>")
     columns = [c for c in ("cell_id", "status", "failure_reason", "kernel", "pool_slabs_requested", "nslabs",

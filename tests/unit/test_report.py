@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -54,7 +55,7 @@ def test_report_writes_markdown_html_figures_and_tables(run_copy: Path) -> None:
     assert "id='claims'" in html and "C7" in html
     assert (run_copy / "report.md").read_text().startswith("# swiotlb throttling: measured verdicts")
     assert len(pd.read_parquet(run_copy / "claims.parquet")) == 7
-    assert {"usage_over_time.png", "hiwater_by_pool.png", "performance_vs_pool.png",
+    assert {"usage_over_time.png", "hiwater_by_pool.png", "performance.png",
             "failures_and_throttle.png"} <= set(written)  # fmt: skip
 
 
@@ -110,3 +111,24 @@ def test_report_draws_a_variant_it_has_no_colour_for(run_copy: Path) -> None:
     written = build_report(run_copy)
     assert "my-own-variant" in written["html"].read_text()
     assert len(list((run_copy / "figures").glob("*.png"))) >= 4
+
+
+def test_median_interval_is_seeded_and_needs_three_values() -> None:
+    from lab.report import median_interval
+
+    median, low, high = median_interval([10, 11, 12, 13, 30])
+    assert median == 12 and low <= 11 and high >= 13 and (low, high) == median_interval([10, 11, 12, 13, 30])[1:]
+    assert median_interval([5, 7])[0] == 6 and math.isnan(median_interval([5, 7])[1])
+
+
+def test_every_claim_links_the_figure_that_shows_it(tmp_path: Path) -> None:
+    from lab.report import CLAIM_FIGURES
+
+    run = tmp_path / "run"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "data" / "run-small", run)
+    written = build_report(run)
+    markdown = written["md"].read_text()
+    for claim, figure in CLAIM_FIGURES.items():
+        assert (run / "figures" / figure).is_file(), f"{claim}'s figure {figure} was not drawn"
+        assert f"[{figure}](figures/{figure})" in markdown
+    assert "href='#fig-performance.png'" in written["html"].read_text()
