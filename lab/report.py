@@ -226,8 +226,11 @@ def _performance_figure(ok: pd.DataFrame, plt: Any) -> bytes | None:
             handles.setdefault(name, handle)
     fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=len(handles), fontsize=8,
                bbox_to_anchor=(0.5, -0.02))  # fmt: skip
-    fig.suptitle("Performance by variant: median (marker) with its 95% bootstrap interval, and each repetition (dots);"
-                 "\nrepetitions without the in-guest sampler where a group has two or more", fontsize=10)
+    fig.suptitle(
+        "Performance by variant: median (marker) with its 95% bootstrap interval, and each repetition (dots);"
+        "\nrepetitions without the in-guest sampler where a group has two or more",
+        fontsize=10,
+    )
     fig.tight_layout()
     return _png(fig)
 

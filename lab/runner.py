@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import json
 import logging
@@ -11,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
 
@@ -26,6 +25,9 @@ from lab.parse import parse_debugfs, parse_dmesg, parse_fio, parse_hctx_flags, p
 from lab.platforms import AUTO, encryption_matches, profile
 from lab.store import SKIPPED, RunStore
 from lab.vm import Accel, BootSpec, Disk, Hypervisor, RunningGuest, console_excerpt
+
+if TYPE_CHECKING:
+    from lab.fanout import DaskPool
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,7 @@ class LabContext:
     offered: dict[str, str] = field(default_factory=dict)  # platform -> "" if this host offers it, else why not
     firmware: dict[str, Path] = field(default_factory=dict)  # platform -> its OVMF image on this host
     cbitpos: int | None = None  # this host's SEV C-bit position (sev-snp)
+    initrds: dict[str, Path] = field(default_factory=dict)  # kernel -> its initrd, where already made (workers)
 
 
 def boot_estimate_s(cell: Cell) -> float:
@@ -95,7 +98,8 @@ def boot_spec(ctx: LabContext, cell: Cell) -> BootSpec:
     platform = ctx.accel if cell.platform == AUTO else cell.platform
     return BootSpec(
         kernel=kernel.bzimage,
-        initrd=initrd_for(ctx.image, kernel.modules_dir, kernel.boot_modules, ctx.cache),
+        initrd=ctx.initrds.get(cell.kernel)
+        or initrd_for(ctx.image, kernel.modules_dir, kernel.boot_modules, ctx.cache),
         ssh_key_blob=ctx.client_key.public_blob,
         swiotlb_nslabs=cell.pool_slabs,
         swiotlb_force=cell.swiotlb_force,
@@ -169,8 +173,13 @@ def run_matrix(
     reporter: Reporter,
     skip: set[str] | None = None,
     jobs: int = 1,
+    pool: DaskPool | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every cell not in ``skip``, up to ``jobs`` boots at once; return the rows written."""
+    """Run every cell not in ``skip``, up to ``jobs`` boots at once; return the rows written.
+
+    One job runs in this thread; more, or a ``pool`` (a Dask cluster, local or of remote workers), go
+    through Dask distributed, each boot group a task whose rows and artifacts come back here.
+    """
     groups = [[c for c in group if c.cell_id not in (skip or set())] for group in matrix.boot_groups()]
     groups = [group for group in groups if group]
     runnable, skipped = [], []
@@ -185,23 +194,24 @@ def run_matrix(
             reporter.cell_done(cell, row, 0.0)
             skipped.append(row)
     groups = runnable
-    if jobs <= 1:
+    if jobs <= 1 and pool is None:
+        # One boot at a time in this thread: phases reach the reporter (and phase.json) live.
         return skipped + [row for group in groups for row in run_group(group, store, ctx, reporter)]
-    rows: list[dict[str, Any]] = list(skipped)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="boot") as pool:
-        futures = [pool.submit(run_group, group, store, ctx, reporter) for group in groups]
-        try:
-            for future in concurrent.futures.as_completed(futures):
-                rows.extend(future.result())
-        except BaseException as exc:
-            # Ctrl-C, SIGTERM or a failure: no new boots; the running groups see the stop request
-            # within interrupt.POLL_S and stop their guests on the way out (the pool's exit waits
-            # for them).  Interrupted cells are not recorded, so --resume redoes them.
-            interrupt.request_stop(f"stopping the other boots after {type(exc).__name__}")
-            for future in futures:
-                future.cancel()
-            raise
-    return rows
+    from lab.fanout import DaskPool, GroupResult, GroupTask, group_task
+
+    def lost(task: GroupTask, exc: BaseException) -> GroupResult:
+        rows = [failed_row(base_row(ctx, c, store), "infrastructure", f"{type(exc).__name__}: {exc}", time.monotonic())
+                for c in task.cells]  # fmt: skip
+        for row in rows:
+            store.write_cell(row, None, None)
+        return GroupResult(rows, {}, {})
+
+    def on_row(cell: Cell, row: dict[str, Any]) -> None:
+        reporter.cell_done(cell, row, cell_estimate_s(cell))
+
+    tasks = [group_task(store.run_id, group, ctx, boot_spec) for group in groups]
+    with pool if pool is not None else DaskPool(jobs=jobs) as dask:
+        return skipped + dask.run(tasks, store, on_row, lost)
 
 
 def failure_reason(exc: LabError) -> str:

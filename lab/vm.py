@@ -233,6 +233,7 @@ class Machine:
     _argv: tuple[str, ...] = field(default=(), init=False)
     _started: float = field(default=0.0, init=False)
     _boot_seconds: float = field(default=0.0, init=False)
+    _images: list[Path] = field(default_factory=list, init=False)  # scratch disks: removed with QEMU
 
     # -- paths --------------------------------------------------------------------
     @property
@@ -310,6 +311,7 @@ class Machine:
             with image.open("wb") as handle:  # sparse: costs no disk until written
                 handle.truncate(disk.size_mib << 20)
             images.append(image)
+        self._images = images
         for attempt in range(3):
             self._port = free_port()
             self._forwards = {guest_port: free_port() for guest_port in self.spec.forwards}
@@ -394,6 +396,8 @@ class Machine:
                     proc.kill()
                 proc.wait()
             self.qmp_socket.unlink(missing_ok=True)
+            for image in self._images:  # scratch, not a result (1 GiB each, sparse)
+                image.unlink(missing_ok=True)
 
     def __enter__(self) -> Machine:
         try:

@@ -1,0 +1,279 @@
+"""Boot groups fanned out over Dask distributed: an existing engine, not a scheduler of the lab's own.
+
+A task is a plain function of values (``GroupTask``: the cells of one boot
+group, the kernels and initrds by content hash, the settings) that returns
+values (``GroupResult``: the rows and every artifact as bytes).  No task
+touches the controller's disk: the worker runs the group in a scratch run
+directory of its own, and the controller alone writes the one run directory.
+Placement is a worker resource (``slot``, and the platform's name), never a
+host name.  Kernels and initrds reach a worker once, by content hash, into
+its cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import platform as host_platform
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from lab import interrupt
+from lab.errors import LabError
+from lab.image import GuestImage
+from lab.kernel import KernelBuild
+from lab.keys import KeyPair
+from lab.matrix import Cell
+from lab.store import CELL_RECORD, MANIFEST, RunStore
+from lab.util import atomic_write_bytes, cache_dir, sha256_file
+
+log = logging.getLogger(__name__)
+
+SLOT = "slot"  # the resource every boot group takes one of
+STOP_POLL_S = 0.5
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A file a worker needs, known by its content."""
+
+    name: str
+    sha256: str
+    path: Path  # on the controller; the worker's copy lives in its cache under staged/<sha256>/<name>
+
+
+@dataclass(frozen=True)
+class GroupTask:
+    run_id: str
+    cells: tuple[Cell, ...]
+    kernels: dict[str, KernelBuild]  # paths as on the controller
+    bzimages: dict[str, Staged]
+    initrds: dict[str, Staged]
+    host_key: str  # the guest image's pinned host key line
+    client_key: Staged  # the lab's private key, for SSH into the guests
+    client_public: str
+    settings: dict[str, Any] = field(default_factory=dict)  # accel, offered, firmware, cbitpos, provenance
+
+
+@dataclass(frozen=True)
+class GroupResult:
+    rows: list[dict[str, Any]]
+    files: dict[str, bytes]  # path relative to the run directory -> content
+    worker: dict[str, Any]
+    interrupted: str = ""  # the worker was asked to stop: its unfinished cells are not recorded
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(path: Path, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
+
+
+def stage(path: Path) -> Staged:
+    """A staged reference to ``path`` (hashed once per file version, not once per boot group)."""
+    info = path.stat()
+    return Staged(path.name, _digest(path, info.st_size, info.st_mtime_ns), path)
+
+
+def _materialise(staged: Staged, data: bytes | None, cache: Path) -> Path:
+    """The worker's copy of a staged file: the controller's path on a shared filesystem, else its cache
+    copy, written once (atomically, hash checked) from the bytes the controller sent."""
+    if data is None:
+        return staged.path
+    target = cache / "staged" / staged.sha256 / staged.name
+    if not target.exists():
+        atomic_write_bytes(target, data)
+        if sha256_file(target) != staged.sha256:
+            target.unlink()
+            raise LabError(f"staged {staged.name} arrived corrupt (sha256 mismatch)")
+        target.chmod(0o600)
+    return target
+
+
+@contextlib.contextmanager
+def _stop_watch(run_id: str) -> Iterator[None]:
+    """Turn the controller's stop (a Dask Event) into this process's stop request, polled."""
+    from distributed import Event, get_worker
+
+    try:
+        client = get_worker().client
+    except ValueError:  # not in a worker (a direct call in a test)
+        yield
+        return
+    event = Event(f"lab-stop-{run_id}", client=client)
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(STOP_POLL_S):
+            with contextlib.suppress(Exception):
+                if event.is_set():
+                    interrupt.request_stop("the controller stopped the run")
+                    return
+
+    thread = threading.Thread(target=watch, name="lab-stop-watch", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
+def run_group_task(task: GroupTask, data: dict[str, bytes | None], in_process: bool) -> GroupResult:
+    """On a worker: run one boot group with this host's QEMU; return rows and artifacts.
+
+    ``in_process``: the worker is a thread of the controller, sharing its stop flag; a worker process of
+    its own starts each task with a clean flag and follows the controller's stop event instead.
+    """
+    from lab.runner import LabContext, SilentReporter, run_group
+    from lab.vm import LocalHypervisor
+
+    if not in_process:
+        interrupt.reset()
+    cache = cache_dir()
+    bzimages = {k: _materialise(s, data.get(s.sha256), cache) for k, s in task.bzimages.items()}
+    initrds = {k: _materialise(s, data.get(s.sha256), cache) for k, s in task.initrds.items()}
+    key_path = _materialise(task.client_key, data.get(task.client_key.sha256), cache)
+    kernels = {name: replace(k, bzimage=bzimages[name], modules_dir=None, boot_modules=())
+               for name, k in task.kernels.items()}  # fmt: skip
+    image = GuestImage(next(iter(initrds.values())), task.host_key, "staged")
+    settings = task.settings
+    worker = {"host": host_platform.node(), "host_kernel": host_platform.release(), "host_cpus": os.cpu_count(),
+              "worker_pid": os.getpid()}  # fmt: skip
+    ctx = LabContext(LocalHypervisor(settings.get("qemu", "qemu-system-x86_64")), image,
+                     KeyPair(key_path, task.client_public), kernels, cache, accel=settings["accel"],
+                     provenance={**settings.get("provenance", {}), **worker},
+                     offered=settings.get("offered", {}), firmware=settings.get("firmware", {}),
+                     cbitpos=settings.get("cbitpos"), initrds=initrds)  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="swiotlb-lab-group-") as scratch, _stop_watch(task.run_id):
+        store = RunStore.create(Path(scratch), {"worker": worker}, run_id=task.run_id)
+        stopped = ""
+        try:
+            run_group(list(task.cells), store, ctx, SilentReporter())
+        except interrupt.Interrupted as exc:  # a KeyboardInterrupt must not reach Dask's worker thread
+            stopped = str(exc) or "interrupted"
+        files = {str(p.relative_to(store.root)): p.read_bytes() for p in sorted(store.root.rglob("*"))
+                 if p.is_file() and p.name != MANIFEST and p.suffix != ".raw"}  # fmt: skip
+        rows = list(store.completed_cells().values())
+    return GroupResult(rows, files, worker, stopped)
+
+
+def import_result(store: RunStore, result: GroupResult) -> None:
+    """Write a worker's artifacts into the run directory: every file atomically, each cell's record last."""
+    records = {name: data for name, data in result.files.items() if Path(name).name == CELL_RECORD}
+    for name, content in result.files.items():
+        if name not in records:
+            atomic_write_bytes(store.root / name, content)
+    for name, content in records.items():
+        atomic_write_bytes(store.root / name, content)
+
+
+@dataclass
+class DaskPool:
+    """A Dask client for the run: an in-process cluster (``jobs`` slots), or a running scheduler."""
+
+    jobs: int = 1
+    scheduler: str | None = None
+    stage: bool = False  # send kernels and initrds as bytes (workers without the controller's filesystem)
+    client: Any = None
+    cluster: Any = None
+
+    def __enter__(self) -> DaskPool:
+        from distributed import Client, LocalCluster
+
+        if self.scheduler:
+            self.client = Client(self.scheduler, timeout="30s")
+            self.stage = True
+        else:
+            # Threads in this process: the same host, files and stop flag; Dask only places the groups.
+            self.cluster = LocalCluster(n_workers=1, threads_per_worker=self.jobs, processes=False,
+                                        dashboard_address=None, resources={SLOT: self.jobs})  # fmt: skip
+            self.client = Client(self.cluster)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close()
+        if self.cluster is not None:
+            with contextlib.suppress(Exception):
+                self.cluster.close()
+
+    def run(self, tasks: list[GroupTask], store: RunStore, on_row: Callable[[Cell, dict[str, Any]], None],
+            lost: Callable[[GroupTask, BaseException], GroupResult]) -> list[dict[str, Any]]:  # fmt: skip
+        """Run every task, writing each result into ``store`` as it arrives.  A worker lost mid-group is
+        retried by Dask on another worker (the scheduler's ``allowed-failures``, 3 by default); beyond
+        that, or when the task fails outside the guest, ``lost`` turns it into infrastructure-failure
+        rows: never a finding."""
+        from distributed import Event, as_completed
+
+        data: dict[str, Any] = {}
+        if self.stage:
+            for staged in {s.sha256: s for t in tasks for s in (*t.bzimages.values(), *t.initrds.values(),
+                                                                  t.client_key)}.values():  # fmt: skip
+                data[staged.sha256] = self.client.scatter(staged.path.read_bytes(), broadcast=True)
+        stop = Event(f"lab-stop-{store.run_id}", client=self.client)
+        stop.clear()
+        futures = {}
+        for task in tasks:
+            platform = task.cells[0].platform
+            resources = {SLOT: 1, **({platform: 1} if self.scheduler and platform != "auto" else {})}
+            needed = {s.sha256 for s in (*task.bzimages.values(), *task.initrds.values(), task.client_key)}
+            future = self.client.submit(run_group_task, task, {sha: data.get(sha) for sha in needed}, self.scheduler
+                                        is None, resources=resources, pure=False,
+                                        key=f"group-{task.run_id}-{task.cells[0].cell_id}")  # fmt: skip
+            futures[future] = task
+        rows: list[dict[str, Any]] = []
+        try:
+            for future in as_completed(list(futures)):
+                interrupt.check()
+                task = futures[future]
+                try:
+                    result = future.result()
+                except Exception as exc:  # the worker or its host failed, not the guest: infrastructure
+                    log.warning("boot group of %s lost: %r", task.cells[0].cell_id, exc)
+                    result = lost(task, exc)
+                if result.interrupted:
+                    interrupt.request_stop(result.interrupted)
+                    interrupt.check()
+                import_result(store, result)
+                by_id = {c.cell_id: c for c in task.cells}
+                for row in result.rows:
+                    rows.append(row)
+                    on_row(by_id[row["cell_id"]], row)
+        except BaseException:
+            stop.set()  # workers stop their guests within STOP_POLL_S + a QEMU shutdown
+            deadline = time.monotonic() + 20
+            while any(not f.done() for f in futures) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            for future in futures:
+                future.cancel()
+            raise
+        return rows
+
+
+def group_task(run_id: str, cells: list[Cell], ctx: Any, boot_spec: Any) -> GroupTask:
+    """The task for one boot group, from the controller's context."""
+    kernels = {c.kernel: ctx.kernels[c.kernel] for c in cells}
+    specs = {c.kernel: boot_spec(ctx, c) for c in cells}
+    return GroupTask(
+        run_id=run_id,
+        cells=tuple(cells),
+        kernels=kernels,
+        bzimages={k: stage(s.kernel) for k, s in specs.items()},
+        initrds={k: stage(s.initrd) for k, s in specs.items()},
+        host_key=ctx.image.host_key,
+        client_key=stage(ctx.client_key.private_path),
+        client_public=ctx.client_key.public_line,
+        settings={
+            "accel": ctx.accel,
+            "offered": ctx.offered,
+            "firmware": ctx.firmware,
+            "cbitpos": ctx.cbitpos,
+            "provenance": ctx.provenance,
+        },
+    )
