@@ -184,6 +184,8 @@ def _bench_context(hypervisor: LocalHypervisor, kernel_names: Sequence[str], acc
 
 
 def cmd_run_matrix(args: argparse.Namespace) -> int:
+    from lab.fanout import DaskPool, SshWorkerPool
+    from lab.hosts import load_hosts
     from lab.image import build_image
     from lab.kernel import build_kernel
     from lab.keys import client_key
@@ -206,8 +208,11 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
         print(f"{len(todo)} cells to run in {boots} boots, estimated {estimate_s / 60:.1f} min")
         return 0
     _require_host()
+    hosts = load_hosts(Path(args.hosts)) if args.hosts else None  # bad inventories exit 2 before anything runs
 
     jobs = args.jobs or default_jobs(max(c.vcpus for c in matrix.cells))
+    if hosts:
+        jobs = sum(h.slots for h in hosts.values())
     estimate_s /= min(jobs, max(boots, 1))
     console.print(f"matrix [bold]{matrix.name}[/bold]: {len(todo)} cells in {boots} boots, {jobs} at a time, "
                   f"~{estimate_s / 60:.0f} min")  # fmt: skip
@@ -245,6 +250,14 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
         "jobs": jobs,
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    pool: DaskPool | None = None
+    if hosts:
+        pool = SshWorkerPool(list(hosts.values()))
+        manifest["hosts"] = {h.name: {"address": h.address, "slots": h.slots, "platforms": list(h.platforms)}
+                             for h in hosts.values()}  # fmt: skip
+    elif args.scheduler:
+        pool = DaskPool(scheduler=args.scheduler)
+        manifest["scheduler"] = args.scheduler
     if store is None:
         store = RunStore.create(Path(args.results), manifest)
     else:
@@ -256,7 +269,12 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False,
         ) as progress:  # fmt: skip
             reporter = PhaseRecorder(store, RichReporter(progress, estimate_s, len(todo)))
-            run_matrix(matrix, store, ctx, reporter, skip, jobs=jobs)
+            if pool is None:
+                run_matrix(matrix, store, ctx, reporter, skip, jobs=jobs)
+            else:
+                with pool:
+                    ctx.offered = pool.offered()  # what the workers offer, not this machine
+                    run_matrix(matrix, store, ctx, reporter, skip, jobs=jobs, pool=pool)
     except KeyboardInterrupt:
         status = "interrupted"
         raise
@@ -595,7 +613,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "run did not finish or measured nothing)")  # fmt: skip
     matrix.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
     matrix.add_argument("--jobs", type=int, default=0,
-                        help="guests at once (default: host CPUs // (vCPUs + 1), at least 1)")  # fmt: skip
+                        help="guests at once (default: host CPUs // (vCPUs + 1), at least 1); more than one "
+                             "runs boot groups on an in-process Dask cluster")  # fmt: skip
+    where = matrix.add_mutually_exclusive_group()
+    where.add_argument("--hosts", metavar="HOSTS.toml",
+                       help="run on the hosts of an inventory: a Dask worker is started on each over SSH")  # fmt: skip
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run on a running Dask cluster (e.g. tcp://lab-ctl:8786) whose workers live on the "
+                            "hosts (`dask worker --resources \"slot=4,kvm=4,sev-snp=4\"`)")  # fmt: skip
     matrix.set_defaults(func=cmd_run_matrix)
 
     bench = sub.add_parser("bench", help="benchmarks")

@@ -17,20 +17,22 @@ import functools
 import logging
 import os
 import platform as host_platform
+import shlex
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from lab import interrupt
-from lab.errors import LabError
+from lab.errors import HostError, LabError
 from lab.image import GuestImage
 from lab.kernel import KernelBuild
 from lab.keys import KeyPair
 from lab.matrix import Cell
+from lab.platforms import PLATFORMS
 from lab.store import CELL_RECORD, MANIFEST, RunStore
 from lab.util import atomic_write_bytes, cache_dir, sha256_file
 
@@ -180,6 +182,7 @@ class DaskPool:
     jobs: int = 1
     scheduler: str | None = None
     stage: bool = False  # send kernels and initrds as bytes (workers without the controller's filesystem)
+    in_process: bool = False  # the workers are threads of this process (share its files and stop flag)
     client: Any = None
     cluster: Any = None
 
@@ -187,21 +190,33 @@ class DaskPool:
         from distributed import Client, LocalCluster
 
         if self.scheduler:
-            self.client = Client(self.scheduler, timeout="30s")
+            try:
+                self.client = Client(self.scheduler, timeout="30s")
+            except Exception as exc:
+                raise HostError(f"cannot reach the Dask scheduler {self.scheduler}: {exc}") from exc
             self.stage = True
         else:
             # Threads in this process: the same host, files and stop flag; Dask only places the groups.
             self.cluster = LocalCluster(n_workers=1, threads_per_worker=self.jobs, processes=False,
                                         dashboard_address=None, resources={SLOT: self.jobs})  # fmt: skip
             self.client = Client(self.cluster)
+            self.in_process = True
         return self
 
     def __exit__(self, *exc: object) -> None:
         with contextlib.suppress(Exception):
-            self.client.close()
+            if self.client is not None:
+                self.client.close()
         if self.cluster is not None:
             with contextlib.suppress(Exception):
                 self.cluster.close()
+
+    def offered(self) -> dict[str, str]:
+        """Per platform: "" if some worker offers it (as a resource), else why not."""
+        workers = self.client.scheduler_info()["workers"].values()
+        have = {name for worker in workers for name in (worker.get("resources") or {})}
+        names = ", ".join(sorted(str(w.get("name", w.get("id", "?"))) for w in workers)) or "none"
+        return {p: "" if p in have else f"no worker offers it (workers: {names})" for p in PLATFORMS}
 
     def run(self, tasks: list[GroupTask], store: RunStore, on_row: Callable[[Cell, dict[str, Any]], None],
             lost: Callable[[GroupTask, BaseException], GroupResult]) -> list[dict[str, Any]]:  # fmt: skip
@@ -221,10 +236,12 @@ class DaskPool:
         futures = {}
         for task in tasks:
             platform = task.cells[0].platform
-            resources = {SLOT: 1, **({platform: 1} if self.scheduler and platform != "auto" else {})}
+            resources = {SLOT: 1, **({platform: 1} if not self.in_process and platform != "auto" else {})}
             needed = {s.sha256 for s in (*task.bzimages.values(), *task.initrds.values(), task.client_key)}
-            future = self.client.submit(run_group_task, task, {sha: data.get(sha) for sha in needed}, self.scheduler
-                                        is None, resources=resources, pure=False,
+            if not self.in_process:  # a remote host decides "auto" (KVM or TCG) by its own probe
+                task = replace(task, settings={**task.settings, "accel": "auto"})
+            future = self.client.submit(run_group_task, task, {sha: data.get(sha) for sha in needed},
+                                        self.in_process, resources=resources, pure=False,
                                         key=f"group-{task.run_id}-{task.cells[0].cell_id}")  # fmt: skip
             futures[future] = task
         rows: list[dict[str, Any]] = []
@@ -254,6 +271,68 @@ class DaskPool:
                 future.cancel()
             raise
         return rows
+
+
+class SshWorkerPool(DaskPool):
+    """A scheduler in this process and one Dask worker per host of a hosts.toml, started over SSH (the
+    host's own ``python -m distributed.cli.dask_worker``, with a nanny that restarts a lost worker).
+
+    Each worker offers ``slot=<slots>`` and one resource per platform the host claims; it reaches the
+    scheduler at the address the host sees this machine at (``$SSH_CONNECTION``), and exits on its own
+    when the scheduler is gone for ``death_timeout_s``, so a lost controller leaves no worker (and,
+    through the parent-death signal, no QEMU) behind for long.
+    """
+
+    def __init__(self, hosts: Sequence[Any], *, bind: str = "0.0.0.0", death_timeout_s: int = 60) -> None:
+        super().__init__(stage=True)
+        self.hosts = list(hosts)
+        self.bind = bind
+        self.death_timeout_s = death_timeout_s
+        self._connections: list[Any] = []
+        self._promises: list[Any] = []
+
+    def __enter__(self) -> SshWorkerPool:
+        from distributed import Client, LocalCluster
+
+        from lab.hosts import connect
+
+        try:
+            self.cluster = LocalCluster(n_workers=0, processes=False, protocol="tcp://", host=self.bind,
+                                        dashboard_address=None)  # fmt: skip
+            self.client = Client(self.cluster)
+            port = int(self.cluster.scheduler_address.rsplit(":", 1)[1])
+            for host in self.hosts:
+                conn = connect(host)
+                self._connections.append(conn)
+                seen_as = conn.run("echo $SSH_CONNECTION", hide=True, in_stream=False).stdout.split()[0]
+                resources = ",".join([f"{SLOT}={host.slots}", *(f"{p}={host.slots}" for p in host.platforms)])
+                argv = [host.python, "-m", "distributed.cli.dask_worker", f"tcp://{seen_as}:{port}",
+                        "--nthreads", str(host.slots), "--resources", resources, "--name", host.name,
+                        "--no-dashboard", "--death-timeout", str(self.death_timeout_s)]  # fmt: skip
+                command = f"SWIOTLB_LAB_CACHE={shlex.quote(host.cache)} exec {shlex.join(argv)}"
+                self._promises.append(conn.run(command, hide=True, warn=True, in_stream=False, asynchronous=True))
+            self.client.wait_for_workers(len(self.hosts), timeout=120)
+        except LabError:
+            self.__exit__()
+            raise
+        except Exception as exc:
+            self.__exit__()
+            names = ", ".join(h.name for h in self.hosts)
+            raise HostError(f"could not start Dask workers on {names} over SSH: {exc} (try: python -m lab doctor "
+                            "--hosts ...)") from exc  # fmt: skip
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                self.client.retire_workers(close_workers=True)
+        super().__exit__()
+        for conn in self._connections:
+            with contextlib.suppress(Exception):
+                conn.close()
 
 
 def group_task(run_id: str, cells: list[Cell], ctx: Any, boot_spec: Any) -> GroupTask:

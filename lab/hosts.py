@@ -28,6 +28,7 @@ HOST_KEYS = {
     "slots": "boots at once (default 1)",
     "cache": "the lab's cache directory on the host (default ~/.cache/swiotlb-lab)",
     "qemu": "QEMU binary on the host (default qemu-system-x86_64)",
+    "python": "the host's Python with the lab installed, for its Dask worker (default python3)",
     "platforms": 'list of platforms the host offers: "tcg", "kvm", "sev-snp", "tdx"',
     "cbitpos": "the SEV C-bit position, if the host's cpuid driver cannot tell (sev-snp)",
     "firmware": 'table of OVMF images by platform, e.g. {sev-snp = "/usr/share/ovmf/OVMF.amdsev.fd"}',
@@ -45,6 +46,7 @@ class Host:
     slots: int = 1
     cache: str = "~/.cache/swiotlb-lab"
     qemu: str = "qemu-system-x86_64"
+    python: str = "python3"
     platforms: tuple[str, ...] = ("tcg",)
     cbitpos: int | None = None
     firmware: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
@@ -133,8 +135,8 @@ def _host(name: str, spec: object, text: str, path: Path) -> Host:
         raise ConfigError(f"{where('key')}: must be a path to a private key")
     key_path = Path(key).expanduser() if key else None  # checked when connecting: it lives on the operator's box
     return Host(name, host, int(port_text), str(spec.get("user", "root")), key_path, str(spec.get("host_key", "")),
-                slots, str(spec.get("cache", Host.cache)), str(spec.get("qemu", Host.qemu)), tuple(platforms),
-                cbitpos, dict(firmware))  # fmt: skip
+                slots, str(spec.get("cache", Host.cache)), str(spec.get("qemu", Host.qemu)),
+                str(spec.get("python", Host.python)), tuple(platforms), cbitpos, dict(firmware))  # fmt: skip
 
 
 @dataclass

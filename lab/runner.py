@@ -210,7 +210,9 @@ def run_matrix(
         reporter.cell_done(cell, row, cell_estimate_s(cell))
 
     tasks = [group_task(store.run_id, group, ctx, boot_spec) for group in groups]
-    with pool if pool is not None else DaskPool(jobs=jobs) as dask:
+    if pool is not None:  # the caller's cluster (remote workers), already started
+        return skipped + pool.run(tasks, store, on_row, lost)
+    with DaskPool(jobs=jobs) as dask:
         return skipped + dask.run(tasks, store, on_row, lost)
 
 

@@ -26,7 +26,7 @@ def cache_dir() -> Path:
     """The user cache directory for kernels, images, keys and probes."""
     explicit = os.environ.get("SWIOTLB_LAB_CACHE")
     if explicit:
-        root = Path(explicit)
+        root = Path(explicit).expanduser()
     else:
         xdg = os.environ.get("XDG_CACHE_HOME")
         root = (Path(xdg) if xdg else Path.home() / ".cache") / "swiotlb-lab"

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import subprocess
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -67,3 +71,55 @@ def pid_alive(pid: int) -> bool:
     # A zombie still answers kill(0); it has exited all the same.
     stat = Path(f"/proc/{pid}/stat")
     return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+SSHD = Path("/usr/sbin/sshd")
+
+
+@dataclass(frozen=True)
+class LocalSshd:
+    port: int
+    client_key: Path
+    host_key_line: str
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def local_sshd(tmp_path: Path) -> Iterator[LocalSshd]:
+    if not SSHD.exists():
+        pytest.skip("needs the Debian package openssh-server (make setup installs it)")
+    if os.geteuid() != 0:
+        pytest.skip("sshd with its own config needs root")
+    for name in ("host", "client"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "lab-test", "-f", str(tmp_path / name)],
+                       check=True)  # fmt: skip
+    authorized = tmp_path / "authorized_keys"
+    shutil.copy(tmp_path / "client.pub", authorized)
+    authorized.chmod(0o600)
+    port = _free_port()
+    config = tmp_path / "sshd_config"
+    config.write_text(f"Port {port}\nListenAddress 127.0.0.1\nHostKey {tmp_path / 'host'}\n"
+                      f"AuthorizedKeysFile {authorized}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+                      "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nPidFile none\n")  # fmt: skip
+    Path("/run/sshd").mkdir(exist_ok=True)  # its privilege-separation directory
+    proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None, f"sshd exited: {proc.stderr.read() if proc.stderr else ''}"
+                assert time.monotonic() < deadline, "sshd did not listen within 10 s"
+                time.sleep(0.05)
+        yield LocalSshd(port, tmp_path / "client", (tmp_path / "host.pub").read_text().strip())
+    finally:
+        proc.terminate()
+        proc.wait(10)

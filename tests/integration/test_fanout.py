@@ -1,0 +1,123 @@
+"""Boot groups over Dask distributed: an in-process cluster with two workers, and a worker started over
+real SSH (an sshd on 127.0.0.1) whose death mid-cell is survived.  Results always land on the controller."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import LocalSshd, pid_alive, qemu_pids
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+MATRIX = """
+[matrix]
+kernels = ["static"]
+pools = ["2MiB", "4MiB"]
+workloads = ["a"]
+observe = "all"
+
+[workloads.a]
+rw = "randread"
+bs = "64k"
+iodepth = 16
+numjobs = 2
+runtime = "RUNTIME"
+size = "64M"
+"""
+
+
+def lab(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "lab", "run", "matrix", *args], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+
+
+def layout(run: Path) -> set[str]:
+    """The run directory's shape: file names per cell and the run-level files."""
+    names = {p.name for p in run.iterdir() if p.is_file()}
+    for cell in (run / "cells").iterdir():
+        names |= {f"cells/*/{p.name}" for p in cell.iterdir()}
+    return names
+
+
+def test_two_local_workers_give_the_same_run_directory_as_one_thread(tmp_path: Path) -> None:
+    matrix = tmp_path / "m.toml"
+    matrix.write_text(MATRIX.replace("RUNTIME", "3s"))
+    before = qemu_pids()
+    runs = {}
+    for jobs in ("1", "2"):
+        proc = lab(str(matrix), "--results", str(tmp_path / f"jobs{jobs}"), "--jobs", jobs)
+        output, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, output
+        [runs[jobs]] = list((tmp_path / f"jobs{jobs}").iterdir())
+    assert layout(runs["1"]) == layout(runs["2"])
+    one, two = (pd.read_parquet(runs[j] / "cells.parquet") for j in ("1", "2"))
+    assert sorted(one["cell_id"]) == sorted(two["cell_id"]) and (two["status"] == "ok").all()
+    assert (two["hiwater"] > 0).all() and (two["bounces"] > 0).all()  # real bouncing, measured by the workers
+    assert json.loads((runs["2"] / "manifest.json").read_text())["jobs"] == 2
+    assert qemu_pids() - before == set()
+
+
+def hosts_file(tmp_path: Path, sshd: LocalSshd) -> Path:
+    hosts = tmp_path / "hosts.toml"
+    hosts.write_text(f'[hosts.loopback]\naddress = "127.0.0.1:{sshd.port}"\nkey = "{sshd.client_key}"\n'
+                     f'host_key = "{sshd.host_key_line}"\nslots = 1\ncache = "{tmp_path / "worker-cache"}"\n'
+                     f'python = "{sys.executable}"\nplatforms = ["tcg"]\n')  # fmt: skip
+    return hosts
+
+
+def workers_left() -> list[str]:
+    out = subprocess.run(["pgrep", "-f", "distributed.cli.dask_worker"], capture_output=True, text=True).stdout
+    return [pid for pid in out.split() if pid_alive(int(pid))]
+
+
+def test_a_worker_over_ssh_runs_the_cells_and_the_results_come_home(local_sshd: LocalSshd, tmp_path: Path) -> None:
+    matrix = tmp_path / "m.toml"
+    matrix.write_text(MATRIX.replace("RUNTIME", "3s"))
+    before = qemu_pids()
+    proc = lab(str(matrix), "--results", str(tmp_path / "results"), "--hosts", str(hosts_file(tmp_path, local_sshd)))
+    output, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, output
+    [run] = list((tmp_path / "results").iterdir())
+    cells = pd.read_parquet(run / "cells.parquet")
+    assert len(cells) == 2 and (cells["status"] == "ok").all() and (cells["hiwater"] > 0).all()
+    assert (run / "cells" / cells["cell_id"][0] / "fio.json").is_file()  # artifacts, not just rows
+    # The worker had its own cache: kernel, initrd and key were staged there by content hash.
+    staged = list((tmp_path / "worker-cache" / "staged").glob("*/*"))
+    assert {p.name for p in staged} >= {"bzImage", "rootfs.cpio"}
+    assert qemu_pids() - before == set()
+    deadline = time.monotonic() + 30
+    while workers_left() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not workers_left(), "the SSH-started worker outlived the run"
+
+
+def test_a_worker_killed_mid_cell_is_replaced_and_the_run_completes(local_sshd: LocalSshd, tmp_path: Path) -> None:
+    matrix = tmp_path / "m.toml"
+    matrix.write_text(MATRIX.replace("RUNTIME", "8s"))
+    before = qemu_pids()
+    proc = lab(str(matrix), "--results", str(tmp_path / "results"), "--hosts", str(hosts_file(tmp_path, local_sshd)))
+    deadline = time.monotonic() + 600
+    while not (qemu_pids() - before):
+        assert proc.poll() is None and time.monotonic() < deadline, "no QEMU was started"
+        time.sleep(0.2)
+    time.sleep(6)  # inside the first cell
+    [qemu] = list(qemu_pids() - before)
+    worker = int(Path(f"/proc/{qemu}/stat").read_text().split()[3])  # QEMU's parent: the worker process
+    os.kill(worker, signal.SIGKILL)
+    output, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, output
+    assert not pid_alive(qemu), "the killed worker's QEMU survived"
+    [run] = list((tmp_path / "results").iterdir())
+    cells = pd.read_parquet(run / "cells.parquet")
+    assert len(cells) == 2 and (cells["status"] == "ok").all(), cells[["cell_id", "status", "failure_reason"]]
+    assert qemu_pids() - before == set()
