@@ -26,6 +26,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from distributed.diagnostics.plugin import WorkerPlugin
+
 from lab import interrupt
 from lab.errors import HostError, LabError
 from lab.image import GuestImage
@@ -83,19 +85,42 @@ def stage(path: Path) -> Staged:
     return Staged(path.name, _digest(path, info.st_size, info.st_mtime_ns), path)
 
 
-def _materialise(staged: Staged, data: bytes | None, cache: Path) -> Path:
-    """The worker's copy of a staged file: the controller's path on a shared filesystem, else its cache
-    copy, written once (atomically, hash checked) from the bytes the controller sent."""
-    if data is None:
+def _materialise(staged: Staged, remote: bool, cache: Path) -> Path:
+    """The worker's copy of a staged file: the controller's own path for in-process workers, else the copy
+    the staging plugin wrote into the worker's cache."""
+    if not remote:
         return staged.path
     target = cache / "staged" / staged.sha256 / staged.name
     if not target.exists():
-        atomic_write_bytes(target, data)
-        if sha256_file(target) != staged.sha256:
-            target.unlink()
-            raise LabError(f"staged {staged.name} arrived corrupt (sha256 mismatch)")
-        target.chmod(0o600)
+        raise LabError(f"{staged.name} ({staged.sha256[:12]}) was not staged to this worker's cache {cache}")
     return target
+
+
+def write_staged(name: str, sha256: str, data: bytes, cache: Path) -> Path:
+    """Write one staged file into ``cache`` once, atomically, refusing bytes whose hash does not match."""
+    target = cache / "staged" / sha256 / name
+    if target.exists():
+        return target
+    atomic_write_bytes(target, data)
+    if sha256_file(target) != sha256:
+        target.unlink()
+        raise LabError(f"staged {name} arrived corrupt (sha256 mismatch)")
+    target.chmod(0o600)
+    return target
+
+
+class StagePlugin(WorkerPlugin):
+    """A Dask worker plugin that writes the run's kernels, initrds and key into every worker's cache, by
+    content hash; Dask runs it on each worker, including one that replaces a lost worker."""
+
+    def __init__(self, name: str, files: dict[str, tuple[str, bytes]]) -> None:
+        self.name = name
+        self.files = files  # sha256 -> (file name, content)
+
+    def setup(self, worker: Any) -> None:
+        cache = cache_dir()
+        for sha256, (name, data) in self.files.items():
+            write_staged(name, sha256, data, cache)
 
 
 @contextlib.contextmanager
@@ -126,7 +151,7 @@ def _stop_watch(run_id: str) -> Iterator[None]:
         done.set()
 
 
-def run_group_task(task: GroupTask, data: dict[str, bytes | None], in_process: bool) -> GroupResult:
+def run_group_task(task: GroupTask, in_process: bool) -> GroupResult:
     """On a worker: run one boot group with this host's QEMU; return rows and artifacts.
 
     ``in_process``: the worker is a thread of the controller, sharing its stop flag; a worker process of
@@ -138,9 +163,9 @@ def run_group_task(task: GroupTask, data: dict[str, bytes | None], in_process: b
     if not in_process:
         interrupt.reset()
     cache = cache_dir()
-    bzimages = {k: _materialise(s, data.get(s.sha256), cache) for k, s in task.bzimages.items()}
-    initrds = {k: _materialise(s, data.get(s.sha256), cache) for k, s in task.initrds.items()}
-    key_path = _materialise(task.client_key, data.get(task.client_key.sha256), cache)
+    bzimages = {k: _materialise(s, not in_process, cache) for k, s in task.bzimages.items()}
+    initrds = {k: _materialise(s, not in_process, cache) for k, s in task.initrds.items()}
+    key_path = _materialise(task.client_key, not in_process, cache)
     kernels = {name: replace(k, bzimage=bzimages[name], modules_dir=None, boot_modules=())
                for name, k in task.kernels.items()}  # fmt: skip
     image = GuestImage(next(iter(initrds.values())), task.host_key, "staged")
@@ -226,22 +251,19 @@ class DaskPool:
         rows: never a finding."""
         from distributed import Event, as_completed
 
-        data: dict[str, Any] = {}
         if self.stage:
-            for staged in {s.sha256: s for t in tasks for s in (*t.bzimages.values(), *t.initrds.values(),
-                                                                  t.client_key)}.values():  # fmt: skip
-                data[staged.sha256] = self.client.scatter(staged.path.read_bytes(), broadcast=True)
+            files = {s.sha256: (s.name, s.path.read_bytes()) for t in tasks
+                     for s in (*t.bzimages.values(), *t.initrds.values(), t.client_key)}  # fmt: skip
+            self.client.register_plugin(StagePlugin(f"swiotlb-lab-stage-{store.run_id}", files))
         stop = Event(f"lab-stop-{store.run_id}", client=self.client)
         stop.clear()
         futures = {}
         for task in tasks:
             platform = task.cells[0].platform
             resources = {SLOT: 1, **({platform: 1} if not self.in_process and platform != "auto" else {})}
-            needed = {s.sha256 for s in (*task.bzimages.values(), *task.initrds.values(), task.client_key)}
             if not self.in_process:  # a remote host decides "auto" (KVM or TCG) by its own probe
                 task = replace(task, settings={**task.settings, "accel": "auto"})
-            future = self.client.submit(run_group_task, task, {sha: data.get(sha) for sha in needed},
-                                        self.in_process, resources=resources, pure=False,
+            future = self.client.submit(run_group_task, task, self.in_process, resources=resources, pure=False,
                                         key=f"group-{task.run_id}-{task.cells[0].cell_id}")  # fmt: skip
             futures[future] = task
         rows: list[dict[str, Any]] = []

@@ -56,6 +56,8 @@ class PhaseRecorder:
         self.inner.phase(cell, text)
 
     def cell_done(self, cell: Cell, row: dict[str, Any], estimate_s: float) -> None:
+        # Groups on Dask workers report no phases; their finished cells still show here.
+        self.store.write_phase(cell.cell_id, f"finished: {row['status']}")
         self.inner.cell_done(cell, row, estimate_s)
 
 
