@@ -442,6 +442,47 @@ def cmd_bench_sampler(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_dispatch(args: argparse.Namespace) -> int:
+    """What Dask adds per boot group (wall time minus the group's own, one group at a time), and the
+    throughput of one local boot at a time against ``--jobs 2`` on an in-process cluster."""
+    from lab.fanout import DaskPool
+    from lab.runner import boot_spec, run_matrix
+    from lab.store import RunStore
+
+    matrix = load_matrix(args.matrix)
+    _require_host()
+    hypervisor = LocalHypervisor()
+    ctx = _bench_context(hypervisor, sorted({c.kernel for c in matrix.cells}), args.accel)
+    ctx.accel = hypervisor.resolve_accel(boot_spec(ctx, matrix.cells[0]), ctx.cache / "probe-work")  # type: ignore[assignment]
+    work = Path(args.results) / f"bench-dispatch-{time.strftime('%Y%m%dT%H%M%S')}"
+    groups = matrix.boot_groups()
+    with DaskPool(jobs=1) as pool:
+        store = RunStore.create(work, {"bench": "dispatch"}, run_id="dask-one-by-one")
+        for group in groups:
+            one = replace(matrix, cells=tuple(group))
+            run_matrix(one, store, ctx, _QuietReporter(), pool=pool)
+        overheads = list(pool.overheads)
+    walls = {}
+    for jobs in (1, 2):
+        store = RunStore.create(work, {"bench": "dispatch"}, run_id=f"jobs{jobs}")
+        started = time.monotonic()
+        rows = run_matrix(matrix, store, ctx, _QuietReporter(), jobs=jobs)
+        walls[jobs] = time.monotonic() - started
+        if not all(r["status"] == "ok" for r in rows):
+            raise LabError(f"bench dispatch: a cell failed with --jobs {jobs}; see {store.root}")
+    cells = len(matrix.cells)
+    print(
+        f"\nDask dispatch overhead per boot group ({len(overheads)} groups, in-process cluster, {ctx.accel}, "
+        f"{os.cpu_count()} host CPUs): median {statistics.median(overheads):.3f} s, max {max(overheads):.3f} s"
+    )
+    for jobs, wall in walls.items():
+        print(
+            f"--jobs {jobs}: {cells} cells in {wall:.1f} s = {cells / wall * 3600:.0f} cells/hour"
+            + ("" if jobs == 1 else f" ({walls[1] / wall:.2f}x the throughput of --jobs 1)")
+        )
+    return 0
+
+
 class _QuietReporter:
     def phase(self, cell: Cell | None, text: str) -> None:
         pass
@@ -667,6 +708,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench_kernel.add_argument("--variant", default="static")
     bench_kernel.add_argument("--cold", action="store_true", help="also time a cold build into an empty cache")
     bench_kernel.set_defaults(func=cmd_bench_kernel)
+
+    dispatch = bench_sub.add_parser("dispatch", help="Dask's overhead per boot group; --jobs 1 vs 2 throughput")
+    dispatch.add_argument("--matrix", default="stock")
+    dispatch.add_argument("--results", default="results")
+    dispatch.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    dispatch.set_defaults(func=cmd_bench_dispatch)
 
     bench_matrix = bench_sub.add_parser("matrix", help="cells/hour and boots saved of a run; report time at scale")
     bench_matrix.add_argument("--run", help="a finished results/<run-id> to measure")

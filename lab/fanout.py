@@ -170,13 +170,14 @@ def run_group_task(task: GroupTask, in_process: bool) -> GroupResult:
                for name, k in task.kernels.items()}  # fmt: skip
     image = GuestImage(next(iter(initrds.values())), task.host_key, "staged")
     settings = task.settings
-    worker = {"host": host_platform.node(), "host_kernel": host_platform.release(), "host_cpus": os.cpu_count(),
-              "worker_pid": os.getpid()}  # fmt: skip
+    worker: dict[str, Any] = {"host": host_platform.node(), "host_kernel": host_platform.release(),
+                              "host_cpus": os.cpu_count(), "worker_pid": os.getpid()}  # fmt: skip
     ctx = LabContext(LocalHypervisor(settings.get("qemu", "qemu-system-x86_64")), image,
                      KeyPair(key_path, task.client_public), kernels, cache, accel=settings["accel"],
                      provenance={**settings.get("provenance", {}), **worker},
                      offered=settings.get("offered", {}), firmware=settings.get("firmware", {}),
                      cbitpos=settings.get("cbitpos"), initrds=initrds)  # fmt: skip
+    worker["task_started"] = time.time()
     with tempfile.TemporaryDirectory(prefix="swiotlb-lab-group-") as scratch, _stop_watch(task.run_id):
         store = RunStore.create(Path(scratch), {"worker": worker}, run_id=task.run_id)
         stopped = ""
@@ -187,6 +188,7 @@ def run_group_task(task: GroupTask, in_process: bool) -> GroupResult:
         files = {str(p.relative_to(store.root)): p.read_bytes() for p in sorted(store.root.rglob("*"))
                  if p.is_file() and p.name != MANIFEST and p.suffix != ".raw"}  # fmt: skip
         rows = list(store.completed_cells().values())
+    worker["task_ended"] = time.time()
     return GroupResult(rows, files, worker, stopped)
 
 
@@ -208,6 +210,7 @@ class DaskPool:
     scheduler: str | None = None
     stage: bool = False  # send kernels and initrds as bytes (workers without the controller's filesystem)
     in_process: bool = False  # the workers are threads of this process (share its files and stop flag)
+    overheads: list[float] = field(default_factory=list)  # per group: wall time minus the task's own
     client: Any = None
     cluster: Any = None
 
@@ -258,6 +261,7 @@ class DaskPool:
         stop = Event(f"lab-stop-{store.run_id}", client=self.client)
         stop.clear()
         futures = {}
+        submitted: dict[Any, float] = {}
         for task in tasks:
             platform = task.cells[0].platform
             resources = {SLOT: 1, **({platform: 1} if not self.in_process and platform != "auto" else {})}
@@ -266,6 +270,7 @@ class DaskPool:
             future = self.client.submit(run_group_task, task, self.in_process, resources=resources, pure=False,
                                         key=f"group-{task.run_id}-{task.cells[0].cell_id}")  # fmt: skip
             futures[future] = task
+            submitted[future] = time.time()
         rows: list[dict[str, Any]] = []
         try:
             for future in as_completed(list(futures)):
@@ -280,6 +285,10 @@ class DaskPool:
                     interrupt.request_stop(result.interrupted)
                     interrupt.check()
                 import_result(store, result)
+                if "task_started" in result.worker:  # the time Dask added around the group (queueing included)
+                    self.overheads.append(
+                        time.time() - submitted[future] - (result.worker["task_ended"] - result.worker["task_started"])
+                    )
                 by_id = {c.cell_id: c for c in task.cells}
                 for row in result.rows:
                     rows.append(row)
