@@ -8,7 +8,6 @@ import os
 import statistics
 import sys
 import time
-import traceback
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -18,17 +17,14 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from lab import __version__, interrupt
-from lab.errors import ConfigError, HostError, LabError
-from lab.matrix import Cell, Matrix, load_matrix
-from lab.runner import boot_estimate_s, cell_estimate_s, default_jobs
+from lab.errors import ConfigError, LabError
+from lab.host import require_host
+from lab.matrix import Cell, load_matrix
 from lab.store import SKIPPED
 from lab.vm import LocalHypervisor
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from lab.runner import LabContext
-    from lab.store import RunStore
 
 log = logging.getLogger("lab")
 console = Console(stderr=True, soft_wrap=True)
@@ -145,22 +141,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
-def _estimate(matrix: Matrix, skip: set[str]) -> tuple[float, int]:
-    groups = [[c for c in g if c.cell_id not in skip] for g in matrix.boot_groups()]
-    groups = [g for g in groups if g]
-    return sum(boot_estimate_s(g[0]) + sum(cell_estimate_s(c) for c in g) for g in groups), len(groups)
-
-
-def _require_host() -> None:
-    from lab.host import missing_requirements
-
-    missing = missing_requirements()
-    if missing:
-        packages = " ".join(sorted({r.package for r in missing}))
-        what = ", ".join(r.what for r in missing)
-        raise HostError(f"missing on this host: {what}; install with: apt-get install {packages}")
-
-
 def _stock_context(hypervisor: LocalHypervisor, accel: str = "auto") -> LabContext:
     """A lab context on Debian's stock kernel (doctor needs no kernel build)."""
     return _bench_context(hypervisor, ("stock",), accel)
@@ -184,97 +164,31 @@ def _bench_context(hypervisor: LocalHypervisor, kernel_names: Sequence[str], acc
 
 
 def cmd_run_matrix(args: argparse.Namespace) -> int:
-    from lab.fanout import DaskPool, SshWorkerPool
-    from lab.hosts import load_hosts
-    from lab.image import build_image
-    from lab.kernel import build_kernel
-    from lab.keys import client_key
-    from lab.preflight import LocalView, preflight
-    from lab.report import build_report
-    from lab.runner import LabContext, PhaseRecorder, boot_spec, run_matrix
-    from lab.store import RunStore
-    from lab.util import atomic_write_text, cache_dir
+    from lab.session import RunRequest, Session
 
-    matrix = load_matrix(args.matrix)
-    if args.retry_failed and not args.resume:
-        raise ConfigError("--retry-failed needs --resume RUN_DIR (the run whose failed cells to rerun)")
-    store = RunStore.open(Path(args.resume)) if args.resume else None
-    skip = store.cells_to_skip(retry_failed=args.retry_failed) if store else set()
-    estimate_s, boots = _estimate(matrix, skip)
-    todo = [c for c in matrix.cells if c.cell_id not in skip]
+    request = RunRequest(
+        matrix=args.matrix, results=Path(args.results), resume=Path(args.resume) if args.resume else None,
+        retry_failed=args.retry_failed, jobs=args.jobs, accel=args.accel,
+        hosts=Path(args.hosts) if args.hosts else None, scheduler=args.scheduler, strict=args.strict,
+    )  # fmt: skip
+    session = Session(request, busy=lambda text: console.status(text))
+    plan = session.plan()
     if args.dry_run:
-        for cell in matrix.cells:
-            print(("done  " if cell.cell_id in skip else "todo  ") + cell.cell_id)
-        print(f"{len(todo)} cells to run in {boots} boots, estimated {estimate_s / 60:.1f} min")
+        for cell in session.matrix.cells:
+            print(("done  " if cell.cell_id in plan.skip else "todo  ") + cell.cell_id)
+        print(f"{len(plan.todo)} cells to run in {plan.boots} boots, estimated {plan.estimate_s / 60:.1f} min")
         return 0
-    _require_host()
-    hosts = load_hosts(Path(args.hosts)) if args.hosts else None  # bad inventories exit 2 before anything runs
-
-    jobs = args.jobs or default_jobs(max(c.vcpus for c in matrix.cells))
-    if hosts:
-        jobs = sum(h.slots for h in hosts.values())
-    estimate_s /= min(jobs, max(boots, 1))
-    console.print(f"matrix [bold]{matrix.name}[/bold]: {len(todo)} cells in {boots} boots, {jobs} at a time, "
-                  f"~{estimate_s / 60:.0f} min")  # fmt: skip
-    image = build_image()
-    kernels = {}
-    for name in sorted({c.kernel for c in matrix.cells}):
-        with console.status(f"kernel {name}: building or loading from cache"):
-            kernels[name] = build_kernel(name)
-    hypervisor = LocalHypervisor()
-    cache = cache_dir()
-    ctx = LabContext(hypervisor, image, client_key(), kernels, cache, accel=args.accel)
-    from lab.host import provenance
-
-    ctx.provenance = provenance()
-    # "auto" cells: KVM where a probe boot works, else TCG; CoCo platforms: what the preflight finds.
-    first_spec = replace(boot_spec(ctx, matrix.cells[0]), accel=args.accel, firmware=None, cbitpos=None)
-    accel = hypervisor.resolve_accel(first_spec, cache / "probe-work")
-    ctx.accel = accel  # type: ignore[assignment]
-    ctx.provenance["accel"] = accel
-    host = preflight(LocalView())
-    ctx.offered, ctx.cbitpos = dict(host.offered), host.cbitpos
-    if hypervisor.probe_note and accel != "kvm":
-        ctx.offered["kvm"] = f"a KVM boot probe failed on this host ({hypervisor.probe_note})"
-    manifest = {
-        **ctx.provenance,
-        "lab_version": __version__,
-        "accel_note": hypervisor.probe_note or f"accelerator forced to {args.accel}",
-        "matrix_name": matrix.name,
-        "matrix_source": matrix.source,
-        "matrix_description": matrix.description,
-        "matrix": matrix.raw,
-        "cells": [c.cell_id for c in matrix.cells],
-        "kernels": {name: k.describe() for name, k in kernels.items()},
-        "image_recipe_hash": image.recipe_hash,
-        "jobs": jobs,
-        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    pool: DaskPool | None = None
-    if hosts:
-        pool = SshWorkerPool(list(hosts.values()))
-        manifest["hosts"] = {h.name: {"address": h.address, "slots": h.slots, "platforms": list(h.platforms)}
-                             for h in hosts.values()}  # fmt: skip
-    elif args.scheduler:
-        pool = DaskPool(scheduler=args.scheduler)
-        manifest["scheduler"] = args.scheduler
-    if store is None:
-        store = RunStore.create(Path(args.results), manifest)
-    else:
-        store.update_manifest(status="running", resumed_utc=manifest["started_utc"])
+    session.prepare()
+    estimate_s = plan.estimate_s / min(session.jobs, max(plan.boots, 1))
+    console.print(f"matrix [bold]{session.matrix.name}[/bold]: {len(plan.todo)} cells in {plan.boots} boots, "
+                  f"{session.jobs} at a time, ~{estimate_s / 60:.0f} min")  # fmt: skip
     status = "complete"
     try:
         with Progress(
             SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[cells]} cells"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False,
         ) as progress:  # fmt: skip
-            reporter = PhaseRecorder(store, RichReporter(progress, estimate_s, len(todo)))
-            if pool is None:
-                run_matrix(matrix, store, ctx, reporter, skip, jobs=jobs)
-            else:
-                with pool:
-                    ctx.offered = pool.offered()  # what the workers offer, not this machine
-                    run_matrix(matrix, store, ctx, reporter, skip, jobs=jobs, pool=pool)
+            session.run(RichReporter(progress, estimate_s, len(plan.todo)))
     except KeyboardInterrupt:
         status = "interrupted"
         raise
@@ -282,61 +196,20 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
         status = "failed"
         raise
     finally:
-        # A second Ctrl-C must not tear the bookkeeping that marks what was kept.
-        with interrupt.deferred():
-            cells, status = _finish_run(store, matrix, status)
-        report_failed = False
-        if status == "interrupted":
+        outcome = session.finish(status)
+        root = outcome.store.root
+        print((root / "summary.md").read_text())
+        if outcome.status == "interrupted":
             console.print(f"interrupted ({interrupt.reason() or 'KeyboardInterrupt'}): no report; finish the run "
-                          f"with --resume {store.root}, or build a report of the kept cells with "
-                          f"python -m lab report {store.root}")  # fmt: skip
-        elif not cells.empty:
-            try:
-                written = build_report(store.root)
-                console.print(f"report: {written['html']}")
-            except Exception:  # the cells are safe on disk; say so instead of losing the summary to a traceback
-                report_failed = True
-                error_file = store.root / "report-error.txt"
-                atomic_write_text(error_file, traceback.format_exc())
-                console.print(f"[red]the report could not be built[/red] (traceback in {error_file}); "
-                              f"every cell is stored, rebuild with: python -m lab report {store.root}")  # fmt: skip
-        console.print(f"results: {store.root} ({status})")
-    return 1 if report_failed else run_exit_code(cells, status, strict=args.strict)
-
-
-def _finish_run(store: RunStore, matrix: Matrix, status: str) -> tuple[pd.DataFrame, str]:
-    """Rebuild the run tables, mark the manifest with the final status, write and print the summary."""
-    from lab.report import summary_markdown
-    from lab.store import load_cells
-    from lab.util import atomic_write_text
-
-    try:
-        store.consolidate()
-    except OSError as exc:  # the per-cell records stay the source of truth
-        console.print(f"could not rebuild the run tables: {exc}")
-    cells = load_cells(store.root)
-    finished = set(cells["cell_id"]) if not cells.empty else set()
-    if status == "complete" and not all(c.cell_id in finished for c in matrix.cells):
-        status = "partial"
-    store.update_manifest(status=status, finished_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    summary = summary_markdown(cells, str(store.root), store.manifest())
-    atomic_write_text(store.root / "summary.md", summary)
-    print(summary)
-    return cells, status
-
-
-EXIT_NOTHING_RAN = 3  # every cell was skipped: no host here offers the matrix's platforms
-
-
-def run_exit_code(cells: pd.DataFrame, status: str, *, strict: bool) -> int:
-    """0 when the matrix ran to the end and measured something; failed cells are findings, listed in the
-    summary and the report (a hang of a patched kernel is a result), unless ``strict`` asks to fail on them.
-    Skipped cells (platform not offered) are neither; a run in which every cell was skipped exits 3."""
-    if status == "complete" and not cells.empty and (cells["status"] == SKIPPED).all():
-        return EXIT_NOTHING_RAN
-    if status != "complete" or cells.empty or not (cells["status"] == "ok").any():
-        return 1
-    return 1 if strict and (cells["status"] == "failed").any() else 0
+                          f"with --resume {root}, or build a report of the kept cells with "
+                          f"python -m lab report {root}")  # fmt: skip
+        elif outcome.report_error is not None:
+            console.print(f"[red]the report could not be built[/red] (traceback in {outcome.report_error}); "
+                          f"every cell is stored, rebuild with: python -m lab report {root}")  # fmt: skip
+        elif outcome.report is not None:
+            console.print(f"report: {outcome.report}")
+        console.print(f"results: {root} ({outcome.status})")
+    return outcome.exit_code
 
 
 def cmd_bench_boot(args: argparse.Namespace) -> int:
@@ -346,7 +219,7 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
     from lab.vm import Machine
 
     matrix = load_matrix(args.matrix)
-    _require_host()
+    require_host()
     hypervisor = LocalHypervisor()
     cell = matrix.cells[0]
     ctx = _bench_context(hypervisor, (cell.kernel,), args.accel)
@@ -396,7 +269,7 @@ def cmd_bench_sampler(args: argparse.Namespace) -> int:
                           f"valid: {', '.join(sorted(by_name))}")  # fmt: skip
     if args.pairs < 2:
         raise ConfigError(f"--pairs {args.pairs}: a confidence interval needs at least 2 pairs")
-    _require_host()
+    require_host()
     hypervisor = LocalHypervisor()
     ctx = _bench_context(hypervisor, sorted({by_name[n].kernel for n in names}), args.accel)
     work = Path(args.results) / f"bench-{args.observer}-{time.strftime('%Y%m%dT%H%M%S')}"
@@ -450,7 +323,7 @@ def cmd_bench_dispatch(args: argparse.Namespace) -> int:
     from lab.store import RunStore
 
     matrix = load_matrix(args.matrix)
-    _require_host()
+    require_host()
     hypervisor = LocalHypervisor()
     ctx = _bench_context(hypervisor, sorted({c.kernel for c in matrix.cells}), args.accel)
     ctx.accel = hypervisor.resolve_accel(boot_spec(ctx, matrix.cells[0]), ctx.cache / "probe-work")  # type: ignore[assignment]

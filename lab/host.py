@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lab.errors import HostError
 from lab.vm import qemu_version
 
 
@@ -40,6 +41,15 @@ REQUIREMENTS = (
 
 def missing_requirements() -> list[Requirement]:
     return [r for r in REQUIREMENTS if not r.present()]
+
+
+def require_host() -> None:
+    """Raise HostError naming what this host lacks and the Debian packages that provide it."""
+    missing = missing_requirements()
+    if missing:
+        packages = " ".join(sorted({r.package for r in missing}))
+        what = ", ".join(r.what for r in missing)
+        raise HostError(f"missing on this host: {what}; install with: apt-get install {packages}")
 
 
 def lab_revision() -> str:

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from lab.claims import judge_all, judge_c2, judge_c4, judge_c5, judge_c7
-from lab.cli import run_exit_code
+from lab.session import run_exit_code
 
 CELLS = Path(__file__).resolve().parent.parent / "data" / "default-cells.parquet"
 

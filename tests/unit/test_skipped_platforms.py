@@ -9,13 +9,13 @@ from typing import Any
 
 import pandas as pd
 
-from lab.cli import EXIT_NOTHING_RAN, run_exit_code
 from lab.image import GuestImage
 from lab.kernel import KernelBuild
 from lab.keys import KeyPair
 from lab.matrix import Cell
 from lab.report import summary_markdown
 from lab.runner import LabContext, SilentReporter, run_matrix
+from lab.session import EXIT_NOTHING_RAN, run_exit_code
 from lab.store import RunStore, load_cells
 from lab.vm import BootSpec
 from lab.workload import Workload

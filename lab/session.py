@@ -1,0 +1,221 @@
+"""The session API: one matrix run from request to verdict, called by the CLI, CI and notebooks alike.
+
+``Session.plan()`` needs nothing but the matrix (cells, boots, estimate);
+``prepare()`` builds kernels and the image, probes the host and writes the
+manifest; ``run(reporter)`` runs the cells, locally or on Dask workers; and
+``finish()`` marks the run, writes the summary and the report, and says
+what the exit code is.  Nothing here prints or exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import traceback
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lab import __version__, interrupt
+from lab.errors import ConfigError
+from lab.matrix import Cell, Matrix, load_matrix
+from lab.runner import Reporter, boot_estimate_s, cell_estimate_s, default_jobs
+from lab.store import SKIPPED, RunStore
+from lab.vm import Accel
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from lab.fanout import DaskPool
+    from lab.hosts import Host
+    from lab.runner import LabContext
+
+EXIT_NOTHING_RAN = 3  # every cell was skipped: no host here offers the matrix's platforms
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What to run and where; the CLI's flags, as values."""
+
+    matrix: str | Path = "default"
+    results: Path = Path("results")
+    resume: Path | None = None
+    retry_failed: bool = False
+    jobs: int = 0  # 0: host CPUs // (vCPUs + 1)
+    accel: Accel = "auto"
+    hosts: Path | None = None
+    scheduler: str | None = None
+    strict: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    todo: tuple[Cell, ...]
+    skip: frozenset[str]
+    boots: int
+    estimate_s: float  # for one boot at a time
+
+
+@dataclass
+class Outcome:
+    store: RunStore
+    cells: pd.DataFrame
+    status: str  # complete, partial, interrupted, failed
+    exit_code: int
+    report: Path | None = None
+    report_error: Path | None = None
+
+
+def estimate(matrix: Matrix, skip: set[str] | frozenset[str]) -> tuple[float, int]:
+    groups = [[c for c in g if c.cell_id not in skip] for g in matrix.boot_groups()]
+    groups = [g for g in groups if g]
+    return sum(boot_estimate_s(g[0]) + sum(cell_estimate_s(c) for c in g) for g in groups), len(groups)
+
+
+def run_exit_code(cells: pd.DataFrame, status: str, *, strict: bool) -> int:
+    """0 when the matrix ran to the end and measured something; failed cells are findings, listed in the
+    summary and the report (a hang of a patched kernel is a result), unless ``strict`` asks to fail on them.
+    Skipped cells (platform not offered) are neither; a run in which every cell was skipped exits 3."""
+    if status == "complete" and not cells.empty and (cells["status"] == SKIPPED).all():
+        return EXIT_NOTHING_RAN
+    if status != "complete" or cells.empty or not (cells["status"] == "ok").any():
+        return 1
+    return 1 if strict and (cells["status"] == "failed").any() else 0
+
+
+@dataclass
+class Session:
+    """One run of one matrix.  ``busy(text)`` wraps slow preparation steps (the CLI shows a spinner)."""
+
+    request: RunRequest
+    busy: Callable[[str], AbstractContextManager[Any]] = field(default=lambda text: nullcontext())
+    matrix: Matrix = field(init=False)
+    store: RunStore | None = field(default=None, init=False)
+    ctx: LabContext | None = field(default=None, init=False)
+    pool: DaskPool | None = field(default=None, init=False)
+    hosts: dict[str, Host] | None = field(default=None, init=False)
+    jobs: int = field(default=1, init=False)
+
+    def __post_init__(self) -> None:
+        self.matrix = load_matrix(self.request.matrix)
+        if self.request.retry_failed and not self.request.resume:
+            raise ConfigError("--retry-failed needs --resume RUN_DIR (the run whose failed cells to rerun)")
+        if self.request.resume:
+            self.store = RunStore.open(Path(self.request.resume))
+
+    def plan(self) -> Plan:
+        skip = (
+            frozenset(self.store.cells_to_skip(retry_failed=self.request.retry_failed)) if self.store else frozenset()
+        )
+        estimate_s, boots = estimate(self.matrix, skip)
+        todo = tuple(c for c in self.matrix.cells if c.cell_id not in skip)
+        return Plan(todo, skip, boots, estimate_s)
+
+    def prepare(self) -> None:
+        """Check the host, build or load kernels and the image, probe the platforms, write the manifest."""
+        from lab.fanout import DaskPool, SshWorkerPool
+        from lab.host import provenance, require_host
+        from lab.hosts import load_hosts
+        from lab.image import build_image
+        from lab.kernel import build_kernel
+        from lab.keys import client_key
+        from lab.preflight import LocalView, preflight
+        from lab.runner import LabContext, boot_spec
+        from lab.util import cache_dir
+        from lab.vm import LocalHypervisor
+
+        require_host()
+        request, matrix = self.request, self.matrix
+        self.hosts = load_hosts(request.hosts) if request.hosts else None  # bad inventories exit 2 first
+        self.jobs = request.jobs or default_jobs(max(c.vcpus for c in matrix.cells))
+        if self.hosts:
+            self.jobs = sum(h.slots for h in self.hosts.values())
+        image = build_image()
+        kernels = {}
+        for name in sorted({c.kernel for c in matrix.cells}):
+            with self.busy(f"kernel {name}: building or loading from cache"):
+                kernels[name] = build_kernel(name)
+        hypervisor = LocalHypervisor()
+        cache = cache_dir()
+        ctx = LabContext(hypervisor, image, client_key(), kernels, cache, accel=request.accel)
+        ctx.provenance = provenance()
+        # "auto" cells: KVM where a probe boot works, else TCG; CoCo platforms: what the preflight finds.
+        first_spec = replace(boot_spec(ctx, matrix.cells[0]), accel=request.accel, firmware=None, cbitpos=None)
+        accel = hypervisor.resolve_accel(first_spec, cache / "probe-work")
+        ctx.accel = accel  # type: ignore[assignment]
+        ctx.provenance["accel"] = accel
+        host = preflight(LocalView())
+        ctx.offered, ctx.cbitpos = dict(host.offered), host.cbitpos
+        if hypervisor.probe_note and accel != "kvm":
+            ctx.offered["kvm"] = f"a KVM boot probe failed on this host ({hypervisor.probe_note})"
+        manifest = {
+            **ctx.provenance,
+            "lab_version": __version__,
+            "accel_note": hypervisor.probe_note or f"accelerator forced to {request.accel}",
+            "matrix_name": matrix.name,
+            "matrix_source": matrix.source,
+            "matrix_description": matrix.description,
+            "matrix": matrix.raw,
+            "cells": [c.cell_id for c in matrix.cells],
+            "kernels": {name: k.describe() for name, k in kernels.items()},
+            "image_recipe_hash": image.recipe_hash,
+            "jobs": self.jobs,
+            "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        if self.hosts:
+            self.pool = SshWorkerPool(list(self.hosts.values()))
+            manifest["hosts"] = {h.name: {"address": h.address, "slots": h.slots, "platforms": list(h.platforms)}
+                                 for h in self.hosts.values()}  # fmt: skip
+        elif request.scheduler:
+            self.pool = DaskPool(scheduler=request.scheduler)
+            manifest["scheduler"] = request.scheduler
+        if self.store is None:
+            self.store = RunStore.create(request.results, manifest)
+        else:
+            self.store.update_manifest(status="running", resumed_utc=manifest["started_utc"])
+        self.ctx = ctx
+
+    def run(self, reporter: Reporter) -> None:
+        """Run every cell still to do; the reporter hears each phase and finished cell."""
+        from lab.runner import PhaseRecorder, run_matrix
+
+        if self.store is None or self.ctx is None:
+            raise RuntimeError("Session.prepare() first")
+        recorder = PhaseRecorder(self.store, reporter)
+        skip = set(self.plan().skip)
+        if self.pool is None:
+            run_matrix(self.matrix, self.store, self.ctx, recorder, skip, jobs=self.jobs)
+            return
+        with self.pool:
+            self.ctx.offered = self.pool.offered()  # what the workers offer, not this machine
+            run_matrix(self.matrix, self.store, self.ctx, recorder, skip, jobs=self.jobs, pool=self.pool)
+
+    def finish(self, status: str, *, report: bool = True) -> Outcome:
+        """Rebuild the run tables, mark the manifest, write the summary and (unless interrupted) the report."""
+        from lab.report import build_report, summary_markdown
+        from lab.store import load_cells
+        from lab.util import atomic_write_text
+
+        store = self.store
+        if store is None:
+            raise RuntimeError("nothing to finish: the session was never prepared")
+        with interrupt.deferred():  # a second Ctrl-C must not tear the bookkeeping that marks what was kept
+            with contextlib.suppress(OSError):  # the per-cell records stay the source of truth
+                store.consolidate()
+            cells = load_cells(store.root)
+            finished = set(cells["cell_id"]) if not cells.empty else set()
+            if status == "complete" and not all(c.cell_id in finished for c in self.matrix.cells):
+                status = "partial"
+            store.update_manifest(status=status, finished_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            atomic_write_text(store.root / "summary.md", summary_markdown(cells, str(store.root), store.manifest()))
+        outcome = Outcome(store, cells, status, run_exit_code(cells, status, strict=self.request.strict))
+        if report and status != "interrupted" and not cells.empty:
+            try:
+                outcome.report = build_report(store.root)["html"]
+            except Exception:  # the cells are safe on disk; keep the reason instead of losing the run to it
+                outcome.report_error = store.root / "report-error.txt"
+                atomic_write_text(outcome.report_error, traceback.format_exc())
+                outcome.exit_code = 1
+        return outcome
