@@ -24,7 +24,7 @@ from lab.matrix import Cell, Matrix
 from lab.parse import parse_debugfs, parse_dmesg, parse_fio, parse_hctx_flags, parse_hist, parse_samples
 from lab.platforms import AUTO, encryption_matches, profile
 from lab.store import SKIPPED, RunStore
-from lab.vm import Accel, BootSpec, Disk, Hypervisor, RunningGuest, console_excerpt
+from lab.vm import Accel, BootSpec, Disk, Endpoint, Hypervisor, RunningGuest, console_excerpt
 
 if TYPE_CHECKING:
     from lab.fanout import DaskPool
@@ -85,6 +85,7 @@ class LabContext:
     firmware: dict[str, Path] = field(default_factory=dict)  # platform -> its OVMF image on this host
     cbitpos: int | None = None  # this host's SEV C-bit position (sev-snp)
     initrds: dict[str, Path] = field(default_factory=dict)  # kernel -> its initrd, where already made (workers)
+    guest: Callable[[Endpoint, Path, str], Guest] = Guest  # SSH to a booted guest (a fake in unit tests)
 
 
 def boot_estimate_s(cell: Cell) -> float:
@@ -252,7 +253,7 @@ def run_group(cells: list[Cell], store: RunStore, ctx: LabContext, reporter: Rep
         booted = False
         try:
             with ctx.hypervisor.boot(spec, workdir) as vm:
-                guest = Guest(vm.endpoint, ctx.client_key.private_path, ctx.image.host_key_blob)
+                guest = ctx.guest(vm.endpoint, ctx.client_key.private_path, ctx.image.host_key_blob)
                 try:
                     ssh_s = guest.connect(alive=vm.check_alive)
                     # Trust nothing about the guest platform: a kernel without ACPI on q35,
