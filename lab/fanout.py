@@ -16,7 +16,6 @@ import contextlib
 import functools
 import logging
 import os
-import platform as host_platform
 import shlex
 import tempfile
 import threading
@@ -157,9 +156,13 @@ def run_group_task(task: GroupTask, in_process: bool) -> GroupResult:
     ``in_process``: the worker is a thread of the controller, sharing its stop flag; a worker process of
     its own starts each task with a clean flag and follows the controller's stop event instead.
     """
+    from distributed import get_worker
+
+    from lab.host import host_facts
     from lab.runner import LabContext, SilentReporter, run_group
     from lab.vm import LocalHypervisor
 
+    settings = task.settings
     if not in_process:
         interrupt.reset()
     cache = cache_dir()
@@ -169,9 +172,10 @@ def run_group_task(task: GroupTask, in_process: bool) -> GroupResult:
     kernels = {name: replace(k, bzimage=bzimages[name], modules_dir=None, boot_modules=())
                for name, k in task.kernels.items()}  # fmt: skip
     image = GuestImage(next(iter(initrds.values())), task.host_key, "staged")
-    settings = task.settings
-    worker: dict[str, Any] = {"host": host_platform.node(), "host_kernel": host_platform.release(),
-                              "host_cpus": os.cpu_count(), "worker_pid": os.getpid()}  # fmt: skip
+    worker: dict[str, Any] = {**host_facts(settings.get("qemu", "qemu-system-x86_64")), "worker_pid": os.getpid()}
+    if not in_process:
+        with contextlib.suppress(ValueError):  # a remote worker is named after its hosts.toml entry
+            worker["host_id"] = str(get_worker().name)
     ctx = LabContext(LocalHypervisor(settings.get("qemu", "qemu-system-x86_64")), image,
                      KeyPair(key_path, task.client_public), kernels, cache, accel=settings["accel"],
                      provenance={**settings.get("provenance", {}), **worker},

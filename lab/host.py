@@ -65,12 +65,30 @@ def lab_revision() -> str:
     return rev + ("-dirty" if dirty else "")
 
 
-def provenance() -> dict[str, Any]:
+def cpu_model(cpuinfo: str) -> str:
+    """The first "model name" of /proc/cpuinfo's text."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            return value.strip()
+    return "unknown"
+
+
+def host_facts(qemu: str = "qemu-system-x86_64") -> dict[str, Any]:
+    """The machine a cell ran on: every row carries these (on a Dask worker, the worker's own)."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        cpuinfo = ""
     return {
-        "lab_revision": lab_revision(),
+        "host_id": platform.node(),
         "host": platform.node(),
         "host_kernel": platform.release(),
         "host_cpus": os.cpu_count(),
-        "qemu_version": qemu_version(),
-        "python": platform.python_version(),
+        "cpu_model": cpu_model(cpuinfo),
+        "qemu_version": qemu_version(qemu),
     }
+
+
+def provenance() -> dict[str, Any]:
+    return {"lab_revision": lab_revision(), "python": platform.python_version(), **host_facts()}
