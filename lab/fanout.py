@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import logging
 import os
 import shlex
@@ -250,6 +251,17 @@ class DaskPool:
         names = ", ".join(sorted(str(w.get("name", w.get("id", "?"))) for w in workers)) or "none"
         return {p: "" if p in have else f"no worker offers it (workers: {names})" for p in PLATFORMS}
 
+    def _workers_by_resource(self) -> dict[str, list[str]]:
+        """The hosts of the workers, by the resources they offer.  Placement restricts a task to a host,
+        not to a worker's address, which changes when a nanny restarts a lost worker."""
+        if self.in_process:
+            return {}
+        by: dict[str, set[str]] = {}
+        for worker in self.client.scheduler_info()["workers"].values():
+            for resource in worker.get("resources") or {}:
+                by.setdefault(resource, set()).add(str(worker.get("host")))
+        return {k: sorted(v) for k, v in by.items()}
+
     def run(self, tasks: list[GroupTask], store: RunStore, on_row: Callable[[Cell, dict[str, Any]], None],
             lost: Callable[[GroupTask, BaseException], GroupResult]) -> list[dict[str, Any]]:  # fmt: skip
         """Run every task, writing each result into ``store`` as it arrives.  A worker lost mid-group is
@@ -266,13 +278,18 @@ class DaskPool:
         stop.clear()
         futures = {}
         submitted: dict[Any, float] = {}
+        workers = self._workers_by_resource()
         for task in tasks:
             platform = task.cells[0].platform
             resources = {SLOT: 1, **({platform: 1} if not self.in_process and platform != "auto" else {})}
+            placement: dict[str, Any] = {}
             if not self.in_process:  # a remote host decides "auto" (KVM or TCG) by its own probe
                 task = replace(task, settings={**task.settings, "accel": "auto"})
+                eligible = workers.get(platform if platform != "auto" else SLOT, [])
+                if eligible:
+                    placement = {"workers": [place(task.cells[0], eligible)], "allow_other_workers": False}
             future = self.client.submit(run_group_task, task, self.in_process, resources=resources, pure=False,
-                                        key=f"group-{task.run_id}-{task.cells[0].cell_id}")  # fmt: skip
+                                        key=f"group-{task.run_id}-{task.cells[0].cell_id}", **placement)  # fmt: skip
             futures[future] = task
             submitted[future] = time.time()
         rows: list[dict[str, Any]] = []
@@ -368,6 +385,15 @@ class SshWorkerPool(DaskPool):
         for conn in self._connections:
             with contextlib.suppress(Exception):
                 conn.close()
+
+
+def place(cell: Cell, workers: Sequence[str]) -> str:
+    """The host for a boot group: every kernel of one comparison unit (pool, device, vCPUs, memory,
+    repetition, platform) lands on the same host, so kernels are compared on one machine; units spread
+    over the eligible workers by a stable hash, not by anything the scheduler happens to see first."""
+    unit = (cell.pool_slabs, cell.device, cell.vcpus, cell.memory_mib, cell.repetition, cell.platform)
+    digest = int(hashlib.sha256(repr(unit).encode()).hexdigest()[:8], 16)
+    return sorted(workers)[digest % len(workers)]
 
 
 def group_task(run_id: str, cells: list[Cell], ctx: Any, boot_spec: Any) -> GroupTask:

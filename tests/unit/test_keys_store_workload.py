@@ -73,6 +73,8 @@ def test_resume_skips_finished_cells_and_retry_failed_reruns_only_failures(tmp_p
 def test_cpu_model_is_read_from_cpuinfo() -> None:
     from lab.host import cpu_model
 
-    text = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9654 96-Core Processor\n\nprocessor\t: 1\n"
+    text = (
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9654 96-Core Processor\n\nprocessor\t: 1\n"
+    )
     assert cpu_model(text) == "AMD EPYC 9654 96-Core Processor"
     assert cpu_model("") == "unknown"

@@ -171,3 +171,17 @@ def test_a_host_without_qemu_offers_nothing(tmp_path: Path) -> None:
 ])  # fmt: skip
 def test_cbitpos_from_cpuid(text: str, expected: int | None) -> None:
     assert cbitpos_from_cpuid(text) == expected
+
+
+def test_every_kernel_of_a_comparison_unit_lands_on_the_same_worker() -> None:
+    from lab.fanout import place
+    from lab.matrix import Cell
+    from lab.workload import Workload
+
+    workers = ["snp1", "snp2", "snp3"]
+    unit = [Cell(kernel, 1024, "nvme", Workload("w"), 2, 1024, 3, platform="sev-snp")
+            for kernel in ("static", "throttle", "dynamic")]  # fmt: skip
+    assert len({place(cell, workers) for cell in unit}) == 1
+    assert place(unit[0], workers) == place(unit[0], list(reversed(workers)))  # stable, whatever the order
+    spread = {place(Cell("static", 1024, "nvme", Workload("w"), 2, 1024, rep), workers) for rep in range(30)}
+    assert spread == set(workers)  # repetitions spread over the hosts
