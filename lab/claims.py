@@ -8,7 +8,7 @@ rests on.  A judge that lacks the cells it needs says so; it never guesses.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 
@@ -31,6 +31,7 @@ class Verdict:
     evidence: tuple[str, ...]
     detail: str
     comparisons: tuple[Comparison, ...] = ()
+    scope: str = ""  # "host X, platform Y" when a run spans several: every verdict is judged within one
 
 
 def _ok(cells: pd.DataFrame) -> pd.DataFrame:
@@ -321,8 +322,30 @@ JUDGES: tuple[Callable[[pd.DataFrame], Verdict], ...] = (
 )  # fmt: skip
 
 
+SCOPE_KEYS = ("host_id", "platform")  # a comparison never crosses these: host-to-host variance stays out
+
+
+def scopes(cells: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """The cells split by host and platform, each part labelled; one unlabelled part if there is only one."""
+    keys = [k for k in SCOPE_KEYS if k in cells and cells[k].notna().any()]
+    if cells.empty or not keys or len(cells.groupby(keys, dropna=False)) <= 1:
+        return [("", cells)]
+    parts = []
+    for values, group in cells.groupby(keys, dropna=False):
+        values = values if isinstance(values, tuple) else (values,)
+        label = ", ".join(f"{k.removesuffix('_id')} {v}" for k, v in zip(keys, values, strict=True))
+        parts.append((label, group))
+    return parts
+
+
 def judge_all(cells: pd.DataFrame) -> list[Verdict]:
-    """Every claim; cells skipped because their platform was not offered are not evidence of anything."""
+    """Every claim, judged within each host and platform; cells skipped because their platform was not
+    offered are not evidence of anything."""
     if not cells.empty and "status" in cells:
         cells = cells[cells["status"] != SKIPPED]
-    return [judge(cells) for judge in JUDGES]
+    verdicts = []
+    for label, part in scopes(cells):
+        for judge in JUDGES:
+            verdict = judge(part)
+            verdicts.append(replace(verdict, scope=label) if label else verdict)
+    return verdicts

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from lab.claims import Verdict, judge_all, like_with_like, observed
+from lab.claims import Verdict, judge_all, like_with_like, observed, scopes
 from lab.stats import THRESHOLDS_TEXT, Metric, compare_family
 from lab.store import SKIPPED, load_cells, load_samples, write_parquet
 from lab.util import atomic_write_bytes, atomic_write_text
@@ -333,6 +333,13 @@ def comparisons(cells: pd.DataFrame, baseline: str = "static") -> list[dict[str,
     ok = cells[cells["status"] == "ok"] if not cells.empty else cells
     if ok.empty or baseline not in set(ok["kernel"]):
         return rows
+    for scope, part in scopes(ok):
+        rows += [{"scope": scope, **row} if scope else row for row in _comparisons(part, baseline)]
+    return rows
+
+
+def _comparisons(ok: pd.DataFrame, baseline: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
     for (pool, workload), group in ok.groupby(["pool_slabs_requested", "workload"]):
         for kernel in sorted(set(group["kernel"]) - {baseline}):
             base, cand, cells_used = like_with_like(
@@ -354,8 +361,8 @@ def comparisons(cells: pd.DataFrame, baseline: str = "static") -> list[dict[str,
 
 def claims_frame(verdicts: list[Verdict]) -> pd.DataFrame:
     return pd.DataFrame([{
-        "claim": v.claim, "text": v.text, "verdict": v.verdict, "metric": v.metric, "threshold": v.threshold,
-        "detail": v.detail, "evidence": " ".join(v.evidence),
+        "claim": v.claim, "scope": v.scope, "text": v.text, "verdict": v.verdict, "metric": v.metric,
+        "threshold": v.threshold, "detail": v.detail, "evidence": " ".join(v.evidence),
     } for v in verdicts])  # fmt: skip
 
 
@@ -394,7 +401,8 @@ def report_markdown(manifest: dict[str, Any], cells: pd.DataFrame, verdicts: lis
         evidence = ", ".join(_cell_link(c) for c in v.evidence[:6]) + (" …" if len(v.evidence) > 6 else "")
         figure = CLAIM_FIGURES.get(v.claim)
         shown = f"[{figure}](figures/{figure})" if figure in figure_names else "-"
-        lines.append(f"| **{v.claim}** {v.text} | **{v.verdict}** | {v.metric} | {v.threshold} | {v.detail} | "
+        where = f" ({v.scope})" if v.scope else ""
+        lines.append(f"| **{v.claim}**{where} {v.text} | **{v.verdict}** | {v.metric} | {v.threshold} | {v.detail} | "
                      f"{evidence or '-'} | {shown} |")  # fmt: skip
     lines += ["", "## Statistics", "", THRESHOLDS_TEXT, ""]
     lines.append(_md_table(pd.DataFrame(comparison_rows)))
@@ -466,7 +474,8 @@ def report_html(manifest: dict[str, Any], cells: pd.DataFrame, verdicts: list[Ve
         evidence = " ".join(f"<a href='cells/{esc(c)}/cell.json'>{esc(c)}</a>" for c in v.evidence)
         figure = CLAIM_FIGURES.get(v.claim, "")
         shown = f"<a href='#fig-{esc(figure)}'>{esc(figure)}</a>" if figure in pngs else "-"
-        parts.append(f"<tr class='{esc(v.verdict)}'><td><b>{esc(v.claim)}</b> {esc(v.text)}</td>"
+        where = f" ({esc(v.scope)})" if v.scope else ""
+        parts.append(f"<tr class='{esc(v.verdict)}'><td><b>{esc(v.claim)}</b>{where} {esc(v.text)}</td>"
                      f"<td><b>{esc(v.verdict)}</b></td><td>{esc(v.metric)}</td><td>{esc(v.threshold)}</td>"
                      f"<td>{esc(v.detail)}</td><td>{evidence or '-'}</td><td>{shown}</td></tr>")  # fmt: skip
     parts.append("</table>")

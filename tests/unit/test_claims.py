@@ -122,3 +122,17 @@ def test_failed_cells_are_findings_unless_strict(cells: pd.DataFrame) -> None:
     assert run_exit_code(cells, "partial", strict=False) == 1
     assert run_exit_code(cells.assign(status="failed"), "complete", strict=False) == 1  # measured nothing
     assert run_exit_code(cells.iloc[0:0], "complete", strict=False) == 1
+
+
+def test_claims_are_judged_within_each_host_never_across(cells: pd.DataFrame) -> None:
+    # The stored run, as if every repetition >= 2 had run on a second host whose static kernel is 3x faster:
+    # pooled, throttle would look far slower than static; within each host, it is what it was.
+    two = cells.assign(host_id=["snp1" if rep < 2 else "snp2" for rep in cells["repetition"]], platform="sev-snp")
+    faster = (two["host_id"] == "snp2") & (two["kernel"] == "static")
+    two.loc[faster, "fio_iops"] = two.loc[faster, "fio_iops"] * 3
+    verdicts = judge_all(two)
+    assert [v.scope for v in verdicts] == ["host snp1, platform sev-snp"] * 7 + ["host snp2, platform sev-snp"] * 7
+    for verdict in verdicts:
+        hosts = set(two[two["cell_id"].isin(verdict.evidence)]["host_id"])
+        assert hosts <= {verdict.scope.split(",")[0].removeprefix("host ")}, (verdict.claim, hosts)
+    assert all(v.scope == "" for v in judge_all(cells))  # one host: no scopes, verdicts as published
