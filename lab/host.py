@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -74,6 +75,24 @@ def cpu_model(cpuinfo: str) -> str:
     return "unknown"
 
 
+_SNP_API = re.compile(r"SEV-SNP API:\s*(\S+)(?:\s+build:\s*(\S+))?")
+# Kernels word the TDX module's version differently; both forms seen in public logs are read.
+_TDX_MODULE = re.compile(r"TDX module[:\s].*?(?:major_version (\d+), minor_version (\d+)|(\d+)\.(\d+)(?:\.\d+)?)"
+                         r"(?:.*?build_num (\d+))?", re.M)  # fmt: skip
+
+
+def coco_firmware(dmesg: str) -> str:
+    """The host's SEV-SNP firmware API version or TDX module version, as its kernel logged them at boot
+    (ccp: "SEV-SNP API:1.55 build:21"; virt/tdx: "TDX module: ... major_version 1, minor_version 5, ...")."""
+    found = []
+    if match := _SNP_API.search(dmesg):
+        found.append(f"SEV-SNP API {match.group(1)}" + (f" build {match.group(2)}" if match.group(2) else ""))
+    if match := _TDX_MODULE.search(dmesg):
+        major, minor = (match.group(1), match.group(2)) if match.group(1) else (match.group(3), match.group(4))
+        found.append(f"TDX module {major}.{minor}" + (f" build {match.group(5)}" if match.group(5) else ""))
+    return "; ".join(found)
+
+
 def host_facts(qemu: str = "qemu-system-x86_64") -> dict[str, Any]:
     """The machine a cell ran on: every row carries these (on a Dask worker, the worker's own)."""
     try:
@@ -87,7 +106,15 @@ def host_facts(qemu: str = "qemu-system-x86_64") -> dict[str, Any]:
         "host_cpus": os.cpu_count(),
         "cpu_model": cpu_model(cpuinfo),
         "qemu_version": qemu_version(qemu),
+        "coco_firmware": coco_firmware(_dmesg()),
     }
+
+
+def _dmesg() -> str:
+    try:  # root on a lab host; elsewhere the kernel may refuse, and the firmware stays unknown
+        return subprocess.run(["dmesg"], capture_output=True, text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
 
 
 def provenance() -> dict[str, Any]:
