@@ -174,7 +174,8 @@ class Session:
         if self.store is None:
             self.store = RunStore.create(request.results, manifest)
         else:
-            self.store.update_manifest(status="running", resumed_utc=manifest["started_utc"])
+            was = self.store.claim()  # refuses a run another process is still running
+            self.store.update_manifest(resumed_utc=manifest["started_utc"], resumed_from=was)
         self.ctx = ctx
 
     def run(self, reporter: Reporter) -> None:

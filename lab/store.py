@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import secrets
 import time
 from dataclasses import dataclass
@@ -24,6 +25,36 @@ MANIFEST = "manifest.json"
 CELL_RECORD = "cell.json"
 PHASE = "phase.json"
 SKIPPED = "skipped"  # status of a cell whose platform the host does not offer: not a failure, not a finding
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def owner() -> dict[str, Any]:
+    """Who runs a run: recorded in the manifest so that a dead run can be told from a running one."""
+    return {"pid": os.getpid(), "boot_id": _boot_id(), "controller": platform.node()}
+
+
+def liveness(manifest: dict[str, Any]) -> str:
+    """For a manifest that says ``running``: "alive" if its process still runs (same machine, same boot,
+    the pid is a lab process), "dead" if it cannot be (another boot, or the pid is gone or reused),
+    "unknown" if it ran on another machine.  Any other status is returned as it is."""
+    status = str(manifest.get("status", ""))
+    if status != "running":
+        return status
+    if manifest.get("controller") not in (None, platform.node()):
+        return "unknown"
+    if manifest.get("boot_id") != _boot_id() or "pid" not in manifest:
+        return "dead"
+    try:
+        cmdline = Path(f"/proc/{int(manifest['pid'])}/cmdline").read_bytes().replace(b"\0", b" ")
+    except (OSError, ValueError):
+        return "dead"
+    return "alive" if b"lab" in cmdline else "dead"
 
 
 def new_run_id() -> str:
@@ -70,8 +101,25 @@ class RunStore:
         except OSError as exc:
             raise HostError(f"cannot create results directory {root}: {exc.strerror}") from exc
         store = cls(root)
-        store.write_manifest({**manifest, "run_id": store.run_id, "status": "running"})
+        store.write_manifest({**manifest, "run_id": store.run_id, "status": "running", **owner()})
         return store
+
+    def claim(self) -> str:
+        """Take over a run for --resume.  Refuses a run whose process is still alive; a run that says
+        ``running`` but whose process is gone (kill -9, power loss) is marked as having died.  Returns
+        the status the run had."""
+        manifest = self.manifest()
+        previous = str(manifest.get("status", "?"))
+        state = liveness(manifest)
+        if state == "alive":
+            raise ConfigError(f"{self.root} is still being run by process {manifest.get('pid')} on this machine; "
+                              "stop it (Ctrl-C) before resuming")  # fmt: skip
+        changes: dict[str, Any] = {"status": "running", **owner()}
+        if state == "dead":
+            changes["died"] = f"its process {manifest.get('pid')} ended without marking the run (kill -9, crash)"
+            previous = "dead"
+        self.update_manifest(**changes)
+        return previous
 
     @classmethod
     def open(cls, path: Path) -> RunStore:

@@ -99,3 +99,29 @@ def test_the_dotted_tdx_module_version_is_read_too() -> None:
     assert coco_firmware("[    3.1] virt/tdx: TDX module 1.5.06 (build_date 20240129, build_num 698)\n") == (
         "TDX module 1.5 build 698"
     )
+
+
+def test_a_run_whose_process_died_is_recognised_and_a_live_one_is_refused(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from lab.errors import ConfigError
+    from lab.store import RunStore, liveness
+
+    store = RunStore.create(tmp_path, {"matrix_name": "m"}, run_id="r")
+    # A process that looks like a lab run, standing in for one that still runs.
+    runner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "lab", "run", "matrix"])
+    try:
+        store.update_manifest(pid=runner.pid)
+        assert liveness(store.manifest()) == "alive"
+        with pytest.raises(ConfigError, match="still being run by process"):
+            store.claim()
+    finally:
+        runner.kill()
+        runner.wait()
+    # kill -9: the manifest still says running, but nothing runs it any more.
+    assert store.manifest()["status"] == "running" and liveness(store.manifest()) == "dead"
+    assert store.claim() == "dead"
+    assert "ended without marking the run" in store.manifest()["died"]
+    assert liveness({"status": "running", "controller": "another-box", "pid": 1}) == "unknown"
+    assert liveness({"status": "complete"}) == "complete"
