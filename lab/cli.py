@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from lab import __version__, interrupt
-from lab.errors import ConfigError, LabError
+from lab.errors import ConfigError, HostError, LabError
 from lab.host import require_host
 from lab.matrix import Cell, load_matrix
 from lab.store import SKIPPED
@@ -210,6 +210,72 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
             console.print(f"report: {outcome.report}")
         console.print(f"results: {root} ({outcome.status})")
     return outcome.exit_code
+
+
+def cmd_nightly(args: argparse.Namespace) -> int:
+    """One night: build the revision under test, run the nightly matrix into the history, gate against the
+    baseline, write JUnit XML and the trend page, apply retention.  Exit 0, 1 (regression) or 3 (no result)."""
+    from lab.history import History
+    from lab.nightly import EXIT_NO_RESULT, build_trend, judge_night, tree_revision
+    from lab.session import RunRequest, Session
+
+    history = History(Path(args.history))
+    tree = Path(args.kernel_tree).resolve() if args.kernel_tree else None
+    request = RunRequest(matrix=args.matrix, results=history.runs, jobs=args.jobs, accel=args.accel,
+                         hosts=Path(args.hosts) if args.hosts else None, scheduler=args.scheduler,
+                         kernel_tree=tree)  # fmt: skip
+    session = Session(request, busy=lambda text: console.status(text))
+    session.prepare()
+    plan = session.plan()
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[cells]} cells"),
+               TimeElapsedColumn())  # fmt: skip
+    try:
+        with Progress(*columns, console=console) as progress:
+            session.run(RichReporter(progress, plan.estimate_s, len(plan.todo)))
+    except HostError as exc:  # no host could be reached or started: infrastructure, not a regression
+        session.finish("failed", report=False)
+        console.print(f"[red]no usable result:[/red] {exc}")
+        return EXIT_NO_RESULT
+    except BaseException as exc:
+        session.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", report=False)
+        raise
+    outcome = session.finish("complete")
+    code, summary = judge_night(history, outcome.store, tree_revision(tree), Path(args.junit) if args.junit else None)
+    trend = build_trend(history, session.matrix.name)
+    removed = history.retain(args.keep, session.matrix.name)
+    print(f"night {outcome.store.run_id}: {summary}")
+    print(f"report: {outcome.report}\njunit: {outcome.store.root / 'junit.xml'}\ntrend: {trend}")
+    if removed:
+        print(f"retention (keep {args.keep}): removed {', '.join(removed)}")
+    return code
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    """The common questions about the nights, answered with DuckDB over their Parquet tables."""
+    from lab.history import History
+    from lab.nightly import build_trend
+
+    history = History(Path(args.history))
+    if not history.runs.is_dir():
+        raise ConfigError(f"{args.history}: no nights here (expected {history.runs}/<run-id>/)")
+    queries = {
+        "nights": "SELECT run_id, matrix_name, status, started_utc, tree_describe, lab_revision, baseline, "
+                  "regressions, exit_code FROM nights ORDER BY started_utc",
+        "claims": "SELECT night, scope, claim, verdict FROM claims ORDER BY night, scope, claim",
+        "metric": f"SELECT night, kernel, workload, count(*) AS cells, median({args.metric}) AS median, "
+                  f"quantile_cont({args.metric}, 0.25) AS q1, quantile_cont({args.metric}, 0.75) AS q3 "
+                  "FROM cells WHERE status = 'ok' GROUP BY night, kernel, workload ORDER BY night, kernel, workload",
+    }  # fmt: skip
+    if args.question == "trend":
+        print(build_trend(history, args.matrix))
+        return 0
+    sql = args.sql if args.question == "sql" else queries[args.question]
+    try:
+        frame = history.query(sql)
+    except Exception as exc:  # DuckDB's own message names the column or table that is wrong
+        raise ConfigError(f"history query failed: {exc}") from exc
+    print(frame.to_string(index=False) if not frame.empty else "(no rows)")
+    return 0
 
 
 def cmd_bench_boot(args: argparse.Namespace) -> int:
@@ -536,6 +602,27 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run on a running Dask cluster (e.g. tcp://lab-ctl:8786) whose workers live on the "
                             "hosts (`dask worker --resources \"slot=4,kvm=4,sev-snp=4\"`)")  # fmt: skip
     matrix.set_defaults(func=cmd_run_matrix)
+
+    nightly = sub.add_parser("nightly", help="one night of hardware-in-the-loop CI: run, gate against the baseline")
+    nightly.add_argument("--matrix", default="nightly", help="shipped matrix name or TOML path (default: nightly)")
+    nightly.add_argument("--history", default="results/nightly", help="where the nights live (runs/<run-id>/)")
+    nightly.add_argument("--kernel-tree", metavar="PATH", help="the revision under test (e.g. the series' checkout)")
+    nightly.add_argument("--junit", metavar="FILE", help="also write the JUnit XML here (CI test view)")
+    nightly.add_argument("--keep", type=int, default=60, help="nights to keep (never the baseline; default 60)")
+    nightly.add_argument("--jobs", type=int, default=0)
+    nightly.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    nightly_where = nightly.add_mutually_exclusive_group()
+    nightly_where.add_argument("--hosts", metavar="HOSTS.toml")
+    nightly_where.add_argument("--scheduler", metavar="ADDRESS")
+    nightly.set_defaults(func=cmd_nightly)
+
+    history = sub.add_parser("history", help="questions about the nights (DuckDB over their Parquet tables)")
+    history.add_argument("question", choices=("nights", "claims", "metric", "sql", "trend"))
+    history.add_argument("--history", default="results/nightly")
+    history.add_argument("--metric", default="fio_iops", help="for `metric`: a cells column, e.g. fio_clat_p99_us")
+    history.add_argument("--sql", default="SELECT * FROM nights", help="for `sql`: views nights, cells, claims")
+    history.add_argument("--matrix", default="nightly", help="for `trend`: the matrix name")
+    history.set_defaults(func=cmd_history)
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="what", required=True)

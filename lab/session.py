@@ -48,6 +48,7 @@ class RunRequest:
     hosts: Path | None = None
     scheduler: str | None = None
     strict: bool = False
+    kernel_tree: Path | None = None  # build the lab's variants from this tree (e.g. the series' git checkout)
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ class Session:
         from lab.host import provenance, require_host
         from lab.hosts import load_hosts
         from lab.image import build_image
-        from lab.kernel import build_kernel
+        from lab.kernel import build_kernel, local_source
         from lab.keys import client_key
         from lab.preflight import LocalView, preflight
         from lab.runner import LabContext, boot_spec
@@ -133,10 +134,11 @@ class Session:
         if self.hosts:
             self.jobs = sum(h.slots for h in self.hosts.values())
         image = build_image()
+        source = local_source(request.kernel_tree) if request.kernel_tree else None
         kernels = {}
         for name in sorted({c.kernel for c in matrix.cells}):
             with self.busy(f"kernel {name}: building or loading from cache"):
-                kernels[name] = build_kernel(name)
+                kernels[name] = build_kernel(name, source=source)  # stock ignores the tree
         hypervisor = LocalHypervisor()
         cache = cache_dir()
         ctx = LabContext(hypervisor, image, client_key(), kernels, cache, accel=request.accel)
