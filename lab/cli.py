@@ -381,6 +381,41 @@ def cmd_bench_sampler(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_trend(args: argparse.Namespace) -> int:
+    """Time to build the trend page for N nights (nights made of one stored run's cells and claims)."""
+    import json
+    import tempfile
+
+    import pandas as pd
+
+    from lab.claims import judge_all
+    from lab.history import History
+    from lab.nightly import build_trend
+    from lab.report import claims_frame
+
+    cells = pd.read_parquet(args.cells)
+    claims = claims_frame(judge_all(cells))
+    with tempfile.TemporaryDirectory(prefix="swiotlb-lab-trend-") as tmp:
+        history = History(Path(tmp))
+        for index in range(args.nights):
+            run_id = f"night{index:04d}"
+            root = history.runs / run_id
+            root.mkdir(parents=True)
+            day = time.strftime("%Y-%m-%dT01:00:00Z", time.gmtime(1_700_000_000 + index * 86400))
+            (root / "manifest.json").write_text(json.dumps({"run_id": run_id, "matrix_name": "nightly",
+                                                            "status": "complete", "started_utc": day}))  # fmt: skip
+            cells.assign(fio_iops=cells["fio_iops"] * (1 + 0.001 * index)).to_parquet(root / "cells.parquet")
+            claims.to_parquet(root / "claims.parquet")
+        started = time.monotonic()
+        page = build_trend(history, "nightly")
+        seconds = time.monotonic() - started
+        print(
+            f"trend page for {args.nights} nights of {len(cells)} cells: {seconds:.2f} s "
+            f"({page.stat().st_size / 1e6:.1f} MB)"
+        )
+    return 0
+
+
 def cmd_bench_dispatch(args: argparse.Namespace) -> int:
     """What Dask adds per boot group (wall time minus the group's own, one group at a time), and the
     throughput of one local boot at a time against ``--jobs 2`` on an in-process cluster."""
@@ -668,6 +703,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench_kernel.add_argument("--variant", default="static")
     bench_kernel.add_argument("--cold", action="store_true", help="also time a cold build into an empty cache")
     bench_kernel.set_defaults(func=cmd_bench_kernel)
+
+    trend = bench_sub.add_parser("trend", help="time to build the nightly trend page for N nights")
+    trend.add_argument("--nights", type=int, default=365)
+    trend.add_argument(
+        "--cells", default=str(Path(__file__).resolve().parent.parent / "tests/data/default-cells.parquet")
+    )
+    trend.set_defaults(func=cmd_bench_trend)
 
     dispatch = bench_sub.add_parser("dispatch", help="Dask's overhead per boot group; --jobs 1 vs 2 throughput")
     dispatch.add_argument("--matrix", default="stock")
