@@ -74,9 +74,9 @@ def wait_for(condition: Any, timeout_s: float, what: str, proc: subprocess.Popen
         time.sleep(0.05)
 
 
-def start_run(matrix: Path, results: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "lab", "run", "matrix", str(matrix), "--results", str(results)],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+def start_run(matrix: Path, results: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "lab", "run", "matrix", str(matrix), "--results", str(results),
+                             *extra], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
 
 
 def check_stopped_then_resume(results: Path, kept_before: list[Path], before_pids: set[int]) -> None:
@@ -236,3 +236,20 @@ time.sleep(60)
     while pid_alive(qemu) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not pid_alive(qemu), "QEMU outlived the SIGKILLed lab"
+
+
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGINT, id="SIGINT")])
+def test_a_stop_reaches_boot_groups_on_dask_workers(tmp_path: Path, sig: signal.Signals) -> None:
+    """With --jobs 2 the groups run as Dask tasks; a stop during their fio still ends the run in the bound."""
+    matrix, results = tmp_path / "m.toml", tmp_path / "results"
+    matrix.write_text(MATRIX)
+    before = qemu_pids()
+    proc = start_run(matrix, results, "--jobs", "2")
+    wait_for(lambda: finished_cells(results) and len(qemu_pids() - before) == 2, 600, "two guests in fio", proc)
+    kept = finished_cells(results)
+    time.sleep(2.0)
+    seconds, output = stop_and_time(proc, sig)
+    print(f"{sig.name} with two Dask workers: stopped in {seconds:.2f} s")
+    assert proc.returncode == 130, output
+    assert seconds < STOP_BOUND_S, f"{sig.name} with Dask workers took {seconds:.1f} s to stop the run"
+    check_stopped_then_resume(results, kept, before)
