@@ -75,8 +75,8 @@ def wait_for(condition: Any, timeout_s: float, what: str, proc: subprocess.Popen
 
 
 def start_run(matrix: Path, results: Path, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "lab", "run", "matrix", str(matrix), "--results", str(results),
-                             *extra], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    argv = [sys.executable, "-m", "lab", "run", "matrix", str(matrix), "--results", str(results), *extra]
+    return subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def check_stopped_then_resume(results: Path, kept_before: list[Path], before_pids: set[int]) -> None:
