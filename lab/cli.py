@@ -740,7 +740,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * args.verbose
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("paramiko", "qemu.qmp", "invoke", "fabric"):
+    for noisy in ("paramiko", "qemu.qmp", "invoke", "fabric", "distributed", "tornado"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     try:
         with interrupt.handling_signals():
