@@ -39,6 +39,9 @@ from lab.store import CELL_RECORD, MANIFEST, RunStore
 from lab.util import atomic_write_bytes, cache_dir, sha256_file
 
 log = logging.getLogger(__name__)
+# Importing distributed sets its loggers to INFO: a lab run shows them only at -vv (debug).
+if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+    logging.getLogger("distributed").setLevel(logging.WARNING)
 
 SLOT = "slot"  # the resource every boot group takes one of
 STOP_POLL_S = 0.5
