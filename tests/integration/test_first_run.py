@@ -26,7 +26,7 @@ class Recorder:
 
 def test_short_fio_on_a_forced_bounce_guest_yields_real_swiotlb_numbers(lab_ctx: LabContext, tmp_path) -> None:  # type: ignore[no-untyped-def]
     workload = Workload("short", rw="randread", bs="64k", iodepth=16, numjobs=2, runtime_s=3, size="128M")
-    cells = [Cell("stock", 2048, "nvme", workload, vcpus=2, memory_mib=1024)]
+    cells = [Cell("stock", 2048, "nvme", workload, vcpus=2, memory_mib=1024, sample_hz=50.0)]  # observed
     store = RunStore.create(tmp_path, {"test": "first-run"})
     already = len(lab_ctx.hypervisor.launched)  # type: ignore[attr-defined]
     reporter = Recorder()
