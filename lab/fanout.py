@@ -5,9 +5,11 @@ group, the kernels and initrds by content hash, the settings) that returns
 values (``GroupResult``: the rows and every artifact as bytes).  No task
 touches the controller's disk: the worker runs the group in a scratch run
 directory of its own, and the controller alone writes the one run directory.
-Placement is a worker resource (``slot``, and the platform's name), never a
-host name.  Kernels and initrds reach a worker once, by content hash, into
-its cache.
+Placement is by worker resources (``slot``, and the platform's name); every
+kernel of one comparison unit goes to the same host, picked by a stable hash
+among the hosts Dask reports for the platform, so no host name appears in the
+code.  Kernels and initrds reach each worker once, by content hash, into its
+cache (a worker plugin, so a replacement worker gets them too).
 """
 
 from __future__ import annotations
