@@ -7,7 +7,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,3 +123,15 @@ def local_sshd(tmp_path: Path) -> Iterator[LocalSshd]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def built_kernels() -> Callable[..., dict[str, KernelBuild]]:
+    """Build (or load) lab kernels before a test starts its clock: on a fresh machine a cold build takes
+    minutes, which must not count against a bound the test puts on the lab's own behaviour."""
+    from lab.kernel import build_kernel
+
+    def build(*names: str) -> dict[str, KernelBuild]:
+        return {name: build_kernel(name) for name in names}
+
+    return build

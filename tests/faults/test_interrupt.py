@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,12 @@ from lab.vm import BootSpec, Machine
 from tests.conftest import pid_alive, qemu_pids
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
+
+
+@pytest.fixture(autouse=True)
+def kernels_built_first(built_kernels: Callable[..., object]) -> None:
+    built_kernels("static")
+
 
 REPO = Path(__file__).resolve().parents[2]
 # From the signal to the lab's exit, QEMU stopped and the run marked: the README's faults table

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,12 @@ from lab.history import History
 from tests.conftest import qemu_pids
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def kernels_built_first(built_kernels: Callable[..., object]) -> None:
+    built_kernels("throttle")
+
 
 REPO = Path(__file__).resolve().parents[2]
 MATRIX = """

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,12 @@ import pytest
 from tests.conftest import qemu_pids
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def kernels_built_first(built_kernels: Callable[..., object]) -> None:
+    built_kernels("static")
+
 
 REPO = Path(__file__).resolve().parents[2]
 
