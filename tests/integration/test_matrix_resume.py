@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +18,12 @@ from lab.store import load_cells
 from tests.conftest import qemu_pids
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def kernels_built_first(built_kernels: Callable[..., object]) -> None:
+    built_kernels("static", "dynamic")
+
 
 MATRIX = """
 [matrix]
