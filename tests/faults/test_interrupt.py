@@ -86,14 +86,14 @@ def start_run(matrix: Path, results: Path, *extra: str) -> subprocess.Popen[str]
     return subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def check_stopped_then_resume(results: Path, kept_before: list[Path], before_pids: set[int]) -> None:
+def check_stopped_then_resume(results: Path, kept_before: list[Path], before_pids: set[int], min_kept: int = 1) -> None:
     """After the stop: no QEMU, the manifest says interrupted, every finished cell kept; then --resume."""
     assert qemu_pids() - before_pids == set(), "QEMU survived the interruption"
     [run_dir] = list(results.iterdir())
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "interrupted"
     kept = finished_cells(results)
-    assert set(kept_before) <= set(kept) and 1 <= len(kept) < len(manifest["cells"])
+    assert set(kept_before) <= set(kept) and min_kept <= len(kept) < len(manifest["cells"])
     walls = {p.parent.name: json.loads(p.read_text())["cell_wall_s"] for p in kept}
 
     resumed = subprocess.run([sys.executable, "-m", "lab", "run", "matrix", manifest["matrix_source"],
@@ -252,11 +252,14 @@ def test_a_stop_reaches_boot_groups_on_dask_workers(tmp_path: Path, sig: signal.
     matrix.write_text(MATRIX)
     before = qemu_pids()
     proc = start_run(matrix, results, "--jobs", "2")
-    wait_for(lambda: finished_cells(results) and len(qemu_pids() - before) == 2, 600, "two guests in fio", proc)
+    # Dask returns a group's cells when the group ends, so the moment to hit is two guests up, both in fio:
+    # a guest reaches SSH in ~4 s here and workload a runs 6 s.
+    wait_for(lambda: len(qemu_pids() - before) == 2, 600, "two guests", proc)
+    time.sleep(6.0)
+    assert len(qemu_pids() - before) == 2, "a group ended before the signal: retry on a slower box"
     kept = finished_cells(results)
-    time.sleep(2.0)
     seconds, output = stop_and_time(proc, sig)
     print(f"{sig.name} with two Dask workers: stopped in {seconds:.2f} s")
     assert proc.returncode == 130, output
     assert seconds < STOP_BOUND_S, f"{sig.name} with Dask workers took {seconds:.1f} s to stop the run"
-    check_stopped_then_resume(results, kept, before)
+    check_stopped_then_resume(results, kept, before, min_kept=0)
