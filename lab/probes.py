@@ -28,6 +28,7 @@ class HistTrigger:
     name: str
     event: str
     spec: str
+    observed_only: bool = False  # fires on every bounce: armed only in cells that run the sampler too
 
     @property
     def trigger_file(self) -> str:
@@ -44,8 +45,15 @@ TRIGGERS = (
     HistTrigger("map_page_failures", "dma/dma_map_page",
                 f"hist:keys=device:vals=hitcount,size if dma_addr == {DMA_MAPPING_ERROR}"),
     HistTrigger("map_sg_errors", "dma/dma_map_sg_err", "hist:keys=device,err:vals=hitcount"),
-    HistTrigger("bounces", "swiotlb/swiotlb_bounced", "hist:keys=dev_name:vals=hitcount,size"),
+    # Counting every bounce costs guest CPU (bench sampler --observer triggers), and no verdict uses it.
+    HistTrigger("bounces", "swiotlb/swiotlb_bounced", "hist:keys=dev_name:vals=hitcount,size", observed_only=True),
 )  # fmt: skip
+TRIGGER_SETS = ("all", "failures", "none")  # what prepare/collect arm: every trigger, the failure counters, none
+
+
+def armed(triggers: str) -> tuple[HistTrigger, ...]:
+    sets = {"all": TRIGGERS, "failures": tuple(t for t in TRIGGERS if not t.observed_only), "none": ()}
+    return sets.get(triggers, TRIGGERS)
 
 
 @dataclass(frozen=True)
@@ -100,7 +108,7 @@ def read_platform(guest: Guest) -> Platform:
 
 
 def prepare(guest: Guest, files: WorkloadFiles, disk_name: str, knobs: dict[str, int] | None = None,
-            triggers: bool = True) -> None:  # fmt: skip
+            triggers: str = "all") -> None:  # fmt: skip
     """Before a workload: reset hiwater, apply throttle knobs, arm hist triggers (unless ``triggers`` is
     False: only to measure what they cost), snapshot state."""
     d = files.directory
@@ -111,7 +119,7 @@ def prepare(guest: Guest, files: WorkloadFiles, disk_name: str, knobs: dict[str,
     ]
     for knob, value in (knobs or {}).items():
         lines.append(f"echo {int(value)} > {_q(SWIOTLB_DEBUGFS + '/' + knob)}")
-    for trigger in TRIGGERS if triggers else ():
+    for trigger in armed(triggers):
         lines.append(
             f"if [ -e {_q(trigger.trigger_file)} ]; then echo {_q(trigger.spec)} > {_q(trigger.trigger_file)}; fi"
         )
@@ -137,10 +145,10 @@ def stop_sampler(guest: Guest, pid: int) -> None:
     )
 
 
-def collect(guest: Guest, files: WorkloadFiles, triggers: bool = True) -> None:
+def collect(guest: Guest, files: WorkloadFiles, triggers: str = "all") -> None:
     """After a workload: counters, hist tables (then disarm), dmesg."""
     lines = [f"grep -r . {SWIOTLB_DEBUGFS} > {_q(files.path('debugfs_after.txt'))} || true"]
-    for trigger in TRIGGERS if triggers else ():
+    for trigger in armed(triggers):
         out = _q(files.path(f"hist_{trigger.name}.txt"))
         lines.append(
             f"if [ -e {_q(trigger.hist_file)} ]; then cat {_q(trigger.hist_file)} > {out}; "
