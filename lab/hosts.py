@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import re
 import shlex
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 from lab.errors import ConfigError
 from lab.platforms import PLATFORMS
 from lab.preflight import Preflight, preflight
+from lab.util import read_toml
 
 HOST_KEYS = {
     "address": 'SSH address, "host" or "host:port"',
@@ -71,14 +71,7 @@ def _line_in_table(text: str, table: str, key: str | None = None) -> str:
 
 def load_hosts(path: Path) -> dict[str, Host]:
     """Read and validate a hosts file; every error names the file, line, host and key."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read hosts file: {exc.strerror}") from exc
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: malformed TOML: {exc}") from exc
+    text, data = read_toml(path, "hosts")
     unknown = sorted(set(data) - {"hosts"})
     if unknown:
         raise ConfigError(f"{path}: unknown table [{unknown[0]}]; valid: [hosts.NAME]")

@@ -6,7 +6,6 @@ import hashlib
 import itertools
 import json
 import re
-import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 from lab.errors import ConfigError
 from lab.platforms import PLATFORM_NAMES
+from lab.util import read_toml
 from lab.vm import MIN_POOL_SLABS, SLAB_BYTES
 from lab.workload import Workload
 
@@ -264,14 +264,7 @@ def load_matrix(source: str | Path, kernels: tuple[str, ...] | None = None) -> M
                 f"no matrix named {source!r}; shipped matrices: {', '.join(names)} (or give a .toml path)"
             )
         path = Path(str(shipped))
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read matrix file: {exc.strerror}") from exc
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: malformed TOML: {exc}") from exc
+    text, data = read_toml(path, "matrix")
     return parse_matrix(data, text, path, kernels if kernels is not None else known_kernels())
 
 

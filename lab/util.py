@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from lab import interrupt
-from lab.errors import BuildError, LabTimeout
+from lab.errors import BuildError, ConfigError, LabTimeout
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,20 @@ def wait_until(
         if time.monotonic() >= deadline:
             raise LabTimeout(what, timeout_s, detail() if detail else "")
         interrupt.sleep(interval_s)
+
+
+def read_toml(path: Path, kind: str) -> tuple[str, dict[str, Any]]:
+    """A TOML file's text (for line numbers in errors) and data; errors name the file and say what it is."""
+    import tomllib
+
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {kind} file: {exc.strerror}") from exc
+    try:
+        return text, tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: malformed TOML: {exc}") from exc
 
 
 def sha256_bytes(data: bytes) -> str:

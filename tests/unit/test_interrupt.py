@@ -14,6 +14,7 @@ import pytest
 
 from lab import interrupt
 from lab.util import run_process, wait_until
+from tests.conftest import pid_alive
 
 
 @pytest.fixture(autouse=True)
@@ -70,15 +71,6 @@ def test_handlers_are_restored_after_the_command() -> None:
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split()[2] != "Z"
-
-
 def test_a_stop_request_stops_a_host_command_and_everything_it_started(tmp_path: Path) -> None:
     pids = tmp_path / "pids"
     # A shell that starts a grandchild, like make starting compilers.
@@ -90,10 +82,10 @@ def test_a_stop_request_stops_a_host_command_and_everything_it_started(tmp_path:
     assert time.monotonic() - started < 3.0
     grandchild, shell = (int(p) for p in pids.read_text().split())
     deadline = time.monotonic() + 5
-    while (_alive(grandchild) or _alive(shell)) and time.monotonic() < deadline:
+    while (pid_alive(grandchild) or pid_alive(shell)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(grandchild), "the command's child survived the stop"
-    assert not _alive(shell)
+    assert not pid_alive(grandchild), "the command's child survived the stop"
+    assert not pid_alive(shell)
 
 
 def test_run_process_returns_the_exit_code_and_output() -> None:
