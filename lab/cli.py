@@ -244,7 +244,13 @@ def cmd_nightly(args: argparse.Namespace) -> int:
     trend = build_trend(history, session.matrix.name)
     removed = history.retain(args.keep, session.matrix.name)
     print(f"night {outcome.store.run_id}: {summary}")
-    print(f"report: {outcome.report}\njunit: {outcome.store.root / 'junit.xml'}\ntrend: {trend}")
+    if outcome.report_error is not None:
+        console.print(f"[red]the report could not be built[/red] (traceback in {outcome.report_error}); the "
+                      "gate and JUnit used the stored cells; rebuild with: "
+                      f"python -m lab report {outcome.store.root}")  # fmt: skip
+    else:
+        print(f"report: {outcome.report}")
+    print(f"junit: {outcome.store.root / 'junit.xml'}\ntrend: {trend}")
     if removed:
         print(f"retention (keep {args.keep}): removed {', '.join(removed)}")
     return code

@@ -238,7 +238,9 @@ def build_trend(history: History, matrix_name: str, out: Path | None = None) -> 
         head = "".join(f"<th>{html.escape(' '.join(str(x) for x in c if x))}</th>" for c in table.columns)
         rows = []
         for night in ids[::-1]:
-            if night not in table.index:
+            if night not in table.index:  # its report failed (report-error.txt in the run): say so, keep the row
+                rows.append(f"<tr><td>{html.escape(night)}</td><td>{html.escape(revision.get(night, ''))}</td>"
+                            f"<td colspan='{max(len(table.columns), 1)}'>no claims recorded</td></tr>")  # fmt: skip
                 continue
             cells = "".join(f"<td style='background:{VERDICT_COLOURS.get(str(v), '#fff')}'>{html.escape(str(v))}</td>"
                             for v in table.loc[night])  # fmt: skip

@@ -161,7 +161,10 @@ CLAIM_FIGURES = {"C1": "failures_and_throttle.png", "C2": "hiwater_by_pool.png",
 
 def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
     """Median and its percentile-bootstrap confidence interval (seeded: the same cells, the same figure);
-    with fewer than 3 values there is no interval (NaN)."""
+    with fewer than 3 values there is no interval (NaN).  The interval always contains the median: the
+    percentiles of resampled medians can miss it by a rounding error when values tie (404.750336 vs
+    404.75033600000006 for [417.333248, 404.750336, 404.750336]), which matplotlib rejects as a
+    negative error bar."""
     data = np.asarray([v for v in values if pd.notna(v)], dtype=float)
     if data.size == 0:
         return math.nan, math.nan, math.nan
@@ -170,7 +173,8 @@ def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[
         return median, (median if data.size >= 3 else math.nan), (median if data.size >= 3 else math.nan)
     result = scipy_stats.bootstrap((data,), np.median, confidence_level=confidence, n_resamples=2000,
                                    method="percentile", random_state=np.random.default_rng(0))  # fmt: skip
-    return median, float(result.confidence_interval.low), float(result.confidence_interval.high)
+    low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+    return median, min(low, median), max(high, median)
 
 
 def _performance_figure(ok: pd.DataFrame, plt: Any) -> bytes | None:

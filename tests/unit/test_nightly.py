@@ -169,3 +169,15 @@ def test_the_trends_notebook_runs_its_sql_over_the_history(tmp_path: Path, monke
     assert not [o for o in outputs if o.get("output_type") == "error"]
     text = json.dumps(outputs)
     assert "20261101T010000-aaaa" in text and "20261102T010000-bbbb" in text
+
+
+def test_a_night_whose_report_failed_still_has_its_row_in_the_trend(tmp_path: Path) -> None:
+    """A night's report can fail after its cells are stored (it did in CI, 2026-11-27: a negative error bar):
+    the night is complete and gated, only claims.parquet is missing; the trend says so instead of dropping it."""
+    history = History(tmp_path)
+    night(history, "20261101T010000-aaaa", "2026-11-01T01:00:00Z")
+    second = night(history, "20261102T010000-bbbb", "2026-11-02T01:00:00Z")
+    (second.root / "claims.parquet").unlink()
+    page = build_trend(history, "run-small").read_text()
+    row = page[page.index("20261102T010000-bbbb") :]
+    assert "20261101T010000-aaaa" in page and row.index("no claims recorded") < row.index("</tr>")

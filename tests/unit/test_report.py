@@ -121,6 +121,15 @@ def test_median_interval_is_seeded_and_needs_three_values() -> None:
     assert median_interval([5, 7])[0] == 6 and math.isnan(median_interval([5, 7])[1])
 
 
+def test_median_interval_contains_the_median_when_values_tie() -> None:
+    """p99.9 latencies (ms) of a real night (CI, 2026-11-27): fio's histogram bins make ties common, and the
+    bootstrap's percentile landed 6e-14 above the median, which failed the whole report."""
+    from lab.report import median_interval
+
+    median, low, high = median_interval([417.333248, 404.750336, 404.750336])
+    assert median == 404.750336 and low <= median <= high and high == 417.333248
+
+
 def test_every_claim_links_the_figure_that_shows_it(tmp_path: Path) -> None:
     from lab.report import CLAIM_FIGURES
 
