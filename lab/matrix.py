@@ -15,7 +15,7 @@ from lab.errors import ConfigError
 from lab.platforms import PLATFORM_NAMES
 from lab.util import read_toml
 from lab.vm import MIN_POOL_SLABS, SLAB_BYTES
-from lab.workload import Workload
+from lab.workload import FAULT_DEVICES, Workload
 
 MATRIX_KEYS = {
     "description": "free text",
@@ -27,6 +27,7 @@ MATRIX_KEYS = {
     "memory": 'list of guest memory sizes, e.g. "1GiB"',
     "repetitions": "number of repetitions (each repetition boots afresh)",
     "throttle": 'list of throttle thresholds: "default" or "HIGH/LOW" in percent of the pool (throttle kernels)',
+    "throttle_timeout": 'list of throttle wait bounds: "default", "0ms", "10ms", ..., or "none" (series v2 kernels)',
     "net_load": "list of true/false: background TCP stream from guest to host over virtio-net during fio",
     "platforms": 'list of "auto" (kvm if it works, else tcg), "tcg", "kvm", "sev-snp", "tdx"',
     "observe": '"first" (the in-guest sampler runs in repetition 0 only), "all" or "none"',
@@ -38,6 +39,8 @@ WORKLOAD_KEYS = {
     "rw": "fio rw mode", "bs": "block size", "iodepth": "queue depth", "numjobs": "fio jobs",
     "ioengine": "fio I/O engine", "runtime": 'run time, e.g. "10s" or 10', "size": "fio size",
     "hipri": "polled completions (true/false)", "job_file": "path to a fio job file (instead of parameters)",
+    "fault": '"reset", "io-timeout" (NVMe) or "unplug": an error-recovery event during fio',
+    "fault_after": "seconds into fio when the fault is injected (default 3)",
 }  # fmt: skip
 DEVICES = ("nvme", "virtio-blk")
 POLL_QUEUES = 2  # NVMe poll queues booted for polled (hipri) workloads
@@ -56,8 +59,9 @@ _SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|slabs?)?\s*$", re.I)
 _UNITS = {"b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
 
 
-# kernel, pool slabs, device, vCPUs, memory MiB, repetition, swiotlb force, poll queues, net load, platform
-BootKey = tuple[str, int, str, int, int, int, bool, int, bool, str]
+# kernel, pool slabs, device, vCPUs, memory MiB, repetition, swiotlb force, poll queues, net load, platform,
+# hot-pluggable device (behind a PCIe root port, for the unplug fault)
+BootKey = tuple[str, int, str, int, int, int, bool, int, bool, str, bool]
 
 
 @dataclass(frozen=True)
@@ -111,14 +115,19 @@ class Cell:
 
     @property
     def poll_queues(self) -> int:
-        """Polled workloads (hipri) need NVMe poll queues, which are set at boot."""
-        return POLL_QUEUES if self.workload.hipri and self.device == "nvme" else 0
+        """Polled workloads (hipri) need poll queues (nvme.poll_queues, virtio_blk.poll_queues), set at boot."""
+        return POLL_QUEUES if self.workload.hipri else 0
+
+    @property
+    def hotplug(self) -> bool:
+        """The unplug fault needs the device behind a PCIe root port (q35's root bus is not hot-pluggable)."""
+        return self.workload.fault == "unplug"
 
     @property
     def boot_key(self) -> BootKey:
         """Cells with equal keys share one boot (workloads run one after another)."""
         return (self.kernel, self.pool_slabs, self.device, self.vcpus, self.memory_mib, self.repetition,
-                self.swiotlb_force, self.poll_queues, self.net_load, self.platform)  # fmt: skip
+                self.swiotlb_force, self.poll_queues, self.net_load, self.platform, self.hotplug)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -197,8 +206,10 @@ def _workload(name: str, spec: object, base: Path, where: str) -> Workload:
     if unknown:
         valid = ", ".join(f"{k} ({v})" for k, v in WORKLOAD_KEYS.items())
         raise ConfigError(f"{where}: unknown key {unknown[0]!r} in [workloads.{name}]; valid keys: {valid}")
-    kwargs: dict[str, Any] = {k: spec[k] for k in ("rw", "bs", "iodepth", "numjobs", "ioengine", "size", "hipri")
-                              if k in spec}  # fmt: skip
+    kwargs: dict[str, Any] = {k: spec[k] for k in ("rw", "bs", "iodepth", "numjobs", "ioengine", "size", "hipri",
+                                                   "fault") if k in spec}  # fmt: skip
+    if "fault_after" in spec:
+        kwargs["fault_after_s"] = _runtime_s(spec["fault_after"], f"{where}: workloads.{name}.fault_after")
     for key in ("bs", "size"):
         if key in kwargs:
             kwargs[key] = str(kwargs[key])
@@ -228,6 +239,28 @@ def _knobs_for(percent: tuple[int, int] | None, pool_slabs: int) -> tuple[tuple[
     if percent is None:
         return ()
     return (("high_throttle", pool_slabs * percent[0] // 100), ("low_throttle", pool_slabs * percent[1] // 100))
+
+
+THROTTLE_FOREVER_MS = 2**32 - 1  # series v2: throttle_timeout_ms = U32_MAX waits without a bound
+
+
+def _timeout_knob(value: object, where: str) -> tuple[str, tuple[tuple[str, int], ...]]:
+    """ "default", "none" (no bound) or "Nms" / "Ns": the series v2 throttle's wait bound."""
+    text = str(value).strip()
+    if text == "default":
+        return text, ()
+    if text == "none":
+        return text, (("throttle_timeout_ms", THROTTLE_FOREVER_MS),)
+    match = re.match(r"^(\d+)\s*(ms|s)$", text)
+    if not match or (int(match.group(1)) * (1000 if match.group(2) == "s" else 1)) >= THROTTLE_FOREVER_MS:
+        raise ConfigError(f'{where}: {value!r} must be "default", "none" or a time like "0ms", "10ms", "1s"')
+    ms = int(match.group(1)) * (1000 if match.group(2) == "s" else 1)
+    return text, (("throttle_timeout_ms", ms),)
+
+
+def timeout_capable(kernel: str) -> bool:
+    """Kernels whose throttle has a wait bound (the series v2 variants, named throttle-v2*)."""
+    return kernel.startswith("throttle-v2")
 
 
 def _rule(rule: object, where: str, axes: dict[str, list[Any]], kind: str) -> dict[str, Any]:
@@ -325,6 +358,8 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
     throttles = [
         _throttle_knobs(v, where("throttle")) for v in _list(section, "throttle", ["default"], where("throttle"))
     ]
+    timeouts = [_timeout_knob(v, where("throttle_timeout"))
+                for v in _list(section, "throttle_timeout", ["default"], where("throttle_timeout"))]  # fmt: skip
     platforms = [str(p) for p in _list(section, "platforms", ["auto"], where("platforms"))]
     for name in platforms:
         if name not in PLATFORM_NAMES:
@@ -342,9 +377,11 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
     by_name = {w.name: w for w in workloads}
     axes: dict[str, list[Any]] = {
         "kernel": kernels, "pool": pools, "device": devices, "vcpus": vcpus, "memory": memory,
-        "workload": names, "throttle": [t[0] for t in throttles], "net_load": net_load, "platform": platforms,
+        "workload": names, "throttle": [t[0] for t in throttles], "throttle_timeout": [t[0] for t in timeouts],
+        "net_load": net_load, "platform": platforms,
     }  # fmt: skip
     knobs_of = dict(throttles)
+    timeout_knobs = dict(timeouts)
     excludes = [_rule(r, where("exclude"), axes, "exclude") for r in _list(section, "exclude", [{}], where("exclude"))
                 if r]  # fmt: skip
     includes = [_rule(r, where("include"), axes, "include") for r in _list(section, "include", [{}], where("include"))
@@ -353,6 +390,13 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
     combos = [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
     # Threshold overrides only mean something on kernels with the throttle.
     combos = [c for c in combos if c["throttle"] == "default" or "throttle" in c["kernel"]]
+    combos = [c for c in combos if c["throttle_timeout"] == "default" or timeout_capable(c["kernel"])]
+    for combo in combos:
+        workload = by_name[combo["workload"]]
+        if workload.fault and combo["device"] not in FAULT_DEVICES[workload.fault]:
+            raise ConfigError(f"{where('workloads')}: workload {workload.name!r} injects fault {workload.fault!r}, "
+                              f"which needs device {' or '.join(FAULT_DEVICES[workload.fault])}, "
+                              f"not {combo['device']!r} (exclude the pair)")  # fmt: skip
     combos = [c for c in combos if not any(_matches(c, rule) for rule in excludes)]
     for rule in includes:
         extra = {axis: values[0] for axis, values in axes.items()} | rule
@@ -367,7 +411,7 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
             c["vcpus"],
             c["memory"],
             rep,
-            knobs=_knobs_for(knobs_of[c["throttle"]], c["pool"]),
+            knobs=_knobs_for(knobs_of[c["throttle"]], c["pool"]) + timeout_knobs[c["throttle_timeout"]],
             net_load=c["net_load"],
             sample_hz=rate(rep),
             platform=c["platform"],

@@ -173,6 +173,45 @@ def parse_dmesg(text: str) -> DmesgSummary:
     )
 
 
+# Reports of the kernel's own checkers (lockdep, atomic-sleep, hung-task, DMA-API debugging) and
+# warnings: any of them fails the cell, with the report as its reason.  Each pattern matches the first
+# line the kernel prints for that report (kernel/locking/lockdep.c, kernel/sched/core.c,
+# kernel/hung_task.c, kernel/dma/debug.c, lib/bug.c).
+SPLAT_PATTERNS = (
+    ("lockdep", re.compile(r"WARNING: (possible (circular|recursive) locking|inconsistent lock state|"
+                           r"possible irq lock inversion|suspicious RCU usage)|BUG: Invalid wait context")),
+    ("sleep in atomic", re.compile(r"BUG: (sleeping function called from invalid context|scheduling while atomic)")),
+    ("hung task", re.compile(r"INFO: task \S+ blocked for more than \d+ seconds")),
+    ("dma-api", re.compile(r"DMA-API: \S+ \S+: device driver")),
+    ("warning", re.compile(r"WARNING: CPU: \d+ PID: \d+ at ")),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Splat:
+    kind: str  # "lockdep", "sleep in atomic", "hung task", "dma-api", "warning"
+    text: str  # the report: its first line and up to 40 more
+
+
+def kernel_splats(text: str, context: int = 40) -> list[Splat]:
+    """The checker reports and warnings in a kernel log (dmesg or serial console), in order."""
+    lines = [re.sub(r"^\[\s*\d+\.\d+\]\s?", "", line) for line in text.splitlines()]
+    found: list[Splat] = []
+    last_warning = -10
+    for index, line in enumerate(lines):
+        for kind, pattern in SPLAT_PATTERNS:
+            if not pattern.search(line):
+                continue
+            if kind == "dma-api" and index - last_warning <= 3:
+                # DMA-API debugging reports through WARN(): one report, named by its message.
+                found[-1] = Splat(kind, found[-1].text)
+            else:
+                found.append(Splat(kind, "\n".join(lines[index : index + 1 + context])))
+                last_warning = index if kind == "warning" else last_warning
+            break
+    return found
+
+
 # --- fio -------------------------------------------------------------------------------------
 
 

@@ -21,8 +21,9 @@ from lab.image import GuestImage, initrd_for
 from lab.kernel import KernelBuild
 from lab.keys import KeyPair
 from lab.matrix import Cell, Matrix
-from lab.parse import parse_debugfs, parse_dmesg, parse_fio, parse_hctx_flags, parse_hist, parse_samples
+from lab.parse import kernel_splats, parse_debugfs, parse_dmesg, parse_fio, parse_hctx_flags, parse_hist, parse_samples
 from lab.platforms import AUTO, encryption_matches, profile
+from lab.recovery import FaultInjector
 from lab.store import SKIPPED, RunStore
 from lab.vm import Accel, BootSpec, Disk, Endpoint, Hypervisor, RunningGuest, console_excerpt
 
@@ -108,13 +109,20 @@ def boot_spec(ctx: LabContext, cell: Cell) -> BootSpec:
         swiotlb_force=cell.swiotlb_force,
         vcpus=cell.vcpus,
         memory_mib=cell.memory_mib,
-        disks=(Disk(cell.device),),  # type: ignore[arg-type]
-        extra_cmdline=kernel.boot_args + ((f"nvme.poll_queues={cell.poll_queues}",) if cell.poll_queues else ()),
+        disks=(Disk(cell.device, hotplug=cell.hotplug),),  # type: ignore[arg-type]
+        extra_cmdline=kernel.boot_args + _poll_args(cell),
         forwards=(netload.GUEST_PORT,) if cell.net_load else (),
         accel=platform,  # type: ignore[arg-type]
         firmware=ctx.firmware.get(platform),
         cbitpos=ctx.cbitpos if platform == "sev-snp" else None,
     )
+
+
+def _poll_args(cell: Cell) -> tuple[str, ...]:
+    if not cell.poll_queues:
+        return ()
+    module = "nvme" if cell.device == "nvme" else "virtio_blk"
+    return (f"{module}.poll_queues={cell.poll_queues}",)
 
 
 def _boot_name(cell: Cell) -> str:
@@ -289,8 +297,8 @@ def run_group(cells: list[Cell], store: RunStore, ctx: LabContext, reporter: Rep
                         row = run_cell(cell, vm, guest, store, ctx, reporter, boot_info)
                         rows.append(row)
                         reporter.cell_done(cell, row, cell_estimate_s(cell))
-                        if row.get("guest_lost"):
-                            break  # reboot for the rest
+                        if row.get("guest_lost") or cell.workload.fault:
+                            break  # reboot for the rest (a fault leaves the device reset, stalled or gone)
                 finally:
                     guest.close()
         except LabError as exc:
@@ -342,9 +350,16 @@ def run_cell(
             phase("starting network load", lambda: probes.start_net_load(guest, files, netload.GUEST_PORT))
             load = netload.NetLoad(vm.forwarded(netload.GUEST_PORT))
             load.start()
+        fault = FaultInjector(cell.workload, vm, guest, disk.guest_name)
+        fault.prepare()
         fio_started = time.monotonic()
-        fio_exit = phase(f"fio {cell.workload.name} ({cell.workload.runtime_s} s)",
-                         lambda: probes.run_fio(guest, argv, files, cell.workload.timeout_s))  # fmt: skip
+        fault.start()
+        try:
+            fio_exit = phase(f"fio {cell.workload.name} ({cell.workload.runtime_s} s)",
+                             lambda: probes.run_fio(guest, argv, files, cell.workload.timeout_s))  # fmt: skip
+        finally:
+            if cell.workload.fault:
+                base.update(fault.finish())
         fio_wall = time.monotonic() - fio_started
         if load is not None:
             net_bytes, net_seconds = load.stop()
@@ -371,6 +386,9 @@ def run_cell(
             reason, detail, guest_lost = dead.reason, str(dead), True
         console = vm.console_text()
         (local / "console.log").write_text(console)
+        splats = kernel_splats(console)
+        if splats:  # a hang the kernel's checkers explained: their report is the reason
+            reason, detail = f"kernel {splats[0].kind}", f"{splats[0].text}\n(then: {detail})"
         row = failed_row(base, reason, detail, started)
         row["guest_lost"] = guest_lost
         row["console_excerpt"] = console_excerpt(console)
@@ -384,6 +402,9 @@ def run_cell(
     except LabError as exc:
         return _store_failed(store, failed_row(base, "parse error", str(exc), started))
     row.update(fio_wall_s=fio_wall, cell_wall_s=time.monotonic() - started)
+    if row["kernel_splat"]:  # the numbers are kept; the cell is not ok
+        row.update(status="failed", failure_reason=f"kernel {row['kernel_splat']}",
+                   failure_detail=row["kernel_splat_text"])  # fmt: skip
     store.write_cell(row, samples, jobs)
     return row
 
@@ -416,6 +437,7 @@ def build_row(base: dict[str, Any], local: Path, fio_exit: int) -> tuple[dict[st
     samples = parse_samples(samples_text, source=str(local / "samples.csv")) if samples_text else None
     hists = {t.name: parse_hist(text(f"hist_{t.name}.txt"), source=f"hist_{t.name}.txt") for t in probes.TRIGGERS}
     dmesg = parse_dmesg(text("dmesg.txt"))
+    splats = kernel_splats(text("dmesg_before.txt") + "\n" + text("dmesg.txt"))
     hctx = parse_hctx_flags(text("hctx_flags.txt"))
     nslabs = before.get("io_tlb_nslabs")
     hiwater = after.get("io_tlb_used_hiwater")
@@ -440,6 +462,8 @@ def build_row(base: dict[str, Any], local: Path, fio_exit: int) -> tuple[dict[st
         "low_throttle_count": _delta(before, after, "low_throttle_count"),
         "throttle_wait_ns": _delta(before, after, "throttle_wait_ns"),
         "throttle_waiters_after": after.get("throttle_waiters"),
+        "throttle_timeouts": _delta(before, after, "throttle_timeouts"),
+        "throttle_timeout_ms": after.get("throttle_timeout_ms"),
         # Failed mappings at the DMA layer: single mappings (dma_map_page returning
         # DMA_MAPPING_ERROR) plus scatterlists (dma_map_sg_err), whichever path the driver used.
         "map_failures": hists["map_page_failures"].hits + hists["map_sg_errors"].hits,
@@ -465,6 +489,10 @@ def build_row(base: dict[str, Any], local: Path, fio_exit: int) -> tuple[dict[st
         "hctx_flags": ";".join(f"{k}={'|'.join(sorted(v))}" for k, v in sorted(hctx.items())),
         "dmesg_swiotlb_full": dmesg.swiotlb_full,
         "dmesg_io_errors": dmesg.io_errors,
+        "kernel_splat": splats[0].kind if splats else "",
+        "kernel_splat_text": splats[0].text if splats else "",
+        "kernel_splats": len(splats),
+        "hung_tasks": sum(s.kind == "hung task" for s in splats),
         "sampler_hz": samples.hz if samples else 0.0,
         "sampler_samples": len(samples.frame) if samples else 0,
         "sampler_complete": samples.complete if samples else False,

@@ -56,6 +56,7 @@ class Disk:
     kind: DiskKind = "nvme"
     size_mib: int = 1024
     nvme_poll_queues: int = 0  # reserved for polled-I/O cells (C5)
+    hotplug: bool = False  # behind a PCIe root port, so QMP device_del can unplug it (id: dut<N>dev)
 
     @property
     def guest_path(self) -> str:
@@ -140,10 +141,15 @@ def qemu_argv(
     for index, (disk, image) in enumerate(zip(spec.disks, disk_images, strict=True)):
         drive = f"dut{index}"
         argv += ["-drive", f"file={_opt(image)},if=none,id={drive},format=raw,cache=writeback,aio=threads"]
+        # qdev id dut<N>dev: QMP names the device by it (device_del, block_set_io_throttle).
+        where = f",id={drive}dev"
+        if disk.hotplug:  # q35's root bus is not hot-pluggable; a PCIe root port's slot is
+            argv += ["-device", f"pcie-root-port,id=rp{index},bus=pcie.0,chassis={index + 1},slot={index + 1}"]
+            where += f",bus=rp{index}"
         if disk.kind == "nvme":
-            argv += ["-device", f"nvme,drive={drive},serial=labdut{index}"]
+            argv += ["-device", f"nvme,drive={drive},serial=labdut{index}{where}"]
         else:
-            argv += ["-device", f"virtio-blk-pci,drive={drive},iommu_platform=on,disable-legacy=on"]
+            argv += ["-device", f"virtio-blk-pci,drive={drive},iommu_platform=on,disable-legacy=on{where}"]
     return tuple(argv)
 
 
@@ -207,6 +213,7 @@ class RunningGuest(Protocol):
     def console_text(self) -> str: ...
     def check_alive(self) -> None: ...
     def forwarded(self, guest_port: int) -> Endpoint: ...
+    def qmp(self, command: str, **args: object) -> object: ...
 
 
 class Hypervisor(Protocol):

@@ -13,6 +13,15 @@ RW_MODES = ("read", "write", "randread", "randwrite", "rw", "readwrite", "randrw
 IOENGINES = ("libaio", "io_uring", "psync", "sync", "pvsync", "pvsync2", "posixaio")
 SIZE_RE = re.compile(r"^\d+[kKmMgG]?$|^\d+[kKmMgG]i?[bB]?$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Error-recovery experiments: what the lab does to the device under test while fio runs.
+#   reset:      the guest writes /sys/class/nvme/nvme0/reset_controller (NVMe only)
+#   io-timeout: the device's block-layer timeout is cut to 2 s and QEMU throttles its backend to
+#               1 IOPS for FAULT_STALL_S seconds, so commands time out and the driver recovers (NVMe only)
+#   unplug:     QMP device_del of the device (behind a PCIe root port), a hot-unplug
+FAULTS = ("reset", "io-timeout", "unplug")
+FAULT_DEVICES = {"reset": ("nvme",), "io-timeout": ("nvme",), "unplug": ("nvme", "virtio-blk")}
+FAULT_STALL_S = 8
+FAULT_IO_TIMEOUT_MS = 2000
 # fio's JSON+ output carries per-job completion-latency histograms, so the lab
 # can merge jobs exactly instead of averaging percentiles.
 FIO_OUTPUT_FORMAT = "json+"
@@ -45,11 +54,18 @@ class Workload:
     direct: bool = True
     hipri: bool = False  # polled completions (io_uring/pvsync2), for claim C5
     job_file: Path | None = None
+    fault: str = ""  # an error-recovery event during fio (FAULTS), or "" for none
+    fault_after_s: int = 3  # seconds into fio when the fault is injected
 
     def __post_init__(self) -> None:
         where = f"workload {self.name!r}"
         if not NAME_RE.match(self.name):
             raise ConfigError(f"{where}: name must match {NAME_RE.pattern} (letters, digits, _ . -)")
+        if self.fault and self.fault not in FAULTS:
+            raise ConfigError(f"{where}: fault = {self.fault!r} is not one of {', '.join(FAULTS)}")
+        if self.fault and not 0 < self.fault_after_s < self.runtime_s:
+            raise ConfigError(f"{where}: fault_after = {self.fault_after_s!r} must be seconds within the run time "
+                              f"(0 < fault_after < {self.runtime_s})")  # fmt: skip
         if self.job_file is not None:
             if not self.job_file.is_file():
                 raise ConfigError(f"{where}: job_file {self.job_file} does not exist")
@@ -72,8 +88,8 @@ class Workload:
 
     @property
     def timeout_s(self) -> float:
-        """How long fio may take before the lab gives up on it."""
-        return self.runtime_s * 2 + 30
+        """How long fio may take before the lab gives up on it (a fault adds its recovery time)."""
+        return self.runtime_s * 2 + 30 + (FAULT_STALL_S + 30 if self.fault else 0)
 
     def fio_argv(self, device: str, output: str, job_file_in_guest: str | None = None) -> list[str]:
         common = ["fio", f"--output-format={FIO_OUTPUT_FORMAT}", f"--output={output}"]
@@ -106,4 +122,6 @@ class Workload:
             "numjobs": self.numjobs, "ioengine": self.ioengine, "runtime_s": self.runtime_s,
             "size": self.size, "hipri": self.hipri,
             "job_file": str(self.job_file) if self.job_file else "",
+            # Only set when used, so the IDs of cells without a fault stay as they were.
+            **({"fault": self.fault, "fault_after_s": self.fault_after_s} if self.fault else {}),
         }  # fmt: skip

@@ -243,3 +243,83 @@ def test_bad_observe_settings_name_the_key(tmp_path: Path, line: str, message: s
     with pytest.raises(ConfigError) as error:
         load_matrix(path)
     assert f"{path}:7: matrix.{line.split()[0]}: {message}" in str(error.value)
+
+
+TIMEOUTS = """
+[matrix]
+kernels = ["throttle", "throttle-v2"]
+pools = ["2MiB"]
+workloads = ["a"]
+throttle_timeout = ["default", "0ms", "10ms", "2s", "none"]
+
+[workloads.a]
+rw = "randread"
+"""
+
+
+def test_the_timeout_axis_applies_to_series_v2_kernels_only(tmp_path: Path) -> None:
+    cells = load_matrix(write(tmp_path, TIMEOUTS)).cells
+    timeouts = sorted((c.kernel, dict(c.knobs).get("throttle_timeout_ms", -1)) for c in cells)
+    # v1 has no wait bound: only its "default" cell; U32_MAX is the kernel's "no bound"
+    assert timeouts == [("throttle", -1), ("throttle-v2", -1), ("throttle-v2", 0), ("throttle-v2", 10),
+                        ("throttle-v2", 2000), ("throttle-v2", 4294967295)]  # fmt: skip
+    assert len({c.cell_id for c in cells}) == len(cells)
+    default = next(c for c in cells if c.kernel == "throttle-v2" and not c.knobs)
+    assert default.cell_id == next(c for c in load_matrix(write(tmp_path, TIMEOUTS.replace(
+        '"default", "0ms", "10ms", "2s", "none"', '"default"'), "n.toml")).cells if c.kernel == "throttle-v2").cell_id
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        pytest.param('throttle_timeout = ["10"]', 'a time like "0ms"', id="no-unit"),
+        pytest.param('throttle_timeout = ["forever"]', '"none"', id="unknown-word"),
+        pytest.param('throttle_timeout = ["5000000s"]', 'a time like "0ms"', id="beyond-u32-ms"),
+    ],
+)
+def test_bad_timeouts_are_refused(tmp_path: Path, line: str, message: str) -> None:
+    text = f'[matrix]\nkernels = ["throttle-v2"]\npools = [1024]\n{line}\n[workloads.a]\nrw = "read"\n'
+    with pytest.raises(ConfigError, match=message):
+        load_matrix(write(tmp_path, text))
+
+
+FAULTS = """
+[matrix]
+kernels = ["throttle-v2"]
+pools = ["2MiB"]
+devices = ["nvme", "virtio-blk"]
+workloads = ["plain", "unplug"]
+
+[workloads.plain]
+rw = "randread"
+
+[workloads.unplug]
+rw = "randread"
+runtime = "10s"
+fault = "unplug"
+fault_after = "4s"
+"""
+
+
+def test_an_unplug_workload_boots_alone_behind_a_root_port(tmp_path: Path) -> None:
+    matrix = load_matrix(write(tmp_path, FAULTS))
+    unplug = [c for c in matrix.cells if c.workload.fault == "unplug"]
+    assert {c.device for c in unplug} == {"nvme", "virtio-blk"} and all(c.hotplug for c in unplug)
+    assert all(c.workload.fault_after_s == 4 for c in unplug)
+    groups = matrix.boot_groups()
+    assert len(groups) == 4 and all(len({c.hotplug for c in group}) == 1 for group in groups)
+
+
+@pytest.mark.parametrize(
+    ("workload", "message"),
+    [
+        pytest.param('fault = "reset"', "needs device nvme, not 'virtio-blk'", id="reset-on-virtio"),
+        pytest.param('fault = "crash"', "fault = 'crash' is not one of reset, io-timeout, unplug", id="unknown"),
+        pytest.param('fault = "unplug"\nfault_after = "10s"', r"0 < fault_after < 10", id="after-the-run"),
+    ],
+)
+def test_bad_faults_are_refused(tmp_path: Path, workload: str, message: str) -> None:
+    text = (f'[matrix]\nkernels = ["throttle-v2"]\npools = [1024]\ndevices = ["virtio-blk"]\n'
+            f'[workloads.a]\nrw = "read"\nruntime = "10s"\n{workload}\n')  # fmt: skip
+    with pytest.raises(ConfigError, match=message):
+        load_matrix(write(tmp_path, text))

@@ -93,3 +93,14 @@ def test_console_excerpt_starts_before_the_panic_of_a_real_console() -> None:
 def test_console_excerpt_without_a_panic_is_the_tail() -> None:
     text = "\n".join(f"line {i}" for i in range(100))
     assert console_excerpt(text, 3) == "line 97\nline 98\nline 99"
+
+
+@pytest.mark.parametrize("kind", ["nvme", "virtio-blk"])
+def test_a_hot_pluggable_device_sits_behind_a_pcie_root_port_with_a_qdev_id(kind: str) -> None:
+    devices = value_after(argv(spec(disks=(Disk(kind, hotplug=True),))), "-device")  # type: ignore[arg-type]
+    [port] = [d for d in devices if d.startswith("pcie-root-port")]
+    assert "id=rp0" in port.split(",") and "bus=pcie.0" in port.split(",")
+    [dut] = [d for d in devices if "drive=dut0" in d]
+    assert {"id=dut0dev", "bus=rp0"} <= set(dut.split(","))  # device_del and block_set_io_throttle name it
+    plain = value_after(argv(spec(disks=(Disk(kind),))), "-device")  # type: ignore[arg-type]
+    assert not any(d.startswith("pcie-root-port") for d in plain)
