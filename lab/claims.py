@@ -100,18 +100,18 @@ def judge_c1(cells: pd.DataFrame) -> Verdict:
     return Verdict("C1", text, verdict, metric, threshold, _ids(chosen), detail)
 
 
-def judge_c2(cells: pd.DataFrame) -> Verdict:
+def judge_c2(cells: pd.DataFrame, kernel: str = "throttle") -> Verdict:
     text = "With throttling and the same fio load, the high-water mark stays near the throttle threshold, no errors"
     metric = "hiwater - high_throttle; failed maps; fio errors; per pool size"
     threshold = (f"every cell of a pool: map failures == 0, fio errors == 0, hiwater <= high_throttle + "
                  f"{NEAR_THRESHOLD_FRAC:.0%} of nslabs, and throttling engaged (high_throttle_count > 0); "
                  "contradicted if any pool size fails this")  # fmt: skip
-    usable = _select(_ok(cells), "throttle", "heavy")
+    usable = _select(_ok(cells), kernel, "heavy")
     if usable.empty:
-        return _missing("C2", text, metric, threshold, "successful `throttle` cells with a heavy workload")
+        return _missing("C2", text, metric, threshold, f"successful `{kernel}` cells with a heavy workload")
     parts, outcomes, evidence = [], [], []
     for pool in sorted(set(usable["pool_slabs_requested"])):
-        chosen = _select(usable, "throttle", "heavy", pool)
+        chosen = _select(usable, kernel, "heavy", pool)
         engaged = chosen["high_throttle_count"].fillna(0) > 0
         near = chosen["hiwater"] <= chosen["high_throttle"] + NEAR_THRESHOLD_FRAC * chosen["nslabs"]
         clean = (chosen["map_failures"] == 0) & (chosen["fio_errors"] == 0)
@@ -248,21 +248,21 @@ def _describe(comparisons: tuple[Comparison, ...], base: pd.DataFrame | None = N
     return text
 
 
-def judge_c5(cells: pd.DataFrame) -> Verdict:
+def judge_c5(cells: pd.DataFrame, kernel: str = "throttle") -> Verdict:
     text = "A thread stuck on the throttle while it should poll completions can make things worse (poll queues)"
     metric = "polled I/O (hipri) IOPS and completion latency, throttle vs static; failed cells"
     threshold = "supported if throttle regresses IOPS or a latency percentile, or its cells fail (hang, timeout)"
     pool = _smallest_common_pool(cells, ("static",), "polled")
-    all_throttle = _select(cells, "throttle", "polled", pool) if pool is not None else cells.iloc[0:0]
+    all_throttle = _select(cells, kernel, "polled", pool) if pool is not None else cells.iloc[0:0]
     if pool is None or all_throttle.empty:
-        return _missing("C5", text, metric, threshold, "`static` and `throttle` cells with polled I/O")
+        return _missing("C5", text, metric, threshold, f"`static` and `{kernel}` cells with polled I/O")
     static = _select(_ok(cells), "static", "polled", pool)
-    throttle = _select(_ok(cells), "throttle", "polled", pool)
-    exempt_text, exempt_cells = _exempt_polled(cells, static, pool)
+    throttle = _select(_ok(cells), kernel, "polled", pool)
+    exempt_text, exempt_cells = _exempt_polled(cells, static, pool) if kernel == "throttle" else ("", static.iloc[0:0])
     failed = all_throttle[all_throttle["status"] == "failed"]
     if not failed.empty:
         reasons = ", ".join(sorted(set(failed["failure_reason"])))
-        detail = f"{len(failed)} of {len(all_throttle)} throttle cells failed ({reasons}){exempt_text}"
+        detail = f"{len(failed)} of {len(all_throttle)} {kernel} cells failed ({reasons}){exempt_text}"
         return Verdict("C5", text, "supported", metric, threshold, _ids(failed, static, exempt_cells), detail)
     comparisons = _perf(static, throttle)
     verdict = _regression_verdict(comparisons, if_regressed="supported", otherwise="contradicted")
@@ -282,13 +282,13 @@ def _exempt_polled(cells: pd.DataFrame, static: pd.DataFrame, pool: int) -> tupl
     return text, nopoll
 
 
-def judge_c6(cells: pd.DataFrame) -> Verdict:
+def judge_c6(cells: pd.DataFrame, kernel: str = "throttle") -> Verdict:
     text = "Throttling costs some throughput/latency above the threshold"
     metric = "IOPS, p50/p99/p99.9 completion latency, throttle vs static (heavy load, smallest pool)"
     threshold = "supported if any of them regresses significantly; contradicted if none does"
-    static, throttle, pool = _pair(cells, "static", "throttle", "heavy")
+    static, throttle, pool = _pair(cells, "static", kernel, "heavy")
     if pool is None:
-        return _missing("C6", text, metric, threshold, "`static` and `throttle` cells with a heavy workload")
+        return _missing("C6", text, metric, threshold, f"`static` and `{kernel}` cells with a heavy workload")
     comparisons = _perf(static, throttle)
     wait_ms = throttle["throttle_wait_ns"].fillna(0).median() / 1e6 if "throttle_wait_ns" in throttle else 0.0
     detail = f"pool {pool}: {_describe(comparisons, static, throttle)}; median throttle wait {wait_ms:.0f} ms per cell"
@@ -321,6 +321,21 @@ JUDGES: tuple[Callable[[pd.DataFrame], Verdict], ...] = (
     judge_c1, judge_c2, judge_c3, judge_c4, judge_c5, judge_c6, judge_c7,
 )  # fmt: skip
 
+# Series v2 answers the claims its changes target (overshoot C2, polled I/O C5, cost C6) next to v1's
+# verdicts, as claims C2-v2, C5-v2, C6-v2, judged by the same rules on the throttle-v2 cells.
+SERIES_V2 = "throttle-v2"
+V2_JUDGES: tuple[Callable[..., Verdict], ...] = (judge_c2, judge_c5, judge_c6)
+
+
+def _series_v2(cells: pd.DataFrame) -> list[Verdict]:
+    if cells.empty or not (cells["kernel"] == SERIES_V2).any():
+        return []
+    verdicts = []
+    for judge in V2_JUDGES:
+        verdict = judge(cells, kernel=SERIES_V2)
+        verdicts.append(replace(verdict, claim=f"{verdict.claim}-v2", text=f"Series v2: {verdict.text}"))
+    return verdicts
+
 
 SCOPE_KEYS = ("host_id", "platform")  # a comparison never crosses these: host-to-host variance stays out
 
@@ -345,7 +360,6 @@ def judge_all(cells: pd.DataFrame) -> list[Verdict]:
         cells = cells[cells["status"] != SKIPPED]
     verdicts = []
     for label, part in scopes(cells):
-        for judge in JUDGES:
-            verdict = judge(part)
+        for verdict in [judge(part) for judge in JUDGES] + _series_v2(part):
             verdicts.append(replace(verdict, scope=label) if label else verdict)
     return verdicts

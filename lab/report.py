@@ -156,7 +156,8 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 # The figure that shows the evidence of each claim (linked from the claims table).
 CLAIM_FIGURES = {"C1": "failures_and_throttle.png", "C2": "hiwater_by_pool.png", "C3": "usage_over_time.png",
                  "C4": "hiwater_by_pool.png", "C5": PERFORMANCE_FIGURE, "C6": PERFORMANCE_FIGURE,
-                 "C7": PERFORMANCE_FIGURE}  # fmt: skip
+                 "C7": PERFORMANCE_FIGURE, "C2-v2": "hiwater_by_pool.png", "C5-v2": PERFORMANCE_FIGURE,
+                 "C6-v2": PERFORMANCE_FIGURE}  # fmt: skip
 
 
 def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
@@ -383,6 +384,14 @@ def _md_table(frame: pd.DataFrame) -> str:
     return "\n".join([header, rule, *body]) + "\n"
 
 
+def series_tables(cells: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    """The series-comparison tables (lab.series) that this run has cells for."""
+    from lab.series import SERIES_TABLES
+
+    found = [(title, note, make(cells)) for title, note, make in SERIES_TABLES]
+    return [(title, note, table) for title, note, table in found if not table.empty]
+
+
 def _cell_link(cell_id: str) -> str:
     return f"[{cell_id}](cells/{cell_id}/cell.json)"
 
@@ -408,6 +417,8 @@ def report_markdown(manifest: dict[str, Any], cells: pd.DataFrame, verdicts: lis
         where = f" ({v.scope})" if v.scope else ""
         lines.append(f"| **{v.claim}**{where} {v.text} | **{v.verdict}** | {v.metric} | {v.threshold} | {v.detail} | "
                      f"{evidence or '-'} | {shown} |")  # fmt: skip
+    for title, note, table in series_tables(cells):
+        lines += ["", f"## {title}", "", note, "", _md_table(table)]
     lines += ["", "## Statistics", "", THRESHOLDS_TEXT, ""]
     lines.append(_md_table(pd.DataFrame(comparison_rows)))
     failed = cells[cells["status"] == "failed"] if not cells.empty else cells
@@ -483,6 +494,8 @@ def report_html(manifest: dict[str, Any], cells: pd.DataFrame, verdicts: list[Ve
                      f"<td><b>{esc(v.verdict)}</b></td><td>{esc(v.metric)}</td><td>{esc(v.threshold)}</td>"
                      f"<td>{esc(v.detail)}</td><td>{evidence or '-'}</td><td>{shown}</td></tr>")  # fmt: skip
     parts.append("</table>")
+    for title, note, table in series_tables(cells):
+        parts.append(f"<h2>{esc(title)}</h2><p>{esc(note)}</p>{_html_table(table)}")
     parts.append(f"<h2>Statistics</h2><p>{esc(THRESHOLDS_TEXT)}</p>")
     if comparison_rows:
         parts.append(pd.DataFrame(comparison_rows).to_html(index=False, float_format=lambda x: f"{x:.4g}"))

@@ -265,8 +265,16 @@ def test_the_timeout_axis_applies_to_series_v2_kernels_only(tmp_path: Path) -> N
                         ("throttle-v2", 2000), ("throttle-v2", 4294967295)]  # fmt: skip
     assert len({c.cell_id for c in cells}) == len(cells)
     default = next(c for c in cells if c.kernel == "throttle-v2" and not c.knobs)
-    assert default.cell_id == next(c for c in load_matrix(write(tmp_path, TIMEOUTS.replace(
-        '"default", "0ms", "10ms", "2s", "none"', '"default"'), "n.toml")).cells if c.kernel == "throttle-v2").cell_id
+    assert (
+        default.cell_id
+        == next(
+            c
+            for c in load_matrix(
+                write(tmp_path, TIMEOUTS.replace('"default", "0ms", "10ms", "2s", "none"', '"default"'), "n.toml")
+            ).cells
+            if c.kernel == "throttle-v2"
+        ).cell_id
+    )
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,85 @@
+"""Series v2 on real guests (issue: bounded waits, no hangs), on its debug kernel: lockdep, atomic-sleep
+checking, a 10 s hung-task detector and DMA-API debugging watch every cell, and any report of theirs
+fails the cell (lab.parse.kernel_splats).
+
+Each fault is injected while the heavy load keeps the 2 MiB pool throttled, so mappings are asleep on
+the throttle when the driver's recovery starts: a controller reset through sysfs, command timeouts
+against a backend stalled by a QEMU throttle (2 s block-layer timeout), and a hot-unplug through QMP
+device_del.  Polled I/O on virtio-blk (claim C5 on the other driver) must complete too."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from lab.image import GuestImage
+from lab.kernel import KernelBuild
+from lab.keys import KeyPair
+from lab.matrix import Cell
+from lab.runner import LabContext, run_group
+from lab.store import RunStore
+from lab.util import cache_dir
+from lab.vm import LocalHypervisor
+from lab.workload import Workload
+from tests.integration.test_kernel import Quiet
+
+pytestmark = pytest.mark.integration
+
+POOL = 1024  # 2 MiB: the heavy load keeps it at the throttle's threshold
+KERNEL = "throttle-v2-debug"
+
+
+def heavy(name: str, **fault: Any) -> Workload:
+    return Workload(name, rw="randread", bs="256k", iodepth=128, numjobs=4, runtime_s=10, size="512M", **fault)
+
+
+POLLED = Workload("polled", rw="randread", bs="128k", iodepth=32, numjobs=2, ioengine="io_uring", hipri=True,
+                  runtime_s=8, size="512M")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ctx(built_kernels: Callable[..., dict[str, KernelBuild]], guest_image: GuestImage, lab_key: KeyPair,
+        hypervisor: LocalHypervisor) -> LabContext:  # fmt: skip
+    return LabContext(hypervisor, guest_image, lab_key, built_kernels(KERNEL), cache_dir(),
+                      provenance={"lab_revision": "test"})  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> RunStore:
+    return RunStore.create(tmp_path_factory.mktemp("series-v2"), {"test": "series-v2"})
+
+
+def one(ctx: LabContext, store: RunStore, cell: Cell) -> dict[str, Any]:
+    [row] = run_group([cell], store, ctx, Quiet())
+    detail = f"{row['cell_id']}: {row.get('failure_reason')}: {str(row.get('failure_detail'))[:3000]}"
+    assert row["status"] == "ok", detail
+    assert row["kernel_splats"] == 0 and row["hung_tasks"] == 0, detail
+    return row
+
+
+def test_the_debug_kernel_throttles_without_a_checker_report(ctx: LabContext, store: RunStore) -> None:
+    row = one(ctx, store, Cell(KERNEL, POOL, "nvme", heavy("heavy"), vcpus=2, memory_mib=1024))
+    assert row["high_throttle_count"] > 0 and row["throttle_wait_ns"] > 0  # mappings did sleep on it
+    assert row["throttle_timeout_ms"] == 100 and row["fio_errors"] == 0
+    assert "PROVE_LOCKING=y" in ctx.kernels[KERNEL].config.read_text()
+
+
+def test_polled_io_on_virtio_blk_completes(ctx: LabContext, store: RunStore) -> None:
+    row = one(ctx, store, Cell(KERNEL, POOL, "virtio-blk", POLLED, vcpus=2, memory_mib=1024))
+    assert row["fio_total_ios"] > 0 and row["fio_errors"] == 0
+    assert "virtio_blk.poll_queues=2" in row["kernel_cmdline"]
+
+
+@pytest.mark.parametrize("fault", ["reset", "io-timeout", "unplug"])
+def test_error_recovery_with_mappings_asleep_on_the_throttle_finishes(ctx: LabContext, store: RunStore,
+                                                                      fault: str) -> None:  # fmt: skip
+    row = one(ctx, store, Cell(KERNEL, POOL, "nvme", heavy(f"heavy-{fault}", fault=fault), vcpus=2, memory_mib=1024))
+    assert row["fault"] == fault and not row.get("fault_error"), row.get("fault_error")
+    assert row["fault_at_s"] >= 3
+    assert row["high_throttle_count"] > 0  # the throttle was engaged when the fault came
+    if fault == "reset":
+        assert "exit 0" in row["fault_detail"]  # reset_controller returned: the reset finished
+    if fault == "unplug":
+        assert row["fio_errors"] > 0  # the device went away under fio, which noticed and ended
