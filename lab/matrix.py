@@ -60,8 +60,9 @@ _UNITS = {"b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
 
 
 # kernel, pool slabs, device, vCPUs, memory MiB, repetition, swiotlb force, poll queues, net load, platform,
-# hot-pluggable device (behind a PCIe root port, for the unplug fault)
-BootKey = tuple[str, int, str, int, int, int, bool, int, bool, str, bool]
+# fault ("" or the workload's error-recovery fault: such a cell leaves the device reset, stalled or gone,
+# so it boots alone)
+BootKey = tuple[str, int, str, int, int, int, bool, int, bool, str, str]
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ class Cell:
     def boot_key(self) -> BootKey:
         """Cells with equal keys share one boot (workloads run one after another)."""
         return (self.kernel, self.pool_slabs, self.device, self.vcpus, self.memory_mib, self.repetition,
-                self.swiotlb_force, self.poll_queues, self.net_load, self.platform, self.hotplug)  # fmt: skip
+                self.swiotlb_force, self.poll_queues, self.net_load, self.platform, self.workload.fault)  # fmt: skip
 
 
 @dataclass(frozen=True)

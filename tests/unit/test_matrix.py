@@ -63,18 +63,20 @@ def test_stock_matrix_ships_with_the_package() -> None:
 
 def test_default_matrix_has_what_the_claims_need() -> None:
     matrix = load_matrix("default")
-    assert {c.kernel for c in matrix.cells} == {"static", "throttle", "dynamic", "throttle-nopoll"}
-    assert {c.workload.name for c in matrix.cells if c.kernel == "throttle-nopoll"} == {"polled"}
+    assert {c.kernel for c in matrix.cells} == {"static", "throttle", "dynamic", "throttle-v2"}
+    # series v2 answers C2 where v1 overshot (2 and 4 MiB), C5 (polled) and C6 (heavy on 2 MiB)
+    v2 = {(c.workload.name, c.pool_slabs) for c in matrix.cells if c.kernel == "throttle-v2"}
+    assert v2 == {("heavy", 1024), ("heavy", 2048), ("polled", 1024)}
     assert {c.workload.name for c in matrix.cells} == {"heavy", "single-queue", "polled"}
     assert {c.repetition for c in matrix.cells} == set(range(5))
     polled = [c for c in matrix.cells if c.workload.hipri]
     assert polled and all(c.poll_queues > 0 for c in polled)
     # C2 per pool size: static and throttle run the heavy load on 2, 4 and 8 MiB, the rest on 2 MiB only
     larger = {(c.kernel, c.workload.name) for c in matrix.cells if c.pool_slabs > 1024}
-    assert larger == {("static", "heavy"), ("throttle", "heavy")}
+    assert larger == {("static", "heavy"), ("throttle", "heavy"), ("throttle-v2", "heavy")}
     assert {c.pool_slabs for c in matrix.cells} == {1024, 2048, 4096}
     # polled cells need NVMe poll queues, so they boot separately from the others
-    assert len(matrix.boot_groups()) == 5 * (3 * 2 + 2 * 2 + 1)
+    assert len(matrix.boot_groups()) == 5 * (4 + 4 + 2 + 3)
 
 
 @pytest.mark.parametrize(
