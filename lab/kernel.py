@@ -249,7 +249,8 @@ def load_variants(path: Path | None = None) -> dict[str, Variant]:
         problem = ""
         for series in spec.get("patches", []):
             directory = PATCH_DIR / series
-            files = sorted(directory.glob("*.patch"))
+            # A cover letter (git format-patch --cover-letter) carries no diff: it is read, not applied.
+            files = sorted(f for f in directory.glob("*.patch") if not f.name.startswith("0000-"))
             if not files:
                 problem = f"{path}: variants.{name}: patch series {directory} has no *.patch files"
             patches.extend(files)
