@@ -15,6 +15,11 @@ from lab.vm import RunningGuest
 from lab.workload import FAULT_IO_TIMEOUT_MS, FAULT_STALL_S, Workload
 
 DEVICE_ID = "dut0dev"  # the qdev id lab.vm gives the device under test
+# The stall: 1 IOPS.  A throttled 2 MiB pool holds only ~6-8 heavy requests in flight, so a slower
+# backend is needed for them to outlive the 2 s timeout (at 20 IOPS none timed out); QEMU's synchronous
+# cancel of them during the guest's reset then holds its main loop for seconds (see the lift).
+FAULT_STALL_IOPS = 1
+LIFT_TIMEOUT_S = 60.0
 
 
 class FaultInjector:
@@ -48,10 +53,13 @@ class FaultInjector:
                 done = self.guest.run("echo 1 > /sys/class/nvme/nvme0/reset_controller", timeout_s=60, check=False)
                 self.result["fault_detail"] = f"reset_controller exit {done.exitcode} {done.stderr.strip()}".strip()
             elif self.workload.fault == "io-timeout":
-                self._throttle(iops=1)
+                self._throttle(iops=FAULT_STALL_IOPS)
                 interrupt.sleep(FAULT_STALL_S)
-                self._throttle(iops=0)
-                self.result["fault_detail"] = (f"backend at 1 IOPS for {FAULT_STALL_S} s, "
+                # QEMU's NVMe controller cancels in-flight I/O synchronously when the guest's recovery
+                # deletes its queues, which holds QEMU's main loop (and QMP) until the throttled queue
+                # drains: the lift may wait that long.
+                self._throttle(iops=0, timeout_s=LIFT_TIMEOUT_S)
+                self.result["fault_detail"] = (f"backend at {FAULT_STALL_IOPS} IOPS for {FAULT_STALL_S} s, "
                                                f"I/O timeout {FAULT_IO_TIMEOUT_MS} ms")  # fmt: skip
             elif self.workload.fault == "unplug":
                 self.vm.qmp("device_del", id=DEVICE_ID)
@@ -62,13 +70,21 @@ class FaultInjector:
         except Exception as exc:  # QMP errors come in several types; the row says which
             self.result["fault_error"] = f"{type(exc).__name__}: {exc}"[:2000]
 
-    def _throttle(self, iops: int) -> None:
+    def _throttle(self, iops: int, timeout_s: float | None = None) -> None:
         limits = dict.fromkeys(("bps", "bps_rd", "bps_wr", "iops_rd", "iops_wr"), 0)
-        self.vm.qmp("block_set_io_throttle", id=DEVICE_ID, iops=iops, **limits)
+        self.vm.qmp("block_set_io_throttle", timeout_s=timeout_s, id=DEVICE_ID, iops=iops, **limits)
 
     def finish(self, timeout_s: float = 90.0) -> dict[str, Any]:
+        """Join the fault's thread; record whether the device under test is still there (an unplug that
+        worked removes it)."""
         if self._thread is not None:
             self._thread.join(timeout_s)
             if self._thread.is_alive():
                 self.result.setdefault("fault_error", f"the fault action did not end within {timeout_s:.0f} s")
+            try:
+                seen = self.guest.run(f"test -e /sys/block/{self.disk_name} && echo present || echo gone",
+                                      timeout_s=15, check=False)  # fmt: skip
+                self.result["device_after"] = seen.stdout.strip()
+            except LabError as exc:
+                self.result["device_after"] = f"unknown ({exc})"[:200]
         return dict(self.result)

@@ -213,7 +213,7 @@ class RunningGuest(Protocol):
     def console_text(self) -> str: ...
     def check_alive(self) -> None: ...
     def forwarded(self, guest_port: int) -> Endpoint: ...
-    def qmp(self, command: str, **args: object) -> object: ...
+    def qmp(self, command: str, timeout_s: float | None = None, **args: object) -> object: ...
 
 
 class Hypervisor(Protocol):
@@ -369,9 +369,10 @@ class Machine:
             log.debug("QMP quit failed: %r", exc)
             return False
 
-    def qmp(self, command: str, **args: object) -> object:
-        """Run one QMP command (e.g. for fault injection or status)."""
-        return qmp_command(self.qmp_socket, command, timeout_s=5.0, **args)
+    def qmp(self, command: str, timeout_s: float | None = None, **args: object) -> object:
+        """Run one QMP command (e.g. for fault injection or status); ``timeout_s`` bounds each step
+        (default 5 s)."""
+        return qmp_command(self.qmp_socket, command, timeout_s=timeout_s or 5.0, **args)
 
     def shutdown(self) -> None:
         """Stop QEMU: QMP quit, then SIGTERM, then SIGKILL.  Harmless to call twice; a second Ctrl-C
