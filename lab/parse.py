@@ -182,7 +182,7 @@ SPLAT_PATTERNS = (
                            r"possible irq lock inversion|suspicious RCU usage)|BUG: Invalid wait context")),
     ("sleep in atomic", re.compile(r"BUG: (sleeping function called from invalid context|scheduling while atomic)")),
     ("hung task", re.compile(r"INFO: task \S+ blocked for more than \d+ seconds")),
-    ("dma-api", re.compile(r"DMA-API: \S+ \S+: device driver")),
+    ("dma-api", re.compile(r"DMA-API: \S+ \S+: ")),
     ("warning", re.compile(r"WARNING: CPU: \d+ PID: \d+ at ")),
 )  # fmt: skip
 
@@ -197,18 +197,19 @@ def kernel_splats(text: str, context: int = 40) -> list[Splat]:
     """The checker reports and warnings in a kernel log (dmesg or serial console), in order."""
     lines = [re.sub(r"^\[\s*\d+\.\d+\]\s?", "", line) for line in text.splitlines()]
     found: list[Splat] = []
-    last_warning = -10
+    last = -10  # line of the previous match
     for index, line in enumerate(lines):
-        for kind, pattern in SPLAT_PATTERNS:
-            if not pattern.search(line):
-                continue
-            if kind == "dma-api" and index - last_warning <= 3:
-                # DMA-API debugging reports through WARN(): one report, named by its message.
+        kind = next((k for k, pattern in SPLAT_PATTERNS if pattern.search(line)), None)
+        if kind is None:
+            continue
+        if found and index - last <= 3 and "warning" in (kind, found[-1].kind):
+            # A checker that reports through WARN() (DMA-API debugging prints its message next to the
+            # WARNING line): one report, named by the checker, its text from the first of the lines.
+            if kind != "warning":
                 found[-1] = Splat(kind, found[-1].text)
-            else:
-                found.append(Splat(kind, "\n".join(lines[index : index + 1 + context])))
-                last_warning = index if kind == "warning" else last_warning
-            break
+        else:
+            found.append(Splat(kind, "\n".join(lines[index : index + 1 + context])))
+        last = index
     return found
 
 

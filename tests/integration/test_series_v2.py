@@ -10,6 +10,7 @@ device_del.  Polled I/O on virtio-blk (claim C5 on the other driver) must comple
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +19,8 @@ from lab.image import GuestImage
 from lab.kernel import KernelBuild
 from lab.keys import KeyPair
 from lab.matrix import Cell
-from lab.runner import LabContext, run_group
+from lab.parse import kernel_splats
+from lab.runner import LabContext, boot_spec, run_group
 from lab.store import RunStore
 from lab.util import cache_dir
 from lab.vm import LocalHypervisor
@@ -84,3 +86,22 @@ def test_error_recovery_with_mappings_asleep_on_the_throttle_finishes(ctx: LabCo
     if fault == "io-timeout":
         assert row["dmesg_io_errors"] > 0  # commands timed out (the driver logged its timeouts and recovery)
     assert row["device_after"] == ("gone" if fault == "unplug" else "present")
+
+
+def test_a_may_block_mapping_from_atomic_context_is_reported_at_once(ctx: LabContext, tmp_path: Path) -> None:
+    """The lab's self-test patch maps one page with DMA_ATTR_MAY_BLOCK under a spinlock, on an idle pool
+    (the mapping never waits): might_sleep_if() at the API entry point must still report it."""
+    spec = boot_spec(ctx, Cell(KERNEL, POOL, "nvme", Workload("idle"), vcpus=2, memory_mib=1024))
+    with ctx.hypervisor.boot(spec, tmp_path / "boot") as vm:
+        guest = ctx.guest(vm.endpoint, ctx.client_key.private_path, ctx.image.host_key_blob)
+        try:
+            guest.connect(alive=vm.check_alive)
+            guest.run("dmesg -c > /dev/null", timeout_s=30)
+            used = guest.run("cat /sys/kernel/debug/swiotlb/io_tlb_used", timeout_s=30).stdout.strip()
+            log = guest.run("echo 1 > /sys/kernel/debug/dma_may_block_selftest/atomic_map; dmesg -c",
+                            timeout_s=60).stdout  # fmt: skip
+        finally:
+            guest.close()
+    splats = kernel_splats(log)
+    assert [s.kind for s in splats] == ["sleep in atomic"], log[-3000:]
+    assert "dma_map_page_attrs" in splats[0].text and int(used) < POOL * 70 // 100  # far below the threshold

@@ -175,3 +175,33 @@ def test_merged_percentiles_of_a_known_histogram() -> None:
     bins = {100: 50, 200: 49, 1000: 1}
     assert merged_percentiles(bins) == {50.0: 100.0, 99.0: 200.0, 99.9: 1000.0}
     assert all(math.isnan(v) for v in merged_percentiles({}).values())
+
+
+SPLATS = Path(__file__).resolve().parent.parent / "data" / "splats"
+
+
+@pytest.mark.parametrize(
+    ("fixture", "kind", "first_line", "count"),
+    [
+        ("atomic-map.dmesg", "sleep in atomic",
+         "BUG: sleeping function called from invalid context at ../src/kernel/dma/mapping.c:164", 1),
+        ("hung-task.dmesg", "hung task", "INFO: task dd:71 blocked for more than 10 seconds.", 2),
+        ("dma-api-segment.dmesg", "dma-api", "DMA-API: virtio-pci 0000:00:02.0: mapping sg segment longer than "
+         "device claims to support [len=131072] [max=65536]", 1),
+    ],
+)  # fmt: skip
+def test_kernel_checker_reports_from_the_debug_kernel(fixture: str, kind: str, first_line: str, count: int) -> None:
+    from lab.parse import kernel_splats
+
+    splats = kernel_splats((SPLATS / fixture).read_text())
+    assert [s.kind for s in splats] == [kind] * count
+    assert splats[0].text.splitlines()[0] == first_line
+
+
+def test_a_clean_debug_kernel_log_has_no_report() -> None:
+    from lab.parse import kernel_splats
+
+    clean = (Path(__file__).resolve().parent.parent / "data" / "stock-1024-heavy" / "console.log").read_text()
+    assert kernel_splats(clean) == []
+    # the lockdep banner every debug boot prints is not a report
+    assert kernel_splats("Lock dependency validator: Copyright (c) 2006 Red Hat, Inc., Ingo Molnar") == []
