@@ -317,13 +317,64 @@ def judge_c7(cells: pd.DataFrame) -> Verdict:
     return Verdict("C7", text, verdict, metric, threshold, _ids(dynamic, throttle), detail, comparisons)
 
 
+FOREVER_MS = 2**32 - 1  # series v2's throttle_timeout_ms for "no bound"
+DEFAULT_TIMEOUT_MS = 100  # series v2's default bound
+SERIES_V2 = "throttle-v2"
+
+
+def _timeout_label(ms: float) -> str:
+    return "none" if ms >= FOREVER_MS else f"{int(ms)} ms"
+
+
+def judge_c8(cells: pd.DataFrame) -> Verdict:
+    text = ("The wait should be bounded (wait with a timeout, then fail or grow): series v2's default bound "
+            "costs nothing against an unbounded wait")  # fmt: skip
+    metric = ("IOPS, p50/p99/p99.9 completion latency, throttle-v2 with its default bound vs no bound "
+              "(throttle_timeout_ms = U32_MAX), heavy load, smallest common pool; the sweep's medians")  # fmt: skip
+    threshold = ("contradicted if the bounded wait regresses any of them significantly (Holm within the family); "
+                 "supported if none regresses and every metric is decided")  # fmt: skip
+    if cells.empty or "throttle_timeout_ms" not in cells:
+        return _missing("C8", text, metric, threshold, "throttle-v2 cells with a timeout sweep")
+    v2 = _select(_ok(cells), SERIES_V2, "heavy")
+    v2 = v2[v2["throttle_timeout_ms"].notna()]
+    bounded = v2[v2["throttle_timeout_ms"] == DEFAULT_TIMEOUT_MS]
+    unbounded = v2[v2["throttle_timeout_ms"] >= FOREVER_MS]
+    pools = set(bounded["pool_slabs_requested"]) & set(unbounded["pool_slabs_requested"])
+    if not pools:
+        return _missing(
+            "C8",
+            text,
+            metric,
+            threshold,
+            f'`{SERIES_V2}` heavy cells with the default bound and with throttle_timeout = "none"',
+        )
+    pool = min(pools)
+    bounded = bounded[bounded["pool_slabs_requested"] == pool]
+    unbounded = unbounded[unbounded["pool_slabs_requested"] == pool]
+    comparisons = _perf(unbounded, bounded)
+    sweep = []
+    for kernel in (SERIES_V2, f"{SERIES_V2}-dynamic"):
+        part = _select(_ok(cells), kernel, "heavy", pool)
+        part = part[part["throttle_timeout_ms"].notna()] if "throttle_timeout_ms" in part else part.iloc[0:0]
+        for ms, group in sorted(part.groupby("throttle_timeout_ms"), key=lambda item: item[0]):
+            grown = (group["nslabs_after"].fillna(group["nslabs"]) - group["nslabs"]).max()
+            sweep.append(f"{kernel} {_timeout_label(ms)}: IOPS {group['fio_iops'].median():.0f}, p99 "
+                         f"{group['fio_clat_p99_us'].median() / 1e3:.0f} ms, failed maps "
+                         f"{_span(group['map_failures'])}, timeouts {_span(group['throttle_timeouts'])}"
+                         + (f", grew {int(grown)} slabs" if kernel.endswith("dynamic") else ""))  # fmt: skip
+    detail = f"pool {pool}: {DEFAULT_TIMEOUT_MS} ms vs none: {_describe(comparisons, unbounded, bounded)}"
+    if sweep:
+        detail += "; sweep (medians): " + "; ".join(sweep)
+    verdict = _regression_verdict(comparisons, if_regressed="contradicted", otherwise="supported")
+    return Verdict("C8", text, verdict, metric, threshold, _ids(bounded, unbounded), detail, comparisons)
+
+
 JUDGES: tuple[Callable[[pd.DataFrame], Verdict], ...] = (
-    judge_c1, judge_c2, judge_c3, judge_c4, judge_c5, judge_c6, judge_c7,
+    judge_c1, judge_c2, judge_c3, judge_c4, judge_c5, judge_c6, judge_c7, judge_c8,
 )  # fmt: skip
 
 # Series v2 answers the claims its changes target (overshoot C2, polled I/O C5, cost C6) next to v1's
 # verdicts, as claims C2-v2, C5-v2, C6-v2, judged by the same rules on the throttle-v2 cells.
-SERIES_V2 = "throttle-v2"
 V2_JUDGES: tuple[Callable[..., Verdict], ...] = (judge_c2, judge_c5, judge_c6)
 
 
