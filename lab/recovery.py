@@ -65,6 +65,8 @@ class FaultInjector:
                 self.vm.qmp("device_del", id=DEVICE_ID)
                 self.result["fault_detail"] = f"device_del {DEVICE_ID}"
             self.result["fault_done_s"] = round(time.monotonic() - self._started, 3)
+        except interrupt.Interrupted:
+            self.result["fault_error"] = "interrupted"  # the run stops; the main thread reports it
         except LabError as exc:
             self.result["fault_error"] = str(exc)[:2000]
         except Exception as exc:  # QMP errors come in several types; the row says which

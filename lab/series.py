@@ -68,6 +68,9 @@ def recovery_table(cells: pd.DataFrame) -> pd.DataFrame:
             "failed": ", ".join(f"{n}x {r}" for r, n in reasons.items()) or "-",
             "hung_tasks": int(group.get("hung_tasks", pd.Series(0, index=group.index)).fillna(0).sum()),
             "fio_errors_median": group["fio_errors"].median() if "fio_errors" in group else None,
+            "device_after": ", ".join(f"{n}x {v}" for v, n in group.get("device_after", pd.Series(dtype=str))
+                                      .fillna("unknown").value_counts().items()) or "-",
+            "fault_errors": int(group.get("fault_error", pd.Series(dtype=str)).fillna("").astype(bool).sum()),
         })  # fmt: skip
     return pd.DataFrame(rows)
 
