@@ -9,6 +9,13 @@ import pandas as pd
 SERIES_KERNELS = ("throttle", "throttle-v2", "throttle-dynamic", "throttle-v2-dynamic", "throttle-v2-debug")
 
 
+def _timeout_label(ms: float) -> str:
+    """series v2's throttle_timeout_ms as the matrix spells it; "-" for kernels without a bound (v1)."""
+    if pd.isna(ms):
+        return "-"
+    return "none" if ms >= 2**32 - 1 else f"{int(ms)} ms"
+
+
 def _has(cells: pd.DataFrame, *columns: str) -> bool:
     return not cells.empty and all(c in cells for c in columns)
 
@@ -21,8 +28,9 @@ def overshoot_table(cells: pd.DataFrame) -> pd.DataFrame:
     ok = ok[~ok.get("fault", pd.Series("", index=ok.index)).fillna("").astype(bool)]
     if ok.empty:
         return pd.DataFrame()
-    ok = ok.assign(overshoot=ok["hiwater"] - ok["high_throttle"])
-    table = ok.groupby(["kernel", "pool_slabs_requested", "workload", "vcpus"]).agg(
+    timeouts = ok.get("throttle_timeout_ms", pd.Series(float("nan"), index=ok.index))
+    ok = ok.assign(overshoot=ok["hiwater"] - ok["high_throttle"], timeout=timeouts.map(_timeout_label))
+    table = ok.groupby(["kernel", "pool_slabs_requested", "workload", "vcpus", "timeout"]).agg(
         cells=("cell_id", "count"), high_throttle=("high_throttle", "median"),
         overshoot_median=("overshoot", "median"), overshoot_max=("overshoot", "max"),
         map_failures_median=("map_failures", "median"), iops_median=("fio_iops", "median"),
@@ -39,7 +47,7 @@ def timeout_table(cells: pd.DataFrame) -> pd.DataFrame:
     ok = ok[~ok.get("fault", pd.Series("", index=ok.index)).fillna("").astype(bool)]
     if ok.empty:
         return pd.DataFrame()
-    ok = ok.assign(timeout=ok["throttle_timeout_ms"].map(lambda v: "none" if v >= 2**32 - 1 else f"{int(v)} ms"),
+    ok = ok.assign(timeout=ok["throttle_timeout_ms"].map(_timeout_label),
                    grown=ok["nslabs_after"].fillna(ok["nslabs"]) - ok["nslabs"])  # fmt: skip
     table = ok.groupby(["kernel", "pool_slabs_requested", "workload", "throttle_timeout_ms", "timeout"]).agg(
         cells=("cell_id", "count"), iops_median=("fio_iops", "median"),
