@@ -15,10 +15,12 @@ from lab.vm import RunningGuest
 from lab.workload import FAULT_IO_TIMEOUT_MS, FAULT_STALL_S, Workload
 
 DEVICE_ID = "dut0dev"  # the qdev id lab.vm gives the device under test
-# The stall: 1 IOPS.  A throttled 2 MiB pool holds only ~6-8 heavy requests in flight, so a slower
-# backend is needed for them to outlive the 2 s timeout (at 20 IOPS none timed out); QEMU's synchronous
-# cancel of them during the guest's reset then holds its main loop for seconds (see the lift).
-FAULT_STALL_IOPS = 1
+# The stall: 8 IOPS.  The guest queues 30-60 requests behind QEMU's throttle, so they wait 4-8 s and
+# outlive the 2 s timeout; when the guest's recovery then deletes its queues, QEMU's NVMe controller
+# cancels them synchronously, holding its main loop (and QMP) until they drain: at 1 IOPS that took
+# 30-60 s, long enough for the guest's hung-task detector to report submitters waiting on the
+# controller reset (measured 2026-11-27); at 8 IOPS it is a few seconds.
+FAULT_STALL_IOPS = 8
 LIFT_TIMEOUT_S = 60.0
 
 

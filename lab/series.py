@@ -92,6 +92,6 @@ SERIES_TABLES = (
      "without a throttle: a fixed pool may fail the mapping, a dynamic pool may grow.", timeout_table),
     ("Error recovery with mappings asleep on the throttle",
      "A fault during the heavy load on a throttled pool: reset = reset_controller through sysfs; io-timeout = "
-     "backend stalled at 1 IOPS under a 2 s block-layer timeout; unplug = QMP device_del.  Recovered: fio "
+     "backend stalled at 8 IOPS under a 2 s block-layer timeout; unplug = QMP device_del.  Recovered: fio "
      "ended and no kernel checker reported; timeout: fio never ended (the guest hung).", recovery_table),
 )  # fmt: skip

@@ -16,7 +16,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Error-recovery experiments: what the lab does to the device under test while fio runs.
 #   reset:      the guest writes /sys/class/nvme/nvme0/reset_controller (NVMe only)
 #   io-timeout: the device's block-layer timeout is cut to 2 s and QEMU throttles its backend to
-#               1 IOPS for FAULT_STALL_S seconds, so commands time out and the driver recovers (NVMe only)
+#               8 IOPS for FAULT_STALL_S seconds, so commands time out and the driver recovers (NVMe only)
 #   unplug:     QMP device_del of the device (behind a PCIe root port), a hot-unplug
 FAULTS = ("reset", "io-timeout", "unplug")
 FAULT_DEVICES = {"reset": ("nvme",), "io-timeout": ("nvme",), "unplug": ("nvme", "virtio-blk")}
