@@ -55,13 +55,22 @@ def known_kernels() -> tuple[str, ...]:
     return ("stock", *load_variants())
 
 
+def growing_kernels() -> frozenset[str]:
+    """Variants built with CONFIG_SWIOTLB_DYNAMIC=y: their pool keeps what it grew for the rest of a boot."""
+    from lab.kernel import CONFIG_DIR, load_variants, requested_options
+
+    return frozenset(name for name, variant in load_variants().items()
+                     if requested_options((CONFIG_DIR / "base.config", *variant.fragments))
+                     .get("CONFIG_SWIOTLB_DYNAMIC") == "y")  # fmt: skip
+
+
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|slabs?)?\s*$", re.I)
 _UNITS = {"b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
 
 
 # kernel, pool slabs, device, vCPUs, memory MiB, repetition, swiotlb force, poll queues, net load, platform,
-# fault ("" or the workload's error-recovery fault: such a cell leaves the device reset, stalled or gone,
-# so it boots alone)
+# alone ("", or what makes a cell boot alone: its error-recovery fault, which leaves the device reset,
+# stalled or gone; or its own ID on a kernel whose pool grows)
 BootKey = tuple[str, int, str, int, int, int, bool, int, bool, str, str]
 
 
@@ -81,6 +90,10 @@ class Cell:
     net_load: bool = False  # a TCP stream guest -> host over virtio-net during the workload
     sample_hz: float = 0.0  # the in-guest sampler's rate; 0: unobserved (no sampler during fio)
     platform: str = "auto"  # launch profile (lab.platforms); "auto": kvm where it works, else tcg
+    # Boots alone: a growing pool (CONFIG_SWIOTLB_DYNAMIC) keeps what an earlier workload of the same
+    # boot grew it to, so a later workload would start from another pool.  Not part of the cell's
+    # content: it says how the cell is run, not what it measures.
+    solo: bool = False
 
     @property
     def observed(self) -> bool:
@@ -128,7 +141,8 @@ class Cell:
     def boot_key(self) -> BootKey:
         """Cells with equal keys share one boot (workloads run one after another)."""
         return (self.kernel, self.pool_slabs, self.device, self.vcpus, self.memory_mib, self.repetition,
-                self.swiotlb_force, self.poll_queues, self.net_load, self.platform, self.workload.fault)  # fmt: skip
+                self.swiotlb_force, self.poll_queues, self.net_load, self.platform,
+                self.workload.fault or (self.cell_id if self.solo else ""))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -299,10 +313,11 @@ def load_matrix(source: str | Path, kernels: tuple[str, ...] | None = None) -> M
             )
         path = Path(str(shipped))
     text, data = read_toml(path, "matrix")
-    return parse_matrix(data, text, path, kernels if kernels is not None else known_kernels())
+    return parse_matrix(data, text, path, kernels if kernels is not None else known_kernels(), growing_kernels())
 
 
-def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tuple[str, ...]) -> Matrix:
+def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tuple[str, ...],
+                 growing: frozenset[str] = frozenset()) -> Matrix:  # fmt: skip
     unknown_top = sorted(set(data) - {"matrix", "workloads"})
     if unknown_top:
         raise ConfigError(f"{path}{_line_of(text, unknown_top[0])}: unknown table {unknown_top[0]!r}; "
@@ -416,6 +431,7 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
             net_load=c["net_load"],
             sample_hz=rate(rep),
             platform=c["platform"],
+            solo=c["kernel"] in growing,
         )
         for rep in range(repetitions)
         for c in combos

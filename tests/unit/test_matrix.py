@@ -75,8 +75,9 @@ def test_default_matrix_has_what_the_claims_need() -> None:
     larger = {(c.kernel, c.workload.name) for c in matrix.cells if c.pool_slabs > 1024}
     assert larger == {("static", "heavy"), ("throttle", "heavy"), ("throttle-v2", "heavy")}
     assert {c.pool_slabs for c in matrix.cells} == {1024, 2048, 4096}
-    # polled cells need NVMe poll queues, so they boot separately from the others
-    assert len(matrix.boot_groups()) == 5 * (4 + 4 + 2 + 3)
+    # polled cells need NVMe poll queues, so they boot separately from the others; a growing pool's cells
+    # each boot alone (static 4, throttle 4, dynamic 3, throttle-v2 3 boots per repetition)
+    assert len(matrix.boot_groups()) == 5 * (4 + 4 + 3 + 3)
 
 
 @pytest.mark.parametrize(
@@ -333,3 +334,16 @@ def test_bad_faults_are_refused(tmp_path: Path, workload: str, message: str) -> 
             f'[workloads.a]\nrw = "read"\nruntime = "10s"\n{workload}\n')  # fmt: skip
     with pytest.raises(ConfigError, match=message):
         load_matrix(write(tmp_path, text))
+
+
+def test_a_growing_pool_gives_each_cell_its_own_boot(tmp_path: Path) -> None:
+    """A dynamic pool keeps what one workload grew it to: the next workload of the same boot would start
+    from another pool (the series-v2 sweep of 2026-11-27 showed it: after the 0 ms cell grew the pool to
+    19,456 slabs, the later cells of that boot ran on it)."""
+    text = GOOD.replace('kernels = ["stock"]', 'kernels = ["static", "dynamic", "throttle-v2-dynamic"]')
+    matrix = load_matrix(write(tmp_path, text))
+    for group in matrix.boot_groups():
+        if group[0].kernel != "static":
+            assert len(group) == 1, [c.cell_id for c in group]
+    static = [g for g in matrix.boot_groups() if g[0].kernel == "static"]
+    assert len(static) == 2 * 2 and all(len(g) == 2 for g in static)  # pools x repetitions, both workloads
