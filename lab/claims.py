@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 import pandas as pd
 
+from lab.matrix import THROTTLE_FOREVER_MS, timeout_label
 from lab.stats import UNDECIDED, Comparison, Metric, compare_family
 from lab.store import SKIPPED
 
@@ -317,13 +318,8 @@ def judge_c7(cells: pd.DataFrame) -> Verdict:
     return Verdict("C7", text, verdict, metric, threshold, _ids(dynamic, throttle), detail, comparisons)
 
 
-FOREVER_MS = 2**32 - 1  # series v2's throttle_timeout_ms for "no bound"
 DEFAULT_TIMEOUT_MS = 100  # series v2's default bound
 SERIES_V2 = "throttle-v2"
-
-
-def _timeout_label(ms: float) -> str:
-    return "none" if ms >= FOREVER_MS else f"{int(ms)} ms"
 
 
 def judge_c8(cells: pd.DataFrame) -> Verdict:
@@ -338,7 +334,7 @@ def judge_c8(cells: pd.DataFrame) -> Verdict:
     v2 = _select(_ok(cells), SERIES_V2, "heavy")
     v2 = v2[v2["throttle_timeout_ms"].notna()]
     bounded = v2[v2["throttle_timeout_ms"] == DEFAULT_TIMEOUT_MS]
-    unbounded = v2[v2["throttle_timeout_ms"] >= FOREVER_MS]
+    unbounded = v2[v2["throttle_timeout_ms"] >= THROTTLE_FOREVER_MS]
     pools = set(bounded["pool_slabs_requested"]) & set(unbounded["pool_slabs_requested"])
     if not pools:
         return _missing(
@@ -358,7 +354,7 @@ def judge_c8(cells: pd.DataFrame) -> Verdict:
         part = part[part["throttle_timeout_ms"].notna()] if "throttle_timeout_ms" in part else part.iloc[0:0]
         for ms, group in sorted(part.groupby("throttle_timeout_ms"), key=lambda item: item[0]):
             grown = (group["nslabs_after"].fillna(group["nslabs"]) - group["nslabs"]).max()
-            sweep.append(f"{kernel} {_timeout_label(ms)}: IOPS {group['fio_iops'].median():.0f}, p99 "
+            sweep.append(f"{kernel} {timeout_label(ms)}: IOPS {group['fio_iops'].median():.0f}, p99 "
                          f"{group['fio_clat_p99_us'].median() / 1e3:.0f} ms, failed maps "
                          f"{_span(group['map_failures'])}, timeouts {_span(group['throttle_timeouts'])}"
                          + (f", grew {int(grown)} slabs" if kernel.endswith("dynamic") else ""))  # fmt: skip

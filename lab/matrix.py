@@ -259,6 +259,14 @@ def _knobs_for(percent: tuple[int, int] | None, pool_slabs: int) -> tuple[tuple[
 THROTTLE_FOREVER_MS = 2**32 - 1  # series v2: throttle_timeout_ms = U32_MAX waits without a bound
 
 
+def timeout_label(ms: float) -> str:
+    """A measured throttle_timeout_ms as a matrix spells it ("10 ms", "none"); "-" for kernels without
+    a bound (v1), whose rows have none."""
+    if ms != ms:  # NaN
+        return "-"
+    return "none" if ms >= THROTTLE_FOREVER_MS else f"{int(ms)} ms"
+
+
 def _timeout_knob(value: object, where: str) -> tuple[str, tuple[tuple[str, int], ...]]:
     """ "default", "none" (no bound) or "Nms" / "Ns": the series v2 throttle's wait bound."""
     text = str(value).strip()

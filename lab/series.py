@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import pandas as pd
 
+from lab.matrix import timeout_label
+
 SERIES_KERNELS = ("throttle", "throttle-v2", "throttle-dynamic", "throttle-v2-dynamic", "throttle-v2-debug")
 
 
-def _timeout_label(ms: float) -> str:
-    """series v2's throttle_timeout_ms as the matrix spells it; "-" for kernels without a bound (v1)."""
-    if pd.isna(ms):
-        return "-"
-    return "none" if ms >= 2**32 - 1 else f"{int(ms)} ms"
+def _without_faults(cells: pd.DataFrame) -> pd.DataFrame:
+    """Cells with no error-recovery fault: a fault's reset, stall or unplug is not the throttle's doing."""
+    return cells[~cells.get("fault", pd.Series("", index=cells.index)).fillna("").astype(bool)]
 
 
 def _has(cells: pd.DataFrame, *columns: str) -> bool:
@@ -25,11 +25,11 @@ def overshoot_table(cells: pd.DataFrame) -> pd.DataFrame:
     if not _has(cells, "hiwater", "high_throttle", "kernel"):
         return pd.DataFrame()
     ok = cells[(cells["status"] == "ok") & cells["kernel"].isin(SERIES_KERNELS) & cells["high_throttle"].notna()]
-    ok = ok[~ok.get("fault", pd.Series("", index=ok.index)).fillna("").astype(bool)]
+    ok = _without_faults(ok)
     if ok.empty:
         return pd.DataFrame()
     timeouts = ok.get("throttle_timeout_ms", pd.Series(float("nan"), index=ok.index))
-    ok = ok.assign(overshoot=ok["hiwater"] - ok["high_throttle"], timeout=timeouts.map(_timeout_label))
+    ok = ok.assign(overshoot=ok["hiwater"] - ok["high_throttle"], timeout=timeouts.map(timeout_label))
     table = ok.groupby(["kernel", "pool_slabs_requested", "workload", "vcpus", "timeout"]).agg(
         cells=("cell_id", "count"), high_throttle=("high_throttle", "median"),
         overshoot_median=("overshoot", "median"), overshoot_max=("overshoot", "max"),
@@ -44,10 +44,10 @@ def timeout_table(cells: pd.DataFrame) -> pd.DataFrame:
     if not _has(cells, "throttle_timeout_ms", "kernel"):
         return pd.DataFrame()
     ok = cells[(cells["status"] == "ok") & cells["throttle_timeout_ms"].notna()]
-    ok = ok[~ok.get("fault", pd.Series("", index=ok.index)).fillna("").astype(bool)]
+    ok = _without_faults(ok)
     if ok.empty:
         return pd.DataFrame()
-    ok = ok.assign(timeout=ok["throttle_timeout_ms"].map(_timeout_label),
+    ok = ok.assign(timeout=ok["throttle_timeout_ms"].map(timeout_label),
                    grown=ok["nslabs_after"].fillna(ok["nslabs"]) - ok["nslabs"])  # fmt: skip
     table = ok.groupby(["kernel", "pool_slabs_requested", "workload", "throttle_timeout_ms", "timeout"]).agg(
         cells=("cell_id", "count"), iops_median=("fio_iops", "median"),
