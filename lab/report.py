@@ -428,6 +428,14 @@ def report_markdown(manifest: dict[str, Any], cells: pd.DataFrame, verdicts: lis
     else:
         for _, row in failed.iterrows():
             lines.append(f"- {_cell_link(row['cell_id'])}: {row['failure_reason']}")
+    retried = cells[cells["boot_retries"].fillna(0) > 0] if "boot_retries" in cells else cells.iloc[0:0]
+    if not retried.empty:
+        lines += ["", "## Boots tried twice", "",
+                  "A boot that panicked or hung before SSH is tried once more (the emulator, not the kernel, "
+                  "can be at fault under TCG); these cells ran on the second boot. Each first boot's console "
+                  "is kept in the run's `boots/` directory.", ""]  # fmt: skip
+        for _, row in retried.iterrows():
+            lines.append(f"- {_cell_link(row['cell_id'])} ({row['status']}): {row['boot_retry_reason']}")
     skipped = cells[cells["status"] == SKIPPED] if not cells.empty else cells
     if not skipped.empty:
         lines += [

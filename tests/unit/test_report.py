@@ -15,7 +15,7 @@ from nbclient import NotebookClient
 
 from lab.claims import judge_all
 from lab.compare import compare_runs
-from lab.report import build_report
+from lab.report import build_report, report_markdown
 from lab.store import load_cells
 
 RUN = Path(__file__).resolve().parent.parent / "data" / "run-small"
@@ -141,3 +141,16 @@ def test_every_claim_links_the_figure_that_shows_it(tmp_path: Path) -> None:
         assert (run / "figures" / figure).is_file(), f"{claim}'s figure {figure} was not drawn"
         assert f"[{figure}](figures/{figure})" in markdown
     assert "href='#fig-performance.png'" in written["html"].read_text()
+
+
+def test_report_lists_the_cells_whose_boot_was_tried_twice() -> None:
+    cells = load_cells(RUN)
+    cells["boot_retries"] = 0
+    cells["boot_retry_reason"] = ""
+    retried = cells.index[0]
+    cells.loc[retried, ["boot_retries", "boot_retry_reason"]] = [1, "boot 1: kernel panic"]
+    text = report_markdown({"run_id": "r"}, cells, [], [], [])
+    section = text.split("## Boots tried twice", 1)[1]
+    assert f"{cells.loc[retried, 'cell_id']}" in section and "boot 1: kernel panic" in section
+    assert section.count("\n- ") == 1
+    assert "## Boots tried twice" not in report_markdown({"run_id": "r"}, load_cells(RUN), [], [], [])

@@ -3,7 +3,8 @@ artifacts of a real cell (tests/data/run-small), so rows are parsed from real fi
 
 - a cell that loses the guest fails alone, and the rest get a fresh boot;
 - a cell whose command fails with an exit code fails alone, and the rest reuse the boot;
-- a boot that fails fails the remaining cells of its group, without booting again;
+- a boot that panics or times out is tried once more, and says so in its rows;
+- a boot that fails again, or fails in a way no retry cures, fails the remaining cells of its group;
 - a stop request ends the group at once, recording nothing for the cell it interrupted.
 """
 
@@ -42,7 +43,8 @@ ARTIFACTS = ("fio.json", "debugfs_before.txt", "debugfs_after.txt", "dmesg.txt",
 class Script:
     """What the fake guests do: per boot, per fio run (in order): "ok", "lost" or "exit"."""
 
-    boots_fail: bool = False
+    boots_fail: int = 0  # this many boots fail, then boots come up
+    boot_failure: str = "timeout"
     fio: list[str] = field(default_factory=list)
     boots: int = 0
     stop_during_fio: bool = False
@@ -75,8 +77,8 @@ class FakeHypervisor:
     @contextlib.contextmanager
     def boot(self, spec: BootSpec, workdir: Path) -> Iterator[FakeVM]:
         self.script.boots += 1
-        if self.script.boots_fail:
-            raise BootError("the fake guest did not boot", reason="timeout")
+        if self.script.boots <= self.script.boots_fail:
+            raise BootError("the fake guest did not boot", reason=self.script.boot_failure)
         yield FakeVM(self.script)
 
     def describe(self) -> dict[str, object]:
@@ -160,11 +162,28 @@ def test_a_command_that_fails_with_an_exit_code_keeps_the_boot(tmp_path: Path) -
     assert rows[0]["failure_reason"] == "guest command failed" and script.boots == 1
 
 
-def test_a_boot_that_fails_fails_the_group_without_booting_again(tmp_path: Path) -> None:
-    script = Script(boots_fail=True)
+def test_a_boot_that_panics_once_is_tried_again_and_its_rows_say_so(tmp_path: Path) -> None:
+    script = Script(boots_fail=1, boot_failure="kernel panic", fio=["ok", "ok", "ok"])
+    rows = run(tmp_path, script)
+    assert [r["status"] for r in rows] == ["ok"] * 3 and script.boots == 2
+    assert {(r["boot_attempt"], r["boot_retries"], r["boot_retry_reason"]) for r in rows} == {
+        (2, 1, "boot 1: kernel panic")
+    }
+
+
+def test_a_boot_that_fails_twice_fails_the_group_without_a_third_boot(tmp_path: Path) -> None:
+    script = Script(boots_fail=5)
     rows = run(tmp_path, script)
     assert [(r["status"], r["failure_reason"]) for r in rows] == [("failed", "timeout")] * 3
-    assert script.boots == 1
+    assert script.boots == 2 and rows[0]["boot_retry_reason"] == "boot 1: timeout; boot 2: timeout"
+
+
+@pytest.mark.parametrize("reason", ["qemu exited", "vcpu mismatch", "no memory encryption"])
+def test_a_boot_failure_no_retry_cures_fails_the_group_at_once(tmp_path: Path, reason: str) -> None:
+    script = Script(boots_fail=5, boot_failure=reason)
+    rows = run(tmp_path, script)
+    assert [(r["status"], r["failure_reason"]) for r in rows] == [("failed", reason)] * 3
+    assert script.boots == 1 and rows[0]["boot_retries"] == 0
 
 
 def test_a_stop_request_ends_the_group_and_records_nothing_for_the_interrupted_cell(tmp_path: Path) -> None:
