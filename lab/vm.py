@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Protocol
 
-from lab import interrupt
+from lab import doorbells, interrupt
 from lab.errors import BootError, ConfigError, HostError, KernelPanic, LabTimeout
 from lab.platforms import _opt, profile
 from lab.util import cache_dir, sha256_bytes, sha256_file, wait_until
@@ -117,9 +117,11 @@ def qemu_argv(
     disk_images: tuple[Path, ...],
     qemu: str = "qemu-system-x86_64",
     forwards: dict[int, int] | None = None,
+    trace: Path | None = None,
 ) -> tuple[str, ...]:
     """The QEMU command for ``spec`` on platform ``accel`` (tcg, kvm, sev-snp, tdx); pure, so tests
-    can check it without booting."""
+    can check it without booting.  ``trace``: where QEMU logs where an NVMe controller's shadow
+    doorbells live (lab.doorbells), for guests with an NVMe disk."""
     launch = profile(accel)
     extra_fwd = "".join(f",hostfwd=tcp:127.0.0.1:{host}-:{guest}" for guest, host in (forwards or {}).items())
     argv: list[str] = [
@@ -150,6 +152,8 @@ def qemu_argv(
             argv += ["-device", f"nvme,drive={drive},serial=labdut{index}{where}"]
         else:
             argv += ["-device", f"virtio-blk-pci,drive={drive},iommu_platform=on,disable-legacy=on{where}"]
+    if trace is not None and any(disk.kind == "nvme" for disk in spec.disks):
+        argv += ["-trace", f"enable={doorbells.TRACE_EVENT},file={_opt(trace)}"]
     return tuple(argv)
 
 
@@ -211,6 +215,7 @@ class RunningGuest(Protocol):
     def boot_seconds(self) -> float: ...
 
     def console_text(self) -> str: ...
+    def qemu_trace_text(self) -> str: ...
     def check_alive(self) -> None: ...
     def forwarded(self, guest_port: int) -> Endpoint: ...
     def qmp(self, command: str, timeout_s: float | None = None, **args: object) -> object: ...
@@ -252,6 +257,10 @@ class Machine:
         return self.workdir / "qemu.log"
 
     @property
+    def trace_log(self) -> Path:
+        return self.workdir / doorbells.TRACE_FILE
+
+    @property
     def qmp_socket(self) -> Path:
         # Unix socket paths are limited to 107 bytes: keep it short and out of deep trees.
         digest = sha256_bytes(str(self.workdir.resolve()).encode())[:12]
@@ -285,6 +294,12 @@ class Machine:
     def console_text(self) -> str:
         try:
             return self.console_log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def qemu_trace_text(self) -> str:
+        try:
+            return self.trace_log.read_text(errors="replace")
         except FileNotFoundError:
             return ""
 
@@ -327,6 +342,7 @@ class Machine:
             self._argv = qemu_argv(
                 self.spec, accel=self.accel, ssh_port=self._port, console=self.console_log,
                 qmp=self.qmp_socket, disk_images=tuple(images), qemu=self.qemu, forwards=self._forwards,
+                trace=self.trace_log if doorbells.qemu_can_trace(self.qemu) else None,
             )  # fmt: skip
             log.debug("QEMU argv: %s", self._argv)
             # No exception may land between QEMU's start and self._proc knowing it (interrupt.deferred);

@@ -61,6 +61,9 @@ class FakeVM:
     def console_text(self) -> str:
         return "[    0.0] fake console\n"
 
+    def qemu_trace_text(self) -> str:
+        return ""
+
     def check_alive(self) -> None:
         pass
 
