@@ -104,3 +104,15 @@ def test_a_hot_pluggable_device_sits_behind_a_pcie_root_port_with_a_qdev_id(kind
     assert {"id=dut0dev", "bus=rp0"} <= set(dut.split(","))  # device_del and block_set_io_throttle name it
     plain = value_after(argv(spec(disks=(Disk(kind),))), "-device")  # type: ignore[arg-type]
     assert not any(d.startswith("pcie-root-port") for d in plain)
+
+
+def test_nvme_guests_trace_where_their_shadow_doorbells_live() -> None:
+    def traced(kind: str) -> list[str]:
+        s = spec(disks=(Disk(kind),))  # type: ignore[arg-type]
+        return value_after(qemu_argv(s, accel="tcg", ssh_port=1, console=Path("/w/c"), qmp=Path("/w/q"),
+                                     disk_images=(Path("/w/d0"),), trace=Path("/w/t,x")), "-trace")  # fmt: skip
+
+    # QEMU's -trace syntax (docs/devel/tracing.rst): [enable=]PATTERN,file=FILE; commas doubled
+    assert traced("nvme") == ["enable=pci_nvme_dbbuf_config,file=/w/t,,x"]
+    assert traced("virtio-blk") == []
+    assert "-trace" not in argv(spec())  # no trace path: no tracing
