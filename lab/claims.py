@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 import pandas as pd
 
+from lab.doorbells import FAILURE_REASON
 from lab.matrix import THROTTLE_FOREVER_MS, timeout_label
 from lab.stats import UNDECIDED, Comparison, Metric, compare_family
 from lab.store import SKIPPED
@@ -252,7 +253,10 @@ def _describe(comparisons: tuple[Comparison, ...], base: pd.DataFrame | None = N
 def judge_c5(cells: pd.DataFrame, kernel: str = "throttle") -> Verdict:
     text = "A thread stuck on the throttle while it should poll completions can make things worse (poll queues)"
     metric = "polled I/O (hipri) IOPS and completion latency, throttle vs static; failed cells"
-    threshold = "supported if throttle regresses IOPS or a latency percentile, or its cells fail (hang, timeout)"
+    threshold = (
+        "supported if throttle regresses IOPS or a latency percentile, or its cells fail (hang, timeout); "
+        "inconclusive if its only failures are lost NVMe doorbells"
+    )
     pool = _smallest_common_pool(cells, ("static",), "polled")
     all_throttle = _select(cells, kernel, "polled", pool) if pool is not None else cells.iloc[0:0]
     if pool is None or all_throttle.empty:
@@ -261,10 +265,20 @@ def judge_c5(cells: pd.DataFrame, kernel: str = "throttle") -> Verdict:
     throttle = _select(_ok(cells), kernel, "polled", pool)
     exempt_text, exempt_cells = _exempt_polled(cells, static, pool) if kernel == "throttle" else ("", static.iloc[0:0])
     failed = all_throttle[all_throttle["status"] == "failed"]
+    # A lost doorbell hangs a cell because the emulated controller never read its commands, not because
+    # a poller slept: it is no evidence for C5, and a cell that never ran is none against it either.
+    lost = failed[failed["failure_reason"] == FAILURE_REASON]
+    failed = failed[failed["failure_reason"] != FAILURE_REASON]
     if not failed.empty:
         reasons = ", ".join(sorted(set(failed["failure_reason"])))
         detail = f"{len(failed)} of {len(all_throttle)} {kernel} cells failed ({reasons}){exempt_text}"
         return Verdict("C5", text, "supported", metric, threshold, _ids(failed, static, exempt_cells), detail)
+    if not lost.empty:
+        detail = (
+            f"{len(lost)} of {len(all_throttle)} {kernel} cells lost an NVMe doorbell (the emulated "
+            f"controller stopped reading a queue), which says nothing of a sleeping poller; run them again"
+        )
+        return Verdict("C5", text, "inconclusive", metric, threshold, _ids(lost, static, exempt_cells), detail)
     comparisons = _perf(static, throttle)
     verdict = _regression_verdict(comparisons, if_regressed="supported", otherwise="contradicted")
     return Verdict("C5", text, verdict, metric, threshold, _ids(static, throttle, exempt_cells),

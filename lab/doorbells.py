@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
+FAILURE_REASON = "lost nvme doorbell"  # a cell's failure_reason when this diagnosis found one
 TRACE_EVENT = "pci_nvme_dbbuf_config"
 TRACE_FILE = "qemu-trace.log"
 _CONFIG_RE = re.compile(rf"{TRACE_EVENT} dbs_addr=(0x[0-9a-f]+) eis_addr=(0x[0-9a-f]+)")

@@ -142,3 +142,16 @@ def test_claims_are_judged_within_each_host_never_across(cells: pd.DataFrame) ->
         hosts = set(two[two["cell_id"].isin(verdict.evidence)]["host_id"])
         assert hosts <= {verdict.scope.split(",")[0].removeprefix("host ")}, (verdict.claim, hosts)
     assert all(v.scope == "" for v in judge_all(cells))  # one host: no scopes, verdicts as published
+
+
+def test_c5_does_not_count_a_lost_doorbell_as_a_sleeping_poller(cells: pd.DataFrame) -> None:
+    polled = (cells["kernel"] == "throttle") & (cells["workload"] == "polled")
+    assert (cells.loc[polled, "status"] == "failed").any()  # the stored run: v1's pollers hung
+    relabelled = cells.copy()
+    relabelled.loc[polled & (cells["status"] == "failed"), "failure_reason"] = "lost nvme doorbell"
+    verdict = judge_c5(relabelled)
+    assert verdict.verdict == "inconclusive" and "lost an NVMe doorbell" in verdict.detail
+    # one cell that hung for another reason is still evidence
+    first = relabelled.index[polled & (cells["status"] == "failed")][0]
+    relabelled.loc[first, "failure_reason"] = "timeout"
+    assert judge_c5(relabelled).verdict == "supported"
