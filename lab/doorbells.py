@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+
+from lab import interrupt
 
 FAILURE_REASON = "lost nvme doorbell"  # a cell's failure_reason when this diagnosis found one
 TRACE_EVENT = "pci_nvme_dbbuf_config"
@@ -103,6 +104,6 @@ def find_lost(hmp: Callable[[str], object], trace_text: str,
         return parse_xp(text)
 
     before = read("event indexes", eis)
-    time.sleep(settle_s)
+    interrupt.sleep(settle_s)  # a stop request ends the wait
     shadow, after = read("shadow doorbells", dbs), read(f"event indexes, {settle_s:g} s later", eis)
     return lagging(shadow, before, after), "\n".join(dumps) + "\n"

@@ -406,7 +406,7 @@ def run_cell(
         except BootError as dead:
             reason, detail, guest_lost = dead.reason, str(dead), True
         lost = lost_doorbells(vm, local) if reason == "timeout" else []
-        if lost:  # the guest waits on commands its emulated controller never read: the emulator's fault
+        if lost:  # the guest waits on commands its emulated controller never read
             reason = doorbells.FAILURE_REASON
             detail = "\n".join(map(str, lost)) + f"\n{LOST_DOORBELL_NOTE}\n(then: {detail})"
         console = vm.console_text()
