@@ -84,6 +84,7 @@ class BootSpec:
     accel: Accel = "auto"  # a platform name (lab.platforms), or "auto": kvm if a probe boot works, else tcg
     firmware: Path | None = None  # OVMF image for -bios (EFI boot; required on sev-snp and tdx); None: SeaBIOS
     cbitpos: int | None = None  # the host's SEV C-bit position (sev-snp only)
+    iommu: bool = False  # QEMU's intel-iommu in front of the devices (a kernel with INTEL_IOMMU uses it)
     boot_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
@@ -103,6 +104,8 @@ class BootSpec:
                 parts.append("force")
             args.append("swiotlb=" + ",".join(parts))
         args.append(f"lab.ssh_key={self.ssh_key_blob}")
+        if self.iommu:
+            args.append("intel_iommu=on")
         args.extend(self.extra_cmdline)
         return " ".join(args)
 
@@ -130,6 +133,9 @@ def qemu_argv(
         *launch.machine_args(spec.memory_mib, spec.firmware, spec.cbitpos),
         "-smp", str(spec.vcpus),
         "-display", "none", "-vga", "none",
+        # intel-iommu before every PCI device it translates for (QEMU docs/system/i386/... VT-d: first);
+        # no interrupt remapping, which on q35 would need a split irqchip.
+        *(("-device", "intel-iommu,intremap=off") if spec.iommu else ()),
         "-kernel", _opt(spec.kernel),
         "-initrd", _opt(spec.initrd),
         "-append", spec.cmdline(),
