@@ -10,6 +10,7 @@ device_del.  Polled I/O on virtio-blk (claim C5 on the other driver) must comple
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,11 @@ from lab.image import GuestImage
 from lab.kernel import KernelBuild
 from lab.keys import KeyPair
 from lab.matrix import Cell
-from lab.parse import kernel_splats
+from lab.parse import kernel_splats, parse_hctx_flags
 from lab.runner import LabContext, boot_spec, run_group
 from lab.store import RunStore
 from lab.util import cache_dir
-from lab.vm import LocalHypervisor
+from lab.vm import Disk, LocalHypervisor
 from lab.workload import Workload
 from tests.integration.test_kernel import Quiet
 
@@ -65,7 +66,39 @@ def test_the_debug_kernel_throttles_without_a_checker_report(ctx: LabContext, st
     row = one(ctx, store, Cell(KERNEL, POOL, "nvme", heavy("heavy"), vcpus=2, memory_mib=1024))
     assert row["high_throttle_count"] > 0 and row["throttle_wait_ns"] > 0  # mappings did sleep on it
     assert row["throttle_timeout_ms"] == 100 and row["fio_errors"] == 0
+    assert row["hctx_blocking"] is True  # without an IOMMU the driver opted in to blocking submission
     assert "PROVE_LOCKING=y" in ctx.kernels[KERNEL].config.read_text()
+
+
+def test_devices_behind_an_iommu_keep_non_blocking_submission(ctx: LabContext, tmp_path: Path) -> None:
+    """dma_recommend_may_block() holds only for direct mapping: behind QEMU's intel-iommu, nvme and
+    virtio-blk must not switch to blocking submission, and I/O through the IOMMU must still work (with
+    DMA-API debugging watching)."""
+    spec = boot_spec(ctx, Cell(KERNEL, POOL, "nvme", Workload("idle"), vcpus=2, memory_mib=1024))
+    spec = replace(spec, iommu=True, disks=(Disk("nvme"), Disk("virtio-blk")))
+    with ctx.hypervisor.boot(spec, tmp_path / "boot") as vm:
+        guest = ctx.guest(vm.endpoint, ctx.client_key.private_path, ctx.image.host_key_blob)
+        try:
+            guest.connect(alive=vm.check_alive)
+
+            def sh(command: str) -> str:
+                return guest.run(command, timeout_s=60).stdout
+
+            iommus = sh("ls /sys/class/iommu").split()
+            groups = sh("for f in /sys/class/nvme/nvme0/device /sys/block/vda/device/..; "
+                        "do readlink $f/iommu_group; done")  # fmt: skip
+            flags = sh("grep -H . /sys/kernel/debug/block/nvme0n1/hctx*/flags /sys/kernel/debug/block/vda/hctx*/flags")
+            io = sh("for d in nvme0n1 vda; do dd if=/dev/$d of=/dev/null bs=1M count=32 iflag=direct 2>&1 "
+                    "| tail -1; done")  # fmt: skip
+            log = sh("dmesg")
+        finally:
+            guest.close()
+    assert iommus and all(name.startswith("dmar") for name in iommus), iommus
+    assert len(groups.split()) == 2, groups  # both devices sit in an IOMMU group
+    hctx = parse_hctx_flags(flags)
+    assert len(hctx) >= 2 and not any("BLOCKING" in f for f in hctx.values()), flags
+    assert io.count("32+0 records out") == 2, io  # busybox dd: every 1 MiB read through the IOMMU
+    assert kernel_splats(log) == [], log[-3000:]
 
 
 def test_polled_io_on_virtio_blk_completes(ctx: LabContext, store: RunStore) -> None:
