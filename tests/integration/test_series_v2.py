@@ -138,3 +138,25 @@ def test_a_may_block_mapping_from_atomic_context_is_reported_at_once(ctx: LabCon
     splats = kernel_splats(log)
     assert [s.kind for s in splats] == ["sleep in atomic"], log[-3000:]
     assert "dma_map_page_attrs" in splats[0].text and int(used) < POOL * 70 // 100  # far below the threshold
+
+
+def test_a_growing_pool_stops_at_its_limit(built_kernels: Callable[..., dict[str, KernelBuild]],
+                                           guest_image: GuestImage, lab_key: KeyPair, hypervisor: LocalHypervisor,
+                                           store: RunStore) -> None:  # fmt: skip
+    """Patch 9: with waits that time out at once (timeout 0), the heavy load grows a dynamic pool; with
+    io_tlb_max_nslabs = 2048 it stops growing at 2048 slots (the 1024-slot pool plus one step) and maps
+    that find no slot fail and are requeued, as in a fixed pool."""
+    kernel = "throttle-v2-dynamic"
+    ctx = LabContext(hypervisor, guest_image, lab_key, built_kernels(kernel), cache_dir(),
+                     provenance={"lab_revision": "test"})  # fmt: skip
+
+    def cell(name: str, *knobs: tuple[str, int]) -> Cell:
+        knobs = (("throttle_timeout_ms", 0), *knobs)
+        return Cell(kernel, POOL, "nvme", heavy(name), vcpus=2, memory_mib=1024, knobs=knobs, solo=True)
+
+    free = one(ctx, store, cell("heavy-unlimited"))
+    capped = one(ctx, store, cell("heavy-capped", ("io_tlb_max_nslabs", 2 * POOL)))
+    assert free["nslabs"] == capped["nslabs"] == POOL
+    assert free["nslabs_after"] > 2 * POOL, free["nslabs_after"]  # without a limit it grows past it
+    assert capped["nslabs_after"] == 2 * POOL
+    assert capped["map_failures"] > 0 and capped["fio_errors"] == 0  # failed maps were requeued
