@@ -28,6 +28,8 @@ MATRIX_KEYS = {
     "repetitions": "number of repetitions (each repetition boots afresh)",
     "throttle": 'list of throttle thresholds: "default" or "HIGH/LOW" in percent of the pool (throttle kernels)',
     "throttle_timeout": 'list of throttle wait bounds: "default", "0ms", "10ms", ..., or "none" (series v2 kernels)',
+    "grow_limit": 'list of limits on a growing pool: "default" (none) or a size like "4MiB" or a slab count '
+    "(series v2 kernels with a growing pool)",
     "net_load": "list of true/false: background TCP stream from guest to host over virtio-net during fio",
     "platforms": 'list of "auto" (kvm if it works, else tcg), "tcg", "kvm", "sev-snp", "tdx"',
     "observe": '"first" (the in-guest sampler runs in repetition 0 only), "all" or "none"',
@@ -281,6 +283,13 @@ def _timeout_knob(value: object, where: str) -> tuple[str, tuple[tuple[str, int]
     return text, (("throttle_timeout_ms", ms),)
 
 
+def _grow_limit_knob(value: object, where: str) -> tuple[str, tuple[tuple[str, int], ...]]:
+    """ "default" (no limit) or a pool size: series v2's io_tlb_max_nslabs (patch 9)."""
+    if str(value).strip() == "default":
+        return "default", ()
+    return str(value).strip(), (("io_tlb_max_nslabs", parse_pool_slabs(value, where)),)
+
+
 def timeout_capable(kernel: str) -> bool:
     """Kernels whose throttle has a wait bound (the series v2 variants, named throttle-v2*)."""
     return kernel.startswith("throttle-v2")
@@ -384,6 +393,8 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
     ]
     timeouts = [_timeout_knob(v, where("throttle_timeout"))
                 for v in _list(section, "throttle_timeout", ["default"], where("throttle_timeout"))]  # fmt: skip
+    limits = [_grow_limit_knob(v, where("grow_limit"))
+              for v in _list(section, "grow_limit", ["default"], where("grow_limit"))]  # fmt: skip
     platforms = [str(p) for p in _list(section, "platforms", ["auto"], where("platforms"))]
     for name in platforms:
         if name not in PLATFORM_NAMES:
@@ -402,10 +413,11 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
     axes: dict[str, list[Any]] = {
         "kernel": kernels, "pool": pools, "device": devices, "vcpus": vcpus, "memory": memory,
         "workload": names, "throttle": [t[0] for t in throttles], "throttle_timeout": [t[0] for t in timeouts],
-        "net_load": net_load, "platform": platforms,
+        "grow_limit": [g[0] for g in limits], "net_load": net_load, "platform": platforms,
     }  # fmt: skip
     knobs_of = dict(throttles)
     timeout_knobs = dict(timeouts)
+    limit_knobs = dict(limits)
     excludes = [_rule(r, where("exclude"), axes, "exclude") for r in _list(section, "exclude", [{}], where("exclude"))
                 if r]  # fmt: skip
     includes = [_rule(r, where("include"), axes, "include") for r in _list(section, "include", [{}], where("include"))
@@ -415,6 +427,9 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
     # Threshold overrides only mean something on kernels with the throttle.
     combos = [c for c in combos if c["throttle"] == "default" or "throttle" in c["kernel"]]
     combos = [c for c in combos if c["throttle_timeout"] == "default" or timeout_capable(c["kernel"])]
+    # A growth limit only means something on a series v2 kernel whose pool grows.
+    combos = [c for c in combos
+              if c["grow_limit"] == "default" or (timeout_capable(c["kernel"]) and c["kernel"] in growing)]  # fmt: skip
     for combo in combos:
         workload = by_name[combo["workload"]]
         if workload.fault and combo["device"] not in FAULT_DEVICES[workload.fault]:
@@ -435,7 +450,9 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
             c["vcpus"],
             c["memory"],
             rep,
-            knobs=_knobs_for(knobs_of[c["throttle"]], c["pool"]) + timeout_knobs[c["throttle_timeout"]],
+            knobs=_knobs_for(knobs_of[c["throttle"]], c["pool"])
+            + timeout_knobs[c["throttle_timeout"]]
+            + limit_knobs[c["grow_limit"]],
             net_load=c["net_load"],
             sample_hz=rate(rep),
             platform=c["platform"],

@@ -514,6 +514,7 @@ def build_row(base: dict[str, Any], local: Path, fio_exit: int) -> tuple[dict[st
         "throttle_waiters_after": after.get("throttle_waiters"),
         "throttle_timeouts": _delta(before, after, "throttle_timeouts"),
         "throttle_timeout_ms": after.get("throttle_timeout_ms"),
+        "grow_limit_slabs": after.get("io_tlb_max_nslabs"),  # series v2 patch 9 (0: no limit)
         # Failed mappings at the DMA layer: single mappings (dma_map_page returning
         # DMA_MAPPING_ERROR) plus scatterlists (dma_map_sg_err), whichever path the driver used.
         "map_failures": hists["map_page_failures"].hits + hists["map_sg_errors"].hits,

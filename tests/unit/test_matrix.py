@@ -294,6 +294,24 @@ def test_bad_timeouts_are_refused(tmp_path: Path, line: str, message: str) -> No
         load_matrix(write(tmp_path, text))
 
 
+def test_the_grow_limit_axis_applies_to_growing_series_v2_kernels_only(tmp_path: Path) -> None:
+    text = ('[matrix]\nkernels = ["throttle-v2", "throttle-v2-dynamic", "dynamic"]\npools = ["2MiB"]\n'
+            'grow_limit = ["default", "4MiB", 4096]\n[workloads.a]\nrw = "read"\n')  # fmt: skip
+    cells = load_matrix(write(tmp_path, text)).cells
+    limits = sorted((c.kernel, dict(c.knobs).get("io_tlb_max_nslabs", -1)) for c in cells)
+    # "default" writes nothing; 4 MiB is 2048 slots of 2 KiB; a fixed pool or v1's dynamic kernel gets no limit
+    assert limits == [("dynamic", -1), ("throttle-v2", -1), ("throttle-v2-dynamic", -1),
+                      ("throttle-v2-dynamic", 2048), ("throttle-v2-dynamic", 4096)]  # fmt: skip
+    assert all(c.solo for c in cells if c.kernel == "throttle-v2-dynamic")  # each grows from its own boot
+
+
+def test_a_bad_grow_limit_names_the_key(tmp_path: Path) -> None:
+    text = ('[matrix]\nkernels = ["throttle-v2-dynamic"]\npools = [1024]\ngrow_limit = ["lots"]\n'
+            '[workloads.a]\nrw = "read"\n')  # fmt: skip
+    with pytest.raises(ConfigError, match=r"grow_limit.*'lots' is not a pool size"):
+        load_matrix(write(tmp_path, text))
+
+
 FAULTS = """
 [matrix]
 kernels = ["throttle-v2"]
