@@ -387,6 +387,60 @@ def cmd_bench_sampler(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_doorbells(args: argparse.Namespace) -> int:
+    """MMIO doorbell writes per NVMe command (each one an exit in a CoCo guest) for each kernel, on
+    batched submissions to a pool far from full: what the series' flush before a may-block mapping costs.
+
+    QEMU traces each MMIO doorbell write (the same tracing for every kernel: an observer on the doorbell
+    path, which is why this is a benchmark and not a cell metric); the guest's fio counts the commands."""
+    from lab.doorbells import MMIO_EVENT, io_doorbell_writes
+    from lab.guest import Guest
+    from lab.matrix import parse_pool_slabs
+    from lab.runner import boot_spec, run_cell
+    from lab.store import RunStore
+    from lab.workload import Workload
+
+    kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
+    if not kernels or args.reps < 1:
+        raise ConfigError(f"--kernels {args.kernels!r} --reps {args.reps}: need at least one kernel and repetition")
+    pool = parse_pool_slabs(args.pool, "--pool")
+    require_host()
+    hypervisor = LocalHypervisor()
+    ctx = _bench_context(hypervisor, kernels, args.accel)
+    workload = Workload("batched", runtime_s=10, job_file=Path(__file__).parent / "jobs" / "batched.fio")
+    work = Path(args.results) / f"bench-doorbells-{time.strftime('%Y%m%dT%H%M%S')}"
+    store = RunStore.create(work, {"bench": "doorbells"}, run_id="cells")
+    results: dict[str, list[tuple[int, int, float]]] = {}
+    for kernel in kernels:
+        base = Cell(kernel, pool, "nvme", workload, vcpus=2, memory_mib=1024, sample_hz=0.0)
+        spec = replace(boot_spec(ctx, base), trace_events=(MMIO_EVENT,))
+        ctx.accel = hypervisor.resolve_accel(spec, ctx.cache / "probe-work")  # type: ignore[assignment]
+        with hypervisor.boot(replace(spec, accel=ctx.accel), store.boot_dir(f"boot-{kernel}")) as vm:
+            with Guest(vm.endpoint, ctx.client_key.private_path, ctx.image.host_key_blob) as guest:
+                guest.connect(alive=vm.check_alive)
+                for rep in range(args.reps):
+                    before = io_doorbell_writes(vm.qemu_trace_text())
+                    row = run_cell(replace(base, repetition=rep), vm, guest, store, ctx, _QuietReporter(),
+                                   {"accel": vm.accelerator})  # fmt: skip
+                    if row["status"] != "ok":
+                        raise LabError(f"bench cell failed: {row['failure_reason']}: {row['failure_detail']}")
+                    interrupt.sleep(1.0)  # QEMU's trace file is written line by line; let the last lines land
+                    writes = io_doorbell_writes(vm.qemu_trace_text()) - before
+                    results.setdefault(kernel, []).append((writes, int(row["fio_total_ios"]), float(row["fio_iops"])))
+    print(f"\nMMIO doorbell writes per NVMe command ({ctx.accel}, {os.cpu_count()} host CPUs, pool {args.pool}, "
+          "fio lab/jobs/batched.fio: 4 KiB randread, io_uring, QD32, batches of 16, 10 s; "
+          f"{args.reps} runs each):")  # fmt: skip
+    for kernel, runs in results.items():
+        ratios = [w / max(ios, 1) for w, ios, _ in runs]
+        print(
+            f"  {kernel}: {statistics.median(ratios):.3f} per command (runs: "
+            + ", ".join(f"{w:,}/{ios:,} = {w / max(ios, 1):.3f} at {iops:,.0f} IOPS" for w, ios, iops in runs)
+            + ")"
+        )
+    print(f"results: {store.root}")
+    return 0
+
+
 def cmd_bench_trend(args: argparse.Namespace) -> int:
     """Time to build the trend page for N nights (nights made of one stored run's cells and claims)."""
     import json
@@ -704,6 +758,14 @@ def build_parser() -> argparse.ArgumentParser:
     build_kernel.add_argument("--kernel-tree", metavar="PATH", help="build from this tree instead of Debian's source")
     build_kernel.add_argument("--jobs", type=int, default=None)
     build_kernel.set_defaults(func=cmd_build_kernel)
+
+    doorbells = bench_sub.add_parser("doorbells", help="MMIO doorbell writes per NVMe command, per kernel")
+    doorbells.add_argument("--kernels", default="static,throttle,throttle-v2", help="comma-separated variants")
+    doorbells.add_argument("--reps", type=int, default=3, help="fio runs per kernel, in one boot")
+    doorbells.add_argument("--pool", default="64MiB", help="swiotlb pool (far from full: nothing waits)")
+    doorbells.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="auto")
+    doorbells.add_argument("--results", default="results")
+    doorbells.set_defaults(func=cmd_bench_doorbells)
 
     bench_kernel = bench_sub.add_parser("kernel", help="kernel build times (cache hit, patch-only rebuild, cold)")
     bench_kernel.add_argument("--variant", default="static")

@@ -25,7 +25,9 @@ from functools import cache
 
 from lab import interrupt
 
-FAILURE_REASON = "lost nvme doorbell"  # a cell's failure_reason when this diagnosis found one
+FAILURE_REASON = "lost nvme doorbell"
+MMIO_EVENT = "pci_nvme_mmio_doorbell_sq"  # one per MMIO write of a submission queue doorbell (an exit)
+_MMIO_RE = re.compile(rf"{MMIO_EVENT} sqid (\d+) new_tail \d+")  # a cell's failure_reason when this diagnosis found one
 TRACE_EVENT = "pci_nvme_dbbuf_config"
 TRACE_FILE = "qemu-trace.log"
 _CONFIG_RE = re.compile(rf"{TRACE_EVENT} dbs_addr=(0x[0-9a-f]+) eis_addr=(0x[0-9a-f]+)")
@@ -56,6 +58,11 @@ def qemu_can_trace(qemu: str) -> bool:
     except (OSError, subprocess.TimeoutExpired):
         return False
     return TRACE_EVENT in out.stdout
+
+
+def io_doorbell_writes(trace_text: str) -> int:
+    """MMIO doorbell writes of the I/O submission queues (the admin queue, 0, left out) in a QEMU trace."""
+    return sum(1 for qid in _MMIO_RE.findall(trace_text) if int(qid) > 0)
 
 
 def shadow_pages(trace_text: str) -> tuple[int, int] | None:

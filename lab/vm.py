@@ -85,6 +85,7 @@ class BootSpec:
     firmware: Path | None = None  # OVMF image for -bios (EFI boot; required on sev-snp and tdx); None: SeaBIOS
     cbitpos: int | None = None  # the host's SEV C-bit position (sev-snp only)
     iommu: bool = False  # QEMU's intel-iommu in front of the devices (a kernel with INTEL_IOMMU uses it)
+    trace_events: tuple[str, ...] = ()  # more QEMU trace events, into the same file (benchmarks: an observer)
     boot_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
@@ -160,6 +161,8 @@ def qemu_argv(
             argv += ["-device", f"virtio-blk-pci,drive={drive},iommu_platform=on,disable-legacy=on{where}"]
     if trace is not None and any(disk.kind == "nvme" for disk in spec.disks):
         argv += ["-trace", f"enable={doorbells.TRACE_EVENT},file={_opt(trace)}"]
+        for event in spec.trace_events:
+            argv += ["-trace", f"enable={event.replace(',', ',,')}"]
     return tuple(argv)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lab.doorbells import LostDoorbell, find_lost, lagging, parse_xp, shadow_pages
+from lab.doorbells import LostDoorbell, find_lost, io_doorbell_writes, lagging, parse_xp, shadow_pages
 
 HUNG = Path(__file__).resolve().parent.parent / "data" / "doorbells" / "hung-throttle-v2-1vcpu.txt"
 TRACE = "pci_nvme_dbbuf_config dbs_addr=0xb07000 eis_addr=0xb08000\n"
@@ -56,3 +56,9 @@ def test_the_latest_configuration_counts_and_no_trace_means_no_diagnosis() -> No
     assert shadow_pages(trace) == (0xC00000, 0xC01000)
     assert shadow_pages("") is None
     assert find_lost(lambda line: "", "", settle_s=0) == ([], "")
+
+
+def test_io_doorbell_writes_are_counted_from_a_real_trace() -> None:
+    excerpt = (HUNG.parent / "trace-excerpt.log").read_text()
+    assert io_doorbell_writes(excerpt) == 4  # the admin queue's 14 are not I/O doorbells
+    assert io_doorbell_writes("") == 0
