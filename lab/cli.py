@@ -393,7 +393,7 @@ def cmd_bench_doorbells(args: argparse.Namespace) -> int:
 
     QEMU traces each MMIO doorbell write (the same tracing for every kernel: an observer on the doorbell
     path, which is why this is a benchmark and not a cell metric); the guest's fio counts the commands."""
-    from lab.doorbells import MMIO_EVENT, io_doorbell_writes
+    from lab.doorbells import MMIO_EVENT, io_doorbell_writes, shadow_pages
     from lab.guest import Guest
     from lab.matrix import parse_pool_slabs
     from lab.runner import boot_spec, run_cell
@@ -418,6 +418,9 @@ def cmd_bench_doorbells(args: argparse.Namespace) -> int:
         with hypervisor.boot(replace(spec, accel=ctx.accel), store.boot_dir(f"boot-{kernel}")) as vm:
             with Guest(vm.endpoint, ctx.client_key.private_path, ctx.image.host_key_blob) as guest:
                 guest.connect(alive=vm.check_alive)
+                if shadow_pages(vm.qemu_trace_text()) is None:  # proves QEMU traces into the file at all
+                    raise LabError(f"QEMU wrote no trace to {vm.trace_log}: its build may lack the 'log' trace "
+                                   "backend, and a count of 0 doorbells would be a lie")  # fmt: skip
                 for rep in range(args.reps):
                     before = io_doorbell_writes(vm.qemu_trace_text())
                     row = run_cell(replace(base, repetition=rep), vm, guest, store, ctx, _QuietReporter(),

@@ -119,4 +119,4 @@ def test_nvme_guests_trace_where_their_shadow_doorbells_live() -> None:
     more = spec(trace_events=("pci_nvme_mmio_doorbell_sq",))
     assert value_after(qemu_argv(more, accel="tcg", ssh_port=1, console=Path("/w/c"), qmp=Path("/w/q"),
                                  disk_images=(Path("/w/d0"),), trace=Path("/w/t")), "-trace") == [
-        "enable=pci_nvme_dbbuf_config,file=/w/t", "enable=pci_nvme_mmio_doorbell_sq"]  # fmt: skip
+        "enable=pci_nvme_dbbuf_config,file=/w/t", "enable=pci_nvme_mmio_doorbell_sq,file=/w/t"]  # fmt: skip
