@@ -25,9 +25,9 @@ from functools import cache
 
 from lab import interrupt
 
-FAILURE_REASON = "lost nvme doorbell"
+FAILURE_REASON = "lost nvme doorbell"  # a cell's failure_reason when this diagnosis found one
 MMIO_EVENT = "pci_nvme_mmio_doorbell_sq"  # one per MMIO write of a submission queue doorbell (an exit)
-_MMIO_RE = re.compile(rf"{MMIO_EVENT} sqid (\d+) new_tail \d+")  # a cell's failure_reason when this diagnosis found one
+_MMIO_RE = re.compile(rf"{MMIO_EVENT} sqid (\d+) new_tail \d+")
 TRACE_EVENT = "pci_nvme_dbbuf_config"
 TRACE_FILE = "qemu-trace.log"
 _CONFIG_RE = re.compile(rf"{TRACE_EVENT} dbs_addr=(0x[0-9a-f]+) eis_addr=(0x[0-9a-f]+)")

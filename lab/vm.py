@@ -134,8 +134,8 @@ def qemu_argv(
         *launch.machine_args(spec.memory_mib, spec.firmware, spec.cbitpos),
         "-smp", str(spec.vcpus),
         "-display", "none", "-vga", "none",
-        # intel-iommu before every PCI device it translates for (QEMU docs/system/i386/... VT-d: first);
-        # no interrupt remapping, which on q35 would need a split irqchip.
+        # intel-iommu ahead of the PCI devices it translates for; without interrupt remapping,
+        # which on q35 would need a split irqchip.
         *(("-device", "intel-iommu,intremap=off") if spec.iommu else ()),
         "-kernel", _opt(spec.kernel),
         "-initrd", _opt(spec.initrd),

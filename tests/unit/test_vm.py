@@ -120,3 +120,11 @@ def test_nvme_guests_trace_where_their_shadow_doorbells_live() -> None:
     assert value_after(qemu_argv(more, accel="tcg", ssh_port=1, console=Path("/w/c"), qmp=Path("/w/q"),
                                  disk_images=(Path("/w/d0"),), trace=Path("/w/t")), "-trace") == [
         "enable=pci_nvme_dbbuf_config,file=/w/t", "enable=pci_nvme_mmio_doorbell_sq,file=/w/t"]  # fmt: skip
+
+
+def test_an_iommu_boot_puts_intel_iommu_before_every_other_device_and_turns_it_on() -> None:
+    args = argv(spec(iommu=True))
+    devices = value_after(args, "-device")
+    assert devices[0] == "intel-iommu,intremap=off" and len(devices) > 1
+    assert "intel_iommu=on" in spec(iommu=True).cmdline().split()
+    assert "intel-iommu,intremap=off" not in argv(spec()) and "intel_iommu" not in spec().cmdline()
