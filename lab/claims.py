@@ -41,7 +41,8 @@ def _ok(cells: pd.DataFrame) -> pd.DataFrame:
 
 
 def _kind(cells: pd.DataFrame) -> pd.Series:
-    """Workload kind from its parameters: polled, single-queue (1 job, deep) or heavy (several jobs)."""
+    """Workload kind from its parameters: polled, single-queue (1 job, deep), qd1 (1 job, depth 1) or heavy
+    (several jobs)."""
     if cells.empty:
         return pd.Series(dtype=str)
     hipri = cells.get("hipri", pd.Series(False, index=cells.index)).fillna(False).astype(bool)
@@ -50,6 +51,7 @@ def _kind(cells: pd.DataFrame) -> pd.Series:
     kind = pd.Series("other", index=cells.index)
     kind[(numjobs > 1) & ~hipri & (iodepth >= 16)] = "heavy"
     kind[(numjobs == 1) & ~hipri & (iodepth >= 32)] = "single-queue"
+    kind[(numjobs == 1) & ~hipri & (iodepth == 1)] = "qd1"
     kind[hipri] = "polled"
     return kind
 
@@ -379,8 +381,51 @@ def judge_c8(cells: pd.DataFrame) -> Verdict:
     return Verdict("C8", text, verdict, metric, threshold, _ids(bounded, unbounded), detail, comparisons)
 
 
+def _largest_common_pool(cells: pd.DataFrame, kernels: tuple[str, ...], kind: str) -> int | None:
+    pools = None
+    for kernel in kernels:
+        have = set(_select(_ok(cells), kernel, kind)["pool_slabs_requested"])
+        pools = have if pools is None else pools & have
+    return max(pools) if pools else None
+
+
+def judge_c12(cells: pd.DataFrame, kernel: str = SERIES_V2) -> Verdict:
+    text = ("Blocking submission is not free (Christoph Hellwig): with the throttle never engaged, a driver that "
+            "opted in to BLK_MQ_F_BLOCKING costs IOPS, latency or CPU")  # fmt: skip
+    metric = (f"IOPS, p50/p99/p99.9 completion latency and guest CPU time per I/O, `{kernel}` vs `static`, one job "
+              "of 4 KiB reads at QD1 and at QD32, on the largest pool both ran")  # fmt: skip
+    threshold = ("supported if any metric regresses significantly (Holm over the metrics of both loads together); "
+                 "contradicted if none does and every metric is decided; inconclusive if the throttle engaged or "
+                 "the driver did not opt in (then the cells do not ask the question)")  # fmt: skip
+    metrics: list[Metric] = []
+    evidence: list[pd.DataFrame] = []
+    notes: list[str] = []
+    for kind, label in (("qd1", "QD1"), ("single-queue", "QD32")):
+        pool = _largest_common_pool(cells, ("static", kernel), kind)
+        if pool is None:
+            continue
+        static, cand = _select(_ok(cells), "static", kind, pool), _select(_ok(cells), kernel, kind, pool)
+        engaged = int(cand["high_throttle_count"].fillna(0).sum() + cand["low_throttle_count"].fillna(0).sum())
+        blocking = bool(cand.get("hctx_blocking", pd.Series(False, index=cand.index)).fillna(False).all())
+        if engaged or not blocking:
+            why = f"the throttle engaged {engaged} times" if engaged else "the driver did not opt in to blocking"
+            return Verdict("C12", text, "inconclusive", metric, threshold, _ids(static, cand),
+                           f"{label} on pool {pool}: {why}, so these cells do not ask the question")  # fmt: skip
+        base, other, like = like_with_like(static, cand)
+        metrics += [Metric(f"{label} {m}", base[m].tolist(), other[m].tolist(), higher)
+                    for m, higher in (*PERF_METRICS, ("guest_cpu_us_per_io", False))]  # fmt: skip
+        evidence += [static, cand]
+        notes.append(f"{label} on pool {pool} ({len(base)} vs {len(other)} {like})")
+    if not metrics:
+        return _missing("C12", text, metric, threshold, f"`static` and `{kernel}` cells of 4 KiB reads at QD1 or QD32")
+    comparisons = compare_family(metrics)
+    verdict = _regression_verdict(comparisons, if_regressed="supported", otherwise="contradicted")
+    detail = "; ".join(notes) + ": " + _describe(comparisons)
+    return Verdict("C12", text, verdict, metric, threshold, _ids(*evidence), detail, comparisons)
+
+
 JUDGES: tuple[Callable[[pd.DataFrame], Verdict], ...] = (
-    judge_c1, judge_c2, judge_c3, judge_c4, judge_c5, judge_c6, judge_c7, judge_c8,
+    judge_c1, judge_c2, judge_c3, judge_c4, judge_c5, judge_c6, judge_c7, judge_c8, judge_c12,
 )  # fmt: skip
 
 # Series v2 answers the claims its changes target (overshoot C2, polled I/O C5, cost C6) next to v1's

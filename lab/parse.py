@@ -135,6 +135,27 @@ def parse_hist(text: str, source: str = "hist") -> Hist:
 # --- blk-mq ------------------------------------------------------------------------------
 
 
+# /proc/stat's "cpu" line: time in USER_HZ ticks (100 per second on every Linux ABI), per state.
+PROC_STAT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+USER_HZ = 100
+
+
+def parse_proc_stat(text: str, source: str = "/proc/stat") -> dict[str, int]:
+    """The first line of /proc/stat (all CPUs) → {state: ticks}."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    words = line.split()
+    if len(words) < 1 + len(PROC_STAT_FIELDS) or words[0] != "cpu" or not all(w.isdigit() for w in words[1:]):
+        raise ParseError("guest CPU time", source, f"not the 'cpu' line of /proc/stat: {line[:200]!r}")
+    return dict(zip(PROC_STAT_FIELDS, map(int, words[1 : 1 + len(PROC_STAT_FIELDS)]), strict=True))
+
+
+def busy_cpu_seconds(before: dict[str, int], after: dict[str, int]) -> float:
+    """CPU time the guest spent doing anything but idling or waiting for I/O between two readings (all
+    vCPUs together: user, nice, system, irq, softirq; steal is the host's, not the guest's)."""
+    busy = ("user", "nice", "system", "irq", "softirq")
+    return sum(after[f] - before[f] for f in busy) / USER_HZ
+
+
 def parse_hctx_flags(text: str) -> dict[str, frozenset[str]]:
     """``grep -H . .../hctx*/flags`` → {hctx name: flags}, e.g. {"hctx0": {"SHOULD_MERGE", "BLOCKING"}}."""
     result: dict[str, frozenset[str]] = {}

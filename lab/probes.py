@@ -69,6 +69,8 @@ class WorkloadFiles:
 ARTIFACTS = (
     "fio.json",
     "fio.stderr",
+    "stat_before.txt",
+    "stat_after.txt",
     "samples.csv",
     "sampler.log",
     "debugfs_before.txt",
@@ -159,9 +161,12 @@ def collect(guest: Guest, files: WorkloadFiles, triggers: str = "all") -> None:
 
 
 def run_fio(guest: Guest, argv: list[str], files: WorkloadFiles, timeout_s: float) -> int:
-    """Run fio; its JSON goes to a file (fio may print notes before the JSON on stdout)."""
-    result = guest.run(f"{quote_argv(argv)} 2> {_q(files.path('fio.stderr'))}", timeout_s=timeout_s, check=False)
-    return result.exitcode
+    """Run fio; its JSON goes to a file (fio may print notes before the JSON on stdout).  The guest's
+    CPU time counters (/proc/stat) are read right before and after it, for the CPU time per I/O."""
+    stat = "head -n 1 /proc/stat > "
+    command = (f"{stat}{_q(files.path('stat_before.txt'))}; {quote_argv(argv)} 2> {_q(files.path('fio.stderr'))}; "
+               f"rc=$?; {stat}{_q(files.path('stat_after.txt'))}; exit $rc")  # fmt: skip
+    return guest.run(command, timeout_s=timeout_s, check=False).exitcode
 
 
 def fetch(guest: Guest, files: WorkloadFiles, local_dir: Path) -> list[Path]:

@@ -21,7 +21,17 @@ from lab.image import GuestImage, initrd_for
 from lab.kernel import KernelBuild
 from lab.keys import KeyPair
 from lab.matrix import Cell, Matrix
-from lab.parse import kernel_splats, parse_debugfs, parse_dmesg, parse_fio, parse_hctx_flags, parse_hist, parse_samples
+from lab.parse import (
+    busy_cpu_seconds,
+    kernel_splats,
+    parse_debugfs,
+    parse_dmesg,
+    parse_fio,
+    parse_hctx_flags,
+    parse_hist,
+    parse_proc_stat,
+    parse_samples,
+)
 from lab.platforms import AUTO, encryption_matches, profile
 from lab.recovery import FaultInjector
 from lab.store import SKIPPED, RunStore
@@ -489,6 +499,10 @@ def build_row(base: dict[str, Any], local: Path, fio_exit: int) -> tuple[dict[st
     dmesg = parse_dmesg(text("dmesg.txt"))
     splats = kernel_splats(text("dmesg_before.txt") + "\n" + text("dmesg.txt"))
     hctx = parse_hctx_flags(text("hctx_flags.txt"))
+    cpu_s = None
+    if text("stat_before.txt") and text("stat_after.txt"):
+        cpu_s = busy_cpu_seconds(parse_proc_stat(text("stat_before.txt"), str(local / "stat_before.txt")),
+                                 parse_proc_stat(text("stat_after.txt"), str(local / "stat_after.txt")))  # fmt: skip
     nslabs = before.get("io_tlb_nslabs")
     hiwater = after.get("io_tlb_used_hiwater")
     row: dict[str, Any] = {
@@ -534,6 +548,9 @@ def build_row(base: dict[str, Any], local: Path, fio_exit: int) -> tuple[dict[st
         "fio_short_ios": fio.short_ios,
         "fio_drop_ios": fio.drop_ios,
         "fio_total_ios": fio.total_ios,
+        # guest CPU time (all vCPUs, not idle) over fio's run, per completed I/O (claim C12)
+        "guest_cpu_s": cpu_s,
+        "guest_cpu_us_per_io": cpu_s * 1e6 / fio.total_ios if cpu_s is not None and fio.total_ios else None,
         "fio_runtime_s": fio.runtime_s,
         "fio_version": fio.version,
         "hctx_blocking": any("BLOCKING" in flags for flags in hctx.values()),

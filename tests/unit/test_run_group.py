@@ -100,7 +100,7 @@ class FakeGuest:
             return CommandResult(command, 0, "2\n", "", 0.0)
         if command.startswith("setsid /usr/local/bin/swiotlb-sampler"):
             return CommandResult(command, 0, "4242\n", "", 0.0)
-        if "fio" in command.split()[0]:
+        if "fio --output-format" in command:
             outcome = self.script.fio.pop(0)
             if self.script.stop_during_fio:
                 interrupt.request_stop("test")
