@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import pandas as pd
 
 from lab.doorbells import FAILURE_REASON
-from lab.matrix import THROTTLE_FOREVER_MS, timeout_label
+from lab.matrix import QUEUE_FIT_SHARE, THROTTLE_FOREVER_MS, timeout_label
 from lab.stats import UNDECIDED, Comparison, Metric, compare_family
 from lab.store import SKIPPED
 
@@ -381,6 +381,46 @@ def judge_c8(cells: pd.DataFrame) -> Verdict:
     return Verdict("C8", text, verdict, metric, threshold, _ids(bounded, unbounded), detail, comparisons)
 
 
+def _queue_limits(cells: pd.DataFrame) -> pd.Series:
+    """Each cell's block queue setting ("default" for rows from before the queue_limits column)."""
+    return cells.get("queue_limits", pd.Series("default", index=cells.index)).fillna("default")
+
+
+def judge_c11(cells: pd.DataFrame, kernel: str = SERIES_V2) -> Verdict:
+    text = ("The alternative (Bart Van Assche): a driver can limit what it has in flight, so a static pool with "
+            "the block queue sized to fit it does what throttling does")  # fmt: skip
+    metric = (f"failed maps, then IOPS and p50/p99/p99.9 latency: `static` with nr_requests x max_sectors_kb fitted "
+              f"to {int(QUEUE_FIT_SHARE * 100)}% of the pool vs `{kernel}` with default queue limits, heavy load, "
+              "smallest pool both ran")  # fmt: skip
+    threshold = ("contradicted if the fitted static pool still fails maps (median per cell > 0) or regresses "
+                 "a performance metric significantly (Holm); supported if neither, and every metric is "
+                 "decided")  # fmt: skip
+    ok = _ok(cells)
+    fitted_all = ok[_queue_limits(ok) == "fit"] if not ok.empty else ok
+    plain = ok[_queue_limits(ok) == "default"] if not ok.empty else ok
+    pools = set(_select(fitted_all, "static", "heavy")["pool_slabs_requested"]) & set(
+        _select(plain, kernel, "heavy")["pool_slabs_requested"]
+    )
+    if not pools:
+        need = f'`static` heavy cells with queue_limits = "fit" and `{kernel}` heavy cells on the same pool'
+        return _missing("C11", text, metric, threshold, need)
+    pool = min(pools)
+    fitted, throttled = _select(fitted_all, "static", "heavy", pool), _select(plain, kernel, "heavy", pool)
+    limits = "limits not recorded"
+    if "queue_nr_requests" in fitted:
+        limits = (f"nr_requests {_span(fitted['queue_nr_requests'])}, "
+                  f"max_sectors_kb {_span(fitted['queue_max_sectors_kb'])}")  # fmt: skip
+    failures = fitted["map_failures"].median()
+    comparisons = _perf(throttled, fitted)
+    detail = (f"pool {pool}, {limits}: failed maps fitted static {_span(fitted['map_failures'])} vs {kernel} "
+              f"{_span(throttled['map_failures'])}; {_describe(comparisons, throttled, fitted)}")  # fmt: skip
+    if failures > 0:
+        verdict = "contradicted"
+    else:
+        verdict = _regression_verdict(comparisons, if_regressed="contradicted", otherwise="supported")
+    return Verdict("C11", text, verdict, metric, threshold, _ids(fitted, throttled), detail, comparisons)
+
+
 def _largest_common_pool(cells: pd.DataFrame, kernels: tuple[str, ...], kind: str) -> int | None:
     pools = None
     for kernel in kernels:
@@ -425,7 +465,7 @@ def judge_c12(cells: pd.DataFrame, kernel: str = SERIES_V2) -> Verdict:
 
 
 JUDGES: tuple[Callable[[pd.DataFrame], Verdict], ...] = (
-    judge_c1, judge_c2, judge_c3, judge_c4, judge_c5, judge_c6, judge_c7, judge_c8, judge_c12,
+    judge_c1, judge_c2, judge_c3, judge_c4, judge_c5, judge_c6, judge_c7, judge_c8, judge_c11, judge_c12,
 )  # fmt: skip
 
 # Series v2 answers the claims its changes target (overshoot C2, polled I/O C5, cost C6) next to v1's

@@ -28,6 +28,8 @@ MATRIX_KEYS = {
     "repetitions": "number of repetitions (each repetition boots afresh)",
     "throttle": 'list of throttle thresholds: "default" or "HIGH/LOW" in percent of the pool (throttle kernels)',
     "throttle_timeout": 'list of throttle wait bounds: "default", "0ms", "10ms", ..., or "none" (series v2 kernels)',
+    "queue_limits": 'list of "default" or "fit" (the device\'s nr_requests and max_sectors_kb sized so its I/O '
+    "in flight fits in 75% of the pool; claim C11)",
     "grow_limit": 'list of limits on a growing pool: "default" (none) or a size like "4MiB" or a slab count '
     "(series v2 kernels with a growing pool)",
     "net_load": "list of true/false: background TCP stream from guest to host over virtio-net during fio",
@@ -73,7 +75,13 @@ _UNITS = {"b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
 # kernel, pool slabs, device, vCPUs, memory MiB, repetition, swiotlb force, poll queues, net load, platform,
 # alone ("", or what makes a cell boot alone: its error-recovery fault, which leaves the device reset,
 # stalled or gone; or its own ID on a kernel whose pool grows)
-BootKey = tuple[str, int, str, int, int, int, bool, int, bool, str, str]
+BootKey = tuple[str, int, str, int, int, int, bool, int, bool, str, str, str]
+QUEUE_LIMITS = ("default", "fit")
+# "fit": the device's block queue is limited so that what it can have in flight fits in this share of
+# the pool (claim C11: can drivers limit what they have in flight, instead of throttling?).  The rest
+# is left to virtio-net and to what alignment wastes.
+QUEUE_FIT_SHARE = 0.75
+QUEUE_FIT_MAX_SECTORS_KB = 128
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,7 @@ class Cell:
     net_load: bool = False  # a TCP stream guest -> host over virtio-net during the workload
     sample_hz: float = 0.0  # the in-guest sampler's rate; 0: unobserved (no sampler during fio)
     platform: str = "auto"  # launch profile (lab.platforms); "auto": kvm where it works, else tcg
+    queue_limits: str = "default"  # QUEUE_LIMITS: "fit" sizes the device's block queue to the pool (C11)
     # Boots alone: a growing pool (CONFIG_SWIOTLB_DYNAMIC) keeps what an earlier workload of the same
     # boot grew it to, so a later workload would start from another pool.  Not part of the cell's
     # content: it says how the cell is run, not what it measures.
@@ -121,6 +130,8 @@ class Cell:
             content["sample_hz"] = self.sample_hz
         if self.platform != "auto":
             content["platform"] = self.platform
+        if self.queue_limits != "default":
+            content["queue_limits"] = self.queue_limits
         return content
 
     @property
@@ -144,7 +155,8 @@ class Cell:
         """Cells with equal keys share one boot (workloads run one after another)."""
         return (self.kernel, self.pool_slabs, self.device, self.vcpus, self.memory_mib, self.repetition,
                 self.swiotlb_force, self.poll_queues, self.net_load, self.platform,
-                self.workload.fault or (self.cell_id if self.solo else ""))  # fmt: skip
+                self.workload.fault or (self.cell_id if self.solo else ""),
+                self.queue_limits)  # sysfs queue limits stay set for the rest of a boot  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -395,6 +407,10 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
                 for v in _list(section, "throttle_timeout", ["default"], where("throttle_timeout"))]  # fmt: skip
     limits = [_grow_limit_knob(v, where("grow_limit"))
               for v in _list(section, "grow_limit", ["default"], where("grow_limit"))]  # fmt: skip
+    queue_limits = [str(v) for v in _list(section, "queue_limits", ["default"], where("queue_limits"))]
+    for value in queue_limits:
+        if value not in QUEUE_LIMITS:
+            raise ConfigError(f"{where('queue_limits')}: {value!r} must be one of {', '.join(map(repr, QUEUE_LIMITS))}")
     platforms = [str(p) for p in _list(section, "platforms", ["auto"], where("platforms"))]
     for name in platforms:
         if name not in PLATFORM_NAMES:
@@ -413,7 +429,8 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
     axes: dict[str, list[Any]] = {
         "kernel": kernels, "pool": pools, "device": devices, "vcpus": vcpus, "memory": memory,
         "workload": names, "throttle": [t[0] for t in throttles], "throttle_timeout": [t[0] for t in timeouts],
-        "grow_limit": [g[0] for g in limits], "net_load": net_load, "platform": platforms,
+        "grow_limit": [g[0] for g in limits], "queue_limits": queue_limits, "net_load": net_load,
+        "platform": platforms,
     }  # fmt: skip
     knobs_of = dict(throttles)
     timeout_knobs = dict(timeouts)
@@ -456,6 +473,7 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
             net_load=c["net_load"],
             sample_hz=rate(rep),
             platform=c["platform"],
+            queue_limits=c["queue_limits"],
             solo=c["kernel"] in growing,
         )
         for rep in range(repetitions)

@@ -156,6 +156,17 @@ def busy_cpu_seconds(before: dict[str, int], after: dict[str, int]) -> float:
     return sum(after[f] - before[f] for f in busy) / USER_HZ
 
 
+def parse_queue_limits(text: str, source: str = "queue_limits.txt") -> dict[str, int]:
+    """``hw_queues=2 nr_requests=6 max_sectors_kb=128`` (what the lab set on a block queue) → dict."""
+    values: dict[str, int] = {}
+    for word in text.split():
+        key, sep, value = word.partition("=")
+        if not sep or not value.isdigit():
+            raise ParseError("block queue limits", source, f"{word!r} is not KEY=NUMBER")
+        values[key] = int(value)
+    return values
+
+
 def parse_hctx_flags(text: str) -> dict[str, frozenset[str]]:
     """``grep -H . .../hctx*/flags`` → {hctx name: flags}, e.g. {"hctx0": {"SHOULD_MERGE", "BLOCKING"}}."""
     result: dict[str, frozenset[str]] = {}

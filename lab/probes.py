@@ -71,6 +71,7 @@ ARTIFACTS = (
     "fio.stderr",
     "stat_before.txt",
     "stat_after.txt",
+    "queue_limits.txt",
     "samples.csv",
     "sampler.log",
     "debugfs_before.txt",
@@ -109,16 +110,36 @@ def read_platform(guest: Guest) -> Platform:
     return Platform(cpus, encryption)
 
 
+def fit_queue_lines(disk_name: str, pool_bytes: int, out: str, share: float, max_sectors_kb: int) -> list[str]:
+    """Shell lines that limit the device's block queue so that what it can have in flight fits in
+    ``share`` of the pool: max_sectors_kb, then nr_requests = share * pool / (hardware queues *
+    max_sectors_kb), at least 4 (the block layer's minimum); the values applied go to ``out``."""
+    queue = f"/sys/block/{disk_name}/queue"
+    budget = int(pool_bytes * share)
+    return [
+        f"echo {int(max_sectors_kb)} > {_q(queue + '/max_sectors_kb')}",
+        f"hwq=$(ls -d /sys/block/{_q(disk_name)}/mq/*/ | wc -l)",
+        f"nr=$(( {budget} / (hwq * {int(max_sectors_kb)} * 1024) )); [ $nr -ge 4 ] || nr=4",
+        f"echo $nr > {_q(queue + '/nr_requests')}",
+        f'echo "hw_queues=$hwq nr_requests=$(cat {_q(queue + "/nr_requests")}) '
+        f'max_sectors_kb=$(cat {_q(queue + "/max_sectors_kb")})" > {_q(out)}',
+    ]
+
+
 def prepare(guest: Guest, files: WorkloadFiles, disk_name: str, knobs: dict[str, int] | None = None,
-            triggers: str = "all") -> None:  # fmt: skip
-    """Before a workload: reset hiwater, apply throttle knobs, arm hist triggers (unless ``triggers`` is
-    False: only to measure what they cost), snapshot state."""
+            triggers: str = "all", queue_fit: tuple[int, float, int] | None = None) -> None:  # fmt: skip
+    """Before a workload: reset hiwater, apply throttle knobs, size the block queue to the pool
+    (``queue_fit`` = pool bytes, share, max_sectors_kb), arm hist triggers (unless ``triggers`` is False:
+    only to measure what they cost), snapshot state."""
     d = files.directory
     lines = [
         "set -e",
         f"mkdir -p {_q(d)}",
         f'for f in $(find {SWIOTLB_DEBUGFS} -name io_tlb_used_hiwater); do echo 0 > "$f"; done',
     ]
+    if queue_fit is not None:
+        pool_bytes, share, max_sectors_kb = queue_fit
+        lines += fit_queue_lines(disk_name, pool_bytes, files.path("queue_limits.txt"), share, max_sectors_kb)
     for knob, value in (knobs or {}).items():
         lines.append(f"echo {int(value)} > {_q(SWIOTLB_DEBUGFS + '/' + knob)}")
     for trigger in armed(triggers):

@@ -20,7 +20,7 @@ def cells() -> pd.DataFrame:
 
 def test_every_claim_gets_a_verdict_with_evidence(cells: pd.DataFrame) -> None:
     verdicts = judge_all(cells)
-    assert [v.claim for v in verdicts] == [*(f"C{i}" for i in range(1, 9)), "C12"]
+    assert [v.claim for v in verdicts] == [*(f"C{i}" for i in range(1, 9)), "C11", "C12"]
     for verdict in verdicts:
         assert verdict.verdict in ("supported", "contradicted", "inconclusive")
         if verdict.claim == "C8":  # the stored run predates series v2: no cells, and it says what it lacks
@@ -28,6 +28,9 @@ def test_every_claim_gets_a_verdict_with_evidence(cells: pd.DataFrame) -> None:
             continue
         if verdict.claim == "C12":  # nor has it the QD1/QD32 loads
             assert verdict.evidence == () and "lacks `static` and `throttle-v2` cells" in verdict.detail
+            continue
+        if verdict.claim == "C11":  # nor a block queue fitted to the pool
+            assert verdict.evidence == () and 'queue_limits = "fit"' in verdict.detail
             continue
         assert verdict.evidence and set(verdict.evidence) <= set(cells["cell_id"])
         assert verdict.metric and verdict.threshold and verdict.detail
@@ -113,8 +116,9 @@ PUBLISHED = {"C1": "supported", "C2": "contradicted", "C3": "supported", "C4": "
 
 def test_the_published_verdicts_follow_from_the_stored_run(cells: pd.DataFrame) -> None:
     verdicts = {v.claim: v.verdict for v in judge_all(cells)}
-    # That run predates series v2: C8 (its timeout sweep) and C12 (blocking.toml) have no cells there.
-    assert verdicts.pop("C8") == verdicts.pop("C12") == "inconclusive"
+    # That run predates series v2: C8 (its timeout sweep), C11 (queue-fit.toml) and C12 (blocking.toml)
+    # have no cells there.
+    assert verdicts.pop("C8") == verdicts.pop("C11") == verdicts.pop("C12") == "inconclusive"
     assert verdicts == PUBLISHED
 
 
@@ -140,7 +144,7 @@ def test_claims_are_judged_within_each_host_never_across(cells: pd.DataFrame) ->
     faster = (two["host_id"] == "snp2") & (two["kernel"] == "static")
     two.loc[faster, "fio_iops"] = two.loc[faster, "fio_iops"] * 3
     verdicts = judge_all(two)
-    assert [v.scope for v in verdicts] == ["host snp1, platform sev-snp"] * 9 + ["host snp2, platform sev-snp"] * 9
+    assert [v.scope for v in verdicts] == ["host snp1, platform sev-snp"] * 10 + ["host snp2, platform sev-snp"] * 10
     for verdict in verdicts:
         hosts = set(two[two["cell_id"].isin(verdict.evidence)]["host_id"])
         assert hosts <= {verdict.scope.split(",")[0].removeprefix("host ")}, (verdict.claim, hosts)
