@@ -305,6 +305,23 @@ def test_the_grow_limit_axis_applies_to_growing_series_v2_kernels_only(tmp_path:
     assert all(c.solo for c in cells if c.kernel == "throttle-v2-dynamic")  # each grows from its own boot
 
 
+def test_a_fitted_queue_is_its_own_cell_and_its_own_boot(tmp_path: Path) -> None:
+    text = ('[matrix]\nkernels = ["static"]\npools = ["2MiB"]\nqueue_limits = ["default", "fit"]\n'
+            '[workloads.a]\nrw = "read"\n[workloads.b]\nrw = "randread"\n')  # fmt: skip
+    matrix = load_matrix(write(tmp_path, text))
+    fitted = [c for c in matrix.cells if c.queue_limits == "fit"]
+    plain = [c for c in matrix.cells if c.queue_limits == "default"]
+    assert len(fitted) == len(plain) == 2
+    # sysfs limits stay set for the rest of a boot: fitted and default cells never share one
+    assert {c.boot_key for c in fitted}.isdisjoint({c.boot_key for c in plain})
+    assert len(matrix.boot_groups()) == 2
+    # a default cell's ID is what it was before the axis existed
+    without_axis = load_matrix(write(tmp_path, text.replace('queue_limits = ["default", "fit"]\n', ""), "n.toml"))
+    assert {c.cell_id for c in plain} == {c.cell_id for c in without_axis.cells}
+    with pytest.raises(ConfigError, match=r"queue_limits.*'tight' must be one of 'default', 'fit'"):
+        load_matrix(write(tmp_path, text.replace('"fit"', '"tight"'), "bad.toml"))
+
+
 def test_a_bad_grow_limit_names_the_key(tmp_path: Path) -> None:
     text = ('[matrix]\nkernels = ["throttle-v2-dynamic"]\npools = [1024]\ngrow_limit = ["lots"]\n'
             '[workloads.a]\nrw = "read"\n')  # fmt: skip
