@@ -440,12 +440,16 @@ def judge_c12(cells: pd.DataFrame, kernel: str = SERIES_V2) -> Verdict:
     metrics: list[Metric] = []
     evidence: list[pd.DataFrame] = []
     notes: list[str] = []
+    ok = _ok(cells)
+    small = ok[ok["bs"].astype(str).str.lower().isin(("4k", "4096"))] if "bs" in ok else ok.iloc[0:0]  # 4 KiB
     for kind, label in (("qd1", "QD1"), ("single-queue", "QD32")):
-        pool = _largest_common_pool(cells, ("static", kernel), kind)
+        pool = _largest_common_pool(small, ("static", kernel), kind)
         if pool is None:
             continue
-        static, cand = _select(_ok(cells), "static", kind, pool), _select(_ok(cells), kernel, kind, pool)
-        engaged = int(cand["high_throttle_count"].fillna(0).sum() + cand["low_throttle_count"].fillna(0).sum())
+        static, cand = _select(small, "static", kind, pool), _select(small, kernel, kind, pool)
+        zero = pd.Series(0, index=cand.index)
+        engaged = int(cand.get("high_throttle_count", zero).fillna(0).sum()
+                      + cand.get("low_throttle_count", zero).fillna(0).sum())  # fmt: skip
         blocking = bool(cand.get("hctx_blocking", pd.Series(False, index=cand.index)).fillna(False).all())
         if engaged or not blocking:
             why = f"the throttle engaged {engaged} times" if engaged else "the driver did not opt in to blocking"
