@@ -137,9 +137,10 @@ def test_raising_high_throttle_in_debugfs_stops_throttling(
     throttled, never = throttle_rows
     assert never["high_throttle"] == POOL and never["low_throttle"] == POOL
     assert throttled["high_throttle_count"] > 0
-    # Usage above the pool size should be impossible, yet a fresh machine's run (2026-11-27, session 5)
-    # counted 2 throttled mappings with both thresholds at the pool size, against thousands with the
-    # defaults: unexplained, so the test asks for throttling all but gone (1%), not for exactly zero.
+    # A fresh machine's run (2026-11-27, session 5) counted 2 throttled mappings with both thresholds at
+    # the pool size, against thousands with the defaults: the kernel's usage count can pass the pool size
+    # (a static 1024-slot cell of the same day recorded io_tlb_used_hiwater 1025), so the test asks for
+    # throttling all but gone (1%), not for exactly zero.
     counts = {name: (throttled[name], never[name]) for name in ("high_throttle_count", "low_throttle_count")}
     assert never["high_throttle_count"] + never["low_throttle_count"] <= throttled["high_throttle_count"] / 100, counts
     assert never["map_failures"] > throttled["map_failures"]

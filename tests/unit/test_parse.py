@@ -9,12 +9,15 @@ import pytest
 
 from lab.errors import ParseError
 from lab.parse import (
+    busy_cpu_seconds,
     merged_percentiles,
     parse_debugfs,
     parse_dmesg,
     parse_fio,
     parse_hctx_flags,
     parse_hist,
+    parse_proc_stat,
+    parse_queue_limits,
     parse_samples,
 )
 
@@ -205,3 +208,28 @@ def test_a_clean_debug_kernel_log_has_no_report() -> None:
     assert kernel_splats(clean) == []
     # the lockdep banner every debug boot prints is not a report
     assert kernel_splats("Lock dependency validator: Copyright (c) 2006 Red Hat, Inc., Ingo Molnar") == []
+
+
+PROCSTAT = Path(__file__).resolve().parent.parent / "data" / "procstat"
+
+
+def test_guest_cpu_time_over_fio_comes_from_two_real_proc_stat_lines() -> None:
+    before = parse_proc_stat((PROCSTAT / "before.txt").read_text())
+    after = parse_proc_stat((PROCSTAT / "after.txt").read_text())
+    assert before["user"] == 209 and before["system"] == 288 and before["idle"] == 1824
+    # user +86 and system +923 ticks of USER_HZ = 100; idle and iowait are not busy time
+    assert busy_cpu_seconds(before, after) == pytest.approx(10.09)
+
+
+@pytest.mark.parametrize("text", ["", "intr 1 2 3", "cpu  1 2 x 4 5 6 7 8", "cpu 1 2 3"])
+def test_a_line_that_is_not_procs_cpu_line_is_refused(text: str) -> None:
+    with pytest.raises(ParseError, match="guest CPU time"):
+        parse_proc_stat(text, source="stat_before.txt")
+
+
+def test_queue_limits_the_lab_set_are_read_back() -> None:
+    assert parse_queue_limits("hw_queues=2 nr_requests=6 max_sectors_kb=128\n") == {
+        "hw_queues": 2, "nr_requests": 6, "max_sectors_kb": 128}  # fmt: skip
+    assert parse_queue_limits("") == {}
+    with pytest.raises(ParseError, match="KEY=NUMBER"):
+        parse_queue_limits("nr_requests=lots")
