@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lab.claims import judge_all, judge_c2, judge_c4, judge_c5, judge_c7
+from lab.claims import judge_all, judge_c2, judge_c4, judge_c5, judge_c7, judge_c11, judge_c12
 from lab.session import run_exit_code
 
 CELLS = Path(__file__).resolve().parent.parent / "data" / "default-cells.parquet"
@@ -162,3 +162,32 @@ def test_c5_does_not_count_a_lost_doorbell_as_a_sleeping_poller(cells: pd.DataFr
     first = relabelled.index[polled & (cells["status"] == "failed")][0]
     relabelled.loc[first, "failure_reason"] = "timeout"
     assert judge_c5(relabelled).verdict == "supported"
+
+
+def test_c11_fitted_queue_still_fails_maps_on_the_stored_run() -> None:
+    # README: static with nr_requests 6 x max_sectors_kb 128 (75% of the 2 MiB pool) still failed
+    # 9,100-19,543 maps per cell while throttle-v2 failed 0-247; it was faster (IOPS +43.5%).
+    cells = pd.read_parquet(CELLS.parent / "c11-cells.parquet")
+    verdict = judge_c11(cells)
+    assert verdict.verdict == "contradicted"
+    assert "nr_requests 6, max_sectors_kb 128" in verdict.detail and "9100-19543" in verdict.detail
+    iops = next(c for c in verdict.comparisons if c.metric == "fio_iops")
+    assert iops.change_pct == pytest.approx(43.5, abs=0.1) and iops.conclusion == "improved"
+    # without the fitted cells there is nothing to judge
+    assert judge_c11(cells[cells["queue_limits"] != "fit"]).verdict == "inconclusive"
+
+
+def test_c12_blocking_submission_shows_no_cost_on_the_stored_run() -> None:
+    # README: with the throttle idle, nothing moved significantly (IOPS +2.9% at QD1, +2.3% at QD32;
+    # CPU per I/O +0.3% and -1.4%), and QD32's latency tails were too noisy: inconclusive.
+    cells = pd.read_parquet(CELLS.parent / "c12-cells.parquet")
+    verdict = judge_c12(cells)
+    assert verdict.verdict == "inconclusive"
+    changes = {c.metric: round(c.change_pct, 1) for c in verdict.comparisons}
+    assert changes["QD1 fio_iops"] == 2.9 and changes["QD32 fio_iops"] == 2.3
+    assert changes["QD1 guest_cpu_us_per_io"] == 0.3 and changes["QD32 guest_cpu_us_per_io"] == -1.4
+    assert {c.conclusion for c in verdict.comparisons} <= {"not significant", "too noisy"}
+    # a throttle that engaged makes the cells useless for the question
+    engaged = cells.copy()
+    engaged.loc[engaged["kernel"] == "throttle-v2", "high_throttle_count"] = 3
+    assert judge_c12(engaged).verdict == "inconclusive" and "engaged" in judge_c12(engaged).detail
