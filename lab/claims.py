@@ -65,11 +65,17 @@ def _select(cells: pd.DataFrame, kernel: str, kind: str, pool: int | None = None
     return chosen
 
 
-def _smallest_common_pool(cells: pd.DataFrame, kernels: tuple[str, ...], kind: str) -> int | None:
-    pools = None
+def _common_pools(cells: pd.DataFrame, kernels: tuple[str, ...], kind: str) -> set[int]:
+    """Pool sizes on which every one of ``kernels`` has successful cells of this kind."""
+    pools: set[int] | None = None
     for kernel in kernels:
         have = set(_select(_ok(cells), kernel, kind)["pool_slabs_requested"])
         pools = have if pools is None else pools & have
+    return pools or set()
+
+
+def _smallest_common_pool(cells: pd.DataFrame, kernels: tuple[str, ...], kind: str) -> int | None:
+    pools = _common_pools(cells, kernels, kind)
     return min(pools) if pools else None
 
 
@@ -422,10 +428,7 @@ def judge_c11(cells: pd.DataFrame, kernel: str = SERIES_V2) -> Verdict:
 
 
 def _largest_common_pool(cells: pd.DataFrame, kernels: tuple[str, ...], kind: str) -> int | None:
-    pools = None
-    for kernel in kernels:
-        have = set(_select(_ok(cells), kernel, kind)["pool_slabs_requested"])
-        pools = have if pools is None else pools & have
+    pools = _common_pools(cells, kernels, kind)
     return max(pools) if pools else None
 
 
