@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,9 @@ from lab.store import SKIPPED
 from lab.vm import LocalHypervisor
 
 if TYPE_CHECKING:
+    from lab.guest import Guest
     from lab.runner import LabContext
+    from lab.vm import BootSpec, Machine
 
 log = logging.getLogger("lab")
 console = Console(stderr=True, soft_wrap=True)
@@ -284,6 +287,27 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _bench_guest(ctx: LabContext, hypervisor: LocalHypervisor, spec: BootSpec,
+                 workdir: Path) -> Iterator[tuple[Machine, Guest]]:  # fmt: skip
+    """One bench boot: the accelerator resolved (and kept in ``ctx`` for the rows), the guest booted and
+    connected; QEMU is stopped when the block ends."""
+    from lab.guest import Guest
+
+    ctx.accel = hypervisor.resolve_accel(spec, ctx.cache / "probe-work")  # type: ignore[assignment]
+    with hypervisor.boot(replace(spec, accel=ctx.accel), workdir) as vm:
+        with Guest(vm.endpoint, ctx.client_key.private_path, ctx.image.host_key_blob) as guest:
+            guest.connect(alive=vm.check_alive)
+            yield vm, guest
+
+
+def _bench_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A bench cell's row, or the error that stops the bench: a failed cell has no number to give."""
+    if row["status"] != "ok":
+        raise LabError(f"bench cell failed: {row['failure_reason']}: {row['failure_detail']}")
+    return row
+
+
 def cmd_bench_boot(args: argparse.Namespace) -> int:
     from lab.guest import Guest
     from lab.runner import boot_spec, run_group
@@ -327,7 +351,6 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
 def cmd_bench_sampler(args: argparse.Namespace) -> int:
     """What an instrument costs fio: runs with and without it, in ABBA order in one boot per workload,
     so that drifts cancel; the cost gets a confidence interval over the pairs."""
-    from lab.guest import Guest
     from lab.runner import boot_spec, run_cell
     from lab.stats import paired_cost
     from lab.store import RunStore
@@ -350,24 +373,18 @@ def cmd_bench_sampler(args: argparse.Namespace) -> int:
     for name in names:
         base = by_name[name]
         base = replace(base, workload=replace(base.workload, runtime_s=args.runtime), sample_hz=0.0)
-        spec = boot_spec(ctx, base)
-        ctx.accel = hypervisor.resolve_accel(spec, ctx.cache / "probe-work")  # type: ignore[assignment]
         iops: dict[bool, list[float]] = {True: [], False: []}
         started = time.monotonic()
-        with hypervisor.boot(replace(spec, accel=ctx.accel), store.boot_dir(f"boot-{name}")) as vm:
-            with Guest(vm.endpoint, ctx.client_key.private_path, ctx.image.host_key_blob) as guest:
-                guest.connect(alive=vm.check_alive)
-                boot_to_ssh = time.monotonic() - started
-                boot_info = {"accel": vm.accelerator}
-                for index in range(2 * args.pairs):
-                    on = (index % 4) in (0, 3)  # ABBA: each pair has one run of each, and drifts cancel
-                    cell = replace(base, repetition=index, sample_hz=args.hz if on and args.observer == "sampler"
-                                   else 0.0)  # fmt: skip
-                    ctx.arm_triggers = not (args.observer == "triggers" and not on)
-                    row = run_cell(cell, vm, guest, store, ctx, _QuietReporter(), boot_info)
-                    if row["status"] != "ok":
-                        raise LabError(f"bench cell failed: {row['failure_reason']}: {row['failure_detail']}")
-                    iops[on].append(float(row["fio_iops"]))
+        with _bench_guest(ctx, hypervisor, boot_spec(ctx, base), store.boot_dir(f"boot-{name}")) as (vm, guest):
+            boot_to_ssh = time.monotonic() - started
+            boot_info = {"accel": vm.accelerator}
+            for index in range(2 * args.pairs):
+                on = (index % 4) in (0, 3)  # ABBA: each pair has one run of each, and drifts cancel
+                cell = replace(base, repetition=index, sample_hz=args.hz if on and args.observer == "sampler"
+                               else 0.0)  # fmt: skip
+                ctx.arm_triggers = not (args.observer == "triggers" and not on)
+                row = _bench_row(run_cell(cell, vm, guest, store, ctx, _QuietReporter(), boot_info))
+                iops[on].append(float(row["fio_iops"]))
         ctx.arm_triggers = True
         cost = paired_cost(iops[False], iops[True])
         results.append((name, cost, iops, boot_to_ssh))
@@ -394,7 +411,6 @@ def cmd_bench_doorbells(args: argparse.Namespace) -> int:
     QEMU traces each MMIO doorbell write (the same tracing for every kernel: an observer on the doorbell
     path, which is why this is a benchmark and not a cell metric); the guest's fio counts the commands."""
     from lab.doorbells import MMIO_EVENT, io_doorbell_writes, shadow_pages
-    from lab.guest import Guest
     from lab.matrix import parse_pool_slabs
     from lab.runner import boot_spec, run_cell
     from lab.store import RunStore
@@ -414,22 +430,17 @@ def cmd_bench_doorbells(args: argparse.Namespace) -> int:
     for kernel in kernels:
         base = Cell(kernel, pool, "nvme", workload, vcpus=2, memory_mib=1024, sample_hz=0.0)
         spec = replace(boot_spec(ctx, base), trace_events=(MMIO_EVENT,))
-        ctx.accel = hypervisor.resolve_accel(spec, ctx.cache / "probe-work")  # type: ignore[assignment]
-        with hypervisor.boot(replace(spec, accel=ctx.accel), store.boot_dir(f"boot-{kernel}")) as vm:
-            with Guest(vm.endpoint, ctx.client_key.private_path, ctx.image.host_key_blob) as guest:
-                guest.connect(alive=vm.check_alive)
-                if shadow_pages(vm.qemu_trace_text()) is None:  # proves QEMU traces into the file at all
-                    raise LabError(f"QEMU wrote no trace to {vm.trace_log}: its build may lack the 'log' trace "
-                                   "backend, and a count of 0 doorbells would be a lie")  # fmt: skip
-                for rep in range(args.reps):
-                    before = io_doorbell_writes(vm.qemu_trace_text())
-                    row = run_cell(replace(base, repetition=rep), vm, guest, store, ctx, _QuietReporter(),
-                                   {"accel": vm.accelerator})  # fmt: skip
-                    if row["status"] != "ok":
-                        raise LabError(f"bench cell failed: {row['failure_reason']}: {row['failure_detail']}")
-                    interrupt.sleep(1.0)  # QEMU's trace file is written line by line; let the last lines land
-                    writes = io_doorbell_writes(vm.qemu_trace_text()) - before
-                    results.setdefault(kernel, []).append((writes, int(row["fio_total_ios"]), float(row["fio_iops"])))
+        with _bench_guest(ctx, hypervisor, spec, store.boot_dir(f"boot-{kernel}")) as (vm, guest):
+            if shadow_pages(vm.qemu_trace_text()) is None:  # proves QEMU traces into the file at all
+                raise LabError(f"QEMU wrote no trace to {vm.trace_log}: its build may lack the 'log' trace "
+                               "backend, and a count of 0 doorbells would be a lie")  # fmt: skip
+            for rep in range(args.reps):
+                before = io_doorbell_writes(vm.qemu_trace_text())
+                row = _bench_row(run_cell(replace(base, repetition=rep), vm, guest, store, ctx, _QuietReporter(),
+                                          {"accel": vm.accelerator}))  # fmt: skip
+                interrupt.sleep(1.0)  # QEMU's trace file is written line by line; let the last lines land
+                writes = io_doorbell_writes(vm.qemu_trace_text()) - before
+                results.setdefault(kernel, []).append((writes, int(row["fio_total_ios"]), float(row["fio_iops"])))
     print(f"\nMMIO doorbell writes per NVMe command ({ctx.accel}, {os.cpu_count()} host CPUs, pool {args.pool}, "
           "fio lab/jobs/batched.fio: 4 KiB randread, io_uring, QD32, batches of 16, 10 s; "
           f"{args.reps} runs each):")  # fmt: skip

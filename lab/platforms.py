@@ -17,7 +17,7 @@ from lab.errors import ConfigError
 AUTO = "auto"  # kvm where a KVM boot probe succeeds, else tcg (decided per host)
 
 
-def _opt(path: Path) -> str:
+def _opt(path: Path | str) -> str:
     """QEMU option values escape commas by doubling them."""
     return str(path).replace(",", ",,")
 

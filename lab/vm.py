@@ -162,7 +162,7 @@ def qemu_argv(
     if trace is not None and any(disk.kind == "nvme" for disk in spec.disks):
         argv += ["-trace", f"enable={doorbells.TRACE_EVENT},file={_opt(trace)}"]
         for event in spec.trace_events:
-            argv += ["-trace", f"enable={event.replace(',', ',,')},file={_opt(trace)}"]  # each -trace sets the file
+            argv += ["-trace", f"enable={_opt(event)},file={_opt(trace)}"]  # each -trace sets the file
     return tuple(argv)
 
 
