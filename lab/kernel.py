@@ -235,6 +235,9 @@ def load_variants(path: Path | None = None) -> dict[str, Variant]:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: cannot load kernel variants: {exc}") from exc
+    unknown_top = set(data) - {"variants", "instruments"}
+    if unknown_top:
+        raise ConfigError(f"{path}: unknown key {sorted(unknown_top)[0]!r}; valid keys: instruments, variants")
     variants = {}
     for name, spec in dict(data.get("variants", {})).items():
         unknown = set(spec) - {"description", "fragments", "patches"}
@@ -247,7 +250,8 @@ def load_variants(path: Path | None = None) -> dict[str, Variant]:
                 raise ConfigError(f"{path}: variants.{name}: config fragment {fragment} does not exist")
         patches: list[Path] = []
         problem = ""
-        for series in spec.get("patches", []):
+        # The lab's instruments go on top of every variant's own series.
+        for series in [*spec.get("patches", []), *data.get("instruments", [])]:
             directory = PATCH_DIR / series
             # A cover letter (git format-patch --cover-letter) carries no diff: it is read, not applied.
             files = sorted(f for f in directory.glob("*.patch") if not f.name.startswith("0000-"))
