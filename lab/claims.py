@@ -36,8 +36,31 @@ class Verdict:
     scope: str = ""  # "host X, platform Y" when a run spans several: every verdict is judged within one
 
 
-def _ok(cells: pd.DataFrame) -> pd.DataFrame:
+FAILING_DRIVERS = ("ahci",)  # devices whose driver fails a request when its map fails (claim C10)
+
+
+def _special(cells: pd.DataFrame) -> pd.Series:
+    """Cells that ask a question of their own and stay out of the other claims' groups: a driver that fails
+    instead of requeueing (C10), a slowed neighbour disk (C9), an emulated conversion cost (C7 emulated).
+    Columns absent from older runs mean none of these."""
+    special = pd.Series(False, index=cells.index)
+    if "device" in cells:
+        special |= cells["device"].isin(FAILING_DRIVERS)
+    if "neighbour" in cells:
+        special |= cells["neighbour"].fillna("none") != "none"
+    if "conversion_ns" in cells:
+        special |= cells["conversion_ns"].fillna(0) != 0
+    return special
+
+
+def _ok_any(cells: pd.DataFrame) -> pd.DataFrame:
     return cells[cells["status"] == "ok"] if not cells.empty else cells
+
+
+def _ok(cells: pd.DataFrame) -> pd.DataFrame:
+    """Successful cells of the plain kind every claim but C7-emulated, C9 and C10 is judged on."""
+    ok = _ok_any(cells)
+    return ok[~_special(ok)] if not ok.empty else ok
 
 
 def _kind(cells: pd.DataFrame) -> pd.Series:
@@ -471,9 +494,88 @@ def judge_c12(cells: pd.DataFrame, kernel: str = SERIES_V2) -> Verdict:
     return Verdict("C12", text, verdict, metric, threshold, _ids(*evidence), detail, comparisons)
 
 
+def _io_errors(cells: pd.DataFrame) -> pd.Series:
+    """Per cell: fio's errors plus the kernel's block-layer "I/O error" lines."""
+    return cells["fio_errors"].fillna(0) + cells.get("dmesg_io_errors", pd.Series(0, index=cells.index)).fillna(0)
+
+
+def _failing_driver_cells(cells: pd.DataFrame, kernel: str) -> tuple[pd.DataFrame, int | None]:
+    ok = _ok_any(cells)
+    if ok.empty:
+        return ok, None
+    chosen = ok[ok["device"].isin(FAILING_DRIVERS) & (ok["kernel"] == kernel) & (_kind(ok) == "heavy")]
+    if chosen.empty:
+        return chosen, None
+    pool = int(chosen["pool_slabs_requested"].min())
+    return chosen[chosen["pool_slabs_requested"] == pool], pool
+
+
+def judge_c10(cells: pd.DataFrame) -> Verdict:
+    text = ("The RFC's motivation: an exhausted pool means I/O errors (on a driver that fails a request whose map "
+            "fails; NVMe and virtio-blk requeue it)")  # fmt: skip
+    metric = ("failed DMA maps, fio errors and kernel 'I/O error' lines per cell, `static`, heavy load, a SATA disk "
+              "on AHCI (libata), smallest pool")  # fmt: skip
+    threshold = ("supported if maps failed and more than half of the cells had I/O errors; contradicted if maps "
+                 "failed and no cell had one; inconclusive if no map failed (the pool was not exhausted)")  # fmt: skip
+    chosen, pool = _failing_driver_cells(cells, "static")
+    if pool is None:
+        return _missing("C10", text, metric, threshold, "`static` heavy cells on an AHCI disk")
+    failed = chosen["map_failures"].fillna(0)
+    errors = _io_errors(chosen)
+    detail = (f"pool {pool}: failed maps {_span(chosen['map_failures'])} per cell, fio errors "
+              f"{_span(chosen['fio_errors'])}, kernel I/O errors {_span(chosen['dmesg_io_errors'])}; "
+              f"{int((errors > 0).sum())} of {len(chosen)} cells had I/O errors")  # fmt: skip
+    if not (failed > 0).any():
+        verdict = "inconclusive"
+    elif (errors > 0).sum() * 2 > len(chosen):
+        verdict = "supported"
+    elif (errors == 0).all():
+        verdict = "contradicted"
+    else:
+        verdict = "inconclusive"
+    return Verdict("C10", text, verdict, metric, threshold, _ids(chosen), detail)
+
+
+def judge_c10_throttle(cells: pd.DataFrame) -> list[Verdict]:
+    """Per throttle kernel with AHCI cells: does the series prevent those errors on a driver that fails?"""
+    text = "Throttling prevents the I/O errors of an exhausted pool on a driver that fails instead of requeueing"
+    threshold = ("supported if `static` had I/O errors and the throttle kernel had none on the same pool; "
+                 "contradicted if the throttle kernel had I/O errors in more than half of its cells; "
+                 "inconclusive otherwise")  # fmt: skip
+    static, pool = _failing_driver_cells(cells, "static")
+    verdicts = []
+    ok = _ok_any(cells)
+    kernels = sorted(k for k in set(ok[ok["device"].isin(FAILING_DRIVERS)]["kernel"]) if "throttle" in k) \
+        if not ok.empty and "device" in ok else []  # fmt: skip
+    for kernel in kernels:
+        claim = "C10-" + kernel
+        metric = f"fio errors and kernel 'I/O error' lines per cell, `{kernel}` vs `static`, heavy load, AHCI disk"
+        cand, cand_pool = _failing_driver_cells(cells, kernel)
+        if pool is None or cand_pool != pool:
+            verdicts.append(_missing(claim, text, metric, threshold, f"`static` and `{kernel}` AHCI cells on one pool"))
+            continue
+        base_errors, errors = _io_errors(static), _io_errors(cand)
+        engaged = int(cand.get("high_throttle_count", pd.Series(0, index=cand.index)).fillna(0).sum())
+        detail = (f"pool {pool}: cells with I/O errors static {int((base_errors > 0).sum())}/{len(static)}, "
+                  f"{kernel} {int((errors > 0).sum())}/{len(cand)}; failed maps static "
+                  f"{_span(static['map_failures'])} vs {_span(cand['map_failures'])}; the throttle engaged "
+                  f"{engaged} times (libata does not map with DMA_ATTR_MAY_BLOCK)")  # fmt: skip
+        if (errors > 0).sum() * 2 > len(cand):
+            verdict = "contradicted"
+        elif (base_errors > 0).any() and (errors == 0).all():
+            verdict = "supported"
+        else:
+            verdict = "inconclusive"
+        verdicts.append(Verdict(claim, text, verdict, metric, threshold, _ids(static, cand), detail))
+    return verdicts
+
+
 JUDGES: tuple[Callable[[pd.DataFrame], Verdict], ...] = (
-    judge_c1, judge_c2, judge_c3, judge_c4, judge_c5, judge_c6, judge_c7, judge_c8, judge_c11, judge_c12,
+    judge_c1, judge_c2, judge_c3, judge_c4, judge_c5, judge_c6, judge_c7, judge_c8, judge_c10, judge_c11,
+    judge_c12,
 )  # fmt: skip
+# Judges that answer per kernel they find: a row each, only where the run has their cells.
+EXTRA_JUDGES: tuple[Callable[[pd.DataFrame], list[Verdict]], ...] = (judge_c10_throttle,)
 
 # Series v2 answers the claims its changes target (overshoot C2, polled I/O C5, cost C6) next to v1's
 # verdicts, as claims C2-v2, C5-v2, C6-v2, judged by the same rules on the throttle-v2 cells.
@@ -513,6 +615,7 @@ def judge_all(cells: pd.DataFrame) -> list[Verdict]:
         cells = cells[cells["status"] != SKIPPED]
     verdicts = []
     for label, part in scopes(cells):
-        for verdict in [judge(part) for judge in JUDGES] + _series_v2(part):
+        extra = [v for judge in EXTRA_JUDGES for v in judge(part)]
+        for verdict in [judge(part) for judge in JUDGES] + _series_v2(part) + extra:
             verdicts.append(replace(verdict, scope=label) if label else verdict)
     return verdicts

@@ -351,6 +351,7 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
 def cmd_bench_sampler(args: argparse.Namespace) -> int:
     """What an instrument costs fio: runs with and without it, in ABBA order in one boot per workload,
     so that drifts cancel; the cost gets a confidence interval over the pairs."""
+    from lab import probes
     from lab.runner import boot_spec, run_cell
     from lab.stats import paired_cost
     from lab.store import RunStore
@@ -370,6 +371,7 @@ def cmd_bench_sampler(args: argparse.Namespace) -> int:
     work = Path(args.results) / f"bench-{args.observer}-{time.strftime('%Y%m%dT%H%M%S')}"
     store = RunStore.create(work, {"bench": args.observer}, run_id="cells")
     results = []
+    counter = False  # whether the kernel counts failed page maps itself (the lab's instrument patch)
     for name in names:
         base = by_name[name]
         base = replace(base, workload=replace(base.workload, runtime_s=args.runtime), sample_hz=0.0)
@@ -378,6 +380,7 @@ def cmd_bench_sampler(args: argparse.Namespace) -> int:
         with _bench_guest(ctx, hypervisor, boot_spec(ctx, base), store.boot_dir(f"boot-{name}")) as (vm, guest):
             boot_to_ssh = time.monotonic() - started
             boot_info = {"accel": vm.accelerator}
+            counter = guest.run(f"test -d {probes.DMA_FAILURES_DEBUGFS}", timeout_s=30, check=False).exitcode == 0
             for index in range(2 * args.pairs):
                 on = (index % 4) in (0, 3)  # ABBA: each pair has one run of each, and drifts cancel
                 cell = replace(base, repetition=index, sample_hz=args.hz if on and args.observer == "sampler"
@@ -388,7 +391,13 @@ def cmd_bench_sampler(args: argparse.Namespace) -> int:
         ctx.arm_triggers = True
         cost = paired_cost(iops[False], iops[True])
         results.append((name, cost, iops, boot_to_ssh))
-    what = f"the sampler at {args.hz:g} Hz" if args.observer == "sampler" else "the tracefs hist triggers"
+    if args.observer == "sampler":
+        what = f"the sampler at {args.hz:g} Hz"
+    else:
+        armed = [t.event for t in probes.armed("failures") if not (counter and t.superseded_by)]
+        what = f"the hist triggers of an unobserved cell ({', '.join(armed)})"
+        if counter:
+            what += "; failed page maps counted by the kernel's own counter, present in both arms"
     print(
         f"\ncost of {what} in fio IOPS ({ctx.accel}, {os.cpu_count()} host CPUs, {args.pairs} ABBA pairs of "
         f"{args.runtime} s per workload; positive = slower with it):"

@@ -17,11 +17,13 @@ from lab.util import read_toml
 from lab.vm import MIN_POOL_SLABS, SLAB_BYTES
 from lab.workload import FAULT_DEVICES, Workload
 
+NEIGHBOURS = ("none", "slow")
+NEIGHBOUR_BPS = 16 << 20  # the slow neighbour's bandwidth limit (a QEMU throttle group on its drive)
 MATRIX_KEYS = {
     "description": "free text",
     "kernels": "list of kernel variant names",
     "pools": 'list of pool sizes: "2MiB", "64MiB", or a number of 2 KiB slabs',
-    "devices": 'list of "nvme" or "virtio-blk"',
+    "devices": 'list of "nvme", "virtio-blk" or "ahci"',
     "workloads": "list of workload names defined under [workloads.NAME]",
     "vcpus": "list of vCPU counts",
     "memory": 'list of guest memory sizes, e.g. "1GiB"',
@@ -33,6 +35,10 @@ MATRIX_KEYS = {
     "grow_limit": 'list of limits on a growing pool: "default" (none) or a size like "4MiB" or a slab count '
     "(series v2 kernels with a growing pool)",
     "net_load": "list of true/false: background TCP stream from guest to host over virtio-net during fio",
+    "conversion_cost": 'list of emulated page-conversion costs for a growing pool, per 4 KiB page: "0", "5us", '
+    '"500ns" (kernels with CONFIG_SWIOTLB_DYNAMIC; claim C7 emulated)',
+    "neighbour": 'list of "none" or "slow": a second NVMe disk throttled by QEMU to '
+    f"{NEIGHBOUR_BPS >> 20} MiB/s, which fio jobs named neighbour* load through ${{LAB_NEIGHBOUR}} (claim C9)",
     "platforms": 'list of "auto" (kvm if it works, else tcg), "tcg", "kvm", "sev-snp", "tdx"',
     "observe": '"first" (the in-guest sampler runs in repetition 0 only), "all" or "none"',
     "sample_hz": "the in-guest sampler's rate in observed cells (default 50)",
@@ -46,7 +52,10 @@ WORKLOAD_KEYS = {
     "fault": '"reset", "io-timeout" (NVMe) or "unplug": an error-recovery event during fio',
     "fault_after": "seconds into fio when the fault is injected (default 3)",
 }  # fmt: skip
-DEVICES = ("nvme", "virtio-blk")
+# ahci: a SATA disk on q35's built-in AHCI controller; libata fails a request whose map fails
+# instead of requeueing it (claim C10).
+DEVICES = ("nvme", "virtio-blk", "ahci")
+POLLED_DEVICES = ("nvme", "virtio-blk")  # drivers with poll queues
 POLL_QUEUES = 2  # NVMe poll queues booted for polled (hipri) workloads
 OBSERVE = ("first", "all", "none")
 DEFAULT_SAMPLE_HZ = 50.0
@@ -75,7 +84,8 @@ _UNITS = {"b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
 # kernel, pool slabs, device, vCPUs, memory MiB, repetition, swiotlb force, poll queues, net load, platform,
 # alone ("", or what makes a cell boot alone: its error-recovery fault, which leaves the device reset,
 # stalled or gone; or its own ID on a kernel whose pool grows)
-BootKey = tuple[str, int, str, int, int, int, bool, int, bool, str, str, str]
+# plus queue limits, emulated conversion cost (ns per page) and neighbour disk
+BootKey = tuple[str, int, str, int, int, int, bool, int, bool, str, str, str, int, str]
 QUEUE_LIMITS = ("default", "fit")
 # "fit": the device's block queue is limited so that what it can have in flight fits in this share of
 # the pool (claim C11: can drivers limit what they have in flight, instead of throttling?).  The rest
@@ -101,6 +111,8 @@ class Cell:
     sample_hz: float = 0.0  # the in-guest sampler's rate; 0: unobserved (no sampler during fio)
     platform: str = "auto"  # launch profile (lab.platforms); "auto": kvm where it works, else tcg
     queue_limits: str = "default"  # QUEUE_LIMITS: "fit" sizes the device's block queue to the pool (C11)
+    conversion_ns: int = 0  # emulated cost per page a growing pool converts (swiotlb.emulated_conversion_ns)
+    neighbour: str = "none"  # NEIGHBOURS: "slow" boots a second, throttled NVMe disk (C9)
     # Boots alone: a growing pool (CONFIG_SWIOTLB_DYNAMIC) keeps what an earlier workload of the same
     # boot grew it to, so a later workload would start from another pool.  Not part of the cell's
     # content: it says how the cell is run, not what it measures.
@@ -132,6 +144,10 @@ class Cell:
             content["platform"] = self.platform
         if self.queue_limits != "default":
             content["queue_limits"] = self.queue_limits
+        if self.conversion_ns:
+            content["conversion_ns"] = self.conversion_ns
+        if self.neighbour != "none":
+            content["neighbour"] = self.neighbour
         return content
 
     @property
@@ -156,7 +172,8 @@ class Cell:
         return (self.kernel, self.pool_slabs, self.device, self.vcpus, self.memory_mib, self.repetition,
                 self.swiotlb_force, self.poll_queues, self.net_load, self.platform,
                 self.workload.fault or (self.cell_id if self.solo else ""),
-                self.queue_limits)  # sysfs queue limits stay set for the rest of a boot  # fmt: skip
+                self.queue_limits,  # sysfs queue limits stay set for the rest of a boot
+                self.conversion_ns, self.neighbour)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -302,6 +319,20 @@ def _grow_limit_knob(value: object, where: str) -> tuple[str, tuple[tuple[str, i
     return str(value).strip(), (("io_tlb_max_nslabs", parse_pool_slabs(value, where)),)
 
 
+_COST = re.compile(r"^\s*(\d+)\s*(ns|us|µs|ms)?\s*$")
+
+
+def _conversion_ns(value: object, where: str) -> int:
+    """An emulated conversion cost per page: 0, or a time like "500ns", "5us", "1ms"."""
+    match = _COST.match(str(value))
+    if match is None or (match.group(2) is None and int(match.group(1)) != 0):
+        raise ConfigError(f'{where}: {value!r} must be 0 or a time per page like "500ns", "5us", "1ms"')
+    ns = int(match.group(1)) * {None: 1, "ns": 1, "us": 1000, "µs": 1000, "ms": 1_000_000}[match.group(2)]
+    if ns > 10_000_000:
+        raise ConfigError(f"{where}: {value!r} is more than 10 ms per page; the guest would do nothing else")
+    return ns
+
+
 def timeout_capable(kernel: str) -> bool:
     """Kernels whose throttle has a wait bound (the series v2 variants, named throttle-v2*)."""
     return kernel.startswith("throttle-v2")
@@ -317,6 +348,8 @@ def _rule(rule: object, where: str, axes: dict[str, list[Any]], kind: str) -> di
             raise ConfigError(f"{where}: unknown axis {axis!r} in {kind}; valid: {', '.join(axes)}")
         if axis == "pool":
             value = parse_pool_slabs(value, where)
+        elif axis == "conversion_cost":
+            value = _conversion_ns(value, where)
         elif axis == "memory":
             value = parse_size_bytes(value, where) >> 20
         if value not in axes[axis]:
@@ -411,6 +444,12 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
     for value in queue_limits:
         if value not in QUEUE_LIMITS:
             raise ConfigError(f"{where('queue_limits')}: {value!r} must be one of {', '.join(map(repr, QUEUE_LIMITS))}")
+    costs = [_conversion_ns(v, where("conversion_cost"))
+             for v in _list(section, "conversion_cost", [0], where("conversion_cost"))]  # fmt: skip
+    neighbours = [str(v) for v in _list(section, "neighbour", ["none"], where("neighbour"))]
+    for value in neighbours:
+        if value not in NEIGHBOURS:
+            raise ConfigError(f"{where('neighbour')}: {value!r} must be one of {', '.join(map(repr, NEIGHBOURS))}")
     platforms = [str(p) for p in _list(section, "platforms", ["auto"], where("platforms"))]
     for name in platforms:
         if name not in PLATFORM_NAMES:
@@ -430,7 +469,7 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
         "kernel": kernels, "pool": pools, "device": devices, "vcpus": vcpus, "memory": memory,
         "workload": names, "throttle": [t[0] for t in throttles], "throttle_timeout": [t[0] for t in timeouts],
         "grow_limit": [g[0] for g in limits], "queue_limits": queue_limits, "net_load": net_load,
-        "platform": platforms,
+        "platform": platforms, "conversion_cost": costs, "neighbour": neighbours,
     }  # fmt: skip
     knobs_of = dict(throttles)
     timeout_knobs = dict(timeouts)
@@ -447,17 +486,22 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
     # A growth limit only means something on a series v2 kernel whose pool grows.
     combos = [c for c in combos
               if c["grow_limit"] == "default" or (timeout_capable(c["kernel"]) and c["kernel"] in growing)]  # fmt: skip
-    for combo in combos:
-        workload = by_name[combo["workload"]]
-        if workload.fault and combo["device"] not in FAULT_DEVICES[workload.fault]:
-            raise ConfigError(f"{where('workloads')}: workload {workload.name!r} injects fault {workload.fault!r}, "
-                              f"which needs device {' or '.join(FAULT_DEVICES[workload.fault])}, "
-                              f"not {combo['device']!r} (exclude the pair)")  # fmt: skip
+    # An emulated conversion cost is charged only where a pool grows.
+    combos = [c for c in combos if c["conversion_cost"] == 0 or c["kernel"] in growing]
     combos = [c for c in combos if not any(_matches(c, rule) for rule in excludes)]
     for rule in includes:
         extra = {axis: values[0] for axis, values in axes.items()} | rule
         if extra not in combos:
             combos.append(extra)
+    for combo in combos:  # after exclude, so that excluding a pair is the way out
+        workload = by_name[combo["workload"]]
+        if workload.fault and combo["device"] not in FAULT_DEVICES[workload.fault]:
+            raise ConfigError(f"{where('workloads')}: workload {workload.name!r} injects fault {workload.fault!r}, "
+                              f"which needs device {' or '.join(FAULT_DEVICES[workload.fault])}, "
+                              f"not {combo['device']!r} (exclude the pair)")  # fmt: skip
+        if workload.hipri and combo["device"] not in POLLED_DEVICES:
+            raise ConfigError(f"{where('workloads')}: workload {workload.name!r} polls (hipri), which needs device "
+                              f"{' or '.join(POLLED_DEVICES)}, not {combo['device']!r} (exclude the pair)")  # fmt: skip
     cells = tuple(
         Cell(
             c["kernel"],
@@ -474,6 +518,8 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
             sample_hz=rate(rep),
             platform=c["platform"],
             queue_limits=c["queue_limits"],
+            conversion_ns=c["conversion_cost"],
+            neighbour=c["neighbour"],
             solo=c["kernel"] in growing,
         )
         for rep in range(repetitions)

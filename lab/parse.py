@@ -10,7 +10,8 @@ import json
 import math
 import re
 from bisect import bisect_left
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import pandas as pd
 
@@ -260,6 +261,12 @@ class FioResult:
     total_ios: int
     runtime_s: float
     version: str
+    # Jobs named "neighbour*" load a second disk (claim C9), not the device under test: they are kept
+    # apart from the figures above, here.
+    neighbour: FioResult | None = None
+
+
+NEIGHBOUR_JOB_PREFIX = "neighbour"
 
 
 def _json_start(text: str) -> int:
@@ -295,10 +302,21 @@ def parse_fio(text: str, source: str = "fio.json") -> FioResult:
         raise ParseError("fio JSON", source, str(exc)) from exc
     if not jobs:
         raise ParseError("fio JSON", source, "no jobs")
+    dut = [(i, j) for i, j in enumerate(jobs) if not str(j.get("jobname", "")).startswith(NEIGHBOUR_JOB_PREFIX)]
+    others = [(i, j) for i, j in enumerate(jobs) if str(j.get("jobname", "")).startswith(NEIGHBOUR_JOB_PREFIX)]
+    if not dut:
+        raise ParseError("fio JSON", source, f"every job is a {NEIGHBOUR_JOB_PREFIX}* job: none ran on the device")
+    version = str(data.get("fio version", ""))
+    neighbour = _fio_jobs(others, source, version) if others else None
+    return replace(_fio_jobs(dut, source, version), neighbour=neighbour)
+
+
+def _fio_jobs(jobs: list[tuple[int, dict[str, Any]]], source: str, version: str) -> FioResult:
+    """Figures over ``jobs`` (index in fio's output, job): sums, and percentiles of the merged histograms."""
     rows = []
     merged: dict[int, int] = {}
     errors = 0
-    for index, job in enumerate(jobs):
+    for index, job in jobs:
         errors += 1 if job.get("error", 0) else 0
         for direction in ("read", "write", "trim"):
             stats = job.get(direction)
@@ -336,5 +354,5 @@ def parse_fio(text: str, source: str = "fio.json") -> FioResult:
         drop_ios=int(frame["drop_ios"].sum()),
         total_ios=int(frame["total_ios"].sum()),
         runtime_s=float(frame["runtime_ms"].max()) / 1000.0,
-        version=str(data.get("fio version", "")),
+        version=version,
     )

@@ -34,7 +34,8 @@ PANIC_RE = re.compile(r"Kernel panic - not syncing|BUG: kernel NULL pointer|Oops
 KVM_FAILURE_RE = re.compile(r"KVM internal error|emulation failure|failed to initialize kvm|Could not access KVM")
 SLAB_BYTES = 2048
 MIN_POOL_SLABS = 512  # the kernel's minimum swiotlb pool is 1 MiB
-DiskKind = Literal["nvme", "virtio-blk"]
+DiskKind = Literal["nvme", "virtio-blk", "ahci"]
+GUEST_DISKS = {"nvme": "/dev/nvme0n1", "virtio-blk": "/dev/vda", "ahci": "/dev/sda"}
 Accel = Literal["auto", "kvm", "tcg", "sev-snp", "tdx"]
 
 
@@ -57,10 +58,11 @@ class Disk:
     size_mib: int = 1024
     nvme_poll_queues: int = 0  # reserved for polled-I/O cells (C5)
     hotplug: bool = False  # behind a PCIe root port, so QMP device_del can unplug it (id: dut<N>dev)
+    bps_limit: int = 0  # a QEMU throttle on the drive, bytes/s (0: none): a slow neighbour disk (claim C9)
 
     @property
     def guest_path(self) -> str:
-        return "/dev/nvme0n1" if self.kind == "nvme" else "/dev/vda"
+        return GUEST_DISKS[self.kind]
 
     @property
     def guest_name(self) -> str:
@@ -149,7 +151,8 @@ def qemu_argv(
     ]  # fmt: skip
     for index, (disk, image) in enumerate(zip(spec.disks, disk_images, strict=True)):
         drive = f"dut{index}"
-        argv += ["-drive", f"file={_opt(image)},if=none,id={drive},format=raw,cache=writeback,aio=threads"]
+        throttle = f",throttling.bps-total={disk.bps_limit}" if disk.bps_limit else ""
+        argv += ["-drive", f"file={_opt(image)},if=none,id={drive},format=raw,cache=writeback,aio=threads{throttle}"]
         # qdev id dut<N>dev: QMP names the device by it (device_del, block_set_io_throttle).
         where = f",id={drive}dev"
         if disk.hotplug:  # q35's root bus is not hot-pluggable; a PCIe root port's slot is
@@ -157,6 +160,8 @@ def qemu_argv(
             where += f",bus=rp{index}"
         if disk.kind == "nvme":
             argv += ["-device", f"nvme,drive={drive},serial=labdut{index}{where}"]
+        elif disk.kind == "ahci":  # a port of q35's built-in ICH9 AHCI controller (no hotplug)
+            argv += ["-device", f"ide-hd,drive={drive},bus=ide.{index}{where}"]
         else:
             argv += ["-device", f"virtio-blk-pci,drive={drive},iommu_platform=on,disable-legacy=on{where}"]
     if trace is not None and any(disk.kind == "nvme" for disk in spec.disks):

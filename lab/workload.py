@@ -91,11 +91,13 @@ class Workload:
         """How long fio may take before the lab gives up on it (a fault adds its recovery time)."""
         return self.runtime_s * 2 + 30 + (FAULT_STALL_S + 30 if self.fault else 0)
 
-    def fio_argv(self, device: str, output: str, job_file_in_guest: str | None = None) -> list[str]:
+    def fio_argv(self, device: str, output: str, job_file_in_guest: str | None = None,
+                 neighbour: str | None = None) -> list[str]:  # fmt: skip
         common = ["fio", f"--output-format={FIO_OUTPUT_FORMAT}", f"--output={output}"]
         if self.job_file is not None:
-            # Job files name the device under test as ${LAB_DEVICE}.
-            return ["env", f"LAB_DEVICE={device}", *common, job_file_in_guest or str(self.job_file)]
+            # Job files name the device under test as ${LAB_DEVICE}, a slow neighbour disk as ${LAB_NEIGHBOUR}.
+            env = [f"LAB_DEVICE={device}", *([f"LAB_NEIGHBOUR={neighbour}"] if neighbour else [])]
+            return ["env", *env, *common, job_file_in_guest or str(self.job_file)]
         argv = [
             *common,
             f"--name={self.name}",

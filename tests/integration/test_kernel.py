@@ -7,16 +7,20 @@ cold builds take minutes) and runs the heavy workload on an exhausted pool.
 from __future__ import annotations
 
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from lab import probes
+from lab.guest import quote_argv
 from lab.image import GuestImage
 from lab.kernel import KernelBuild, build_kernel, debian_source, load_variants
 from lab.keys import KeyPair
 from lab.matrix import Cell
-from lab.runner import LabContext, run_group
+from lab.parse import parse_debugfs, parse_hist
+from lab.runner import LabContext, boot_spec, run_group
 from lab.store import RunStore
 from lab.util import cache_dir
 from lab.vm import LocalHypervisor
@@ -92,7 +96,11 @@ def test_built_kernels_record_their_identity(kernels: dict[str, KernelBuild]) ->
     throttle = kernels["throttle"].identity
     assert throttle["kernel_source"].startswith("debian:linux-source-6.12=")
     assert throttle["kernel_patches"].startswith("0001-dma-mapping-add-DMA_ATTR_MAY_BLOCK.patch")
-    assert kernels["static"].identity["kernel_patches_sha256"] == "none"
+    # the static kernel carries only the lab's instruments (kernel-configs/variants.toml)
+    assert kernels["static"].identity["kernel_patches"] == (
+        "0001-dma-mapping-count-failed-single-page-mappings-in-deb.patch,"
+        "0001-swiotlb-emulate-the-cost-of-converting-a-dynamic-poo.patch"
+    )
     assert "CONFIG_SWIOTLB_THROTTLE=y" in Path(kernels["throttle"].config).read_text()
 
 
@@ -102,6 +110,33 @@ def test_static_kernel_exhausts_the_pool_and_map_calls_fail(static_row: dict[str
     assert static_row["hiwater"] >= static_row["nslabs"] - MAX_MAPPING_SLABS
     assert static_row["high_throttle_count"] is None  # no throttle in this kernel
     assert not static_row["hctx_blocking"]
+
+
+def test_the_kernel_counts_failed_maps_exactly_as_the_tracepoint_sees_them(ctx: LabContext, tmp_path: Path) -> None:
+    """The lab's counter (patches/dma-map-failure-counter) replaces a hist trigger on dma_map_page that
+    cost every map; on an exhausted pool both must count the same failures, bytes included."""
+    trigger = probes.TRIGGERS[0]
+    assert trigger.name == "map_page_failures"
+    spec = boot_spec(ctx, Cell("static", POOL, "nvme", HEAVY, vcpus=2, memory_mib=1024))
+    counters = f"grep -r . {probes.DMA_FAILURES_DEBUGFS}"
+    with ctx.hypervisor.boot(spec, tmp_path / "boot") as vm:
+        guest = ctx.guest(vm.endpoint, ctx.client_key.private_path, ctx.image.host_key_blob)
+        try:
+            guest.connect(alive=vm.check_alive)
+            guest.run(f"echo '{trigger.spec}' > {trigger.trigger_file}", timeout_s=30)
+            before = guest.run(counters, timeout_s=30).stdout
+            argv = replace(HEAVY, runtime_s=5).fio_argv("/dev/nvme0n1", "/tmp/fio.json")
+            guest.run(quote_argv(argv) + " > /dev/null", timeout_s=120)
+            after = guest.run(counters, timeout_s=30).stdout
+            hist = parse_hist(guest.run(f"cat {trigger.hist_file}", timeout_s=30).stdout)
+        finally:
+            guest.close()
+    start = parse_debugfs(before, probes.DMA_FAILURES_DEBUGFS)
+    end = parse_debugfs(after, probes.DMA_FAILURES_DEBUGFS)
+    failed = end["page"] - start["page"]
+    assert failed > 0, (before, after)  # the pool was exhausted: maps failed
+    assert failed == hist.hits, (before, after, hist)
+    assert end["page_bytes"] - start["page_bytes"] == hist.total("size")
 
 
 def test_throttle_kernel_throttles_with_fewer_map_failures_and_no_fio_errors(

@@ -73,14 +73,18 @@ def test_shipped_variants_cover_the_four_kernels() -> None:
     assert requested_options(list(variants["static"].fragments))["CONFIG_SWIOTLB_DYNAMIC"] == "n"
     throttle = variants["throttle"]
     assert requested_options(list(throttle.fragments))["CONFIG_SWIOTLB_THROTTLE"] == "y"
-    assert [p.name[:4] for p in throttle.patches] == [f"{i:04d}" for i in range(1, 9)]
+    # the series, then the lab's instruments (every variant carries them last)
+    assert [p.name[:4] for p in throttle.patches] == [f"{i:04d}" for i in range(1, 9)] + ["0001", "0001"]
+    assert [p.parent.name for p in variants["static"].patches] == ["dma-map-failure-counter",
+                                                                    "swiotlb-emulate-conversion"]
     assert all(not v.problem for v in variants.values())
 
 
 def test_base_config_asks_for_what_the_probes_need() -> None:
     base = requested_options([CONFIG_DIR / "base.config"])
     for option in ("CONFIG_DEBUG_FS", "CONFIG_HIST_TRIGGERS", "CONFIG_BLK_DEBUG_FS", "CONFIG_SYSVIPC",
-                   "CONFIG_IO_URING", "CONFIG_VIRTIO_PCI", "CONFIG_BLK_DEV_NVME", "CONFIG_MAGIC_SYSRQ"):  # fmt: skip
+                   "CONFIG_IO_URING", "CONFIG_VIRTIO_PCI", "CONFIG_BLK_DEV_NVME", "CONFIG_MAGIC_SYSRQ",
+                   "CONFIG_SATA_AHCI", "CONFIG_DMA_MAP_BENCHMARK"):  # fmt: skip
         assert base[option] == "y", option
 
 
@@ -88,6 +92,8 @@ def test_base_config_asks_for_what_the_probes_need() -> None:
     ("text", "message"),
     [
         pytest.param("[variants.x]\ncolour = 1\n", "unknown key 'colour'", id="unknown-key"),
+        pytest.param('instrument = ["x"]\n[variants.x]\n', "unknown key 'instrument'; valid keys: instruments",
+                     id="unknown-top-level-key"),
         pytest.param(
             '[variants.x]\nfragments = ["nope.config"]\n', "nope.config does not exist", id="missing-fragment"
         ),
