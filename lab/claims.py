@@ -494,6 +494,58 @@ def judge_c12(cells: pd.DataFrame, kernel: str = SERIES_V2) -> Verdict:
     return Verdict("C12", text, verdict, metric, threshold, _ids(*evidence), detail, comparisons)
 
 
+BOOT_COLUMNS = ("kernel", "pool_slabs_requested", "vcpus", "memory_mib", "repetition")
+
+
+def _neighbour_ratios(cells: pd.DataFrame, kernel: str) -> pd.DataFrame:
+    """Per boot with a slow neighbour: the fast device's IOPS and p99 next to the neighbour's load, as a
+    fraction of the same device alone in the same boot (pairs within a boot cancel boot-to-boot spread)."""
+    ok = _ok_any(cells)
+    if ok.empty or "neighbour" not in ok:
+        return pd.DataFrame()
+    mine = ok[(ok["kernel"] == kernel) & (ok["neighbour"].fillna("none") != "none")]
+    busy = mine["neighbour_iops"].notna() if "neighbour_iops" in mine else pd.Series(False, index=mine.index)
+    keys = [c for c in BOOT_COLUMNS if c in mine]
+    pairs = mine[busy].merge(mine[~busy], on=keys, suffixes=("", "_alone"))
+    if pairs.empty:
+        return pairs
+    pairs = pairs.assign(iops_ratio=pairs["fio_iops"] / pairs["fio_iops_alone"],
+                         p99_ratio=pairs["fio_clat_p99_us"] / pairs["fio_clat_p99_us_alone"])  # fmt: skip
+    return pairs
+
+
+def judge_c9(cells: pd.DataFrame, kernel: str = "throttle") -> Verdict:
+    text = ("A global throttle lets a slow device hold up a fast one (Petr Tesařík): the fast device suffers more "
+            "from a slow neighbour with throttling than without")  # fmt: skip
+    metric = (f"the fast NVMe disk's IOPS and p99 next to a slow neighbour's reads, as a fraction of the same disk "
+              f"alone in the same boot; `{kernel}` vs `static`, smallest pool both ran")  # fmt: skip
+    threshold = ("supported if either fraction is significantly worse under the throttle (Holm over the two); "
+                 "contradicted if neither is and both are decided")  # fmt: skip
+    static, cand = _neighbour_ratios(cells, "static"), _neighbour_ratios(cells, kernel)
+    pools = (set(static["pool_slabs_requested"]) & set(cand["pool_slabs_requested"])
+             if not static.empty and not cand.empty else set())  # fmt: skip
+    if not pools:
+        return _missing("C9", text, metric, threshold,
+                        f'`static` and `{kernel}` boots with neighbour = "slow" running the fast device alone and '
+                        "next to the neighbour")  # fmt: skip
+    pool = min(pools)
+    static, cand = (f[f["pool_slabs_requested"] == pool] for f in (static, cand))
+    comparisons = compare_family([
+        Metric("fast-device IOPS with the neighbour / alone", static["iops_ratio"].tolist(),
+               cand["iops_ratio"].tolist(), True),
+        Metric("fast-device p99 with the neighbour / alone", static["p99_ratio"].tolist(),
+               cand["p99_ratio"].tolist(), False),
+    ])  # fmt: skip
+    detail = (f"pool {pool}, {len(static)} vs {len(cand)} boots: IOPS kept static "
+              f"{static['iops_ratio'].median():.2f} vs {kernel} {cand['iops_ratio'].median():.2f} (median), p99 "
+              f"x{static['p99_ratio'].median():.2f} vs x{cand['p99_ratio'].median():.2f}; neighbour IOPS static "
+              f"{_span(static['neighbour_iops'])}, {kernel} {_span(cand['neighbour_iops'])}; "
+              + _describe(comparisons))  # fmt: skip
+    verdict = _regression_verdict(comparisons, if_regressed="supported", otherwise="contradicted")
+    ids = (*static["cell_id"], *static["cell_id_alone"], *cand["cell_id"], *cand["cell_id_alone"])
+    return Verdict("C9", text, verdict, metric, threshold, tuple(ids), detail, comparisons)
+
+
 def _io_errors(cells: pd.DataFrame) -> pd.Series:
     """Per cell: fio's errors plus the kernel's block-layer "I/O error" lines."""
     return cells["fio_errors"].fillna(0) + cells.get("dmesg_io_errors", pd.Series(0, index=cells.index)).fillna(0)
@@ -523,7 +575,8 @@ def judge_c10(cells: pd.DataFrame) -> Verdict:
     failed = chosen["map_failures"].fillna(0)
     errors = _io_errors(chosen)
     detail = (f"pool {pool}: failed maps {_span(chosen['map_failures'])} per cell, fio errors "
-              f"{_span(chosen['fio_errors'])}, kernel I/O errors {_span(chosen['dmesg_io_errors'])}; "
+              f"{_span(chosen['fio_errors'])}, kernel I/O errors {_span(chosen['dmesg_io_errors'])}, libata "
+              f"error-handler rounds {_span(chosen.get('dmesg_ata_exceptions', pd.Series(dtype=float)))}; "
               f"{int((errors > 0).sum())} of {len(chosen)} cells had I/O errors")  # fmt: skip
     if not (failed > 0).any():
         verdict = "inconclusive"
@@ -571,15 +624,15 @@ def judge_c10_throttle(cells: pd.DataFrame) -> list[Verdict]:
 
 
 JUDGES: tuple[Callable[[pd.DataFrame], Verdict], ...] = (
-    judge_c1, judge_c2, judge_c3, judge_c4, judge_c5, judge_c6, judge_c7, judge_c8, judge_c10, judge_c11,
-    judge_c12,
+    judge_c1, judge_c2, judge_c3, judge_c4, judge_c5, judge_c6, judge_c7, judge_c8, judge_c9, judge_c10,
+    judge_c11, judge_c12,
 )  # fmt: skip
 # Judges that answer per kernel they find: a row each, only where the run has their cells.
 EXTRA_JUDGES: tuple[Callable[[pd.DataFrame], list[Verdict]], ...] = (judge_c10_throttle,)
 
 # Series v2 answers the claims its changes target (overshoot C2, polled I/O C5, cost C6) next to v1's
-# verdicts, as claims C2-v2, C5-v2, C6-v2, judged by the same rules on the throttle-v2 cells.
-V2_JUDGES: tuple[Callable[..., Verdict], ...] = (judge_c2, judge_c5, judge_c6)
+# verdicts, as claims C2-v2, C5-v2, C6-v2, C9-v2, judged by the same rules on the throttle-v2 cells.
+V2_JUDGES: tuple[Callable[..., Verdict], ...] = (judge_c2, judge_c5, judge_c6, judge_c9)
 
 
 def _series_v2(cells: pd.DataFrame) -> list[Verdict]:

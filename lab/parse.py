@@ -190,11 +190,15 @@ class DmesgSummary:
     swiotlb_full: int  # "swiotlb buffer is full" lines (rate-limited by the kernel)
     io_errors: int  # block-layer I/O error lines
     interesting: tuple[str, ...] = field(default=())
+    # libata error-handler rounds ("ata1.00: exception Emask ..."): a failed map of an ATA command is
+    # completed with AC_ERR_SYSTEM, and each round drains the port and retries it (claim C10)
+    ata_exceptions: int = 0
 
 
 _SWIOTLB_FULL = re.compile(r"swiotlb buffer is full")
 _IO_ERROR = re.compile(r"I/O error|blk_update_request|critical medium error|nvme.*(timeout|abort|reset)", re.I)
-_INTERESTING = re.compile(r"swiotlb|software IO TLB|DMA|I/O error|nvme|virtio_blk|throttl", re.I)
+_INTERESTING = re.compile(r"swiotlb|software IO TLB|DMA|I/O error|nvme|virtio_blk|throttl|ata\d", re.I)
+_ATA_EXCEPTION = re.compile(r"\bata\d+(\.\d+)?: exception Emask")
 
 
 def parse_dmesg(text: str) -> DmesgSummary:
@@ -203,6 +207,7 @@ def parse_dmesg(text: str) -> DmesgSummary:
         swiotlb_full=sum(1 for line in lines if _SWIOTLB_FULL.search(line)),
         io_errors=sum(1 for line in lines if _IO_ERROR.search(line)),
         interesting=tuple(line for line in lines if _INTERESTING.search(line))[:200],
+        ata_exceptions=sum(1 for line in lines if _ATA_EXCEPTION.search(line)),
     )
 
 

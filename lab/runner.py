@@ -595,6 +595,7 @@ def build_row(base: dict[str, Any], local: Path, fio_exit: int) -> tuple[dict[st
         "hctx_flags": ";".join(f"{k}={'|'.join(sorted(v))}" for k, v in sorted(hctx.items())),
         "dmesg_swiotlb_full": dmesg.swiotlb_full,
         "dmesg_io_errors": dmesg.io_errors,
+        "dmesg_ata_exceptions": dmesg.ata_exceptions,
         "kernel_splat": splats[0].kind if splats else "",
         "kernel_splat_text": splats[0].text if splats else "",
         "kernel_splats": len(splats),

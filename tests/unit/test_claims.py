@@ -20,7 +20,7 @@ def cells() -> pd.DataFrame:
 
 def test_every_claim_gets_a_verdict_with_evidence(cells: pd.DataFrame) -> None:
     verdicts = judge_all(cells)
-    assert [v.claim for v in verdicts] == [*(f"C{i}" for i in range(1, 9)), "C10", "C11", "C12"]
+    assert [v.claim for v in verdicts] == [f"C{i}" for i in range(1, 13)]
     for verdict in verdicts:
         assert verdict.verdict in ("supported", "contradicted", "inconclusive")
         if verdict.claim == "C8":  # the stored run predates series v2: no cells, and it says what it lacks
@@ -31,6 +31,9 @@ def test_every_claim_gets_a_verdict_with_evidence(cells: pd.DataFrame) -> None:
             continue
         if verdict.claim == "C11":  # nor a block queue fitted to the pool
             assert verdict.evidence == () and 'queue_limits = "fit"' in verdict.detail
+            continue
+        if verdict.claim == "C9":  # nor a slow neighbour disk
+            assert verdict.evidence == () and 'neighbour = "slow"' in verdict.detail
             continue
         if verdict.claim == "C10":  # nor a disk whose driver fails instead of requeueing
             assert verdict.evidence == () and "on an AHCI disk" in verdict.detail
@@ -119,9 +122,10 @@ PUBLISHED = {"C1": "supported", "C2": "contradicted", "C3": "supported", "C4": "
 
 def test_the_published_verdicts_follow_from_the_stored_run(cells: pd.DataFrame) -> None:
     verdicts = {v.claim: v.verdict for v in judge_all(cells)}
-    # That run predates series v2: C8 (its timeout sweep), C10 (failing-driver.toml), C11 (queue-fit.toml)
-    # and C12 (blocking.toml) have no cells there.
-    assert verdicts.pop("C8") == verdicts.pop("C10") == verdicts.pop("C11") == verdicts.pop("C12") == "inconclusive"
+    # That run predates series v2: C8 (its timeout sweep), C9 (neighbour.toml), C10 (failing-driver.toml),
+    # C11 (queue-fit.toml) and C12 (blocking.toml) have no cells there.
+    later = [verdicts.pop(c) for c in ("C8", "C9", "C10", "C11", "C12")]
+    assert later == ["inconclusive"] * 5
     assert verdicts == PUBLISHED
 
 
@@ -147,7 +151,7 @@ def test_claims_are_judged_within_each_host_never_across(cells: pd.DataFrame) ->
     faster = (two["host_id"] == "snp2") & (two["kernel"] == "static")
     two.loc[faster, "fio_iops"] = two.loc[faster, "fio_iops"] * 3
     verdicts = judge_all(two)
-    assert [v.scope for v in verdicts] == ["host snp1, platform sev-snp"] * 11 + ["host snp2, platform sev-snp"] * 11
+    assert [v.scope for v in verdicts] == ["host snp1, platform sev-snp"] * 12 + ["host snp2, platform sev-snp"] * 12
     for verdict in verdicts:
         hosts = set(two[two["cell_id"].isin(verdict.evidence)]["host_id"])
         assert hosts <= {verdict.scope.split(",")[0].removeprefix("host ")}, (verdict.claim, hosts)

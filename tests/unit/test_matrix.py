@@ -382,3 +382,64 @@ def test_a_growing_pool_gives_each_cell_its_own_boot(tmp_path: Path) -> None:
             assert len(group) == 1, [c.cell_id for c in group]
     static = [g for g in matrix.boot_groups() if g[0].kernel == "static"]
     assert len(static) == 2 * 2 and all(len(g) == 2 for g in static)  # pools x repetitions, both workloads
+
+
+def test_excluding_a_device_a_fault_cannot_use_is_the_way_out(tmp_path: Path) -> None:
+    text = FAULTS.replace('workloads = ["plain", "unplug"]', 'workloads = ["plain", "reset"]')
+    text += '[workloads.reset]\nrw = "randread"\nruntime = "10s"\nfault = "reset"\n'
+    with pytest.raises(ConfigError, match="needs device nvme, not 'virtio-blk'"):
+        load_matrix(write(tmp_path, text))
+    fixed = text.replace('workloads = ["plain", "reset"]',
+                         'workloads = ["plain", "reset"]\nexclude = [{workload = "reset", device = "virtio-blk"}]')
+    matrix = load_matrix(write(tmp_path, fixed, "fixed.toml"))
+    assert {(c.workload.name, c.device) for c in matrix.cells if c.workload.fault} == {("reset", "nvme")}
+
+
+def test_an_ahci_disk_is_a_device_but_cannot_poll(tmp_path: Path) -> None:
+    text = '[matrix]\nkernels = ["static"]\npools = [1024]\ndevices = ["ahci"]\n[workloads.a]\nrw = "read"\n'
+    [cell] = load_matrix(write(tmp_path, text)).cells
+    assert cell.device == "ahci" and cell.poll_queues == 0
+    with pytest.raises(ConfigError, match=r"polls \(hipri\), which needs device nvme or virtio-blk, not 'ahci'"):
+        load_matrix(write(tmp_path, text + 'hipri = true\nioengine = "io_uring"\n', "polled.toml"))
+
+
+def test_the_conversion_cost_axis_applies_to_growing_pools_only(tmp_path: Path) -> None:
+    text = ('[matrix]\nkernels = ["dynamic", "throttle"]\npools = [1024]\n'
+            'conversion_cost = [0, "500ns", "5us", "1ms"]\n[workloads.a]\nrw = "read"\n')  # fmt: skip
+    matrix = load_matrix(write(tmp_path, text))
+    costs = sorted((c.kernel, c.conversion_ns) for c in matrix.cells)
+    # a fixed pool never converts pages: only its zero-cost cell stays
+    assert costs == [("dynamic", 0), ("dynamic", 500), ("dynamic", 5000), ("dynamic", 1_000_000), ("throttle", 0)]
+    assert len({c.boot_key for c in matrix.cells}) == 5  # the cost is set at boot
+    plain = load_matrix(write(tmp_path, text.replace('conversion_cost = [0, "500ns", "5us", "1ms"]\n', ""), "n.toml"))
+    assert {c.cell_id for c in matrix.cells if not c.conversion_ns} == {c.cell_id for c in plain.cells}
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        pytest.param('"5"', 'must be 0 or a time per page like "500ns"', id="no-unit"),
+        pytest.param('"fast"', 'must be 0 or a time per page like "500ns"', id="word"),
+        pytest.param('"11ms"', "more than 10 ms per page", id="too-slow"),
+    ],
+)
+def test_bad_conversion_costs_name_the_key(tmp_path: Path, value: str, message: str) -> None:
+    text = f'[matrix]\nkernels = ["dynamic"]\npools = [1024]\nconversion_cost = [{value}]\n[workloads.a]\nrw = "read"\n'
+    with pytest.raises(ConfigError, match=r"conversion_cost.*" + message):
+        load_matrix(write(tmp_path, text))
+
+
+def test_a_neighbour_job_needs_a_neighbour_disk_next_to_nvme(tmp_path: Path) -> None:
+    shipped = Path(__file__).resolve().parents[2] / "lab" / "matrices" / "neighbour.toml"
+    matrix = load_matrix(shipped)
+    assert {c.neighbour for c in matrix.cells} == {"slow"}
+    assert len(matrix.boot_groups()) == len(matrix.cells) // 2  # alone and next to the neighbour, one boot
+    text = shipped.read_text().replace('neighbour = ["slow"]\n', "").replace("../jobs/", str(shipped.parent.parent / "jobs") + "/")
+    with pytest.raises(ConfigError, match=r"loads \$\{LAB_NEIGHBOUR\}.*needs neighbour = \"slow\""):
+        load_matrix(write(tmp_path, text))
+    with pytest.raises(ConfigError, match="neighbour.*next to an NVMe disk under test, not 'virtio-blk'"):
+        load_matrix(write(tmp_path, text.replace('devices = ["nvme"]', 'devices = ["virtio-blk"]\nneighbour = ["slow"]'),
+                          "virtio.toml"))
+    with pytest.raises(ConfigError, match=r"neighbour.*'fast' must be one of 'none', 'slow'"):
+        load_matrix(write(tmp_path, text.replace('devices = ["nvme"]', 'devices = ["nvme"]\nneighbour = ["fast"]'),
+                          "fast.toml"))

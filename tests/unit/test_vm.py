@@ -128,3 +128,19 @@ def test_an_iommu_boot_puts_intel_iommu_before_every_other_device_and_turns_it_o
     assert devices[0] == "intel-iommu,intremap=off" and len(devices) > 1
     assert "intel_iommu=on" in spec(iommu=True).cmdline().split()
     assert "intel-iommu,intremap=off" not in argv(spec()) and "intel_iommu" not in spec().cmdline()
+
+
+def test_an_ahci_disk_sits_on_a_port_of_q35s_built_in_controller() -> None:
+    """QEMU's docs (q35): the machine's ICH9 AHCI controller has buses ide.0-ide.5; ide-hd attaches there."""
+    args = argv(spec(disks=(Disk("ahci"),)))
+    assert "ide-hd,drive=dut0,bus=ide.0,id=dut0dev" in value_after(args, "-device")
+    assert Disk("ahci").guest_path == "/dev/sda"
+
+
+def test_a_slow_neighbour_is_throttled_by_qemu_and_the_disk_under_test_is_not() -> None:
+    """-drive throttling.bps-total (QEMU's "I/O throttling" options) on the neighbour's drive only."""
+    args = argv(spec(disks=(Disk("nvme"), Disk("virtio-blk", bps_limit=16 << 20))))
+    drives = value_after(args, "-drive")
+    assert "throttling" not in drives[0]
+    assert drives[1].endswith(",throttling.bps-total=16777216") and "id=dut1" in drives[1]
+    assert any(d.startswith("virtio-blk-pci,drive=dut1,") for d in value_after(args, "-device"))
