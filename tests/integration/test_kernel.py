@@ -98,7 +98,7 @@ def test_built_kernels_record_their_identity(kernels: dict[str, KernelBuild]) ->
     assert throttle["kernel_patches"].startswith("0001-dma-mapping-add-DMA_ATTR_MAY_BLOCK.patch")
     # the static kernel carries only the lab's instruments (kernel-configs/variants.toml)
     assert kernels["static"].identity["kernel_patches"] == (
-        "0001-dma-mapping-count-failed-single-page-mappings-in-deb.patch,"
+        "0001-dma-mapping-count-failed-mappings-in-debugfs.patch,"
         "0001-swiotlb-emulate-the-cost-of-converting-a-dynamic-poo.patch"
     )
     assert "CONFIG_SWIOTLB_THROTTLE=y" in Path(kernels["throttle"].config).read_text()

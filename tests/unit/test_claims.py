@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lab.claims import judge_all, judge_c2, judge_c4, judge_c5, judge_c7, judge_c11, judge_c12
+from lab.claims import judge_all, judge_c2, judge_c4, judge_c5, judge_c7, judge_c7_plain, judge_c11, judge_c12
 from lab.session import run_exit_code
 
 CELLS = Path(__file__).resolve().parent.parent / "data" / "default-cells.parquet"
@@ -20,7 +20,7 @@ def cells() -> pd.DataFrame:
 
 def test_every_claim_gets_a_verdict_with_evidence(cells: pd.DataFrame) -> None:
     verdicts = judge_all(cells)
-    assert [v.claim for v in verdicts] == [f"C{i}" for i in range(1, 13)]
+    assert [v.claim for v in verdicts] == [f"C{i}" for i in range(1, 13)] + ["C7-plain"]
     for verdict in verdicts:
         assert verdict.verdict in ("supported", "contradicted", "inconclusive")
         if verdict.claim == "C8":  # the stored run predates series v2: no cells, and it says what it lacks
@@ -98,26 +98,29 @@ def test_c5_without_throttle_cells_says_what_is_missing(cells: pd.DataFrame) -> 
     assert verdict.verdict == "inconclusive" and "polled" in verdict.detail and not verdict.evidence
 
 
-def test_c7_names_the_missing_memory_encryption(cells: pd.DataFrame) -> None:
+def test_c7_is_left_to_a_coco_host_and_the_plain_comparison_is_its_own_row(cells: pd.DataFrame) -> None:
     assert set(cells["memory_encryption"]) == {"none"}  # TCG: no SEV-SNP, no TDX
-    assert "without memory encryption" in judge_c7(cells).detail
-    coco = cells.assign(memory_encryption="AMD SEV SEV-ES SEV-SNP")
-    detail = judge_c7(coco).detail
-    assert "memory encryption: AMD SEV SEV-ES SEV-SNP" in detail and "without memory encryption" not in detail
-
-
-def test_c7_one_significant_regression_decides(cells: pd.DataFrame) -> None:
-    # Stored cells: throttle's IOPS 25% below dynamic's in all 5 repetitions (README: "IOPS -25%").
     verdict = judge_c7(cells)
+    assert verdict.verdict == "inconclusive" and verdict.detail.startswith("needs an SEV-SNP or TDX host")
+    assert verdict.evidence  # the cells it looked at
+    coco = cells.assign(memory_encryption="AMD SEV SEV-ES SEV-SNP")
+    decided = judge_c7(coco)
+    assert decided.verdict == "contradicted" and "memory encryption: AMD SEV SEV-ES SEV-SNP" in decided.detail
+    assert judge_c7_plain(coco) == []  # a CoCo run's C7 is the real thing: no plain row beside it
+
+
+def test_c7_plain_one_significant_regression_decides(cells: pd.DataFrame) -> None:
+    # Stored cells: throttle's IOPS 25% below dynamic's in all 5 repetitions (README: "IOPS -25%").
+    [verdict] = judge_c7_plain(cells)
     iops = next(c for c in verdict.comparisons if c.metric == "fio_iops")
     assert iops.change_pct == pytest.approx(-24.7, abs=0.1) and iops.conclusion == "regressed"
-    assert verdict.verdict == "contradicted"
+    assert verdict.claim == "C7-plain" and verdict.verdict == "contradicted"
 
 
 # The verdicts the README publishes for the default matrix, pinned here and checked against the stored
 # cells of that run (tests/data/default-cells.parquet) and against the README's own text.
 PUBLISHED = {"C1": "supported", "C2": "contradicted", "C3": "supported", "C4": "contradicted",
-             "C5": "supported", "C6": "supported", "C7": "contradicted"}  # fmt: skip
+             "C5": "supported", "C6": "supported", "C7": "inconclusive", "C7-plain": "contradicted"}  # fmt: skip
 
 
 def test_the_published_verdicts_follow_from_the_stored_run(cells: pd.DataFrame) -> None:
@@ -151,7 +154,7 @@ def test_claims_are_judged_within_each_host_never_across(cells: pd.DataFrame) ->
     faster = (two["host_id"] == "snp2") & (two["kernel"] == "static")
     two.loc[faster, "fio_iops"] = two.loc[faster, "fio_iops"] * 3
     verdicts = judge_all(two)
-    assert [v.scope for v in verdicts] == ["host snp1, platform sev-snp"] * 12 + ["host snp2, platform sev-snp"] * 12
+    assert [v.scope for v in verdicts] == ["host snp1, platform sev-snp"] * 13 + ["host snp2, platform sev-snp"] * 13
     for verdict in verdicts:
         hosts = set(two[two["cell_id"].isin(verdict.evidence)]["host_id"])
         assert hosts <= {verdict.scope.split(",")[0].removeprefix("host ")}, (verdict.claim, hosts)
