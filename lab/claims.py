@@ -36,7 +36,7 @@ class Verdict:
     scope: str = ""  # "host X, platform Y" when a run spans several: every verdict is judged within one
 
 
-FAILING_DRIVERS = ("ahci",)  # devices whose driver fails a request when its map fails (claim C10)
+FAILING_DRIVERS = ("ahci", "lsi")  # devices whose driver fails a request when its map fails (claim C10)
 
 
 def _special(cells: pd.DataFrame) -> pd.Series:
@@ -637,75 +637,100 @@ def _io_errors(cells: pd.DataFrame) -> pd.Series:
     return cells["fio_errors"].fillna(0) + cells.get("dmesg_io_errors", pd.Series(0, index=cells.index)).fillna(0)
 
 
-def _failing_driver_cells(cells: pd.DataFrame, kernel: str) -> tuple[pd.DataFrame, int | None]:
+def _failing_driver_cells(cells: pd.DataFrame, kernel: str) -> dict[str, pd.DataFrame]:
+    """Per failing-driver device: the kernel's heavy cells on the smallest pool it ran there."""
     ok = _ok_any(cells)
-    if ok.empty:
-        return ok, None
+    if ok.empty or "device" not in ok:
+        return {}
     chosen = ok[ok["device"].isin(FAILING_DRIVERS) & (ok["kernel"] == kernel) & (_kind(ok) == "heavy")]
-    if chosen.empty:
-        return chosen, None
-    pool = int(chosen["pool_slabs_requested"].min())
-    return chosen[chosen["pool_slabs_requested"] == pool], pool
+    by_device = {}
+    for device, group in chosen.groupby("device"):
+        by_device[str(device)] = group[group["pool_slabs_requested"] == group["pool_slabs_requested"].min()]
+    return by_device
+
+
+def _errors_verdict(failed: pd.Series, errors: pd.Series) -> str:
+    """One device's C10 answer: errors in more than half the cells, none at all, or neither."""
+    if not (failed > 0).any():
+        return "inconclusive"  # the pool was never exhausted: the cells do not ask the question
+    if (errors > 0).sum() * 2 > len(errors):
+        return "supported"
+    return "contradicted" if (errors == 0).all() else "inconclusive"
+
+
+def _combine(verdicts: list[str]) -> str:
+    """Devices together: supported if one device shows it, contradicted only if every device contradicts."""
+    if "supported" in verdicts:
+        return "supported"
+    return "contradicted" if verdicts and set(verdicts) == {"contradicted"} else "inconclusive"
 
 
 def judge_c10(cells: pd.DataFrame) -> Verdict:
     text = ("The RFC's motivation: an exhausted pool means I/O errors (on a driver that fails a request whose map "
             "fails; NVMe and virtio-blk requeue it)")  # fmt: skip
-    metric = ("failed DMA maps, fio errors and kernel 'I/O error' lines per cell, `static`, heavy load, a SATA disk "
-              "on AHCI (libata), smallest pool")  # fmt: skip
-    threshold = ("supported if maps failed and more than half of the cells had I/O errors; contradicted if maps "
-                 "failed and no cell had one; inconclusive if no map failed (the pool was not exhausted)")  # fmt: skip
-    chosen, pool = _failing_driver_cells(cells, "static")
-    if pool is None:
-        return _missing("C10", text, metric, threshold, "`static` heavy cells on an AHCI disk")
-    failed = chosen["map_failures"].fillna(0)
-    errors = _io_errors(chosen)
-    detail = (f"pool {pool}: failed maps {_span(chosen['map_failures'])} per cell, fio errors "
-              f"{_span(chosen['fio_errors'])}, kernel I/O errors {_span(chosen['dmesg_io_errors'])}, libata "
-              f"error-handler rounds {_span(chosen.get('dmesg_ata_exceptions', pd.Series(dtype=float)))}; "
-              f"{int((errors > 0).sum())} of {len(chosen)} cells had I/O errors")  # fmt: skip
-    if not (failed > 0).any():
-        verdict = "inconclusive"
-    elif (errors > 0).sum() * 2 > len(chosen):
-        verdict = "supported"
-    elif (errors == 0).all():
-        verdict = "contradicted"
-    else:
-        verdict = "inconclusive"
-    return Verdict("C10", text, verdict, metric, threshold, _ids(chosen), detail)
+    metric = ("failed DMA maps, fio errors and kernel 'I/O error' lines per cell, `static`, heavy load, per disk "
+              "whose driver fails a request on a failed map (AHCI: libata; LSI: sym53c8xx), smallest pool")  # fmt: skip
+    threshold = ("per device: supported if maps failed and more than half of the cells had I/O errors; "
+                 "contradicted if maps failed and no cell had one; inconclusive if no map failed (the pool was "
+                 "not exhausted) or errors came in half the cells or fewer. Supported if any device supports it, "
+                 "contradicted if every device contradicts it")  # fmt: skip
+    by_device = _failing_driver_cells(cells, "static")
+    if not by_device:
+        return _missing("C10", text, metric, threshold, "`static` heavy cells on an AHCI or LSI disk")
+    answers, notes = [], []
+    for device, chosen in sorted(by_device.items()):
+        errors = _io_errors(chosen)
+        answers.append(_errors_verdict(chosen["map_failures"].fillna(0), errors))
+        rounds = chosen.get("dmesg_ata_exceptions", pd.Series(dtype=float))
+        notes.append(f"{device} pool {int(chosen['pool_slabs_requested'].iloc[0])}: failed maps "
+                     f"{_span(chosen['map_failures'])} per cell, fio errors {_span(chosen['fio_errors'])}, kernel "
+                     f"I/O errors {_span(chosen['dmesg_io_errors'])}, libata error-handler rounds {_span(rounds)}, "
+                     f"{_span(chosen['fio_iops'])} IOPS; {int((errors > 0).sum())} of {len(chosen)} cells had I/O "
+                     f"errors ({answers[-1]})")  # fmt: skip
+    evidence = _ids(*by_device.values())
+    return Verdict("C10", text, _combine(answers), metric, threshold, evidence, "; ".join(notes))
 
 
 def judge_c10_throttle(cells: pd.DataFrame) -> list[Verdict]:
-    """Per throttle kernel with AHCI cells: does the series prevent those errors on a driver that fails?"""
+    """Per throttle kernel with failing-driver cells: does the series prevent those errors?"""
     text = "Throttling prevents the I/O errors of an exhausted pool on a driver that fails instead of requeueing"
-    threshold = ("supported if `static` had I/O errors and the throttle kernel had none on the same pool; "
-                 "contradicted if the throttle kernel had I/O errors in more than half of its cells; "
-                 "inconclusive otherwise")  # fmt: skip
-    static, pool = _failing_driver_cells(cells, "static")
-    verdicts = []
+    threshold = ("per device: supported if `static` had I/O errors and the throttle kernel had none on the same "
+                 "pool; contradicted if the throttle kernel had I/O errors in more than half of its cells; "
+                 "inconclusive otherwise. Supported if any device supports it, contradicted if every device "
+                 "contradicts it")  # fmt: skip
+    static = _failing_driver_cells(cells, "static")
     ok = _ok_any(cells)
-    kernels = sorted(k for k in set(ok[ok["device"].isin(FAILING_DRIVERS)]["kernel"]) if "throttle" in k) \
-        if not ok.empty and "device" in ok else []  # fmt: skip
+    if ok.empty or "device" not in ok:
+        return []
+    kernels = sorted(k for k in set(ok[ok["device"].isin(FAILING_DRIVERS)]["kernel"]) if "throttle" in k)
+    verdicts = []
     for kernel in kernels:
         claim = "C10-" + kernel
-        metric = f"fio errors and kernel 'I/O error' lines per cell, `{kernel}` vs `static`, heavy load, AHCI disk"
-        cand, cand_pool = _failing_driver_cells(cells, kernel)
-        if pool is None or cand_pool != pool:
-            verdicts.append(_missing(claim, text, metric, threshold, f"`static` and `{kernel}` AHCI cells on one pool"))
+        metric = f"fio errors and kernel 'I/O error' lines per cell, `{kernel}` vs `static`, heavy load, per device"
+        cand = _failing_driver_cells(cells, kernel)
+        shared = sorted(d for d in cand if d in static and set(cand[d]["pool_slabs_requested"])
+                        == set(static[d]["pool_slabs_requested"]))  # fmt: skip
+        if not shared:
+            verdicts.append(_missing(claim, text, metric, threshold, f"`static` and `{kernel}` cells on one failing "
+                                     "driver's disk and pool"))  # fmt: skip
             continue
-        base_errors, errors = _io_errors(static), _io_errors(cand)
-        engaged = int(cand.get("high_throttle_count", pd.Series(0, index=cand.index)).fillna(0).sum())
-        detail = (f"pool {pool}: cells with I/O errors static {int((base_errors > 0).sum())}/{len(static)}, "
-                  f"{kernel} {int((errors > 0).sum())}/{len(cand)}; failed maps static "
-                  f"{_span(static['map_failures'])} vs {_span(cand['map_failures'])}; the throttle engaged "
-                  f"{engaged} times (libata does not map with DMA_ATTR_MAY_BLOCK)")  # fmt: skip
-        if (errors > 0).sum() * 2 > len(cand):
-            verdict = "contradicted"
-        elif (base_errors > 0).any() and (errors == 0).all():
-            verdict = "supported"
-        else:
-            verdict = "inconclusive"
-        verdicts.append(Verdict(claim, text, verdict, metric, threshold, _ids(static, cand), detail))
+        answers, notes, evidence = [], [], []
+        for device in shared:
+            base, mine = static[device], cand[device]
+            base_errors, errors = _io_errors(base), _io_errors(mine)
+            engaged = int(mine.get("high_throttle_count", pd.Series(0, index=mine.index)).fillna(0).sum())
+            if (errors > 0).sum() * 2 > len(mine):
+                answers.append("contradicted")
+            elif (base_errors > 0).any() and (errors == 0).all():
+                answers.append("supported")
+            else:
+                answers.append("inconclusive")
+            notes.append(f"{device}: cells with I/O errors static {int((base_errors > 0).sum())}/{len(base)}, "
+                         f"{kernel} {int((errors > 0).sum())}/{len(mine)}; failed maps {_span(base['map_failures'])}"
+                         f" vs {_span(mine['map_failures'])}; the throttle engaged {engaged} times ({answers[-1]})")
+            evidence += [base, mine]
+        detail = "; ".join(notes) + " (neither driver maps with DMA_ATTR_MAY_BLOCK)"
+        verdicts.append(Verdict(claim, text, _combine(answers), metric, threshold, _ids(*evidence), detail))
     return verdicts
 
 

@@ -23,7 +23,7 @@ MATRIX_KEYS = {
     "description": "free text",
     "kernels": "list of kernel variant names",
     "pools": 'list of pool sizes: "2MiB", "64MiB", or a number of 2 KiB slabs',
-    "devices": 'list of "nvme", "virtio-blk" or "ahci"',
+    "devices": 'list of "nvme", "virtio-blk", "ahci" or "lsi"',
     "workloads": "list of workload names defined under [workloads.NAME]",
     "vcpus": "list of vCPU counts",
     "memory": 'list of guest memory sizes, e.g. "1GiB"',
@@ -52,9 +52,10 @@ WORKLOAD_KEYS = {
     "fault": '"reset", "io-timeout" (NVMe) or "unplug": an error-recovery event during fio',
     "fault_after": "seconds into fio when the fault is injected (default 3)",
 }  # fmt: skip
-# ahci: a SATA disk on q35's built-in AHCI controller; libata fails a request whose map fails
-# instead of requeueing it (claim C10).
-DEVICES = ("nvme", "virtio-blk", "ahci")
+# Drivers that fail a request whose map fails instead of requeueing it (claim C10): "ahci", a SATA
+# disk on q35's built-in AHCI controller (libata: its error handler drains the port and retries),
+# and "lsi", a SCSI disk on an LSI 53C895A (sym53c8xx: DID_ERROR, retried at once by the midlayer).
+DEVICES = ("nvme", "virtio-blk", "ahci", "lsi")
 POLLED_DEVICES = ("nvme", "virtio-blk")  # drivers with poll queues
 POLL_QUEUES = 2  # NVMe poll queues booted for polled (hipri) workloads
 OBSERVE = ("first", "all", "none")

@@ -505,6 +505,22 @@ def _delta(before: dict[str, int | None], after: dict[str, int | None], name: st
     return end - start if start is not None and end is not None else None
 
 
+def map_failures_from(before: dict[str, int | None], after: dict[str, int | None],
+                      page_trigger_hits: int | None) -> dict[str, Any]:  # fmt: skip
+    """The failed-map columns.  The lab's kernels count failed single mappings and scatterlists themselves
+    (patches/dma-map-failure-counter: debugfs, no cost to a map that succeeds).  Elsewhere only the
+    hist trigger's single mappings are known: ``map_failures`` is then a lower bound (scatterlists
+    unknown), and says so in ``map_failures_counted_by``."""
+    page, sg = _delta(before, after, "page"), _delta(before, after, "sg")
+    if page is not None and sg is not None:
+        return {"map_failures": page + sg, "map_page_failures": page, "map_sg_errors": sg,
+                "map_failure_bytes": _delta(before, after, "page_bytes"), "map_failures_counted_by": "kernel counter"}
+    if page_trigger_hits is not None:
+        return {"map_failures": page_trigger_hits,
+                "map_failures_counted_by": "hist trigger: single mappings only (a lower bound)"}
+    return {"map_failures_counted_by": ""}
+
+
 def build_row(base: dict[str, Any], local: Path, fio_exit: int) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
     """Turn a cell's fetched artifacts into one result row (+ sample and per-job tables)."""
 
@@ -560,12 +576,13 @@ def build_row(base: dict[str, Any], local: Path, fio_exit: int) -> tuple[dict[st
         "throttle_timeouts": _delta(before, after, "throttle_timeouts"),
         "throttle_timeout_ms": after.get("throttle_timeout_ms"),
         "grow_limit_slabs": after.get("io_tlb_max_nslabs"),  # series v2 patch 9 (0: no limit)
-        # Failed mappings at the DMA layer: single mappings (dma_map_page returning
-        # DMA_MAPPING_ERROR) plus scatterlists (dma_map_sg_err), whichever path the driver used.
-        "map_failures": hists["map_page_failures"].hits + hists["map_sg_errors"].hits,
+        # Failed mappings at the DMA layer, whichever path the driver used: single mappings
+        # (dma_map_page returning DMA_MAPPING_ERROR) plus scatterlists; set below from the
+        # kernel's counters, or from the hist trigger (single mappings only) where they are absent.
+        "map_failures": None,
         "map_page_failures": hists["map_page_failures"].hits,
         "map_failure_bytes": hists["map_page_failures"].total("size"),
-        "map_sg_errors": hists["map_sg_errors"].hits,
+        "map_sg_errors": None,
         "bounces": hists["bounces"].hits,
         "bounce_bytes": hists["bounces"].total("size"),
         "hist_dropped": sum(h.dropped for h in hists.values()),
@@ -610,24 +627,12 @@ def build_row(base: dict[str, Any], local: Path, fio_exit: int) -> tuple[dict[st
         "debugfs_after": json.dumps(after, sort_keys=True),
     }
     counted = {t.name for t in probes.armed(str(base.get("triggers_armed", "all")))}
-    # The lab's kernels count failed page maps themselves (patches/dma-map-failure-counter), at no
-    # cost to a map that succeeds; the hist trigger stays for kernels without the counter.
-    page_counter = _delta(failed_before, failed_after, "page")
-    row["map_failures_counted_by"] = "kernel counter" if page_counter is not None else "hist trigger"
-    if page_counter is not None:
-        row["map_page_failures"] = page_counter
-        row["map_failure_bytes"] = _delta(failed_before, failed_after, "page_bytes")
-        counted.add("map_page_failures")
-        if row["map_sg_errors"] is not None:
-            row["map_failures"] = page_counter + row["map_sg_errors"]
-    uncounted = {"map_page_failures": ("map_page_failures", "map_failure_bytes"), "map_sg_errors": ("map_sg_errors",),
-                 "bounces": ("bounces", "bounce_bytes")}  # fmt: skip
-    for trigger, columns in uncounted.items():
-        if trigger not in counted:  # nothing counted these: unknown, not zero
-            row.update(dict.fromkeys(columns))
-    if not {"map_page_failures", "map_sg_errors"} <= counted:
-        row["map_failures"] = None
-        row["map_failures_counted_by"] = ""
+    page_hits = hists["map_page_failures"].hits if "map_page_failures" in counted else None
+    row.update(map_failures_from(failed_before, failed_after, page_hits))
+    if "map_page_failures" not in counted and row["map_failures_counted_by"] != "kernel counter":
+        row.update(map_page_failures=None, map_failure_bytes=None)  # nothing counted these: unknown, not zero
+    if "bounces" not in counted:
+        row.update(bounces=None, bounce_bytes=None)
     frame = samples.frame.copy() if samples else pd.DataFrame()
     jobs = fio.jobs.copy()
     for key in ("kernel", "pool_slabs_requested", "workload", "repetition"):

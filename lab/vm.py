@@ -34,8 +34,8 @@ PANIC_RE = re.compile(r"Kernel panic - not syncing|BUG: kernel NULL pointer|Oops
 KVM_FAILURE_RE = re.compile(r"KVM internal error|emulation failure|failed to initialize kvm|Could not access KVM")
 SLAB_BYTES = 2048
 MIN_POOL_SLABS = 512  # the kernel's minimum swiotlb pool is 1 MiB
-DiskKind = Literal["nvme", "virtio-blk", "ahci"]
-GUEST_DISKS = {"nvme": "/dev/nvme0n1", "virtio-blk": "/dev/vda", "ahci": "/dev/sda"}
+DiskKind = Literal["nvme", "virtio-blk", "ahci", "lsi"]
+GUEST_DISKS = {"nvme": "/dev/nvme0n1", "virtio-blk": "/dev/vda", "ahci": "/dev/sda", "lsi": "/dev/sda"}
 Accel = Literal["auto", "kvm", "tcg", "sev-snp", "tdx"]
 
 
@@ -162,6 +162,8 @@ def qemu_argv(
             argv += ["-device", f"nvme,drive={drive},serial=labdut{index}{where}"]
         elif disk.kind == "ahci":  # a port of q35's built-in ICH9 AHCI controller (no hotplug)
             argv += ["-device", f"ide-hd,drive={drive},bus=ide.{index}{where}"]
+        elif disk.kind == "lsi":  # a SCSI disk on an LSI 53C895A host adapter (the guest's sym53c8xx)
+            argv += ["-device", f"lsi53c895a,id=lsi{index}", "-device", f"scsi-hd,drive={drive},bus=lsi{index}.0{where}"]
         else:
             argv += ["-device", f"virtio-blk-pci,drive={drive},iommu_platform=on,disable-legacy=on{where}"]
     if trace is not None and any(disk.kind == "nvme" for disk in spec.disks):

@@ -7,7 +7,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lab.claims import judge_all, judge_c2, judge_c4, judge_c5, judge_c7, judge_c7_plain, judge_c11, judge_c12
+from lab.claims import (
+    judge_all,
+    judge_c2,
+    judge_c4,
+    judge_c5,
+    judge_c7,
+    judge_c7_emulated,
+    judge_c7_plain,
+    judge_c10,
+    judge_c10_throttle,
+    judge_c11,
+    judge_c12,
+)
 from lab.session import run_exit_code
 
 CELLS = Path(__file__).resolve().parent.parent / "data" / "default-cells.parquet"
@@ -36,7 +48,7 @@ def test_every_claim_gets_a_verdict_with_evidence(cells: pd.DataFrame) -> None:
             assert verdict.evidence == () and 'neighbour = "slow"' in verdict.detail
             continue
         if verdict.claim == "C10":  # nor a disk whose driver fails instead of requeueing
-            assert verdict.evidence == () and "on an AHCI disk" in verdict.detail
+            assert verdict.evidence == () and "on an AHCI or LSI disk" in verdict.detail
             continue
         assert verdict.evidence and set(verdict.evidence) <= set(cells["cell_id"])
         assert verdict.metric and verdict.threshold and verdict.detail
@@ -201,3 +213,90 @@ def test_c12_blocking_submission_shows_no_cost_on_the_stored_run() -> None:
     engaged = cells.copy()
     engaged.loc[engaged["kernel"] == "throttle-v2", "high_throttle_count"] = 3
     assert judge_c12(engaged).verdict == "inconclusive" and "engaged" in judge_c12(engaged).detail
+
+
+def _failing_cells(kernel: str, failed: list[int], errors: list[int], device: str = "ahci") -> pd.DataFrame:
+    """Cells as a failing-driver run writes them; only the columns the C10 judges read."""
+    return pd.DataFrame({
+        "cell_id": [f"{kernel}-{device}-r{i}" for i in range(len(failed))], "status": "ok", "kernel": kernel,
+        "device": device, "pool_slabs_requested": 1024, "numjobs": 4, "iodepth": 32, "hipri": False,
+        "map_failures": failed, "fio_errors": errors, "dmesg_io_errors": 0, "dmesg_ata_exceptions": 0,
+        "fio_iops": 250.0, "high_throttle_count": 0,
+    })  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("failed", "errors", "expected"),
+    [
+        pytest.param([5, 5, 5, 5], [1, 1, 1, 0], "supported", id="three-of-four"),
+        pytest.param([5, 5, 5, 5], [1, 1, 0, 0], "inconclusive", id="exactly-half-is-not-more-than-half"),
+        pytest.param([5, 5, 5, 5], [0, 0, 0, 0], "contradicted", id="maps-failed-no-errors"),
+        pytest.param([0, 0, 0, 0], [0, 0, 0, 0], "inconclusive", id="pool-never-exhausted"),
+        pytest.param([0, 0, 0, 0], [1, 1, 1, 1], "inconclusive", id="errors-without-failed-maps"),
+    ],
+)
+def test_c10_rule_at_its_boundaries(failed: list[int], errors: list[int], expected: str) -> None:
+    assert judge_c10(_failing_cells("static", failed, errors)).verdict == expected
+
+
+def test_c10_one_device_showing_errors_is_enough_and_nvme_cells_never_count() -> None:
+    ahci = _failing_cells("static", [5, 5, 5], [0, 0, 0])
+    lsi = _failing_cells("static", [5, 5, 5], [2, 3, 1], device="lsi")
+    nvme = _failing_cells("static", [5, 5, 5], [9, 9, 9], device="nvme")
+    assert judge_c10(pd.concat([ahci, nvme])).verdict == "contradicted"  # NVMe's errors are not C10's
+    verdict = judge_c10(pd.concat([ahci, lsi, nvme]))
+    assert verdict.verdict == "supported" and "ahci pool 1024" in verdict.detail and "lsi pool 1024" in verdict.detail
+    assert not any("nvme" in cell for cell in verdict.evidence)
+
+
+def test_c10_throttle_rows_answer_per_kernel() -> None:
+    static = _failing_cells("static", [5, 5, 5], [1, 1, 1], device="lsi")
+    cured = _failing_cells("throttle", [0, 0, 0], [0, 0, 0], device="lsi")
+    not_cured = _failing_cells("throttle-v2", [5, 5, 5], [1, 1, 0], device="lsi")
+    rows = {v.claim: v.verdict for v in judge_c10_throttle(pd.concat([static, cured, not_cured]))}
+    assert rows == {"C10-throttle": "supported", "C10-throttle-v2": "contradicted"}
+
+
+def _heavy(kernel: str, cost: int, iops: list[float], applied: int | None = None) -> pd.DataFrame:
+    """Heavy-load cells with the columns the C7 judges read; latency moves inversely to IOPS."""
+    return pd.DataFrame({
+        "cell_id": [f"{kernel}-{cost}-r{i}" for i in range(len(iops))], "status": "ok", "kernel": kernel,
+        "device": "nvme", "pool_slabs_requested": 1024, "numjobs": 4, "iodepth": 128, "hipri": False,
+        "observed": False, "conversion_ns": cost, "conversion_ns_applied": cost if applied is None else applied,
+        "memory_encryption": "none", "nslabs_after": 4096, "fio_iops": iops,
+        "fio_clat_p50_us": [1e7 / v for v in iops], "fio_clat_p99_us": [3e7 / v for v in iops],
+        "fio_clat_p999_us": [5e7 / v for v in iops],
+    })  # fmt: skip
+
+
+THROTTLE = _heavy("throttle", 0, [1000.0, 1010.0, 990.0, 1005.0])
+
+
+@pytest.mark.parametrize(
+    ("dynamic", "verdict", "lead"),
+    [
+        # growth costs more as conversion gets dearer: throttling wins from 20 us per page on
+        pytest.param({0: 1500, 2000: 1450, 20000: 700, 200000: 300}, "supported", "break-even 20000 ns",
+                     id="break-even-in-the-sweep"),
+        # worse at 2 us, not at 20 us: the break-even is where it stays worse, 200 us
+        pytest.param({0: 1500, 2000: 800, 20000: 1300, 200000: 300}, "supported", "break-even 200000 ns",
+                     id="not-monotone"),
+        pytest.param({0: 1500, 2000: 1500, 20000: 1450, 200000: 1400}, "contradicted",
+                     "growth is not worse even at 200000 ns", id="never-worse"),
+    ],
+)
+def test_c7_emulated_break_even(dynamic: dict[int, float], verdict: str, lead: str) -> None:
+    spread = (1.0, 1.01, 0.99, 1.005)
+    cells = pd.concat([THROTTLE, *(_heavy("dynamic", cost, [iops * s for s in spread]) for cost, iops in dynamic.items())])
+    [row] = judge_c7_emulated(cells)
+    assert (row.claim, row.verdict) == ("C7-emulated", verdict) and row.detail.startswith(lead), row.detail
+    assert "emulated" in row.text.lower() and "needs an SEV-SNP or TDX host" in row.threshold
+
+
+def test_c7_emulated_ignores_cells_whose_kernel_did_not_take_the_cost() -> None:
+    spread = (1.0, 1.01, 0.99, 1.005)
+    took = _heavy("dynamic", 20000, [700 * s for s in spread])
+    ignored = _heavy("dynamic", 200000, [300 * s for s in spread], applied=0)  # a kernel without the knob
+    [row] = judge_c7_emulated(pd.concat([THROTTLE, _heavy("dynamic", 0, [1500 * s for s in spread]), took, ignored]))
+    assert row.detail.startswith("break-even 20000 ns") and "200000 ns" not in row.detail
+    assert judge_c7_emulated(pd.concat([THROTTLE, _heavy("dynamic", 0, [1500.0] * 4)])) == []  # no sweep, no row

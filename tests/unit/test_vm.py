@@ -144,3 +144,10 @@ def test_a_slow_neighbour_is_throttled_by_qemu_and_the_disk_under_test_is_not() 
     assert "throttling" not in drives[0]
     assert drives[1].endswith(",throttling.bps-total=16777216") and "id=dut1" in drives[1]
     assert any(d.startswith("virtio-blk-pci,drive=dut1,") for d in value_after(args, "-device"))
+
+
+def test_an_lsi_disk_hangs_off_its_own_scsi_host_adapter() -> None:
+    """QEMU's docs: lsi53c895a is a PCI SCSI HBA whose bus is <id>.0; scsi-hd attaches to it."""
+    devices = value_after(argv(spec(disks=(Disk("lsi"),))), "-device")
+    assert "lsi53c895a,id=lsi0" in devices and "scsi-hd,drive=dut0,bus=lsi0.0,id=dut0dev" in devices
+    assert devices.index("lsi53c895a,id=lsi0") < devices.index("scsi-hd,drive=dut0,bus=lsi0.0,id=dut0dev")
