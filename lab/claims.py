@@ -416,10 +416,18 @@ def judge_c7_emulated(cells: pd.DataFrame) -> list[Verdict]:
     charged = ok[(ok["conversion_ns"].fillna(0) == 0) | (applied == ok["conversion_ns"])]
     plain_throttle = charged[charged["conversion_ns"].fillna(0) == 0]
     pools = _common_pools(plain_throttle, ("throttle",), "heavy") & set(
-        _select(charged, "dynamic", "heavy")["pool_slabs_requested"])
+        _select(charged, "dynamic", "heavy")["pool_slabs_requested"]
+    )
     if not pools:
-        return [_missing("C7-emulated", text, metric, threshold,
-                         "`throttle` heavy cells and `dynamic` heavy cells with a conversion cost on one pool")]
+        return [
+            _missing(
+                "C7-emulated",
+                text,
+                metric,
+                threshold,
+                "`throttle` heavy cells and `dynamic` heavy cells with a conversion cost on one pool",
+            )
+        ]
     pool = min(pools)
     throttle = _select(plain_throttle, "throttle", "heavy", pool)
     dynamic = _select(charged, "dynamic", "heavy", pool)
@@ -725,9 +733,11 @@ def judge_c10_throttle(cells: pd.DataFrame) -> list[Verdict]:
                 answers.append("supported")
             else:
                 answers.append("inconclusive")
-            notes.append(f"{device}: cells with I/O errors static {int((base_errors > 0).sum())}/{len(base)}, "
-                         f"{kernel} {int((errors > 0).sum())}/{len(mine)}; failed maps {_span(base['map_failures'])}"
-                         f" vs {_span(mine['map_failures'])}; the throttle engaged {engaged} times ({answers[-1]})")
+            notes.append(
+                f"{device}: cells with I/O errors static {int((base_errors > 0).sum())}/{len(base)}, "
+                f"{kernel} {int((errors > 0).sum())}/{len(mine)}; failed maps {_span(base['map_failures'])}"
+                f" vs {_span(mine['map_failures'])}; the throttle engaged {engaged} times ({answers[-1]})"
+            )
             evidence += [base, mine]
         detail = "; ".join(notes) + " (neither driver maps with DMA_ATTR_MAY_BLOCK)"
         verdicts.append(Verdict(claim, text, _combine(answers), metric, threshold, _ids(*evidence), detail))

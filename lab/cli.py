@@ -291,14 +291,32 @@ def cmd_history(args: argparse.Namespace) -> int:
 def _bench_guest(ctx: LabContext, hypervisor: LocalHypervisor, spec: BootSpec,
                  workdir: Path) -> Iterator[tuple[Machine, Guest]]:  # fmt: skip
     """One bench boot: the accelerator resolved (and kept in ``ctx`` for the rows), the guest booted and
-    connected; QEMU is stopped when the block ends."""
+    connected; QEMU is stopped when the block ends.  A boot that panics or times out before SSH is tried
+    once more, as in a matrix run (lab.runner.BOOT_TRIES)."""
     from lab.guest import Guest
+    from lab.runner import BOOT_TRIES, TRANSIENT_BOOT_FAILURES, failure_reason
 
     ctx.accel = hypervisor.resolve_accel(spec, ctx.cache / "probe-work")  # type: ignore[assignment]
-    with hypervisor.boot(replace(spec, accel=ctx.accel), workdir) as vm:
-        with Guest(vm.endpoint, ctx.client_key.private_path, ctx.image.host_key_blob) as guest:
+    for attempt in range(1, BOOT_TRIES + 1):
+        stack = contextlib.ExitStack()
+        try:
+            where = workdir if attempt == 1 else workdir.with_name(f"{workdir.name}-try{attempt}")
+            vm = stack.enter_context(hypervisor.boot(replace(spec, accel=ctx.accel), where))
+            guest = stack.enter_context(Guest(vm.endpoint, ctx.client_key.private_path, ctx.image.host_key_blob))
             guest.connect(alive=vm.check_alive)
+        except LabError as exc:
+            stack.close()
+            reason = failure_reason(exc)
+            if reason not in TRANSIENT_BOOT_FAILURES or attempt == BOOT_TRIES:
+                raise
+            console.print(f"boot {attempt} failed ({reason}); trying once more")
+            continue
+        except BaseException:  # Ctrl-C, SIGTERM: QEMU is stopped all the same
+            stack.close()
+            raise
+        with stack:
             yield vm, guest
+        return
 
 
 def _bench_row(row: dict[str, Any]) -> dict[str, Any]:

@@ -503,7 +503,8 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
         needs_neighbour = workload.job_file is not None and "LAB_NEIGHBOUR" in workload.job_file.read_text()
         if needs_neighbour and combo["neighbour"] == "none":
             raise ConfigError(f"{where('workloads')}: workload {workload.name!r} loads ${{LAB_NEIGHBOUR}} "
-                              f"({workload.job_file}), which needs neighbour = \"slow\" (exclude the pair)")  # fmt: skip
+                              f"({workload.job_file}), which needs neighbour = \"slow\" "
+                              "(exclude the pair)")  # fmt: skip
         if combo["neighbour"] != "none" and combo["device"] != "nvme":
             raise ConfigError(f"{where('neighbour')}: a neighbour disk (virtio-blk) goes next to an NVMe disk "
                               f"under test, not {combo['device']!r} (exclude the pair)")  # fmt: skip

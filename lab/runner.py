@@ -513,11 +513,18 @@ def map_failures_from(before: dict[str, int | None], after: dict[str, int | None
     unknown), and says so in ``map_failures_counted_by``."""
     page, sg = _delta(before, after, "page"), _delta(before, after, "sg")
     if page is not None and sg is not None:
-        return {"map_failures": page + sg, "map_page_failures": page, "map_sg_errors": sg,
-                "map_failure_bytes": _delta(before, after, "page_bytes"), "map_failures_counted_by": "kernel counter"}
+        return {
+            "map_failures": page + sg,
+            "map_page_failures": page,
+            "map_sg_errors": sg,
+            "map_failure_bytes": _delta(before, after, "page_bytes"),
+            "map_failures_counted_by": "kernel counter",
+        }
     if page_trigger_hits is not None:
-        return {"map_failures": page_trigger_hits,
-                "map_failures_counted_by": "hist trigger: single mappings only (a lower bound)"}
+        return {
+            "map_failures": page_trigger_hits,
+            "map_failures_counted_by": "hist trigger: single mappings only (a lower bound)",
+        }
     return {"map_failures_counted_by": ""}
 
 

@@ -163,7 +163,12 @@ def qemu_argv(
         elif disk.kind == "ahci":  # a port of q35's built-in ICH9 AHCI controller (no hotplug)
             argv += ["-device", f"ide-hd,drive={drive},bus=ide.{index}{where}"]
         elif disk.kind == "lsi":  # a SCSI disk on an LSI 53C895A host adapter (the guest's sym53c8xx)
-            argv += ["-device", f"lsi53c895a,id=lsi{index}", "-device", f"scsi-hd,drive={drive},bus=lsi{index}.0{where}"]
+            argv += [
+                "-device",
+                f"lsi53c895a,id=lsi{index}",
+                "-device",
+                f"scsi-hd,drive={drive},bus=lsi{index}.0{where}",
+            ]
         else:
             argv += ["-device", f"virtio-blk-pci,drive={drive},iommu_platform=on,disable-legacy=on{where}"]
     if trace is not None and any(disk.kind == "nvme" for disk in spec.disks):

@@ -276,18 +276,29 @@ THROTTLE = _heavy("throttle", 0, [1000.0, 1010.0, 990.0, 1005.0])
     ("dynamic", "verdict", "lead"),
     [
         # growth costs more as conversion gets dearer: throttling wins from 20 us per page on
-        pytest.param({0: 1500, 2000: 1450, 20000: 700, 200000: 300}, "supported", "break-even 20000 ns",
-                     id="break-even-in-the-sweep"),
+        pytest.param(
+            {0: 1500, 2000: 1450, 20000: 700, 200000: 300},
+            "supported",
+            "break-even 20000 ns",
+            id="break-even-in-the-sweep",
+        ),
         # worse at 2 us, not at 20 us: the break-even is where it stays worse, 200 us
-        pytest.param({0: 1500, 2000: 800, 20000: 1300, 200000: 300}, "supported", "break-even 200000 ns",
-                     id="not-monotone"),
-        pytest.param({0: 1500, 2000: 1500, 20000: 1450, 200000: 1400}, "contradicted",
-                     "growth is not worse even at 200000 ns", id="never-worse"),
+        pytest.param(
+            {0: 1500, 2000: 800, 20000: 1300, 200000: 300}, "supported", "break-even 200000 ns", id="not-monotone"
+        ),
+        pytest.param(
+            {0: 1500, 2000: 1500, 20000: 1450, 200000: 1400},
+            "contradicted",
+            "growth is not worse even at 200000 ns",
+            id="never-worse",
+        ),
     ],
 )
 def test_c7_emulated_break_even(dynamic: dict[int, float], verdict: str, lead: str) -> None:
     spread = (1.0, 1.01, 0.99, 1.005)
-    cells = pd.concat([THROTTLE, *(_heavy("dynamic", cost, [iops * s for s in spread]) for cost, iops in dynamic.items())])
+    cells = pd.concat(
+        [THROTTLE, *(_heavy("dynamic", cost, [iops * s for s in spread]) for cost, iops in dynamic.items())]
+    )
     [row] = judge_c7_emulated(cells)
     assert (row.claim, row.verdict) == ("C7-emulated", verdict) and row.detail.startswith(lead), row.detail
     assert "emulated" in row.text.lower() and "needs an SEV-SNP or TDX host" in row.threshold

@@ -75,8 +75,10 @@ def test_shipped_variants_cover_the_four_kernels() -> None:
     assert requested_options(list(throttle.fragments))["CONFIG_SWIOTLB_THROTTLE"] == "y"
     # the series, then the lab's instruments (every variant carries them last)
     assert [p.name[:4] for p in throttle.patches] == [f"{i:04d}" for i in range(1, 9)] + ["0001", "0001"]
-    assert [p.parent.name for p in variants["static"].patches] == ["dma-map-failure-counter",
-                                                                    "swiotlb-emulate-conversion"]
+    assert [p.parent.name for p in variants["static"].patches] == [
+        "dma-map-failure-counter",
+        "swiotlb-emulate-conversion",
+    ]
     assert all(not v.problem for v in variants.values())
 
 
@@ -92,8 +94,11 @@ def test_base_config_asks_for_what_the_probes_need() -> None:
     ("text", "message"),
     [
         pytest.param("[variants.x]\ncolour = 1\n", "unknown key 'colour'", id="unknown-key"),
-        pytest.param('instrument = ["x"]\n[variants.x]\n', "unknown key 'instrument'; valid keys: instruments",
-                     id="unknown-top-level-key"),
+        pytest.param(
+            'instrument = ["x"]\n[variants.x]\n',
+            "unknown key 'instrument'; valid keys: instruments",
+            id="unknown-top-level-key",
+        ),
         pytest.param(
             '[variants.x]\nfragments = ["nope.config"]\n', "nope.config does not exist", id="missing-fragment"
         ),

@@ -389,8 +389,10 @@ def test_excluding_a_device_a_fault_cannot_use_is_the_way_out(tmp_path: Path) ->
     text += '[workloads.reset]\nrw = "randread"\nruntime = "10s"\nfault = "reset"\n'
     with pytest.raises(ConfigError, match="needs device nvme, not 'virtio-blk'"):
         load_matrix(write(tmp_path, text))
-    fixed = text.replace('workloads = ["plain", "reset"]',
-                         'workloads = ["plain", "reset"]\nexclude = [{workload = "reset", device = "virtio-blk"}]')
+    fixed = text.replace(
+        'workloads = ["plain", "reset"]',
+        'workloads = ["plain", "reset"]\nexclude = [{workload = "reset", device = "virtio-blk"}]',
+    )
     matrix = load_matrix(write(tmp_path, fixed, "fixed.toml"))
     assert {(c.workload.name, c.device) for c in matrix.cells if c.workload.fault} == {("reset", "nvme")}
 
@@ -434,12 +436,22 @@ def test_a_neighbour_job_needs_a_neighbour_disk_next_to_nvme(tmp_path: Path) -> 
     matrix = load_matrix(shipped)
     assert {c.neighbour for c in matrix.cells} == {"slow"}
     assert len(matrix.boot_groups()) == len(matrix.cells) // 2  # alone and next to the neighbour, one boot
-    text = shipped.read_text().replace('neighbour = ["slow"]\n', "").replace("../jobs/", str(shipped.parent.parent / "jobs") + "/")
+    text = (
+        shipped.read_text()
+        .replace('neighbour = ["slow"]\n', "")
+        .replace("../jobs/", str(shipped.parent.parent / "jobs") + "/")
+    )
     with pytest.raises(ConfigError, match=r"loads \$\{LAB_NEIGHBOUR\}.*needs neighbour = \"slow\""):
         load_matrix(write(tmp_path, text))
-    with pytest.raises(ConfigError, match="neighbour.*next to an NVMe disk under test, not 'virtio-blk'"):
-        load_matrix(write(tmp_path, text.replace('devices = ["nvme"]', 'devices = ["virtio-blk"]\nneighbour = ["slow"]'),
-                          "virtio.toml"))
+    with pytest.raises(ConfigError, match=r"neighbour.*next to an NVMe disk under test, not 'virtio-blk'"):
+        load_matrix(
+            write(
+                tmp_path,
+                text.replace('devices = ["nvme"]', 'devices = ["virtio-blk"]\nneighbour = ["slow"]'),
+                "virtio.toml",
+            )
+        )
     with pytest.raises(ConfigError, match=r"neighbour.*'fast' must be one of 'none', 'slow'"):
-        load_matrix(write(tmp_path, text.replace('devices = ["nvme"]', 'devices = ["nvme"]\nneighbour = ["fast"]'),
-                          "fast.toml"))
+        load_matrix(
+            write(tmp_path, text.replace('devices = ["nvme"]', 'devices = ["nvme"]\nneighbour = ["fast"]'), "fast.toml")
+        )

@@ -31,8 +31,7 @@ def run_copy(tmp_path: Path) -> Path:
 
 def test_claims_table_is_filled_from_real_cells() -> None:
     verdicts = {v.claim: v for v in judge_all(load_cells(RUN))}
-    assert list(verdicts) == ["C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "C9", "C10", "C11", "C12",
-                              "C7-plain"]
+    assert list(verdicts) == ["C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "C9", "C10", "C11", "C12", "C7-plain"]
     for verdict in verdicts.values():
         assert verdict.verdict in ("supported", "contradicted", "inconclusive")
         assert verdict.metric and verdict.threshold and verdict.detail
