@@ -482,6 +482,61 @@ def cmd_bench_doorbells(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_dmamap(args: argparse.Namespace) -> int:
+    """The kernel's own DMA map benchmark on each kernel: map/unmap latency by thread count, with a pool far
+    from full (the throttle never engages), so what differs is the map path itself (claim C12)."""
+    import pandas as pd
+
+    from lab import dmabench
+    from lab.kernel import debian_source
+    from lab.matrix import parse_pool_slabs
+    from lab.runner import boot_spec
+    from lab.workload import Workload
+
+    kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
+    try:
+        threads = [int(t) for t in args.threads.split(",") if t.strip()]
+    except ValueError as exc:
+        raise ConfigError(f"--threads {args.threads!r}: a comma-separated list of thread counts, e.g. 1,2,4") from exc
+    if not kernels or not threads or min(threads) < 1 or args.rounds < 1 or not 1 <= args.seconds <= 300:
+        raise ConfigError(f"--kernels {args.kernels!r} --threads {args.threads!r} --rounds {args.rounds} --seconds "
+                          f"{args.seconds}: need kernels, thread counts >= 1, rounds >= 1, 1-300 s")  # fmt: skip
+    pool = parse_pool_slabs(args.pool, "--pool")
+    require_host()
+    hypervisor = LocalHypervisor()
+    ctx = _bench_context(hypervisor, kernels, args.accel)
+    tool = dmabench.build_tool(debian_source().tree, ctx.cache)
+    work = Path(args.results) / f"bench-dmamap-{time.strftime('%Y%m%dT%H%M%S')}"
+    work.mkdir(parents=True)
+    rows = []
+    for kernel in kernels:
+        base = Cell(kernel, pool, "nvme", Workload("idle"), vcpus=args.vcpus, memory_mib=1024, sample_hz=0.0)
+        spec = replace(boot_spec(ctx, base), spare_pci=True)
+        with _bench_guest(ctx, hypervisor, spec, work / f"boot-{kernel}") as (vm, guest):
+            guest.put(tool, dmabench.GUEST_TOOL)
+            bdf = guest.run(f"chmod +x {dmabench.GUEST_TOOL}; " + dmabench.bind_lines(), timeout_s=30).stdout.strip()
+            for round_ in range(args.rounds):
+                for count in threads:
+                    interrupt.check()
+                    result = dmabench.run(guest, count, args.seconds, args.granule)
+                    with (work / "dma_map_benchmark.log").open("a") as raw:
+                        raw.write(f"# {kernel} round {round_}, {count} thread(s)\n{result.output}")
+                    rows.append({"kernel": kernel, "round": round_, "pci": bdf, "accel": vm.accelerator,
+                                 "host_cpus": os.cpu_count(), "pool_slabs": pool,
+                                 **{k: v for k, v in vars(result).items() if k != "output"}})  # fmt: skip
+                    console.print(f"{kernel} round {round_ + 1}, {count} thread(s): map {result.map_us:.1f} us, "
+                                  f"unmap {result.unmap_us:.1f} us")  # fmt: skip
+    frame = pd.DataFrame(rows)
+    frame.to_csv(work / "dmamap.csv", index=False)
+    table = frame.groupby(["threads", "kernel"])[["map_us", "unmap_us"]].median().unstack("kernel")
+    print(f"\nDMA map benchmark (kernel/dma/map_benchmark.c), median of {args.rounds} rounds of {args.seconds} s, "
+          f"{args.granule} page(s) per map, pool {args.pool}, {ctx.accel}, {args.vcpus} vCPUs, {os.cpu_count()} "
+          "host CPUs; latency in us:")  # fmt: skip
+    print(table.round(2).to_string())
+    print(f"results: {work}")
+    return 0
+
+
 def cmd_bench_trend(args: argparse.Namespace) -> int:
     """Time to build the trend page for N nights (nights made of one stored run's cells and claims)."""
     import json
@@ -781,6 +836,18 @@ def build_parser() -> argparse.ArgumentParser:
     sampler.add_argument("--results", default="results")
     sampler.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
     sampler.set_defaults(func=cmd_bench_sampler)
+
+    dmamap = bench_sub.add_parser("dmamap", help="the kernel's DMA map benchmark: map/unmap latency per kernel")
+    dmamap.add_argument("--kernels", default="static,throttle-v2", help="comma-separated kernel variants")
+    dmamap.add_argument("--threads", default="1,2,4", help="comma-separated thread counts (default 1,2,4)")
+    dmamap.add_argument("--seconds", type=int, default=5, help="seconds per run (1-300)")
+    dmamap.add_argument("--rounds", type=int, default=3, help="rounds over the thread counts per kernel")
+    dmamap.add_argument("--granule", type=int, default=1, help="pages per map (default 1)")
+    dmamap.add_argument("--pool", default="64MiB", help="swiotlb pool (default 64MiB: far from full)")
+    dmamap.add_argument("--vcpus", type=int, default=2)
+    dmamap.add_argument("--results", default="results")
+    dmamap.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    dmamap.set_defaults(func=cmd_bench_dmamap)
 
     report = sub.add_parser("report", help="write report.html/report.md with the claims table for a run")
     report.add_argument("run", help="results/<run-id> directory")

@@ -35,6 +35,7 @@ KVM_FAILURE_RE = re.compile(r"KVM internal error|emulation failure|failed to ini
 SLAB_BYTES = 2048
 MIN_POOL_SLABS = 512  # the kernel's minimum swiotlb pool is 1 MiB
 DiskKind = Literal["nvme", "virtio-blk", "ahci", "lsi"]
+SPARE_PCI_ID = "spare"  # qdev id of BootSpec.spare_pci's device (PCI vendor:device 1234:11e8)
 GUEST_DISKS = {"nvme": "/dev/nvme0n1", "virtio-blk": "/dev/vda", "ahci": "/dev/sda", "lsi": "/dev/sda"}
 Accel = Literal["auto", "kvm", "tcg", "sev-snp", "tdx"]
 
@@ -88,6 +89,7 @@ class BootSpec:
     cbitpos: int | None = None  # the host's SEV C-bit position (sev-snp only)
     iommu: bool = False  # QEMU's intel-iommu in front of the devices (a kernel with INTEL_IOMMU uses it)
     trace_events: tuple[str, ...] = ()  # more QEMU trace events, into the same file (benchmarks: an observer)
+    spare_pci: bool = False  # QEMU's "edu" PCI device, which no driver claims: for the DMA map benchmark
     boot_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
@@ -171,6 +173,8 @@ def qemu_argv(
             ]
         else:
             argv += ["-device", f"virtio-blk-pci,drive={drive},iommu_platform=on,disable-legacy=on{where}"]
+    if spec.spare_pci:
+        argv += ["-device", f"edu,id={SPARE_PCI_ID}"]
     if trace is not None and any(disk.kind == "nvme" for disk in spec.disks):
         argv += ["-trace", f"enable={doorbells.TRACE_EVENT},file={_opt(trace)}"]
         for event in spec.trace_events:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from lab import probes
+from lab import dmabench, probes
 from lab.guest import quote_argv
 from lab.image import GuestImage
 from lab.kernel import KernelBuild, build_kernel, debian_source, load_variants
@@ -137,6 +137,30 @@ def test_the_kernel_counts_failed_maps_exactly_as_the_tracepoint_sees_them(ctx: 
     assert failed > 0, (before, after)  # the pool was exhausted: maps failed
     assert failed == hist.hits, (before, after, hist)
     assert end["page_bytes"] - start["page_bytes"] == hist.total("size")
+
+
+def test_the_kernels_own_dma_map_benchmark_bounces_every_map(ctx: LabContext, tmp_path: Path) -> None:
+    """Claim C12's cross-check: kernel/dma/map_benchmark.c bound to QEMU's edu device, its user-space tool
+    built from the same source; under swiotlb=force its maps must go through the pool."""
+    spec = replace(boot_spec(ctx, Cell("static", 32768, "nvme", Workload("idle"), vcpus=2, memory_mib=1024)),
+                   spare_pci=True)  # fmt: skip
+    tool = dmabench.build_tool(debian_source().tree, cache_dir())
+    with ctx.hypervisor.boot(spec, tmp_path / "boot") as vm:
+        guest = ctx.guest(vm.endpoint, ctx.client_key.private_path, ctx.image.host_key_blob)
+        try:
+            guest.connect(alive=vm.check_alive)
+            guest.put(tool, dmabench.GUEST_TOOL)
+            bdf = guest.run(f"chmod +x {dmabench.GUEST_TOOL}; " + dmabench.bind_lines(), timeout_s=30).stdout
+            guest.run(f"echo 0 > {probes.SWIOTLB_DEBUGFS}/io_tlb_used_hiwater", timeout_s=30)
+            idle = int(guest.run(f"cat {probes.SWIOTLB_DEBUGFS}/io_tlb_used", timeout_s=30).stdout)
+            result = dmabench.run(guest, threads=2, seconds=2, granule=32)
+            hiwater = int(guest.run(f"cat {probes.SWIOTLB_DEBUGFS}/io_tlb_used_hiwater", timeout_s=30).stdout)
+        finally:
+            guest.close()
+    assert bdf.strip().startswith("0000:"), bdf
+    assert result.threads == 2 and result.map_us > 0 and result.unmap_us > 0
+    # a thread holds one 32-page (128 KiB, 64-slot) mapping at a time: at least one above what sat there idle
+    assert hiwater >= idle + 64, (idle, hiwater)
 
 
 def test_throttle_kernel_throttles_with_fewer_map_failures_and_no_fio_errors(
