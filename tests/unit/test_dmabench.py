@@ -21,7 +21,7 @@ def test_each_run_gives_map_and_unmap_latency() -> None:
 
 def test_output_without_both_latencies_is_an_error_naming_the_source() -> None:
     first_lines = LOG.split("# ")[1].splitlines()[:3]  # the header, the settings and the map line only
-    with pytest.raises(ParseError, match="DMA map benchmark output.*no map and unmap latency"):
+    with pytest.raises(ParseError, match=r"DMA map benchmark output.*no map and unmap latency"):
         parse_output("\n".join(first_lines), 1, 1)
 
 
