@@ -431,6 +431,60 @@ def cmd_bench_sampler(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_counter(args: argparse.Namespace) -> int:
+    """What the lab's failed-map counter (patches/dma-map-failure-counter, compiled into every lab kernel)
+    costs fio: the kernel against the same kernel built without the instruments, one boot each per arm,
+    alternating ABBA over the pairs; both arms arm no tracefs trigger and run no sampler, as the cells that
+    decide performance claims."""
+    from lab.runner import boot_spec, run_cell
+    from lab.stats import paired_cost
+
+    matrix = load_matrix(args.matrix)
+    names = [n.strip() for n in args.workloads.split(",") if n.strip()]
+    by_name = {c.workload.name: c for c in reversed(matrix.cells)}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ConfigError(f"--workloads: {', '.join(unknown)} not in matrix {matrix.source}; "
+                          f"valid: {', '.join(sorted(by_name))}")  # fmt: skip
+    if args.pairs < 2:
+        raise ConfigError(f"--pairs {args.pairs}: a confidence interval needs at least 2 pairs")
+    kernel, bare = args.kernel, args.kernel + "-bare"
+    require_host()
+    hypervisor = LocalHypervisor()
+    ctx = _bench_context(hypervisor, (kernel, bare), args.accel)
+    ctx.arm_triggers = False
+    from lab.store import RunStore
+
+    work = Path(args.results) / f"bench-counter-{time.strftime('%Y%m%dT%H%M%S')}"
+    store = RunStore.create(work, {"bench": "counter"}, run_id="cells")
+    iops: dict[str, dict[str, list[float]]] = {n: {kernel: [], bare: []} for n in names}
+    for pair in range(args.pairs):
+        for arm in (bare, kernel) if pair % 2 == 0 else (kernel, bare):  # ABBA: drifts cancel
+            first = replace(by_name[names[0]], kernel=arm, sample_hz=0.0, repetition=pair)
+            with _bench_guest(ctx, hypervisor, boot_spec(ctx, first), store.boot_dir(f"{arm}-p{pair}")) as (vm, guest):
+                for name in names:
+                    cell = replace(by_name[name], kernel=arm, sample_hz=0.0, repetition=pair,
+                                   workload=replace(by_name[name].workload, runtime_s=args.runtime))  # fmt: skip
+                    row = _bench_row(run_cell(cell, vm, guest, store, ctx, _QuietReporter(), {"accel": vm.accelerator}))
+                    iops[name][arm].append(float(row["fio_iops"]))
+            console.print(f"pair {pair + 1}/{args.pairs} {arm}: "
+                          + ", ".join(f"{n} {iops[n][arm][-1]:.0f} IOPS" for n in names))  # fmt: skip
+    print(
+        f"\ncost of the failed-map counter in fio IOPS: `{kernel}` vs `{bare}` ({ctx.accel}, {os.cpu_count()} host "
+        f"CPUs, {args.pairs} ABBA pairs of boots, {args.runtime} s per workload; positive = slower with it):"
+    )
+    for name in names:
+        cost = paired_cost(iops[name][bare], iops[name][kernel])
+        print(
+            f"  {name}: {cost.mean_pct:+.2f}% (95% CI {cost.ci_low_pct:+.2f}% to {cost.ci_high_pct:+.2f}%), "
+            f"run-to-run spread without it {cost.noise_pct:.2f}% SD: {cost.verdict}"
+        )
+        print(f"    without: {', '.join(f'{v:.0f}' for v in iops[name][bare])}")
+        print(f"    with:    {', '.join(f'{v:.0f}' for v in iops[name][kernel])}")
+    print(f"results: {store.root}")
+    return 0
+
+
 def cmd_bench_doorbells(args: argparse.Namespace) -> int:
     """MMIO doorbell writes per NVMe command (each one an exit in a CoCo guest) for each kernel, on
     batched submissions to a pool far from full: what the series' flush before a may-block mapping costs.
@@ -836,6 +890,16 @@ def build_parser() -> argparse.ArgumentParser:
     sampler.add_argument("--results", default="results")
     sampler.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
     sampler.set_defaults(func=cmd_bench_sampler)
+
+    counter = bench_sub.add_parser("counter", help="what the lab's failed-map counter costs fio (vs KERNEL-bare)")
+    counter.add_argument("--kernel", default="static", help="a variant with a KERNEL-bare twin (default static)")
+    counter.add_argument("--pairs", type=int, default=6, help="ABBA pairs of boots (default 6)")
+    counter.add_argument("--runtime", type=int, default=10)
+    counter.add_argument("--workloads", default="light,heavy", help="comma-separated workloads of the matrix")
+    counter.add_argument("--matrix", default="observer")
+    counter.add_argument("--results", default="results")
+    counter.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    counter.set_defaults(func=cmd_bench_counter)
 
     dmamap = bench_sub.add_parser("dmamap", help="the kernel's DMA map benchmark: map/unmap latency per kernel")
     dmamap.add_argument("--kernels", default="static,throttle-v2", help="comma-separated kernel variants")

@@ -240,10 +240,12 @@ def load_variants(path: Path | None = None) -> dict[str, Variant]:
         raise ConfigError(f"{path}: unknown key {sorted(unknown_top)[0]!r}; valid keys: instruments, variants")
     variants = {}
     for name, spec in dict(data.get("variants", {})).items():
-        unknown = set(spec) - {"description", "fragments", "patches"}
+        unknown = set(spec) - {"description", "fragments", "patches", "instruments"}
         if unknown:
             raise ConfigError(f"{path}: variants.{name}: unknown key {sorted(unknown)[0]!r}; "
-                              "valid keys: description, fragments, patches")  # fmt: skip
+                              "valid keys: description, fragments, patches, instruments")  # fmt: skip
+        if not isinstance(spec.get("instruments", True), bool):
+            raise ConfigError(f"{path}: variants.{name}: instruments = {spec['instruments']!r} must be true or false")
         fragments = tuple(CONFIG_DIR / f for f in spec.get("fragments", []))
         for fragment in fragments:
             if not fragment.is_file():
@@ -251,7 +253,8 @@ def load_variants(path: Path | None = None) -> dict[str, Variant]:
         patches: list[Path] = []
         problem = ""
         # The lab's instruments go on top of every variant's own series.
-        for series in [*spec.get("patches", []), *data.get("instruments", [])]:
+        instruments = data.get("instruments", []) if spec.get("instruments", True) else []
+        for series in [*spec.get("patches", []), *instruments]:
             directory = PATCH_DIR / series
             # A cover letter (git format-patch --cover-letter) carries no diff: it is read, not applied.
             files = sorted(f for f in directory.glob("*.patch") if not f.name.startswith("0000-"))
