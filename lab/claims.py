@@ -640,6 +640,75 @@ def judge_c9(cells: pd.DataFrame, kernel: str = "throttle") -> Verdict:
     return Verdict("C9", text, verdict, metric, threshold, tuple(ids), detail, comparisons)
 
 
+POLICIES = ("static", "dynamic", "throttle", SERIES_V2)
+P99_SLACK = 0.10  # C13: "p99 within 10% of an ample pool"
+MIN_POOLS = 3  # C13: a search needs at least this many pool sizes per policy and workload
+
+
+def _smallest_sufficient(group: pd.DataFrame) -> tuple[int | None, str]:
+    """C13 for one policy and workload: the smallest swept pool from which on every larger swept pool too
+    had no failed map and no fio error in any cell and a median p99 within P99_SLACK of the largest pool's;
+    with the memory it used (a growing pool: what it grew to) and a note."""
+    by_pool = {int(p): g for p, g in group.groupby("pool_slabs_requested")}
+    pools = sorted(by_pool)
+    ample = float(by_pool[pools[-1]]["fio_clat_p99_us"].median())
+    ok = {}
+    for pool, cells in by_pool.items():
+        clean = bool((cells["map_failures"].fillna(1) == 0).all() and (cells["fio_errors"].fillna(1) == 0).all())
+        ok[pool] = clean and float(cells["fio_clat_p99_us"].median()) <= ample * (1 + P99_SLACK)
+    smallest = next((p for i, p in enumerate(pools) if all(ok[q] for q in pools[i:])), None)
+    if smallest is None:
+        return None, f"none up to {pools[-1] * 2 / 1024:g} MiB"
+    used = int(max(by_pool[smallest]["nslabs_after"].max(), smallest)) if "nslabs_after" in group else smallest
+    grown = f" (grew to {used * 2 / 1024:g} MiB)" if used > smallest else ""
+    return used, f"{smallest * 2 / 1024:g} MiB{grown}"
+
+
+def judge_c13(cells: pd.DataFrame) -> Verdict:
+    text = ("Pools are sized for the worst case and waste hundreds of MiB (the RFC's motivation): throttling "
+            "serves the same load from a smaller pool")  # fmt: skip
+    metric = (f"per workload and policy ({', '.join(POLICIES)}), the smallest swept pool with no failed map, no "
+              f"fio error and a median p99 within {int(P99_SLACK * 100)}% of the largest swept pool's (memory "
+              f"used: a growing pool counts what it grew to); at least {MIN_POOLS} pool sizes")  # fmt: skip
+    threshold = ("the largest swept pool must be ample (static fails no map there); supported if, on some "
+                 "workload, a throttle kernel's smallest pool uses less memory than static's; contradicted if on "
+                 "every workload no throttle kernel's is smaller; inconclusive without such a sweep")  # fmt: skip
+    ok = _ok(cells)
+    notes, evidence, answers = [], [], []
+    if not ok.empty:
+        for name, workload in ok.groupby("workload"):
+            found: dict[str, int | None] = {}
+            parts = []
+            for kernel in POLICIES:
+                group = workload[workload["kernel"] == kernel]
+                if group["pool_slabs_requested"].nunique() < MIN_POOLS:
+                    continue
+                found[kernel], note = _smallest_sufficient(group)
+                parts.append(f"{kernel} {note}")
+                evidence.append(group)
+            throttled = [k for k in found if "throttle" in k]
+            if "static" not in found or not throttled:
+                continue
+            static = workload[workload["kernel"] == "static"]
+            largest = static[static["pool_slabs_requested"] == static["pool_slabs_requested"].max()]
+            if not (largest["map_failures"].fillna(1) == 0).all():  # then no swept pool was ample
+                notes.append(
+                    f"{name}: static still failed maps on the largest pool swept, "
+                    f"{int(largest['pool_slabs_requested'].iloc[0]) * 2 / 1024:g} MiB: no ample pool"
+                )
+                continue
+            notes.append(f"{name}: " + ", ".join(parts))
+            base = found["static"]
+            smaller = [k for k in throttled if found[k] is not None and (base is None or found[k] < base)]
+            answers.append("supported" if smaller else "contradicted")
+    if not answers:
+        need = f"`static` and throttle cells on {MIN_POOLS} or more pool sizes of one workload, the largest ample"
+        detail = f"no usable cells: this run lacks {need}" + (f" ({'; '.join(notes)})" if notes else "")
+        return Verdict("C13", text, "inconclusive", metric, threshold, (), detail)
+    verdict = "supported" if "supported" in answers else "contradicted"
+    return Verdict("C13", text, verdict, metric, threshold, _ids(*evidence), "; ".join(notes))
+
+
 def _io_errors(cells: pd.DataFrame) -> pd.Series:
     """Per cell: fio's errors plus the kernel's block-layer "I/O error" lines."""
     return cells["fio_errors"].fillna(0) + cells.get("dmesg_io_errors", pd.Series(0, index=cells.index)).fillna(0)
@@ -746,7 +815,7 @@ def judge_c10_throttle(cells: pd.DataFrame) -> list[Verdict]:
 
 JUDGES: tuple[Callable[[pd.DataFrame], Verdict], ...] = (
     judge_c1, judge_c2, judge_c3, judge_c4, judge_c5, judge_c6, judge_c7, judge_c8, judge_c9, judge_c10,
-    judge_c11, judge_c12,
+    judge_c11, judge_c12, judge_c13,
 )  # fmt: skip
 # Judges that answer per kernel they find: a row each, only where the run has their cells.
 EXTRA_JUDGES: tuple[Callable[[pd.DataFrame], list[Verdict]], ...] = (judge_c7_plain, judge_c7_emulated,

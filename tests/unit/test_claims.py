@@ -19,6 +19,7 @@ from lab.claims import (
     judge_c10_throttle,
     judge_c11,
     judge_c12,
+    judge_c13,
 )
 from lab.session import run_exit_code
 
@@ -32,7 +33,7 @@ def cells() -> pd.DataFrame:
 
 def test_every_claim_gets_a_verdict_with_evidence(cells: pd.DataFrame) -> None:
     verdicts = judge_all(cells)
-    assert [v.claim for v in verdicts] == [f"C{i}" for i in range(1, 13)] + ["C7-plain"]
+    assert [v.claim for v in verdicts] == [f"C{i}" for i in range(1, 14)] + ["C7-plain"]
     for verdict in verdicts:
         assert verdict.verdict in ("supported", "contradicted", "inconclusive")
         if verdict.claim == "C8":  # the stored run predates series v2: no cells, and it says what it lacks
@@ -43,6 +44,9 @@ def test_every_claim_gets_a_verdict_with_evidence(cells: pd.DataFrame) -> None:
             continue
         if verdict.claim == "C11":  # nor a block queue fitted to the pool
             assert verdict.evidence == () and 'queue_limits = "fit"' in verdict.detail
+            continue
+        if verdict.claim == "C13":  # nor a sweep up to an ample pool
+            assert verdict.evidence == () and "no ample pool" in verdict.detail
             continue
         if verdict.claim == "C9":  # nor a slow neighbour disk
             assert verdict.evidence == () and 'neighbour = "slow"' in verdict.detail
@@ -138,9 +142,9 @@ PUBLISHED = {"C1": "supported", "C2": "contradicted", "C3": "supported", "C4": "
 def test_the_published_verdicts_follow_from_the_stored_run(cells: pd.DataFrame) -> None:
     verdicts = {v.claim: v.verdict for v in judge_all(cells)}
     # That run predates series v2: C8 (its timeout sweep), C9 (neighbour.toml), C10 (failing-driver.toml),
-    # C11 (queue-fit.toml) and C12 (blocking.toml) have no cells there.
-    later = [verdicts.pop(c) for c in ("C8", "C9", "C10", "C11", "C12")]
-    assert later == ["inconclusive"] * 5
+    # C11 (queue-fit.toml), C12 (blocking.toml) and C13 (pool-search.toml) have no cells there.
+    later = [verdicts.pop(c) for c in ("C8", "C9", "C10", "C11", "C12", "C13")]
+    assert later == ["inconclusive"] * 6
     assert verdicts == PUBLISHED
 
 
@@ -166,7 +170,7 @@ def test_claims_are_judged_within_each_host_never_across(cells: pd.DataFrame) ->
     faster = (two["host_id"] == "snp2") & (two["kernel"] == "static")
     two.loc[faster, "fio_iops"] = two.loc[faster, "fio_iops"] * 3
     verdicts = judge_all(two)
-    assert [v.scope for v in verdicts] == ["host snp1, platform sev-snp"] * 13 + ["host snp2, platform sev-snp"] * 13
+    assert [v.scope for v in verdicts] == ["host snp1, platform sev-snp"] * 14 + ["host snp2, platform sev-snp"] * 14
     for verdict in verdicts:
         hosts = set(two[two["cell_id"].isin(verdict.evidence)]["host_id"])
         assert hosts <= {verdict.scope.split(",")[0].removeprefix("host ")}, (verdict.claim, hosts)
@@ -311,3 +315,50 @@ def test_c7_emulated_ignores_cells_whose_kernel_did_not_take_the_cost() -> None:
     [row] = judge_c7_emulated(pd.concat([THROTTLE, _heavy("dynamic", 0, [1500 * s for s in spread]), took, ignored]))
     assert row.detail.startswith("break-even 20000 ns") and "200000 ns" not in row.detail
     assert judge_c7_emulated(pd.concat([THROTTLE, _heavy("dynamic", 0, [1500.0] * 4)])) == []  # no sweep, no row
+
+
+POOLS = (2048, 8192, 32768, 131072)  # 4, 16, 64, 256 MiB in 2 KiB slabs
+
+
+def _sweep(kernel: str, failed: dict[int, int], p99: dict[int, float], grown: int = 0) -> pd.DataFrame:
+    """Two heavy cells per pool, as a pool-search run writes them (only the columns C13 reads)."""
+    rows = [{"cell_id": f"{kernel}-{pool}-r{rep}", "status": "ok", "kernel": kernel, "device": "nvme",
+             "workload": "heavy", "pool_slabs_requested": pool, "map_failures": failed[pool], "fio_errors": 0,
+             "fio_clat_p99_us": p99[pool], "nslabs_after": max(pool, grown), "numjobs": 4, "iodepth": 128,
+             "hipri": False} for pool in POOLS for rep in range(2)]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+STATIC_SWEEP = _sweep("static", {2048: 9, 8192: 9, 32768: 9, 131072: 0}, dict.fromkeys(POOLS, 100.0))
+
+
+@pytest.mark.parametrize(
+    ("p99_at_16mib", "expected", "smallest"),
+    [
+        pytest.param(110.0, "supported", "throttle 16 MiB", id="p99-exactly-10-percent-above-is-within"),
+        pytest.param(110.5, "supported", "throttle 64 MiB", id="p99-just-over-10-percent-needs-64-mib"),
+    ],
+)
+def test_c13_smallest_pool_at_the_p99_boundary(p99_at_16mib: float, expected: str, smallest: str) -> None:
+    # throttle: failed maps only on 4 MiB; from 16 MiB on clean, p99 at 64 and 256 MiB = the ample 100 us
+    throttle = _sweep("throttle", {2048: 3, 8192: 0, 32768: 0, 131072: 0},
+                      {2048: 500.0, 8192: p99_at_16mib, 32768: 100.0, 131072: 100.0})  # fmt: skip
+    verdict = judge_c13(pd.concat([STATIC_SWEEP, throttle]))
+    assert verdict.verdict == expected and "static 256 MiB" in verdict.detail and smallest in verdict.detail
+
+
+def test_c13_a_pool_counts_only_if_every_larger_one_does_too() -> None:
+    # clean at 16 MiB, a failed map at 64 MiB: the smallest sufficient pool is 256 MiB, as static's
+    throttle = _sweep("throttle", {2048: 3, 8192: 0, 32768: 1, 131072: 0}, dict.fromkeys(POOLS, 100.0))
+    verdict = judge_c13(pd.concat([STATIC_SWEEP, throttle]))
+    assert verdict.verdict == "contradicted" and "throttle 256 MiB" in verdict.detail
+
+
+def test_c13_a_growing_pool_counts_what_it_grew_to_and_needs_an_ample_largest_pool() -> None:
+    dynamic = _sweep("dynamic", dict.fromkeys(POOLS, 0), dict.fromkeys(POOLS, 100.0), grown=65536)
+    throttle = _sweep("throttle", dict.fromkeys(POOLS, 0), dict.fromkeys(POOLS, 100.0))
+    verdict = judge_c13(pd.concat([STATIC_SWEEP, dynamic, throttle]))
+    assert "dynamic 4 MiB (grew to 128 MiB)" in verdict.detail and "throttle 4 MiB" in verdict.detail
+    assert verdict.verdict == "supported"
+    never_ample = STATIC_SWEEP.assign(map_failures=1)
+    assert "no ample pool" in judge_c13(pd.concat([never_ample, throttle])).detail

@@ -31,7 +31,22 @@ def run_copy(tmp_path: Path) -> Path:
 
 def test_claims_table_is_filled_from_real_cells() -> None:
     verdicts = {v.claim: v for v in judge_all(load_cells(RUN))}
-    assert list(verdicts) == ["C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "C9", "C10", "C11", "C12", "C7-plain"]
+    assert list(verdicts) == [
+        "C1",
+        "C2",
+        "C3",
+        "C4",
+        "C5",
+        "C6",
+        "C7",
+        "C8",
+        "C9",
+        "C10",
+        "C11",
+        "C12",
+        "C13",
+        "C7-plain",
+    ]
     for verdict in verdicts.values():
         assert verdict.verdict in ("supported", "contradicted", "inconclusive")
         assert verdict.metric and verdict.threshold and verdict.detail
@@ -54,7 +69,7 @@ def test_report_writes_markdown_html_figures_and_tables(run_copy: Path) -> None:
     assert html.count("data:image/png;base64,") == 4
     assert "id='claims'" in html and "C7" in html
     assert (run_copy / "report.md").read_text().startswith("# swiotlb throttling: measured verdicts")
-    assert len(pd.read_parquet(run_copy / "claims.parquet")) == 13
+    assert len(pd.read_parquet(run_copy / "claims.parquet")) == 14
     assert {"usage_over_time.png", "hiwater_by_pool.png", "performance.png",
             "failures_and_throttle.png"} <= set(written)  # fmt: skip
 
