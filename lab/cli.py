@@ -180,6 +180,15 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
         for cell in session.matrix.cells:
             print(("done  " if cell.cell_id in plan.skip else "todo  ") + cell.cell_id)
         print(f"{len(plan.todo)} cells to run in {plan.boots} boots, estimated {plan.estimate_s / 60:.1f} min")
+        if args.cores:
+            from lab.runner import default_jobs
+
+            vcpus = max((c.vcpus for c in session.matrix.cells), default=1)
+            jobs = max(1, min(default_jobs(vcpus, args.cores), plan.boots))
+            print(
+                f"on a host with {args.cores} cores: {jobs} boots at a time ({vcpus} vCPUs + 1 each), estimated "
+                f"{plan.estimate_s / jobs / 60:.1f} min (this machine's boot and cell times; KVM boots faster)"
+            )
         return 0
     session.prepare()
     estimate_s = plan.estimate_s / min(session.jobs, max(plan.boots, 1))
@@ -831,6 +840,8 @@ def build_parser() -> argparse.ArgumentParser:
     matrix.add_argument("matrix", nargs="?", default="default", help="shipped matrix name or TOML path")
     matrix.add_argument("--results", default="results", help="results directory (default: ./results)")
     matrix.add_argument("--dry-run", action="store_true", help="list cells, boots and estimated time; run nothing")
+    matrix.add_argument("--cores", type=int, metavar="N",
+                        help="with --dry-run: also estimate for a host with N cores")  # fmt: skip
     matrix.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run")
     matrix.add_argument("--retry-failed", action="store_true", help="with --resume: also rerun the failed cells")
     matrix.add_argument("--strict", action="store_true",

@@ -376,7 +376,34 @@ def load_matrix(source: str | Path, kernels: tuple[str, ...] | None = None) -> M
             )
         path = Path(str(shipped))
     text, data = read_toml(path, "matrix")
+    if "suite" in data:
+        return parse_suite(data, text, path, kernels)
     return parse_matrix(data, text, path, kernels if kernels is not None else known_kernels(), growing_kernels())
+
+
+def parse_suite(data: dict[str, Any], text: str, path: Path, kernels: tuple[str, ...] | None = None) -> Matrix:
+    """A suite: several matrices run as one (one run directory, one report).  Its cells are the union of
+    theirs; a cell two members share (same content, same ID) runs once."""
+    unknown = sorted(set(data) - {"suite"}) or sorted(set(data.get("suite", {})) - {"description", "matrices"})
+    if unknown:
+        raise ConfigError(f"{path}{_line_of(text, unknown[0])}: unknown key {unknown[0]!r} in a suite; a suite is "
+                          "one [suite] table with description and matrices")  # fmt: skip
+    members = data["suite"].get("matrices")
+    where = f"{path}{_line_of(text, 'matrices')}: suite.matrices"
+    if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
+        raise ConfigError(f"{where}: a non-empty list of shipped matrix names or .toml paths")
+    cells: dict[str, Cell] = {}
+    for member in members:
+        source = path.parent / member if member.endswith(".toml") else member
+        try:
+            matrix = load_matrix(source, kernels)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: member {member!r}: {exc}") from exc
+        if "suite" in matrix.raw:
+            raise ConfigError(f"{where}: member {member!r} is a suite itself; list its matrices instead")
+        for cell in matrix.cells:
+            cells.setdefault(cell.cell_id, cell)
+    return Matrix(path.stem, str(path), str(data["suite"].get("description", "")), tuple(cells.values()), raw=data)
 
 
 def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tuple[str, ...],

@@ -455,3 +455,31 @@ def test_a_neighbour_job_needs_a_neighbour_disk_next_to_nvme(tmp_path: Path) -> 
         load_matrix(
             write(tmp_path, text.replace('devices = ["nvme"]', 'devices = ["nvme"]\nneighbour = ["fast"]'), "fast.toml")
         )
+
+
+def test_the_thread_suite_is_the_union_of_its_matrices() -> None:
+    names = ["default", "series-v2", "neighbour", "failing-driver", "queue-fit", "blocking", "pool-search",
+             "conversion"]  # fmt: skip
+    suite = load_matrix("thread")
+    members = [load_matrix(name) for name in names]
+    every = {c.cell_id for m in members for c in m.cells}
+    assert {c.cell_id for c in suite.cells} == every and len(suite.cells) == len(every)
+    assert sum(len(m.cells) for m in members) > len(every)  # shared cells (e.g. default's in series-v2) run once
+    kernels = {c.kernel for c in suite.cells}
+    assert {"static", "dynamic", "throttle", "throttle-v2"} <= kernels
+    assert {"ahci", "lsi", "nvme"} <= {c.device for c in suite.cells}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param('[suite]\nmatrices = ["default"]\ncolour = 1\n', "unknown key 'colour' in a suite", id="key"),
+        pytest.param("[suite]\nmatrices = []\n", "suite.matrices: a non-empty list", id="empty"),
+        pytest.param('[suite]\nmatrices = ["nope"]\n', "member 'nope': no matrix named 'nope'", id="unknown-member"),
+        pytest.param('[suite]\nmatrices = ["thread"]\n', "member 'thread' is a suite itself", id="nested"),
+        pytest.param('[suite]\nmatrices = ["default"]\n[matrix]\n', "unknown key 'matrix' in a suite", id="both"),
+    ],
+)
+def test_bad_suites_name_the_problem(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_matrix(write(tmp_path, text, "s.toml"))
