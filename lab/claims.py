@@ -699,7 +699,7 @@ def judge_c13(cells: pd.DataFrame) -> Verdict:
                 continue
             notes.append(f"{name}: " + ", ".join(parts))
             base = found["static"]
-            smaller = [k for k in throttled if found[k] is not None and (base is None or found[k] < base)]
+            smaller = [k for k in throttled if (mine := found[k]) is not None and (base is None or mine < base)]
             answers.append("supported" if smaller else "contradicted")
     if not answers:
         need = f"`static` and throttle cells on {MIN_POOLS} or more pool sizes of one workload, the largest ample"
