@@ -15,6 +15,7 @@ from lab.claims import (
     judge_c7,
     judge_c7_emulated,
     judge_c7_plain,
+    judge_c9,
     judge_c10,
     judge_c10_throttle,
     judge_c11,
@@ -362,3 +363,31 @@ def test_c13_a_growing_pool_counts_what_it_grew_to_and_needs_an_ample_largest_po
     assert verdict.verdict == "supported"
     never_ample = STATIC_SWEEP.assign(map_failures=1)
     assert "no ample pool" in judge_c13(pd.concat([never_ample, throttle])).detail
+
+
+def _neighbour_boots(kernel: str, alone: list[float], beside: list[float], p99_alone: float = 1000.0,
+                     p99_factor: float = 1.0) -> pd.DataFrame:  # fmt: skip
+    """Per boot, the fast disk alone and next to the neighbour (same boot: same repetition)."""
+    rows = []
+    for rep, (a, b) in enumerate(zip(alone, beside, strict=True)):
+        common = {"status": "ok", "kernel": kernel, "device": "nvme", "neighbour": "slow", "pool_slabs_requested": 1024,
+                  "vcpus": 2, "memory_mib": 1024, "repetition": rep}  # fmt: skip
+        rows.append({**common, "cell_id": f"{kernel}-alone-r{rep}", "fio_iops": a, "fio_clat_p99_us": p99_alone,
+                     "neighbour_iops": None})  # fmt: skip
+        rows.append({**common, "cell_id": f"{kernel}-beside-r{rep}", "fio_iops": b,
+                     "fio_clat_p99_us": p99_alone * p99_factor * (1 + rep / 100), "neighbour_iops": 256.0})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_c9_compares_what_the_neighbour_costs_the_fast_disk_within_each_boot() -> None:
+    # static keeps ~90% of its IOPS next to the neighbour; throttle keeps ~50%: the neighbour holds it up
+    static = _neighbour_boots("static", [1000, 1100, 900, 1050], [900, 990, 810, 945], p99_factor=1.1)
+    throttle = _neighbour_boots("throttle", [1000, 1100, 900, 1050], [500, 560, 445, 520], p99_factor=1.1)
+    verdict = judge_c9(pd.concat([static, throttle]))
+    assert verdict.verdict == "supported", verdict.detail
+    assert "IOPS kept static 0.90 vs throttle 0.50" in verdict.detail
+    # the same loss on both kernels: the throttle holds nothing up
+    same = _neighbour_boots("throttle", [1000, 1100, 900, 1050], [901, 989, 811, 946], p99_factor=1.1)
+    assert judge_c9(pd.concat([static, same])).verdict == "contradicted"
+    # a boot without its alone cell is not a pair and is not used
+    assert len(judge_c9(pd.concat([static, throttle[throttle["cell_id"] != "throttle-alone-r3"]])).evidence) == 14
