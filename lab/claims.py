@@ -714,9 +714,28 @@ def _io_errors(cells: pd.DataFrame) -> pd.Series:
     return cells["fio_errors"].fillna(0) + cells.get("dmesg_io_errors", pd.Series(0, index=cells.index)).fillna(0)
 
 
+def _splats(cells: pd.DataFrame) -> str:
+    """How many cells the kernel reported in, and the first report's line, e.g. a WARN in swiotlb_bounce."""
+    texts = cells.get("kernel_splat_text", pd.Series("", index=cells.index)).fillna("").astype(str)
+    reported = texts[texts != ""]
+    if reported.empty:
+        return ""
+    first = next((line.strip() for line in reported.iloc[0].splitlines() if line.strip()), "")
+    return f", kernel reports in {len(reported)} cells (first: {first[:160]})"
+
+
+def _measured_or_splat(cells: pd.DataFrame) -> pd.DataFrame:
+    """Successful cells, and cells failed only because the kernel reported (a WARN, lockdep...): their
+    numbers are kept, and for a driver that fails requests the report is part of what happens."""
+    if cells.empty:
+        return cells
+    splat = cells.get("kernel_splat", pd.Series("", index=cells.index)).fillna("").astype(str) != ""
+    return cells[(cells["status"] == "ok") | ((cells["status"] == "failed") & splat & cells["fio_iops"].notna())]
+
+
 def _failing_driver_cells(cells: pd.DataFrame, kernel: str) -> dict[str, pd.DataFrame]:
     """Per failing-driver device: the kernel's heavy cells on the smallest pool it ran there."""
-    ok = _ok_any(cells)
+    ok = _measured_or_splat(cells)
     if ok.empty or "device" not in ok:
         return {}
     chosen = ok[ok["device"].isin(FAILING_DRIVERS) & (ok["kernel"] == kernel) & (_kind(ok) == "heavy")]
@@ -750,7 +769,8 @@ def judge_c10(cells: pd.DataFrame) -> Verdict:
     threshold = ("per device: supported if maps failed and more than half of the cells had I/O errors; "
                  "contradicted if maps failed and no cell had one; inconclusive if no map failed (the pool was "
                  "not exhausted) or errors came in half the cells or fewer. Supported if any device supports it, "
-                 "contradicted if every device contradicts it")  # fmt: skip
+                 "contradicted if every device contradicts it. Cells failed only by a kernel report (a WARN) "
+                 "count, with their numbers: for such a driver the report is part of the outcome")  # fmt: skip
     by_device = _failing_driver_cells(cells, "static")
     if not by_device:
         return _missing("C10", text, metric, threshold, "`static` heavy cells on an AHCI or LSI disk")
@@ -762,8 +782,8 @@ def judge_c10(cells: pd.DataFrame) -> Verdict:
         notes.append(f"{device} pool {int(chosen['pool_slabs_requested'].iloc[0])}: failed maps "
                      f"{_span(chosen['map_failures'])} per cell, fio errors {_span(chosen['fio_errors'])}, kernel "
                      f"I/O errors {_span(chosen['dmesg_io_errors'])}, libata error-handler rounds {_span(rounds)}, "
-                     f"{_span(chosen['fio_iops'])} IOPS; {int((errors > 0).sum())} of {len(chosen)} cells had I/O "
-                     f"errors ({answers[-1]})")  # fmt: skip
+                     f"{_span(chosen['fio_iops'])} IOPS{_splats(chosen)}; {int((errors > 0).sum())} of {len(chosen)} "
+                     f"cells had I/O errors ({answers[-1]})")  # fmt: skip
     evidence = _ids(*by_device.values())
     return Verdict("C10", text, _combine(answers), metric, threshold, evidence, "; ".join(notes))
 
@@ -776,7 +796,7 @@ def judge_c10_throttle(cells: pd.DataFrame) -> list[Verdict]:
                  "inconclusive otherwise. Supported if any device supports it, contradicted if every device "
                  "contradicts it")  # fmt: skip
     static = _failing_driver_cells(cells, "static")
-    ok = _ok_any(cells)
+    ok = _measured_or_splat(cells)
     if ok.empty or "device" not in ok:
         return []
     kernels = sorted(k for k in set(ok[ok["device"].isin(FAILING_DRIVERS)]["kernel"]) if "throttle" in k)
@@ -805,7 +825,7 @@ def judge_c10_throttle(cells: pd.DataFrame) -> list[Verdict]:
             notes.append(
                 f"{device}: cells with I/O errors static {int((base_errors > 0).sum())}/{len(base)}, "
                 f"{kernel} {int((errors > 0).sum())}/{len(mine)}; failed maps {_span(base['map_failures'])}"
-                f" vs {_span(mine['map_failures'])}; the throttle engaged {engaged} times ({answers[-1]})"
+                f" vs {_span(mine['map_failures'])}; the throttle engaged {engaged} times{_splats(mine)} ({answers[-1]})"
             )
             evidence += [base, mine]
         detail = "; ".join(notes) + " (neither driver maps with DMA_ATTR_MAY_BLOCK)"

@@ -391,3 +391,14 @@ def test_c9_compares_what_the_neighbour_costs_the_fast_disk_within_each_boot() -
     assert judge_c9(pd.concat([static, same])).verdict == "contradicted"
     # a boot without its alone cell is not a pair and is not used
     assert len(judge_c9(pd.concat([static, throttle[throttle["cell_id"] != "throttle-alone-r3"]])).evidence) == 14
+
+
+def test_c10_counts_cells_the_kernel_reported_in_with_their_numbers() -> None:
+    lsi = _failing_cells("static", [5, 5, 5], [2, 0, 0], device="lsi")
+    warned = "sym53c8xx 0000:00:02.0: Buffer overflow detected. Allocation size: 4096. Mapping size: 65536."
+    lsi = lsi.assign(status=["failed", "ok", "ok"], kernel_splat=["warning", "", ""],
+                     kernel_splat_text=[f"\n{warned}\nWARNING: CPU: 1 PID: 109 at swiotlb.c:963", "", ""])  # fmt: skip
+    verdict = judge_c10(lsi)
+    assert len(verdict.evidence) == 3 and f"kernel reports in 1 cells (first: {warned[:160]})" in verdict.detail
+    lost = lsi.assign(fio_iops=[None, 250.0, 250.0])  # a cell with no numbers is not evidence
+    assert len(judge_c10(lost).evidence) == 2
