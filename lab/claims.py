@@ -825,7 +825,8 @@ def judge_c10_throttle(cells: pd.DataFrame) -> list[Verdict]:
             notes.append(
                 f"{device}: cells with I/O errors static {int((base_errors > 0).sum())}/{len(base)}, "
                 f"{kernel} {int((errors > 0).sum())}/{len(mine)}; failed maps {_span(base['map_failures'])}"
-                f" vs {_span(mine['map_failures'])}; the throttle engaged {engaged} times{_splats(mine)} ({answers[-1]})"
+                f" vs {_span(mine['map_failures'])}; the throttle engaged {engaged} times{_splats(mine)} "
+                f"({answers[-1]})"
             )
             evidence += [base, mine]
         detail = "; ".join(notes) + " (neither driver maps with DMA_ATTR_MAY_BLOCK)"
