@@ -422,9 +422,10 @@ def cmd_bench_sampler(args: argparse.Namespace) -> int:
         what = f"the sampler at {args.hz:g} Hz"
     else:
         armed = [t.event for t in probes.armed("failures") if not (counter and t.superseded_by)]
-        what = f"the hist triggers of an unobserved cell ({', '.join(armed)})"
+        what = f"the hist triggers of an unobserved cell ({', '.join(armed) or 'none on this kernel'})"
         if counter:
-            what += "; failed page maps counted by the kernel's own counter, present in both arms"
+            what += ("; failed maps counted by the kernel's own counter, present in both arms "
+                     "(its cost: python -m lab bench counter)")  # fmt: skip
     print(
         f"\ncost of {what} in fio IOPS ({ctx.accel}, {os.cpu_count()} host CPUs, {args.pairs} ABBA pairs of "
         f"{args.runtime} s per workload; positive = slower with it):"
