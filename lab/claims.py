@@ -793,8 +793,8 @@ def judge_c10_throttle(cells: pd.DataFrame) -> list[Verdict]:
     text = "Throttling prevents the I/O errors of an exhausted pool on a driver that fails instead of requeueing"
     threshold = ("per device: supported if `static` had I/O errors and the throttle kernel had none on the same "
                  "pool; contradicted if the throttle kernel had I/O errors in more than half of its cells; "
-                 "inconclusive otherwise. Supported if any device supports it, contradicted if every device "
-                 "contradicts it")  # fmt: skip
+                 "inconclusive otherwise. Contradicted if any device contradicts it (a counterexample), else "
+                 "supported if any device supports it")  # fmt: skip
     static = _failing_driver_cells(cells, "static")
     ok = _measured_or_splat(cells)
     if ok.empty or "device" not in ok:
@@ -830,7 +830,9 @@ def judge_c10_throttle(cells: pd.DataFrame) -> list[Verdict]:
             )
             evidence += [base, mine]
         detail = "; ".join(notes) + " (neither driver maps with DMA_ATTR_MAY_BLOCK)"
-        verdicts.append(Verdict(claim, text, _combine(answers), metric, threshold, _ids(*evidence), detail))
+        # one driver whose errors the throttle did not prevent is a counterexample to the claim
+        verdict = "contradicted" if "contradicted" in answers else _combine(answers)
+        verdicts.append(Verdict(claim, text, verdict, metric, threshold, _ids(*evidence), detail))
     return verdicts
 
 

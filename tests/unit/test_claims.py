@@ -402,3 +402,12 @@ def test_c10_counts_cells_the_kernel_reported_in_with_their_numbers() -> None:
     assert len(verdict.evidence) == 3 and f"kernel reports in 1 cells (first: {warned[:160]})" in verdict.detail
     lost = lsi.assign(fio_iops=[None, 250.0, 250.0])  # a cell with no numbers is not evidence
     assert len(judge_c10(lost).evidence) == 2
+
+
+def test_c10_throttle_one_counterexample_contradicts() -> None:
+    # AHCI: no errors on either kernel (says nothing); LSI: errors on both (the throttle did not prevent them)
+    ahci = [_failing_cells(kernel, [5, 5], [0, 0]) for kernel in ("static", "throttle")]
+    lsi = [_failing_cells(kernel, [5, 5], [4, 4], device="lsi") for kernel in ("static", "throttle")]
+    cells = pd.concat([*ahci, *lsi])
+    [row] = judge_c10_throttle(cells)
+    assert row.verdict == "contradicted" and "ahci" in row.detail and "(inconclusive)" in row.detail
