@@ -3,7 +3,7 @@
     .venv/bin/python tests/data/scrub_paths.py tests/data/NEW-cells.parquet
 
 Rewrites every string column: the user cache `/root/.cache/` (or any home's) becomes `~/.cache/`,
-a results directory under /tmp becomes `results/`, a QMP socket `/tmp/swiotlb-lab.qmp`.  Prints
+a results directory (under /tmp, or any path before a run ID) becomes `results/`, a QMP socket `/tmp/swiotlb-lab.qmp`.  Prints
 the columns that still mention /root, /tmp/<run> or /work, which must be none.
 """
 
@@ -17,6 +17,7 @@ import pandas as pd
 RULES = (
     (re.compile(r"/(?:root|home/[^/\s]+)/\.cache/"), "~/.cache/"),
     (re.compile(r"/tmp/[A-Za-z0-9._-]+/(?=\d{8}T)"), "results/"),
+    (re.compile(r"/[A-Za-z0-9._/-]+/(?=\d{8}T\d{6}-[0-9a-f]{4}/)"), "results/"),  # any results directory
     (re.compile(r"/tmp/swiotlb-lab-[0-9]+-[0-9a-f]+\.qmp"), "/tmp/swiotlb-lab.qmp"),
 )
 LEFT = re.compile(r"/root/|/home/|/tmp/(?!swiotlb-lab\.qmp)|/work/")
