@@ -291,10 +291,10 @@ def _knobs_for(percent: tuple[int, int] | None, pool_slabs: int) -> tuple[tuple[
 THROTTLE_FOREVER_MS = 2**32 - 1  # series v2: throttle_timeout_ms = U32_MAX waits without a bound
 
 
-def timeout_label(ms: float) -> str:
+def timeout_label(ms: float | None) -> str:
     """A measured throttle_timeout_ms as a matrix spells it ("10 ms", "none"); "-" for kernels without
-    a bound (v1), whose rows have none."""
-    if ms != ms:  # NaN
+    a bound (v1), whose rows have none (None, or NaN once a column mixes them with numbers)."""
+    if ms is None or ms != ms:
         return "-"
     return "none" if ms >= THROTTLE_FOREVER_MS else f"{int(ms)} ms"
 

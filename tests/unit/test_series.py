@@ -53,3 +53,11 @@ def test_the_overshoot_table_is_per_kernel_and_timeout(cells: pd.DataFrame) -> N
 
 def test_without_faults_there_is_no_recovery_table(cells: pd.DataFrame) -> None:
     assert recovery_table(cells).empty
+
+
+def test_a_run_of_v1_kernels_only_labels_their_missing_bound() -> None:
+    # conversion.toml's run (dynamic and v1 throttle, no v2) left the column all None, and the report died
+    from lab.matrix import THROTTLE_FOREVER_MS, timeout_label
+
+    assert timeout_label(None) == timeout_label(float("nan")) == "-"
+    assert timeout_label(100) == "100 ms" and timeout_label(THROTTLE_FOREVER_MS) == "none"
