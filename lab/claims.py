@@ -39,16 +39,16 @@ class Verdict:
 FAILING_DRIVERS = ("ahci", "lsi")  # devices whose driver fails a request when its map fails (claim C10)
 
 
-def _special(cells: pd.DataFrame) -> pd.Series:
+def _special(cells: pd.DataFrame, conversion: bool = True) -> pd.Series:
     """Cells that ask a question of their own and stay out of the other claims' groups: a driver that fails
-    instead of requeueing (C10), a slowed neighbour disk (C9), an emulated conversion cost (C7 emulated).
-    Columns absent from older runs mean none of these."""
+    instead of requeueing (C10), a slowed neighbour disk (C9), an emulated conversion cost (C7 emulated;
+    unless ``conversion`` is False).  Columns absent from older runs mean none of these."""
     special = pd.Series(False, index=cells.index)
     if "device" in cells:
         special |= cells["device"].isin(FAILING_DRIVERS)
     if "neighbour" in cells:
         special |= cells["neighbour"].fillna("none") != "none"
-    if "conversion_ns" in cells:
+    if conversion and "conversion_ns" in cells:
         special |= cells["conversion_ns"].fillna(0) != 0
     return special
 
@@ -383,8 +383,8 @@ def judge_c7(cells: pd.DataFrame) -> Verdict:
         return verdict
     return replace(verdict, verdict="inconclusive", comparisons=(),
                    detail=f"{NEEDS_COCO}: these guests ran without memory encryption, so growing the pool "
-                   "converted no page; what they measured is row C7-plain, and row C7-emulated charges an "
-                   "emulated conversion cost")  # fmt: skip
+                   "converted no page; what they measured is row C7-plain, and conversion.toml's row "
+                   "C7-emulated charges an emulated conversion cost")  # fmt: skip
 
 
 def judge_c7_plain(cells: pd.DataFrame) -> list[Verdict]:
@@ -402,6 +402,7 @@ def judge_c7_emulated(cells: pd.DataFrame) -> list[Verdict]:
     """Growth charged an emulated conversion cost per page (patches/swiotlb-emulate-conversion), swept: the
     cost from which on throttling beats growth.  Only where the run swept it; never the CoCo verdict."""
     ok = _ok_any(cells)
+    ok = ok[~_special(ok, conversion=False)] if not ok.empty else ok
     if ok.empty or "conversion_ns" not in ok or not (ok["conversion_ns"].fillna(0) > 0).any():
         return []
     text = ("Emulated: delaying requests is cheaper than growing the pool once converting a page costs at least "
