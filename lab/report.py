@@ -16,7 +16,19 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from lab.claims import Verdict, judge_all, like_with_like, observed, scopes
+from lab.claims import (
+    POLICIES,
+    Verdict,
+    _failing_driver_cells,
+    _io_errors,
+    _neighbour_ratios,
+    _smallest_sufficient,
+    _special,
+    judge_all,
+    like_with_like,
+    observed,
+    scopes,
+)
 from lab.stats import THRESHOLDS_TEXT, Metric, compare_family
 from lab.store import SKIPPED, load_cells, load_samples, write_parquet
 from lab.util import atomic_write_bytes, atomic_write_text
@@ -157,7 +169,9 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 CLAIM_FIGURES = {"C1": "failures_and_throttle.png", "C2": "hiwater_by_pool.png", "C3": "usage_over_time.png",
                  "C4": "hiwater_by_pool.png", "C5": PERFORMANCE_FIGURE, "C6": PERFORMANCE_FIGURE,
                  "C7": PERFORMANCE_FIGURE, "C2-v2": "hiwater_by_pool.png", "C5-v2": PERFORMANCE_FIGURE,
-                 "C6-v2": PERFORMANCE_FIGURE}  # fmt: skip
+                 "C6-v2": PERFORMANCE_FIGURE, "C7-plain": PERFORMANCE_FIGURE, "C9": "neighbour.png",
+                 "C9-v2": "neighbour.png", "C10": "failing_drivers.png", "C10-throttle": "failing_drivers.png",
+                 "C10-throttle-v2": "failing_drivers.png", "C13": "pool_search.png"}  # fmt: skip
 
 
 def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
@@ -291,6 +305,12 @@ def figures(cells: pd.DataFrame, samples: pd.DataFrame) -> dict[str, bytes]:
             fig.suptitle("swiotlb slabs in use over time, per variant")
             out["usage_over_time.png"] = _png(fig)
 
+    special = ok  # C9/C10/C13 figures below; the rest shows plain cells only
+    ok = ok[~_special(ok)]
+    if ok.empty:
+        out.update(_special_figures(cells, special, plt))
+        return out
+
     # 2. hiwater / nslabs by variant and pool
     fig, ax = plt.subplots(figsize=(8, 4))
     table = ok.groupby(["pool_slabs_requested", "kernel"])["hiwater_frac"].median().unstack()
@@ -326,6 +346,69 @@ def figures(cells: pd.DataFrame, samples: pd.DataFrame) -> dict[str, bytes]:
     axes[1].set_title("throttle count (bars) and total wait in s (dots)")
     axes[1].set_yticklabels([])
     out["failures_and_throttle.png"] = _png(fig)
+    out.update(_special_figures(cells, special, plt))
+    return out
+
+
+def matplotlib_ticker() -> Any:
+    import matplotlib.ticker
+
+    return matplotlib.ticker
+
+
+def _special_figures(cells: pd.DataFrame, ok: pd.DataFrame, plt: Any) -> dict[str, bytes]:
+    """One figure per question of its own: C9 (a slow neighbour), C10 (failing drivers), C13 (pool search)."""
+    out: dict[str, bytes] = {}
+    ratios = {k: _neighbour_ratios(cells, k) for k in sorted(set(ok["kernel"]))}
+    ratios = {k: r for k, r in ratios.items() if not r.empty}
+    if ratios:  # C9: what the neighbour costs the fast disk, per boot
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        for ax, column, label in ((axes[0], "iops_ratio", "IOPS kept (with neighbour / alone)"),
+                                  (axes[1], "p99_ratio", "p99 with neighbour / alone")):  # fmt: skip
+            for x, (kernel, frame) in enumerate(ratios.items()):
+                ax.scatter([x] * len(frame), frame[column], color=variant_colour(kernel), zorder=3)
+                ax.hlines(frame[column].median(), x - 0.3, x + 0.3, color="black", lw=1.5)
+            ax.set_xticks(range(len(ratios)), list(ratios), fontsize=8)
+            ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+            ax.set_ylabel(label, fontsize=8)
+        axes[1].set_yscale("log")
+        axes[1].yaxis.set_major_formatter(matplotlib_ticker().ScalarFormatter())
+        axes[1].yaxis.set_minor_formatter(matplotlib_ticker().NullFormatter())
+        fig.suptitle("C9: the fast NVMe disk next to a slow neighbour (dots: boots; bars: medians)", y=1.02)
+        out["neighbour.png"] = _png(fig)
+    devices = {k: _failing_driver_cells(cells, k) for k in sorted(set(ok["kernel"]))}
+    pairs = [(d, k, c) for k, by in devices.items() for d, c in sorted(by.items())]
+    if pairs:  # C10: what a failed map does on drivers that fail requests
+        fig, axes = plt.subplots(1, 2, figsize=(11, 0.6 + 0.45 * len(pairs)))
+        labels = [f"{d} / {k}" for d, k, _ in pairs]
+        colours = [variant_colour(k) for _, k, _ in pairs]
+        axes[0].barh(labels, [c["map_failures"].median() for _, _, c in pairs], color=colours)
+        axes[0].set_title("failed maps (median per cell)", fontsize=9)
+        axes[1].barh(labels, [(_io_errors(c) > 0).mean() * 100 for _, _, c in pairs], color=colours)
+        axes[1].set_xlim(0, 100)
+        axes[1].set_title("cells with I/O errors (%)", fontsize=9)
+        axes[1].set_yticklabels([])
+        fig.suptitle("C10: drivers that fail a request whose map fails (heavy load, smallest pool)", y=1.04)
+        out["failing_drivers.png"] = _png(fig)
+    found = []
+    plain = ok[~_special(ok)]
+    for workload, group in plain.groupby("workload") if not plain.empty else ():
+        for kernel in POLICIES:
+            mine = group[group["kernel"] == kernel]
+            if mine["pool_slabs_requested"].nunique() >= 3:
+                used, _ = _smallest_sufficient(mine)
+                largest = int(mine["pool_slabs_requested"].max())
+                found.append((str(workload), kernel, used, largest))
+    if found:  # C13: the smallest sufficient pool, per policy and workload
+        fig, ax = plt.subplots(figsize=(9, 0.8 + 0.4 * len(found)))
+        for y, (_, kernel, used, largest) in enumerate(found):
+            mib = (used if used is not None else largest) * SLAB_BYTES / 2**20
+            ax.barh(y, mib, color=variant_colour(kernel), hatch="" if used is not None else "//")
+        ax.set_yticks(range(len(found)), [f"{w} / {k}" for w, k, _, _ in found], fontsize=8)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("smallest sufficient pool, MiB (a growing pool: what it grew to; hatched: none found)")
+        ax.set_title("C13: no failed map, no fio error, median p99 within 10% of the largest pool's", fontsize=9)
+        out["pool_search.png"] = _png(fig)
     return out
 
 

@@ -3,7 +3,8 @@
     .venv/bin/python tests/data/scrub_paths.py tests/data/NEW-cells.parquet
 
 Rewrites every string column: the user cache `/root/.cache/` (or any home's) becomes `~/.cache/`,
-a results directory (under /tmp, or any path before a run ID) becomes `results/`, a QMP socket `/tmp/swiotlb-lab.qmp`.  Prints
+a results directory (under /tmp, or any path before a run ID) becomes
+`results/`, a QMP socket `/tmp/swiotlb-lab.qmp`.  Prints
 the columns that still mention /root, /tmp/<run> or /work, which must be none.
 """
 

@@ -152,9 +152,12 @@ def test_every_claim_links_the_figure_that_shows_it(tmp_path: Path) -> None:
     shutil.copytree(Path(__file__).resolve().parent.parent / "data" / "run-small", run)
     written = build_report(run)
     markdown = written["md"].read_text()
+    # the run has no neighbour, failing-driver or pool-search cells: those figures are neither drawn nor linked
+    own_cells = {"neighbour.png", "failing_drivers.png", "pool_search.png"}
     for claim, figure in CLAIM_FIGURES.items():
-        assert (run / "figures" / figure).is_file(), f"{claim}'s figure {figure} was not drawn"
-        assert f"[{figure}](figures/{figure})" in markdown
+        drawn = (run / "figures" / figure).is_file()
+        assert drawn != (figure in own_cells), f"{claim}'s figure {figure}: drawn {drawn}"
+        assert (f"[{figure}](figures/{figure})" in markdown) == drawn
     assert "href='#fig-performance.png'" in written["html"].read_text()
 
 
@@ -169,3 +172,14 @@ def test_report_lists_the_cells_whose_boot_was_tried_twice() -> None:
     assert f"{cells.loc[retried, 'cell_id']}" in section and "boot 1: kernel panic" in section
     assert section.count("\n- ") == 1
     assert "## Boots tried twice" not in report_markdown({"run_id": "r"}, load_cells(RUN), [], [], [])
+
+
+def test_questions_of_their_own_get_figures_of_their_own() -> None:
+    """C10's stored cells (AHCI and LSI disks) draw the failing-driver figure, not the plain ones, and
+    the C10 rows link it."""
+    from lab.report import CLAIM_FIGURES, figures
+
+    cells = pd.read_parquet(Path(__file__).resolve().parent.parent / "data" / "c10-cells.parquet")
+    drawn = figures(cells, pd.DataFrame())
+    assert set(drawn) == {"failing_drivers.png"} and drawn["failing_drivers.png"].startswith(b"\x89PNG")
+    assert CLAIM_FIGURES["C10"] == CLAIM_FIGURES["C10-throttle-v2"] == "failing_drivers.png"
