@@ -7,6 +7,7 @@ rests on.  A judge that lacks the cells it needs says so; it never guesses.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -646,23 +647,42 @@ P99_SLACK = 0.10  # C13: "p99 within 10% of an ample pool"
 MIN_POOLS = 3  # C13: a search needs at least this many pool sizes per policy and workload
 
 
-def _smallest_sufficient(group: pd.DataFrame) -> tuple[int | None, str]:
+def _mib(slabs: int) -> str:
+    return f"{slabs * 2 / 1024:g} MiB"
+
+
+@dataclass(frozen=True)
+class PoolSearch:
+    """C13 for one policy and workload."""
+
+    used: int | None  # slabs of memory the smallest sufficient pool used (a growing pool: what it grew to)
+    note: str  # e.g. "16 MiB", "4 MiB (grew to 48 MiB)", "none up to 256 MiB"
+    clean_from: str  # the smallest pool from which on no cell failed a map or had a fio error
+    ample_rsd_pct: float  # relative SD of p99 over the largest pool's cells: can a 10% slack be resolved?
+
+
+def _smallest_sufficient(group: pd.DataFrame) -> PoolSearch:
     """C13 for one policy and workload: the smallest swept pool from which on every larger swept pool too
-    had no failed map and no fio error in any cell and a median p99 within P99_SLACK of the largest pool's;
-    with the memory it used (a growing pool: what it grew to) and a note."""
+    had no failed map and no fio error in any cell and a median p99 within P99_SLACK of the largest pool's."""
     by_pool = {int(p): g for p, g in group.groupby("pool_slabs_requested")}
     pools = sorted(by_pool)
-    ample = float(by_pool[pools[-1]]["fio_clat_p99_us"].median())
-    ok = {}
-    for pool, cells in by_pool.items():
-        clean = bool((cells["map_failures"].fillna(1) == 0).all() and (cells["fio_errors"].fillna(1) == 0).all())
-        ok[pool] = clean and float(cells["fio_clat_p99_us"].median()) <= ample * (1 + P99_SLACK)
+    ample_p99 = by_pool[pools[-1]]["fio_clat_p99_us"].astype(float)
+    ample = float(ample_p99.median())
+    rsd = float(ample_p99.std() / ample_p99.mean() * 100) if len(ample_p99) > 1 else math.inf
+    clean = {p: bool((g["map_failures"].fillna(1) == 0).all() and (g["fio_errors"].fillna(1) == 0).all())
+             for p, g in by_pool.items()}  # fmt: skip
+    ok = {p: clean[p] and float(g["fio_clat_p99_us"].median()) <= ample * (1 + P99_SLACK) for p, g in by_pool.items()}
+    clean_from = next((p for i, p in enumerate(pools) if all(clean[q] for q in pools[i:])), None)
+    clean_note = "none"
+    if clean_from is not None:
+        grew = int(by_pool[clean_from]["nslabs_after"].max()) if "nslabs_after" in group else clean_from
+        clean_note = _mib(clean_from) + (f" (grew to {_mib(grew)})" if grew > clean_from else "")
     smallest = next((p for i, p in enumerate(pools) if all(ok[q] for q in pools[i:])), None)
     if smallest is None:
-        return None, f"none up to {pools[-1] * 2 / 1024:g} MiB"
+        return PoolSearch(None, f"none up to {_mib(pools[-1])}", clean_note, rsd)
     used = int(max(by_pool[smallest]["nslabs_after"].max(), smallest)) if "nslabs_after" in group else smallest
-    grown = f" (grew to {used * 2 / 1024:g} MiB)" if used > smallest else ""
-    return used, f"{smallest * 2 / 1024:g} MiB{grown}"
+    grown = f" (grew to {_mib(used)})" if used > smallest else ""
+    return PoolSearch(used, _mib(smallest) + grown, clean_note, rsd)
 
 
 def judge_c13(cells: pd.DataFrame) -> Verdict:
@@ -671,42 +691,53 @@ def judge_c13(cells: pd.DataFrame) -> Verdict:
     metric = (f"per workload and policy ({', '.join(POLICIES)}), the smallest swept pool with no failed map, no "
               f"fio error and a median p99 within {int(P99_SLACK * 100)}% of the largest swept pool's (memory "
               f"used: a growing pool counts what it grew to); at least {MIN_POOLS} pool sizes")  # fmt: skip
-    threshold = ("the largest swept pool must be ample (static fails no map there); supported if, on some "
-                 "workload, a throttle kernel's smallest pool uses less memory than static's; contradicted if on "
-                 "every workload no throttle kernel's is smaller; inconclusive without such a sweep")  # fmt: skip
+    threshold = ("the largest swept pool must be ample (static fails no map there) and its p99 must vary between "
+                 f"repetitions by at most the {int(P99_SLACK * 100)}% slack (relative SD), else the latency "
+                 "criterion cannot be decided; supported if, on some decided workload, a throttle kernel's "
+                 "smallest pool uses less memory than static's; contradicted if on every decided workload no "
+                 "throttle kernel's is smaller; inconclusive otherwise")  # fmt: skip
     ok = _ok(cells)
     notes, evidence, answers = [], [], []
     if not ok.empty:
         for name, workload in ok.groupby("workload"):
-            found: dict[str, int | None] = {}
-            parts = []
+            found: dict[str, PoolSearch] = {}
             for kernel in POLICIES:
                 group = workload[workload["kernel"] == kernel]
-                if group["pool_slabs_requested"].nunique() < MIN_POOLS:
-                    continue
-                found[kernel], note = _smallest_sufficient(group)
-                parts.append(f"{kernel} {note}")
-                evidence.append(group)
+                if group["pool_slabs_requested"].nunique() >= MIN_POOLS:
+                    found[kernel] = _smallest_sufficient(group)
+                    evidence.append(group)
             throttled = [k for k in found if "throttle" in k]
             if "static" not in found or not throttled:
                 continue
             static = workload[workload["kernel"] == "static"]
             largest = static[static["pool_slabs_requested"] == static["pool_slabs_requested"].max()]
             if not (largest["map_failures"].fillna(1) == 0).all():  # then no swept pool was ample
-                notes.append(
-                    f"{name}: static still failed maps on the largest pool swept, "
-                    f"{int(largest['pool_slabs_requested'].iloc[0]) * 2 / 1024:g} MiB: no ample pool"
-                )
+                notes.append(f"{name}: static still failed maps on the largest pool swept, "
+                             f"{_mib(int(largest['pool_slabs_requested'].iloc[0]))}: no ample pool")  # fmt: skip
                 continue
-            notes.append(f"{name}: " + ", ".join(parts))
-            base = found["static"]
-            smaller = [k for k in throttled if (mine := found[k]) is not None and (base is None or mine < base)]
+            clean = "; no failed map from " + ", ".join(f"{k} {f.clean_from}" for k, f in found.items())
+            noisiest = max(f.ample_rsd_pct for f in found.values())
+            if noisiest > P99_SLACK * 100:
+                notes.append(f"{name}: the latency criterion cannot be decided: p99 on the largest pool varies by "
+                             f"up to {noisiest:.0f}% (relative SD) between repetitions, more than the "
+                             f"{int(P99_SLACK * 100)}% slack{clean}")  # fmt: skip
+                answers.append("inconclusive")
+                continue
+            notes.append(f"{name}: " + ", ".join(f"{k} {f.note}" for k, f in found.items()) + clean)
+            base = found["static"].used
+            smaller = [k for k in throttled if (mine := found[k].used) is not None and (base is None or mine < base)]
             answers.append("supported" if smaller else "contradicted")
     if not answers:
         need = f"`static` and throttle cells on {MIN_POOLS} or more pool sizes of one workload, the largest ample"
         detail = f"no usable cells: this run lacks {need}" + (f" ({'; '.join(notes)})" if notes else "")
         return Verdict("C13", text, "inconclusive", metric, threshold, (), detail)
-    verdict = "supported" if "supported" in answers else "contradicted"
+    decided = [a for a in answers if a != "inconclusive"]
+    if "supported" in decided:
+        verdict = "supported"
+    elif decided and len(decided) == len(answers):
+        verdict = "contradicted"
+    else:
+        verdict = "inconclusive"
     return Verdict("C13", text, verdict, metric, threshold, _ids(*evidence), "; ".join(notes))
 
 

@@ -396,7 +396,7 @@ def _special_figures(cells: pd.DataFrame, ok: pd.DataFrame, plt: Any) -> dict[st
         for kernel in POLICIES:
             mine = group[group["kernel"] == kernel]
             if mine["pool_slabs_requested"].nunique() >= 3:
-                used, _ = _smallest_sufficient(mine)
+                used = _smallest_sufficient(mine).used
                 largest = int(mine["pool_slabs_requested"].max())
                 found.append((str(workload), kernel, used, largest))
     if found:  # C13: the smallest sufficient pool, per policy and workload

@@ -411,3 +411,17 @@ def test_c10_throttle_one_counterexample_contradicts() -> None:
     cells = pd.concat([*ahci, *lsi])
     [row] = judge_c10_throttle(cells)
     assert row.verdict == "contradicted" and "ahci" in row.detail and "(inconclusive)" in row.detail
+
+
+def test_c13_cannot_decide_latency_when_the_ample_pools_p99_varies_more_than_the_slack() -> None:
+    # the stored pool search's largest pool: p99 147.8 and 254.8 ms in two repetitions of static (RSD 37%)
+    throttle = _sweep("throttle", dict.fromkeys(POOLS, 0), dict.fromkeys(POOLS, 100.0))
+    noisy = STATIC_SWEEP.copy()
+    largest = noisy.index[noisy["pool_slabs_requested"] == 131072]
+    noisy.loc[largest, "fio_clat_p99_us"] = [80.0, 120.0]  # RSD 28%
+    verdict = judge_c13(pd.concat([noisy, throttle]))
+    assert verdict.verdict == "inconclusive" and "varies by up to 28%" in verdict.detail
+    assert "no failed map from static 256 MiB, throttle 4 MiB" in verdict.detail
+    steady = STATIC_SWEEP.copy()
+    steady.loc[largest, "fio_clat_p99_us"] = [95.0, 105.0]  # RSD 7%: within the slack, decided
+    assert judge_c13(pd.concat([steady, throttle])).verdict == "supported"
