@@ -659,6 +659,7 @@ class PoolSearch:
     note: str  # e.g. "16 MiB", "4 MiB (grew to 48 MiB)", "none up to 256 MiB"
     clean_from: str  # the smallest pool from which on no cell failed a map or had a fio error
     ample_rsd_pct: float  # relative SD of p99 over the largest pool's cells: can a 10% slack be resolved?
+    clean_used: int | None = None  # slabs of memory at clean_from (a growing pool: what it grew to)
 
 
 def _smallest_sufficient(group: pd.DataFrame) -> PoolSearch:
@@ -673,16 +674,18 @@ def _smallest_sufficient(group: pd.DataFrame) -> PoolSearch:
              for p, g in by_pool.items()}  # fmt: skip
     ok = {p: clean[p] and float(g["fio_clat_p99_us"].median()) <= ample * (1 + P99_SLACK) for p, g in by_pool.items()}
     clean_from = next((p for i, p in enumerate(pools) if all(clean[q] for q in pools[i:])), None)
-    clean_note = "none"
+    clean_note, grew = "none", None
     if clean_from is not None:
-        grew = int(by_pool[clean_from]["nslabs_after"].max()) if "nslabs_after" in group else clean_from
+        grew = (
+            int(max(by_pool[clean_from]["nslabs_after"].max(), clean_from)) if "nslabs_after" in group else clean_from
+        )
         clean_note = _mib(clean_from) + (f" (grew to {_mib(grew)})" if grew > clean_from else "")
     smallest = next((p for i, p in enumerate(pools) if all(ok[q] for q in pools[i:])), None)
     if smallest is None:
-        return PoolSearch(None, f"none up to {_mib(pools[-1])}", clean_note, rsd)
+        return PoolSearch(None, f"none up to {_mib(pools[-1])}", clean_note, rsd, grew)
     used = int(max(by_pool[smallest]["nslabs_after"].max(), smallest)) if "nslabs_after" in group else smallest
     grown = f" (grew to {_mib(used)})" if used > smallest else ""
-    return PoolSearch(used, _mib(smallest) + grown, clean_note, rsd)
+    return PoolSearch(used, _mib(smallest) + grown, clean_note, rsd, grew)
 
 
 def judge_c13(cells: pd.DataFrame) -> Verdict:

@@ -17,6 +17,7 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from lab.claims import (
+    P99_SLACK,
     POLICIES,
     Verdict,
     _failing_driver_cells,
@@ -396,18 +397,21 @@ def _special_figures(cells: pd.DataFrame, ok: pd.DataFrame, plt: Any) -> dict[st
         for kernel in POLICIES:
             mine = group[group["kernel"] == kernel]
             if mine["pool_slabs_requested"].nunique() >= 3:
-                used = _smallest_sufficient(mine).used
-                largest = int(mine["pool_slabs_requested"].max())
-                found.append((str(workload), kernel, used, largest))
-    if found:  # C13: the smallest sufficient pool, per policy and workload
+                found.append((str(workload), kernel, _smallest_sufficient(mine)))
+    if found:  # C13: per policy and workload, the pool from which on no map failed; and with p99 too
         fig, ax = plt.subplots(figsize=(9, 0.8 + 0.4 * len(found)))
-        for y, (_, kernel, used, largest) in enumerate(found):
-            mib = (used if used is not None else largest) * SLAB_BYTES / 2**20
-            ax.barh(y, mib, color=variant_colour(kernel), hatch="" if used is not None else "//")
-        ax.set_yticks(range(len(found)), [f"{w} / {k}" for w, k, _, _ in found], fontsize=8)
+        for y, (_, kernel, search) in enumerate(found):
+            if search.clean_used is not None:
+                ax.barh(y, search.clean_used * SLAB_BYTES / 2**20, color=variant_colour(kernel))
+            if search.used is not None:
+                resolved = search.ample_rsd_pct <= P99_SLACK * 100
+                ax.plot(search.used * SLAB_BYTES / 2**20, y, marker="x", ms=9, ls="",
+                        color="black" if resolved else "darkgrey")  # fmt: skip
+        ax.set_yticks(range(len(found)), [f"{w} / {k}" for w, k, _ in found], fontsize=8)
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("smallest sufficient pool, MiB (a growing pool: what it grew to; hatched: none found)")
-        ax.set_title("C13: no failed map, no fio error, median p99 within 10% of the largest pool's", fontsize=9)
+        ax.set_xlabel("pool, MiB (a growing pool: what it grew to)")
+        ax.set_title("C13: bars, no failed map from this pool on; x, also p99 within 10% of the largest pool's "
+                     "(grey: p99 varies more than 10% there, not resolvable)", fontsize=8)  # fmt: skip
         out["pool_search.png"] = _png(fig)
     return out
 
