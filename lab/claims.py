@@ -449,7 +449,9 @@ def judge_c7_emulated(cells: pd.DataFrame) -> list[Verdict]:
     costs = sorted(worse)
     break_even = next((c for i, c in enumerate(costs) if all(worse[d] for d in costs[i:])), None)
     if break_even is not None:
-        verdict, lead = "supported", f"break-even {break_even} ns per page (emulated)"
+        below = [c for c in costs if c < break_even]
+        where = f"above {below[-1]} ns and at most {break_even} ns" if below else f"at most {break_even} ns"
+        verdict, lead = "supported", f"break-even {where} per page (emulated; the sweep's steps bound it)"
     elif decided_at_max:
         verdict, lead = "contradicted", f"growth is not worse even at {costs[-1]} ns per page (emulated)"
     else:
