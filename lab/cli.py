@@ -174,6 +174,8 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed, jobs=args.jobs, accel=args.accel,
         hosts=Path(args.hosts) if args.hosts else None, scheduler=args.scheduler, strict=args.strict,
     )  # fmt: skip
+    if args.cores is not None and args.cores < 1:
+        raise ConfigError(f"--cores {args.cores}: a host has at least 1 core")
     session = Session(request, busy=lambda text: console.status(text))
     plan = session.plan()
     if args.dry_run:
@@ -375,14 +377,8 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench_sampler(args: argparse.Namespace) -> int:
-    """What an instrument costs fio: runs with and without it, in ABBA order in one boot per workload,
-    so that drifts cancel; the cost gets a confidence interval over the pairs."""
-    from lab import probes
-    from lab.runner import boot_spec, run_cell
-    from lab.stats import paired_cost
-    from lab.store import RunStore
-
+def _bench_workloads(args: argparse.Namespace) -> tuple[list[str], dict[str, Cell]]:
+    """``--workloads`` of ``--matrix``, each as the matrix's repetition-0 cell; ``--pairs`` checked."""
     matrix = load_matrix(args.matrix)
     names = [n.strip() for n in args.workloads.split(",") if n.strip()]
     by_name = {c.workload.name: c for c in reversed(matrix.cells)}  # repetition 0 of each workload
@@ -392,6 +388,18 @@ def cmd_bench_sampler(args: argparse.Namespace) -> int:
                           f"valid: {', '.join(sorted(by_name))}")  # fmt: skip
     if args.pairs < 2:
         raise ConfigError(f"--pairs {args.pairs}: a confidence interval needs at least 2 pairs")
+    return names, by_name
+
+
+def cmd_bench_sampler(args: argparse.Namespace) -> int:
+    """What an instrument costs fio: runs with and without it, in ABBA order in one boot per workload,
+    so that drifts cancel; the cost gets a confidence interval over the pairs."""
+    from lab import probes
+    from lab.runner import boot_spec, run_cell
+    from lab.stats import paired_cost
+    from lab.store import RunStore
+
+    names, by_name = _bench_workloads(args)
     require_host()
     hypervisor = LocalHypervisor()
     ctx = _bench_context(hypervisor, sorted({by_name[n].kernel for n in names}), args.accel)
@@ -446,25 +454,21 @@ def cmd_bench_counter(args: argparse.Namespace) -> int:
     costs fio: the kernel against the same kernel built without the instruments, one boot each per arm,
     alternating ABBA over the pairs; both arms arm no tracefs trigger and run no sampler, as the cells that
     decide performance claims."""
+    from lab.kernel import load_variants
     from lab.runner import boot_spec, run_cell
     from lab.stats import paired_cost
+    from lab.store import RunStore
 
-    matrix = load_matrix(args.matrix)
-    names = [n.strip() for n in args.workloads.split(",") if n.strip()]
-    by_name = {c.workload.name: c for c in reversed(matrix.cells)}
-    unknown = [n for n in names if n not in by_name]
-    if unknown:
-        raise ConfigError(f"--workloads: {', '.join(unknown)} not in matrix {matrix.source}; "
-                          f"valid: {', '.join(sorted(by_name))}")  # fmt: skip
-    if args.pairs < 2:
-        raise ConfigError(f"--pairs {args.pairs}: a confidence interval needs at least 2 pairs")
+    names, by_name = _bench_workloads(args)
     kernel, bare = args.kernel, args.kernel + "-bare"
+    twins = sorted(v.removesuffix("-bare") for v in load_variants() if v.endswith("-bare"))
+    if kernel not in twins:
+        raise ConfigError(f"--kernel {kernel!r} has no {bare!r} twin in kernel-configs/variants.toml; "
+                          f"valid: {', '.join(twins)}")  # fmt: skip
     require_host()
     hypervisor = LocalHypervisor()
     ctx = _bench_context(hypervisor, (kernel, bare), args.accel)
     ctx.arm_triggers = False
-    from lab.store import RunStore
-
     work = Path(args.results) / f"bench-counter-{time.strftime('%Y%m%dT%H%M%S')}"
     store = RunStore.create(work, {"bench": "counter"}, run_id="cells")
     iops: dict[str, dict[str, list[float]]] = {n: {kernel: [], bare: []} for n in names}

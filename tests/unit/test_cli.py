@@ -34,3 +34,21 @@ def test_missing_qemu_exits_2_naming_the_package(tmp_path: Path, monkeypatch: py
     err = capsys.readouterr().err
     assert "qemu-system-x86_64" in err and "apt-get install" in err and "qemu-system-x86" in err
     assert not results.exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        pytest.param(["bench", "counter", "--kernel", "throttle"], "no 'throttle-bare' twin", id="no-twin"),
+        pytest.param(["bench", "counter", "--pairs", "1"], "--pairs 1: a confidence interval needs", id="one-pair"),
+        pytest.param(["bench", "counter", "--workloads", "huge"], "--workloads: huge not in matrix", id="workload"),
+        pytest.param(["bench", "dmamap", "--threads", "1,x"], "--threads '1,x': a comma-separated", id="threads"),
+        pytest.param(["bench", "dmamap", "--seconds", "0"], "need kernels, thread counts >= 1", id="seconds"),
+        pytest.param(["run", "matrix", "thread", "--dry-run", "--cores", "0"], "--cores 0", id="cores"),
+    ],
+)
+def test_bad_bench_and_estimate_options_exit_2_naming_them(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                            argv: list[str], message: str) -> None:  # fmt: skip
+    assert main([*argv, "--results", str(tmp_path / "r")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
