@@ -149,6 +149,20 @@ def test_the_published_verdicts_follow_from_the_stored_run(cells: pd.DataFrame) 
     assert verdicts == PUBLISHED
 
 
+def test_the_rerun_with_the_kernels_failure_counters_gives_the_same_verdicts() -> None:
+    # The stored run above missed failed scatterlists (README: "A counting correction").  Its rerun with the
+    # lab kernels' counters (tests/data/default-counted-cells.parquet) counts them, and nothing flips.
+    cells = pd.read_parquet(CELLS.parent / "default-counted-cells.parquet")
+    assert set(cells[cells["status"] == "ok"]["map_failures_counted_by"]) == {"kernel counter"}
+    verdicts = {v.claim: v for v in judge_all(cells)}
+    assert {c: verdicts[c].verdict for c in PUBLISHED} == PUBLISHED
+    assert "pool 4096 slabs, high_throttle 2867" in verdicts["C2"].detail
+    assert "map failures 0, fio errors 0, throttled 2727-3092 times per cell: holds" in verdicts["C2"].detail
+    assert "map failures static 4301-9668, throttle 0-10" in verdicts["C4"].detail
+    assert verdicts["C2-v2"].verdict == "contradicted" and "pool 2048 slabs" in verdicts["C2-v2"].detail
+    assert verdicts["C2-v2"].detail.endswith("map failures 0, fio errors 0, throttled 9868-13037 times per cell: holds")
+
+
 def test_the_readme_publishes_those_verdicts() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     for claim, verdict in PUBLISHED.items():
