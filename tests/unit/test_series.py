@@ -61,3 +61,12 @@ def test_a_run_of_v1_kernels_only_labels_their_missing_bound() -> None:
 
     assert timeout_label(None) == timeout_label(float("nan")) == "-"
     assert timeout_label(100) == "100 ms" and timeout_label(THROTTLE_FOREVER_MS) == "none"
+
+
+def test_c8_rerun_with_the_failure_counters_gives_the_same_verdict() -> None:
+    # README: the rerun counts failed scatterlists too; C8 stays inconclusive, the growing pool fails none
+    counted = pd.read_parquet(DATA / "series-v2-counted-cells.parquet")
+    verdict = judge_c8(counted)
+    assert verdict.verdict == "inconclusive" and "fio_iops -13.7% (not significant" in verdict.detail
+    assert "throttle-v2 100 ms: IOPS 3184, p99 304 ms, failed maps 4-798" in verdict.detail
+    assert "throttle-v2-dynamic none: IOPS 3777, p99 275 ms, failed maps 0" in verdict.detail
