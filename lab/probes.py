@@ -14,8 +14,9 @@ from lab.errors import ParseError
 from lab.guest import Guest, quote_argv
 
 SWIOTLB_DEBUGFS = "/sys/kernel/debug/swiotlb"
-# The lab's instrument patch (patches/dma-map-failure-counter): failed dma_map_page calls and their
-# bytes, counted only when a map fails.  Absent from kernels the lab did not build.
+# The lab's instrument patch (patches/dma-map-failure-counter): failed single mappings (page, and
+# their bytes) and failed scatterlists (sg), counted only when a map fails.  Absent from kernels the
+# lab did not build.
 DMA_FAILURES_DEBUGFS = "/sys/kernel/debug/dma_map_failures"
 # The emulated page-conversion cost of a growing pool (patches/swiotlb-emulate-conversion).
 CONVERSION_PARAM = "/sys/module/swiotlb/parameters/emulated_conversion_ns"
