@@ -99,7 +99,8 @@ def gate(baseline_cells: pd.DataFrame, cells: pd.DataFrame) -> list[Finding]:
                 continue
             b, c, _ = like_with_like(old_group, group)
             family = compare_family([Metric(m, b[m].tolist(), c[m].tolist(), higher)
-                                     for m, higher in COMPARED_METRICS if m in b and m in c])  # fmt: skip
+                                     for m, higher in COMPARED_METRICS
+                                     if m in b and m in c and (m != "map_failures" or _counted_alike(b, c))])  # fmt: skip
             name = "/".join(str(k) for k in key)
             for comparison in family:
                 findings.append(Finding(
@@ -113,6 +114,17 @@ def gate(baseline_cells: pd.DataFrame, cells: pd.DataFrame) -> list[Finding]:
 
 def _ok(cells: pd.DataFrame) -> pd.DataFrame:
     return cells[cells["status"] == "ok"] if not cells.empty else cells
+
+
+def _counted_alike(base: pd.DataFrame, cand: pd.DataFrame) -> bool:
+    """Whether two groups counted failed maps the same way: a night whose kernels count failed scatterlists
+    too (the lab's counter) is not a regression against one that could not see them (rows from before the
+    counter have no ``map_failures_counted_by``)."""
+
+    def how(cells: pd.DataFrame) -> set[str]:
+        return set(cells.get("map_failures_counted_by", pd.Series("", index=cells.index)).fillna("").astype(str))
+
+    return how(base) == how(cand)
 
 
 def no_usable_result(cells: pd.DataFrame) -> str:
