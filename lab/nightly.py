@@ -98,9 +98,10 @@ def gate(baseline_cells: pd.DataFrame, cells: pd.DataFrame) -> list[Finding]:
             if old_group.empty:
                 continue
             b, c, _ = like_with_like(old_group, group)
+            alike = _counted_alike(b, c)
             family = compare_family([Metric(m, b[m].tolist(), c[m].tolist(), higher)
                                      for m, higher in COMPARED_METRICS
-                                     if m in b and m in c and (m != "map_failures" or _counted_alike(b, c))])  # fmt: skip
+                                     if m in b and m in c and (m != "map_failures" or alike)])  # fmt: skip
             name = "/".join(str(k) for k in key)
             for comparison in family:
                 findings.append(Finding(
