@@ -18,7 +18,7 @@ from lab.vm import MIN_POOL_SLABS, SLAB_BYTES
 from lab.workload import FAULT_DEVICES, Workload
 
 NEIGHBOURS = ("none", "slow")
-NEIGHBOUR_BPS = 16 << 20  # the slow neighbour's bandwidth limit (a QEMU throttle group on its drive)
+NEIGHBOUR_BPS = 16 << 20  # the slow neighbour's bandwidth limit (QEMU's I/O throttling on its drive)
 MATRIX_KEYS = {
     "description": "free text",
     "kernels": "list of kernel variant names",
@@ -37,7 +37,7 @@ MATRIX_KEYS = {
     "net_load": "list of true/false: background TCP stream from guest to host over virtio-net during fio",
     "conversion_cost": 'list of emulated page-conversion costs for a growing pool, per 4 KiB page: "0", "5us", '
     '"500ns" (kernels with CONFIG_SWIOTLB_DYNAMIC; claim C7 emulated)',
-    "neighbour": 'list of "none" or "slow": a second NVMe disk throttled by QEMU to '
+    "neighbour": 'list of "none" or "slow": a virtio-blk disk next to the NVMe one, throttled by QEMU to '
     f"{NEIGHBOUR_BPS >> 20} MiB/s, which fio jobs named neighbour* load through ${{LAB_NEIGHBOUR}} (claim C9)",
     "platforms": 'list of "auto" (kvm if it works, else tcg), "tcg", "kvm", "sev-snp", "tdx"',
     "observe": '"first" (the in-guest sampler runs in repetition 0 only), "all" or "none"',
@@ -113,7 +113,7 @@ class Cell:
     platform: str = "auto"  # launch profile (lab.platforms); "auto": kvm where it works, else tcg
     queue_limits: str = "default"  # QUEUE_LIMITS: "fit" sizes the device's block queue to the pool (C11)
     conversion_ns: int = 0  # emulated cost per page a growing pool converts (swiotlb.emulated_conversion_ns)
-    neighbour: str = "none"  # NEIGHBOURS: "slow" boots a second, throttled NVMe disk (C9)
+    neighbour: str = "none"  # NEIGHBOURS: "slow" boots a throttled virtio-blk disk next to the NVMe one (C9)
     # Boots alone: a growing pool (CONFIG_SWIOTLB_DYNAMIC) keeps what an earlier workload of the same
     # boot grew it to, so a later workload would start from another pool.  Not part of the cell's
     # content: it says how the cell is run, not what it measures.
