@@ -22,6 +22,7 @@ from lab.kernel import KernelBuild
 from lab.keys import KeyPair
 from lab.matrix import NEIGHBOUR_BPS, QUEUE_FIT_MAX_SECTORS_KB, QUEUE_FIT_SHARE, Cell, Matrix
 from lab.parse import (
+    Hist,
     busy_cpu_seconds,
     kernel_splats,
     parse_debugfs,
@@ -506,26 +507,23 @@ def _delta(before: dict[str, int | None], after: dict[str, int | None], name: st
 
 
 def map_failures_from(before: dict[str, int | None], after: dict[str, int | None],
-                      page_trigger_hits: int | None) -> dict[str, Any]:  # fmt: skip
+                      page_hist: Hist | None) -> dict[str, Any]:  # fmt: skip
     """The failed-map columns.  The lab's kernels count failed single mappings and scatterlists themselves
     (patches/dma-map-failure-counter: debugfs, no cost to a map that succeeds).  Elsewhere only the
-    hist trigger's single mappings are known: ``map_failures`` is then a lower bound (scatterlists
-    unknown), and says so in ``map_failures_counted_by``."""
+    hist trigger's single mappings are known (``page_hist``, None if it was not armed): ``map_failures``
+    is then a lower bound (scatterlists unknown), and says so in ``map_failures_counted_by``; with neither,
+    every column is unknown (None), not zero."""
     page, sg = _delta(before, after, "page"), _delta(before, after, "sg")
     if page is not None and sg is not None:
-        return {
-            "map_failures": page + sg,
-            "map_page_failures": page,
-            "map_sg_errors": sg,
-            "map_failure_bytes": _delta(before, after, "page_bytes"),
-            "map_failures_counted_by": "kernel counter",
-        }
-    if page_trigger_hits is not None:
-        return {
-            "map_failures": page_trigger_hits,
-            "map_failures_counted_by": "hist trigger: single mappings only (a lower bound)",
-        }
-    return {"map_failures_counted_by": ""}
+        return {"map_failures": page + sg, "map_page_failures": page,
+                "map_failure_bytes": _delta(before, after, "page_bytes"), "map_sg_errors": sg,
+                "map_failures_counted_by": "kernel counter"}  # fmt: skip
+    if page_hist is not None:
+        return {"map_failures": page_hist.hits, "map_page_failures": page_hist.hits,
+                "map_failure_bytes": page_hist.total("size"), "map_sg_errors": None,
+                "map_failures_counted_by": "hist trigger: single mappings only (a lower bound)"}  # fmt: skip
+    return {"map_failures": None, "map_page_failures": None, "map_failure_bytes": None, "map_sg_errors": None,
+            "map_failures_counted_by": ""}  # fmt: skip
 
 
 def build_row(base: dict[str, Any], local: Path, fio_exit: int) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
@@ -557,6 +555,7 @@ def build_row(base: dict[str, Any], local: Path, fio_exit: int) -> tuple[dict[st
                                  parse_proc_stat(text("stat_after.txt"), str(local / "stat_after.txt")))  # fmt: skip
     nslabs = before.get("io_tlb_nslabs")
     hiwater = after.get("io_tlb_used_hiwater")
+    counted = {t.name for t in probes.armed(str(base.get("triggers_armed", "all")))}
     conversion_text = text("conversion_ns.txt").strip()
     conversion = int(conversion_text) if conversion_text.isdigit() else None  # None: the kernel has no knob
     row: dict[str, Any] = {
@@ -584,14 +583,13 @@ def build_row(base: dict[str, Any], local: Path, fio_exit: int) -> tuple[dict[st
         "throttle_timeout_ms": after.get("throttle_timeout_ms"),
         "grow_limit_slabs": after.get("io_tlb_max_nslabs"),  # series v2 patch 9 (0: no limit)
         # Failed mappings at the DMA layer, whichever path the driver used: single mappings
-        # (dma_map_page returning DMA_MAPPING_ERROR) plus scatterlists; set below from the
-        # kernel's counters, or from the hist trigger (single mappings only) where they are absent.
-        "map_failures": None,
-        "map_page_failures": hists["map_page_failures"].hits,
-        "map_failure_bytes": hists["map_page_failures"].total("size"),
-        "map_sg_errors": None,
-        "bounces": hists["bounces"].hits,
-        "bounce_bytes": hists["bounces"].total("size"),
+        # (dma_map_page returning DMA_MAPPING_ERROR) plus scatterlists.
+        **map_failures_from(
+            failed_before, failed_after, hists["map_page_failures"] if "map_page_failures" in counted else None
+        ),
+        # nothing counted bounces in a cell that did not arm their trigger: unknown, not zero
+        "bounces": hists["bounces"].hits if "bounces" in counted else None,
+        "bounce_bytes": hists["bounces"].total("size") if "bounces" in counted else None,
         "hist_dropped": sum(h.dropped for h in hists.values()),
         "fio_exit": fio_exit,
         "fio_iops": fio.iops,
@@ -633,13 +631,6 @@ def build_row(base: dict[str, Any], local: Path, fio_exit: int) -> tuple[dict[st
         else None,
         "debugfs_after": json.dumps(after, sort_keys=True),
     }
-    counted = {t.name for t in probes.armed(str(base.get("triggers_armed", "all")))}
-    page_hits = hists["map_page_failures"].hits if "map_page_failures" in counted else None
-    row.update(map_failures_from(failed_before, failed_after, page_hits))
-    if "map_page_failures" not in counted and row["map_failures_counted_by"] != "kernel counter":
-        row.update(map_page_failures=None, map_failure_bytes=None)  # nothing counted these: unknown, not zero
-    if "bounces" not in counted:
-        row.update(bounces=None, bounce_bytes=None)
     frame = samples.frame.copy() if samples else pd.DataFrame()
     jobs = fio.jobs.copy()
     for key in ("kernel", "pool_slabs_requested", "workload", "repetition"):
