@@ -351,14 +351,10 @@ def figures(cells: pd.DataFrame, samples: pd.DataFrame) -> dict[str, bytes]:
     return out
 
 
-def matplotlib_ticker() -> Any:
-    import matplotlib.ticker
-
-    return matplotlib.ticker
-
-
 def _special_figures(cells: pd.DataFrame, ok: pd.DataFrame, plt: Any) -> dict[str, bytes]:
     """One figure per question of its own: C9 (a slow neighbour), C10 (failing drivers), C13 (pool search)."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     out: dict[str, bytes] = {}
     ratios = {k: _neighbour_ratios(cells, k) for k in sorted(set(ok["kernel"]))}
     ratios = {k: r for k, r in ratios.items() if not r.empty}
@@ -373,8 +369,8 @@ def _special_figures(cells: pd.DataFrame, ok: pd.DataFrame, plt: Any) -> dict[st
             ax.axhline(1.0, color="grey", lw=0.8, ls=":")
             ax.set_ylabel(label, fontsize=8)
         axes[1].set_yscale("log")
-        axes[1].yaxis.set_major_formatter(matplotlib_ticker().ScalarFormatter())
-        axes[1].yaxis.set_minor_formatter(matplotlib_ticker().NullFormatter())
+        axes[1].yaxis.set_major_formatter(ScalarFormatter())
+        axes[1].yaxis.set_minor_formatter(NullFormatter())
         fig.suptitle("C9: the fast NVMe disk next to a slow neighbour (dots: boots; bars: medians)", y=1.02)
         out["neighbour.png"] = _png(fig)
     devices = {k: _failing_driver_cells(cells, k) for k in sorted(set(ok["kernel"]))}
