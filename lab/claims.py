@@ -8,7 +8,7 @@ rests on.  A judge that lacks the cells it needs says so; it never guesses.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import pandas as pd
@@ -447,7 +447,7 @@ def judge_c7_emulated(cells: pd.DataFrame) -> list[Verdict]:
                      f"{'growth worse' if worse[cost] else 'growth not worse'}")  # fmt: skip
         evidence.append(group)
     costs = sorted(worse)
-    break_even = next((c for i, c in enumerate(costs) if all(worse[d] for d in costs[i:])), None)
+    break_even = _from_on(costs, worse)
     if break_even is not None:
         below = [c for c in costs if c < break_even]
         where = f"above {below[-1]} ns and at most {break_even} ns" if below else f"at most {break_even} ns"
@@ -664,6 +664,11 @@ class PoolSearch:
     clean_used: int | None = None  # slabs of memory at clean_from (a growing pool: what it grew to)
 
 
+def _from_on(ordered: Sequence[int], holds: Mapping[int, bool]) -> int | None:
+    """The first of ``ordered`` from which on every later one holds too (None if not even the last does)."""
+    return next((x for i, x in enumerate(ordered) if all(holds[y] for y in ordered[i:])), None)
+
+
 def _smallest_sufficient(group: pd.DataFrame) -> PoolSearch:
     """C13 for one policy and workload: the smallest swept pool from which on every larger swept pool too
     had no failed map and no fio error in any cell and a median p99 within P99_SLACK of the largest pool's."""
@@ -675,19 +680,17 @@ def _smallest_sufficient(group: pd.DataFrame) -> PoolSearch:
     clean = {p: bool((g["map_failures"].fillna(1) == 0).all() and (g["fio_errors"].fillna(1) == 0).all())
              for p, g in by_pool.items()}  # fmt: skip
     ok = {p: clean[p] and float(g["fio_clat_p99_us"].median()) <= ample * (1 + P99_SLACK) for p, g in by_pool.items()}
-    clean_from = next((p for i, p in enumerate(pools) if all(clean[q] for q in pools[i:])), None)
-    clean_note, grew = "none", None
-    if clean_from is not None:
-        grew = (
-            int(max(by_pool[clean_from]["nslabs_after"].max(), clean_from)) if "nslabs_after" in group else clean_from
-        )
-        clean_note = _mib(clean_from) + (f" (grew to {_mib(grew)})" if grew > clean_from else "")
-    smallest = next((p for i, p in enumerate(pools) if all(ok[q] for q in pools[i:])), None)
+
+    def memory(pool: int) -> tuple[int, str]:
+        """Slabs a pool used (a growing one: what it grew to), and how to say it."""
+        used = int(max(by_pool[pool]["nslabs_after"].max(), pool)) if "nslabs_after" in group else pool
+        return used, _mib(pool) + (f" (grew to {_mib(used)})" if used > pool else "")
+
+    clean_from, smallest = _from_on(pools, clean), _from_on(pools, ok)
+    grew, clean_note = memory(clean_from) if clean_from is not None else (None, "none")
     if smallest is None:
         return PoolSearch(None, f"none up to {_mib(pools[-1])}", clean_note, rsd, grew)
-    used = int(max(by_pool[smallest]["nslabs_after"].max(), smallest)) if "nslabs_after" in group else smallest
-    grown = f" (grew to {_mib(used)})" if used > smallest else ""
-    return PoolSearch(used, _mib(smallest) + grown, clean_note, rsd, grew)
+    return PoolSearch(*memory(smallest), clean_note, rsd, grew)
 
 
 def judge_c13(cells: pd.DataFrame) -> Verdict:
