@@ -581,8 +581,7 @@ def cmd_bench_dmamap(args: argparse.Namespace) -> int:
         base = Cell(kernel, pool, "nvme", Workload("idle"), vcpus=args.vcpus, memory_mib=1024, sample_hz=0.0)
         spec = replace(boot_spec(ctx, base), spare_pci=True)
         with _bench_guest(ctx, hypervisor, spec, work / f"boot-{kernel}") as (vm, guest):
-            guest.put(tool, dmabench.GUEST_TOOL)
-            bdf = guest.run(f"chmod +x {dmabench.GUEST_TOOL}; " + dmabench.bind_lines(), timeout_s=30).stdout.strip()
+            bdf = dmabench.install(guest, tool)
             for round_ in range(args.rounds):
                 for count in threads:
                     interrupt.check()

@@ -64,6 +64,12 @@ def bind_lines() -> str:
     )
 
 
+def install(guest: Guest, tool: Path) -> str:
+    """Copy the tool into the guest and hand the edu device to the benchmark driver; its PCI address."""
+    guest.put(tool, GUEST_TOOL)
+    return guest.run(f"chmod +x {GUEST_TOOL}; " + bind_lines(), timeout_s=30).stdout.strip()
+
+
 @dataclass(frozen=True)
 class MapLatency:
     threads: int

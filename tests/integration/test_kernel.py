@@ -149,8 +149,7 @@ def test_the_kernels_own_dma_map_benchmark_bounces_every_map(ctx: LabContext, tm
         guest = ctx.guest(vm.endpoint, ctx.client_key.private_path, ctx.image.host_key_blob)
         try:
             guest.connect(alive=vm.check_alive)
-            guest.put(tool, dmabench.GUEST_TOOL)
-            bdf = guest.run(f"chmod +x {dmabench.GUEST_TOOL}; " + dmabench.bind_lines(), timeout_s=30).stdout
+            bdf = dmabench.install(guest, tool)
             guest.run(f"echo 0 > {probes.SWIOTLB_DEBUGFS}/io_tlb_used_hiwater", timeout_s=30)
             idle = int(guest.run(f"cat {probes.SWIOTLB_DEBUGFS}/io_tlb_used", timeout_s=30).stdout)
             result = dmabench.run(guest, threads=2, seconds=2, granule=32)
