@@ -521,14 +521,15 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
         extra = {axis: values[0] for axis, values in axes.items()} | rule
         if extra not in combos:
             combos.append(extra)
+    # read each job file once, not once per combination
+    loads_neighbour = {w.name: w.job_file is not None and "LAB_NEIGHBOUR" in w.job_file.read_text() for w in workloads}
     for combo in combos:  # after exclude, so that excluding a pair is the way out
         workload = by_name[combo["workload"]]
         if workload.fault and combo["device"] not in FAULT_DEVICES[workload.fault]:
             raise ConfigError(f"{where('workloads')}: workload {workload.name!r} injects fault {workload.fault!r}, "
                               f"which needs device {' or '.join(FAULT_DEVICES[workload.fault])}, "
                               f"not {combo['device']!r} (exclude the pair)")  # fmt: skip
-        needs_neighbour = workload.job_file is not None and "LAB_NEIGHBOUR" in workload.job_file.read_text()
-        if needs_neighbour and combo["neighbour"] == "none":
+        if loads_neighbour[workload.name] and combo["neighbour"] == "none":
             raise ConfigError(f"{where('workloads')}: workload {workload.name!r} loads ${{LAB_NEIGHBOUR}} "
                               f"({workload.job_file}), which needs neighbour = \"slow\" "
                               "(exclude the pair)")  # fmt: skip
