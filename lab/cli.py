@@ -391,6 +391,16 @@ def _bench_workloads(args: argparse.Namespace) -> tuple[list[str], dict[str, Cel
     return names, by_name
 
 
+def _paired_bench_arguments(parser: argparse.ArgumentParser, pairs: int, pairs_help: str, matrix: str) -> None:
+    """The options of a bench that pairs runs with and without an instrument (what _bench_workloads reads)."""
+    parser.add_argument("--pairs", type=int, default=pairs, help=pairs_help)
+    parser.add_argument("--runtime", type=int, default=10)
+    parser.add_argument("--workloads", default="light,heavy", help="comma-separated workloads of the matrix")
+    parser.add_argument("--matrix", default=matrix)
+    parser.add_argument("--results", default="results")
+    parser.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+
+
 def cmd_bench_sampler(args: argparse.Namespace) -> int:
     """What an instrument costs fio: runs with and without it, in ABBA order in one boot per workload,
     so that drifts cancel; the cost gets a confidence interval over the pairs."""
@@ -897,23 +907,13 @@ def build_parser() -> argparse.ArgumentParser:
     sampler = bench_sub.add_parser("sampler", help="what an instrument (the sampler, or the hist triggers) costs fio")
     sampler.add_argument("--observer", choices=("sampler", "triggers"), default="sampler",
                          help="the instrument to measure (default: the in-guest sampler)")  # fmt: skip
-    sampler.add_argument("--pairs", type=int, default=8, help="ABBA pairs per workload (default 8)")
-    sampler.add_argument("--runtime", type=int, default=10)
     sampler.add_argument("--hz", type=float, default=50.0)
-    sampler.add_argument("--workloads", default="light,heavy", help="comma-separated workloads of the matrix")
-    sampler.add_argument("--matrix", default="stock")
-    sampler.add_argument("--results", default="results")
-    sampler.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    _paired_bench_arguments(sampler, 8, "ABBA pairs per workload (default 8)", "stock")
     sampler.set_defaults(func=cmd_bench_sampler)
 
     counter = bench_sub.add_parser("counter", help="what the lab's failed-map counter costs fio (vs KERNEL-bare)")
     counter.add_argument("--kernel", default="static", help="a variant with a KERNEL-bare twin (default static)")
-    counter.add_argument("--pairs", type=int, default=6, help="ABBA pairs of boots (default 6)")
-    counter.add_argument("--runtime", type=int, default=10)
-    counter.add_argument("--workloads", default="light,heavy", help="comma-separated workloads of the matrix")
-    counter.add_argument("--matrix", default="observer")
-    counter.add_argument("--results", default="results")
-    counter.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    _paired_bench_arguments(counter, 6, "ABBA pairs of boots (default 6)", "observer")
     counter.set_defaults(func=cmd_bench_counter)
 
     dmamap = bench_sub.add_parser("dmamap", help="the kernel's DMA map benchmark: map/unmap latency per kernel")
