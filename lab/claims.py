@@ -40,7 +40,7 @@ class Verdict:
 FAILING_DRIVERS = ("ahci", "lsi")  # devices whose driver fails a request when its map fails (claim C10)
 
 
-def _special(cells: pd.DataFrame, conversion: bool = True) -> pd.Series:
+def special_cells(cells: pd.DataFrame, conversion: bool = True) -> pd.Series:
     """Cells that ask a question of their own and stay out of the other claims' groups: a driver that fails
     instead of requeueing (C10), a slowed neighbour disk (C9), an emulated conversion cost (C7 emulated;
     unless ``conversion`` is False).  Columns absent from older runs mean none of these."""
@@ -61,7 +61,7 @@ def _ok_any(cells: pd.DataFrame) -> pd.DataFrame:
 def _ok(cells: pd.DataFrame) -> pd.DataFrame:
     """Successful cells of the plain kind every claim but C7-emulated, C9 and C10 is judged on."""
     ok = _ok_any(cells)
-    return ok[~_special(ok)] if not ok.empty else ok
+    return ok[~special_cells(ok)] if not ok.empty else ok
 
 
 def _kind(cells: pd.DataFrame) -> pd.Series:
@@ -403,7 +403,7 @@ def judge_c7_emulated(cells: pd.DataFrame) -> list[Verdict]:
     """Growth charged an emulated conversion cost per page (patches/swiotlb-emulate-conversion), swept: the
     cost from which on throttling beats growth.  Only where the run swept it; never the CoCo verdict."""
     ok = _ok_any(cells)
-    ok = ok[~_special(ok, conversion=False)] if not ok.empty else ok
+    ok = ok[~special_cells(ok, conversion=False)] if not ok.empty else ok
     if ok.empty or "conversion_ns" not in ok or not (ok["conversion_ns"].fillna(0) > 0).any():
         return []
     text = ("Emulated: delaying requests is cheaper than growing the pool once converting a page costs at least "
@@ -595,7 +595,7 @@ def judge_c12(cells: pd.DataFrame, kernel: str = SERIES_V2) -> Verdict:
 BOOT_COLUMNS = ("kernel", "pool_slabs_requested", "vcpus", "memory_mib", "repetition")
 
 
-def _neighbour_ratios(cells: pd.DataFrame, kernel: str) -> pd.DataFrame:
+def neighbour_ratios(cells: pd.DataFrame, kernel: str) -> pd.DataFrame:
     """Per boot with a slow neighbour: the fast device's IOPS and p99 next to the neighbour's load, as a
     fraction of the same device alone in the same boot (pairs within a boot cancel boot-to-boot spread)."""
     ok = _ok_any(cells)
@@ -619,7 +619,7 @@ def judge_c9(cells: pd.DataFrame, kernel: str = "throttle") -> Verdict:
               f"alone in the same boot; `{kernel}` vs `static`, smallest pool both ran")  # fmt: skip
     threshold = ("supported if either fraction is significantly worse under the throttle (Holm over the two); "
                  "contradicted if neither is and both are decided")  # fmt: skip
-    static, cand = _neighbour_ratios(cells, "static"), _neighbour_ratios(cells, kernel)
+    static, cand = neighbour_ratios(cells, "static"), neighbour_ratios(cells, kernel)
     pools = (set(static["pool_slabs_requested"]) & set(cand["pool_slabs_requested"])
              if not static.empty and not cand.empty else set())  # fmt: skip
     if not pools:
@@ -669,7 +669,7 @@ def _from_on(ordered: Sequence[int], holds: Mapping[int, bool]) -> int | None:
     return next((x for i, x in enumerate(ordered) if all(holds[y] for y in ordered[i:])), None)
 
 
-def _smallest_sufficient(group: pd.DataFrame) -> PoolSearch:
+def smallest_sufficient(group: pd.DataFrame) -> PoolSearch:
     """C13 for one policy and workload: the smallest swept pool from which on every larger swept pool too
     had no failed map and no fio error in any cell and a median p99 within P99_SLACK of the largest pool's."""
     by_pool = {int(p): g for p, g in group.groupby("pool_slabs_requested")}
@@ -712,7 +712,7 @@ def judge_c13(cells: pd.DataFrame) -> Verdict:
             for kernel in POLICIES:
                 group = workload[workload["kernel"] == kernel]
                 if group["pool_slabs_requested"].nunique() >= MIN_POOLS:
-                    found[kernel] = _smallest_sufficient(group)
+                    found[kernel] = smallest_sufficient(group)
                     evidence.append(group)
             throttled = [k for k in found if "throttle" in k]
             if "static" not in found or not throttled:
@@ -749,7 +749,7 @@ def judge_c13(cells: pd.DataFrame) -> Verdict:
     return Verdict("C13", text, verdict, metric, threshold, _ids(*evidence), "; ".join(notes))
 
 
-def _io_errors(cells: pd.DataFrame) -> pd.Series:
+def cell_io_errors(cells: pd.DataFrame) -> pd.Series:
     """Per cell: fio's errors plus the kernel's block-layer "I/O error" lines."""
     return cells["fio_errors"].fillna(0) + cells.get("dmesg_io_errors", pd.Series(0, index=cells.index)).fillna(0)
 
@@ -773,7 +773,7 @@ def _measured_or_splat(cells: pd.DataFrame) -> pd.DataFrame:
     return cells[(cells["status"] == "ok") | ((cells["status"] == "failed") & splat & cells["fio_iops"].notna())]
 
 
-def _failing_driver_cells(cells: pd.DataFrame, kernel: str) -> dict[str, pd.DataFrame]:
+def failing_driver_cells(cells: pd.DataFrame, kernel: str) -> dict[str, pd.DataFrame]:
     """Per failing-driver device: the kernel's heavy cells on the smallest pool it ran there."""
     ok = _measured_or_splat(cells)
     if ok.empty or "device" not in ok:
@@ -811,12 +811,12 @@ def judge_c10(cells: pd.DataFrame) -> Verdict:
                  "not exhausted) or errors came in half the cells or fewer. Supported if any device supports it, "
                  "contradicted if every device contradicts it. Cells failed only by a kernel report (a WARN) "
                  "count, with their numbers: for such a driver the report is part of the outcome")  # fmt: skip
-    by_device = _failing_driver_cells(cells, "static")
+    by_device = failing_driver_cells(cells, "static")
     if not by_device:
         return _missing("C10", text, metric, threshold, "`static` heavy cells on an AHCI or LSI disk")
     answers, notes = [], []
     for device, chosen in sorted(by_device.items()):
-        errors = _io_errors(chosen)
+        errors = cell_io_errors(chosen)
         answers.append(_errors_verdict(chosen["map_failures"].fillna(0), errors))
         rounds = chosen.get("dmesg_ata_exceptions", pd.Series(dtype=float))
         notes.append(f"{device} pool {int(chosen['pool_slabs_requested'].iloc[0])}: failed maps "
@@ -835,7 +835,7 @@ def judge_c10_throttle(cells: pd.DataFrame) -> list[Verdict]:
                  "pool; contradicted if the throttle kernel had I/O errors in more than half of its cells; "
                  "inconclusive otherwise. Contradicted if any device contradicts it (a counterexample), else "
                  "supported if any device supports it")  # fmt: skip
-    static = _failing_driver_cells(cells, "static")
+    static = failing_driver_cells(cells, "static")
     ok = _measured_or_splat(cells)
     if ok.empty or "device" not in ok:
         return []
@@ -844,7 +844,7 @@ def judge_c10_throttle(cells: pd.DataFrame) -> list[Verdict]:
     for kernel in kernels:
         claim = "C10-" + kernel
         metric = f"fio errors and kernel 'I/O error' lines per cell, `{kernel}` vs `static`, heavy load, per device"
-        cand = _failing_driver_cells(cells, kernel)
+        cand = failing_driver_cells(cells, kernel)
         shared = sorted(d for d in cand if d in static and set(cand[d]["pool_slabs_requested"])
                         == set(static[d]["pool_slabs_requested"]))  # fmt: skip
         if not shared:
@@ -854,7 +854,7 @@ def judge_c10_throttle(cells: pd.DataFrame) -> list[Verdict]:
         answers, notes, evidence = [], [], []
         for device in shared:
             base, mine = static[device], cand[device]
-            base_errors, errors = _io_errors(base), _io_errors(mine)
+            base_errors, errors = cell_io_errors(base), cell_io_errors(mine)
             engaged = int(mine.get("high_throttle_count", pd.Series(0, index=mine.index)).fillna(0).sum())
             if (errors > 0).sum() * 2 > len(mine):
                 answers.append("contradicted")

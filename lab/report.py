@@ -20,15 +20,15 @@ from lab.claims import (
     P99_SLACK,
     POLICIES,
     Verdict,
-    _failing_driver_cells,
-    _io_errors,
-    _neighbour_ratios,
-    _smallest_sufficient,
-    _special,
+    cell_io_errors,
+    failing_driver_cells,
     judge_all,
     like_with_like,
+    neighbour_ratios,
     observed,
     scopes,
+    smallest_sufficient,
+    special_cells,
 )
 from lab.stats import THRESHOLDS_TEXT, Metric, compare_family
 from lab.store import SKIPPED, load_cells, load_samples, write_parquet
@@ -307,7 +307,7 @@ def figures(cells: pd.DataFrame, samples: pd.DataFrame) -> dict[str, bytes]:
             out["usage_over_time.png"] = _png(fig)
 
     special = ok  # C9/C10/C13 figures below; the rest shows plain cells only
-    ok = ok[~_special(ok)]
+    ok = ok[~special_cells(ok)]
     if ok.empty:
         out.update(_special_figures(cells, special, plt))
         return out
@@ -356,7 +356,7 @@ def _special_figures(cells: pd.DataFrame, ok: pd.DataFrame, plt: Any) -> dict[st
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     out: dict[str, bytes] = {}
-    ratios = {k: _neighbour_ratios(cells, k) for k in sorted(set(ok["kernel"]))}
+    ratios = {k: neighbour_ratios(cells, k) for k in sorted(set(ok["kernel"]))}
     ratios = {k: r for k, r in ratios.items() if not r.empty}
     if ratios:  # C9: what the neighbour costs the fast disk, per boot
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -373,7 +373,7 @@ def _special_figures(cells: pd.DataFrame, ok: pd.DataFrame, plt: Any) -> dict[st
         axes[1].yaxis.set_minor_formatter(NullFormatter())
         fig.suptitle("C9: the fast NVMe disk next to a slow neighbour (dots: boots; bars: medians)", y=1.02)
         out["neighbour.png"] = _png(fig)
-    devices = {k: _failing_driver_cells(cells, k) for k in sorted(set(ok["kernel"]))}
+    devices = {k: failing_driver_cells(cells, k) for k in sorted(set(ok["kernel"]))}
     pairs = [(d, k, c) for k, by in devices.items() for d, c in sorted(by.items())]
     if pairs:  # C10: what a failed map does on drivers that fail requests
         fig, axes = plt.subplots(1, 2, figsize=(11, 0.6 + 0.45 * len(pairs)))
@@ -381,19 +381,19 @@ def _special_figures(cells: pd.DataFrame, ok: pd.DataFrame, plt: Any) -> dict[st
         colours = [variant_colour(k) for _, k, _ in pairs]
         axes[0].barh(labels, [c["map_failures"].median() for _, _, c in pairs], color=colours)
         axes[0].set_title("failed maps (median per cell)", fontsize=9)
-        axes[1].barh(labels, [(_io_errors(c) > 0).mean() * 100 for _, _, c in pairs], color=colours)
+        axes[1].barh(labels, [(cell_io_errors(c) > 0).mean() * 100 for _, _, c in pairs], color=colours)
         axes[1].set_xlim(0, 100)
         axes[1].set_title("cells with I/O errors (%)", fontsize=9)
         axes[1].set_yticklabels([])
         fig.suptitle("C10: drivers that fail a request whose map fails (heavy load, smallest pool)", y=1.04)
         out["failing_drivers.png"] = _png(fig)
     found = []
-    plain = ok[~_special(ok)]
+    plain = ok[~special_cells(ok)]
     for workload, group in plain.groupby("workload") if not plain.empty else ():
         for kernel in POLICIES:
             mine = group[group["kernel"] == kernel]
             if mine["pool_slabs_requested"].nunique() >= 3:
-                found.append((str(workload), kernel, _smallest_sufficient(mine)))
+                found.append((str(workload), kernel, smallest_sufficient(mine)))
     if found:  # C13: per policy and workload, the pool from which on no map failed; and with p99 too
         fig, ax = plt.subplots(figsize=(9, 0.8 + 0.4 * len(found)))
         for y, (_, kernel, search) in enumerate(found):
