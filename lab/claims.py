@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import pandas as pd
 
 from lab.doorbells import FAILURE_REASON
-from lab.matrix import QUEUE_FIT_SHARE, THROTTLE_FOREVER_MS, timeout_label
+from lab.matrix import THROTTLE_FOREVER_MS, queue_fit_share, timeout_label
 from lab.stats import UNDECIDED, Comparison, Metric, compare_family
 from lab.store import SKIPPED
 
@@ -517,35 +517,57 @@ def judge_c11(cells: pd.DataFrame, kernel: str = SERIES_V2) -> Verdict:
     text = ("The alternative (Bart Van Assche): a driver can limit what it has in flight, so a static pool with "
             "the block queue sized to fit it does what throttling does")  # fmt: skip
     metric = (f"failed maps, then IOPS and p50/p99/p99.9 latency: `static` with nr_requests x max_sectors_kb fitted "
-              f"to {int(QUEUE_FIT_SHARE * 100)}% of the pool vs `{kernel}` with default queue limits, heavy load, "
-              "smallest pool both ran")  # fmt: skip
-    threshold = ("contradicted if the fitted static pool still fails maps (median per cell > 0) or regresses "
-                 "a performance metric significantly (Holm); supported if neither, and every metric is "
-                 "decided")  # fmt: skip
+              f"to a share of the pool (each share the run has) vs `{kernel}` with default queue limits, heavy "
+              "load, smallest pool both ran")  # fmt: skip
+    threshold = ("judged per share: a share fails if its fitted static pool still fails maps (median per cell > 0) "
+                 "or regresses a performance metric significantly (Holm within the share); it holds if neither, "
+                 "and every metric is decided. Supported if any share holds (named in the detail), contradicted "
+                 "if every share fails, inconclusive otherwise")  # fmt: skip
     ok = _ok(cells)
-    fitted_all = ok[_queue_limits(ok) == "fit"] if not ok.empty else ok
-    plain = ok[_queue_limits(ok) == "default"] if not ok.empty else ok
+    limits = _queue_limits(ok) if not ok.empty else pd.Series(dtype=object)
+    fitted_all = ok[limits != "default"] if not ok.empty else ok
+    plain = ok[limits == "default"] if not ok.empty else ok
     pools = set(_select(fitted_all, "static", "heavy")["pool_slabs_requested"]) & set(
         _select(plain, kernel, "heavy")["pool_slabs_requested"]
     )
     if not pools:
-        need = f'`static` heavy cells with queue_limits = "fit" and `{kernel}` heavy cells on the same pool'
+        need = (
+            f'`static` heavy cells with queue_limits = "fit" (or "fit:N%") and `{kernel}` heavy cells on the same pool'
+        )
         return _missing("C11", text, metric, threshold, need)
     pool = min(pools)
-    fitted, throttled = _select(fitted_all, "static", "heavy", pool), _select(plain, kernel, "heavy", pool)
-    limits = "limits not recorded"
-    if "queue_nr_requests" in fitted:
-        limits = (f"nr_requests {_span(fitted['queue_nr_requests'])}, "
-                  f"max_sectors_kb {_span(fitted['queue_max_sectors_kb'])}")  # fmt: skip
-    failures = fitted["map_failures"].median()
-    comparisons = _perf(throttled, fitted)
-    detail = (f"pool {pool}, {limits}: failed maps fitted static {_span(fitted['map_failures'])} vs {kernel} "
-              f"{_span(throttled['map_failures'])}; {_describe(comparisons, throttled, fitted)}")  # fmt: skip
-    if failures > 0:
+    fitted_pool, throttled = _select(fitted_all, "static", "heavy", pool), _select(plain, kernel, "heavy", pool)
+    outcomes: list[str] = []
+    comparisons: list[Comparison] = []
+    parts = [f"pool {pool}: `{kernel}` failed maps {_span(throttled['map_failures'])}"]
+    shares = sorted(set(_queue_limits(fitted_pool)), key=lambda v: queue_fit_share(v) or 0.0)
+    for value in shares:
+        fitted = fitted_pool[_queue_limits(fitted_pool) == value]
+        label = f"{round((queue_fit_share(value) or 0.0) * 100)}%"
+        applied = "limits not recorded"
+        if "queue_nr_requests" in fitted:
+            applied = (f"nr_requests {_span(fitted['queue_nr_requests'])}, "
+                       f"max_sectors_kb {_span(fitted['queue_max_sectors_kb'])}")  # fmt: skip
+        found = _perf(throttled, fitted)
+        if fitted["map_failures"].median() > 0:
+            outcome = "fails (maps fail)"
+        else:
+            outcome = {"contradicted": "fails (regressed)", "supported": "holds", "inconclusive": "undecided"}[
+                _regression_verdict(found, if_regressed="contradicted", otherwise="supported")
+            ]
+        outcomes.append(outcome)
+        comparisons += [replace(c, metric=f"fit {label} {c.metric}") for c in found]
+        parts.append(f"fitted to {label} ({applied}) {outcome}: failed maps {_span(fitted['map_failures'])}; "
+                     f"{_describe(found, throttled, fitted)}")  # fmt: skip
+    if "holds" in outcomes:
+        verdict = "supported"
+    elif all(o.startswith("fails") for o in outcomes):
         verdict = "contradicted"
     else:
-        verdict = _regression_verdict(comparisons, if_regressed="contradicted", otherwise="supported")
-    return Verdict("C11", text, verdict, metric, threshold, _ids(fitted, throttled), detail, comparisons)
+        verdict = "inconclusive"
+    return Verdict(
+        "C11", text, verdict, metric, threshold, _ids(fitted_pool, throttled), "; ".join(parts), tuple(comparisons)
+    )
 
 
 def _largest_common_pool(cells: pd.DataFrame, kernels: tuple[str, ...], kind: str) -> int | None:

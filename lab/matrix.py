@@ -30,8 +30,8 @@ MATRIX_KEYS = {
     "repetitions": "number of repetitions (each repetition boots afresh)",
     "throttle": 'list of throttle thresholds: "default" or "HIGH/LOW" in percent of the pool (throttle kernels)',
     "throttle_timeout": 'list of throttle wait bounds: "default", "0ms", "10ms", ..., or "none" (series v2 kernels)',
-    "queue_limits": 'list of "default" or "fit" (the device\'s nr_requests and max_sectors_kb sized so its I/O '
-    "in flight fits in 75% of the pool; claim C11)",
+    "queue_limits": 'list of "default", "fit" or "fit:N%" (the device\'s nr_requests and max_sectors_kb sized so '
+    'its I/O in flight fits in N% of the pool, 75% for plain "fit"; claim C11)',
     "grow_limit": 'list of limits on a growing pool: "default" (none) or a size like "4MiB" or a slab count '
     "(series v2 kernels with a growing pool)",
     "net_load": "list of true/false: background TCP stream from guest to host over virtio-net during fio",
@@ -87,11 +87,12 @@ _UNITS = {"b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
 # stalled or gone; or its own ID on a kernel whose pool grows)
 # plus queue limits, emulated conversion cost (ns per page) and neighbour disk
 BootKey = tuple[str, int, str, int, int, int, bool, int, bool, str, str, str, int, str]
-QUEUE_LIMITS = ("default", "fit")
-# "fit": the device's block queue is limited so that what it can have in flight fits in this share of
-# the pool (claim C11: can drivers limit what they have in flight, instead of throttling?).  The rest
-# is left to virtio-net and to what alignment wastes.
+# "fit" / "fit:N%": the device's block queue is limited so that what it can have in flight fits in this
+# share of the pool (claim C11: can drivers limit what they have in flight, instead of throttling?).  The
+# rest is left to virtio-net and to what alignment wastes.  Plain "fit" is 75% (the share of the first
+# C11 run); "fit:75%" is normalised to it, so a cell keeps one name and one ID.
 QUEUE_FIT_SHARE = 0.75
+QUEUE_LIMITS_VALID = '"default", "fit" (75% of the pool) or "fit:N%" with N a whole number from 1 to 100'
 QUEUE_FIT_MAX_SECTORS_KB = 128
 
 
@@ -111,7 +112,7 @@ class Cell:
     net_load: bool = False  # a TCP stream guest -> host over virtio-net during the workload
     sample_hz: float = 0.0  # the in-guest sampler's rate; 0: unobserved (no sampler during fio)
     platform: str = "auto"  # launch profile (lab.platforms); "auto": kvm where it works, else tcg
-    queue_limits: str = "default"  # QUEUE_LIMITS: "fit" sizes the device's block queue to the pool (C11)
+    queue_limits: str = "default"  # "fit" or "fit:N%" sizes the device's block queue to the pool (C11)
     conversion_ns: int = 0  # emulated cost per page a growing pool converts (swiotlb.emulated_conversion_ns)
     neighbour: str = "none"  # NEIGHBOURS: "slow" boots a throttled virtio-blk disk next to the NVMe one (C9)
     # Boots alone: a growing pool (CONFIG_SWIOTLB_DYNAMIC) keeps what an earlier workload of the same
@@ -334,6 +335,27 @@ def _conversion_ns(value: object, where: str) -> int:
     return ns
 
 
+def _queue_limits_knob(value: object, where: str) -> str:
+    """A queue_limits value in its one spelling: "default", "fit" (75%) or "fit:N%"."""
+    text = str(value).strip()
+    if text in ("default", "fit"):
+        return text
+    match = re.fullmatch(r"fit:(\d+)%", text)
+    if not match or not 1 <= int(match[1]) <= 100:
+        raise ConfigError(f"{where}: {value!r} must be {QUEUE_LIMITS_VALID}")
+    percent = int(match[1])
+    return "fit" if percent == round(QUEUE_FIT_SHARE * 100) else f"fit:{percent}%"
+
+
+def queue_fit_share(queue_limits: str) -> float | None:
+    """The share of the pool a cell's block queue is fitted to, None for the device's own limits."""
+    if queue_limits == "default":
+        return None
+    if queue_limits == "fit":
+        return QUEUE_FIT_SHARE
+    return int(queue_limits.removeprefix("fit:").removesuffix("%")) / 100
+
+
 def timeout_capable(kernel: str) -> bool:
     """Kernels whose throttle has a wait bound (the series v2 variants, named throttle-v2*)."""
     return kernel.startswith("throttle-v2")
@@ -353,6 +375,8 @@ def _rule(rule: object, where: str, axes: dict[str, list[Any]], kind: str) -> di
             value = _conversion_ns(value, where)
         elif axis == "memory":
             value = parse_size_bytes(value, where) >> 20
+        elif axis == "queue_limits":
+            value = _queue_limits_knob(value, where)
         if value not in axes[axis]:
             raise ConfigError(f"{where}: {kind} names {axis} = {rule[axis]!r}, which is not in matrix.{axis}s")
         normalised[axis] = value
@@ -468,10 +492,8 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
                 for v in _list(section, "throttle_timeout", ["default"], where("throttle_timeout"))]  # fmt: skip
     limits = [_grow_limit_knob(v, where("grow_limit"))
               for v in _list(section, "grow_limit", ["default"], where("grow_limit"))]  # fmt: skip
-    queue_limits = [str(v) for v in _list(section, "queue_limits", ["default"], where("queue_limits"))]
-    for value in queue_limits:
-        if value not in QUEUE_LIMITS:
-            raise ConfigError(f"{where('queue_limits')}: {value!r} must be one of {', '.join(map(repr, QUEUE_LIMITS))}")
+    queue_limits = [_queue_limits_knob(v, where("queue_limits"))
+                    for v in _list(section, "queue_limits", ["default"], where("queue_limits"))]  # fmt: skip
     costs = [_conversion_ns(v, where("conversion_cost"))
              for v in _list(section, "conversion_cost", [0], where("conversion_cost"))]  # fmt: skip
     neighbours = [str(v) for v in _list(section, "neighbour", ["none"], where("neighbour"))]

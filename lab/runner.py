@@ -20,7 +20,7 @@ from lab.guest import Guest
 from lab.image import GuestImage, initrd_for
 from lab.kernel import KernelBuild
 from lab.keys import KeyPair
-from lab.matrix import NEIGHBOUR_BPS, QUEUE_FIT_MAX_SECTORS_KB, QUEUE_FIT_SHARE, Cell, Matrix
+from lab.matrix import NEIGHBOUR_BPS, QUEUE_FIT_MAX_SECTORS_KB, Cell, Matrix, queue_fit_share
 from lab.parse import (
     Hist,
     busy_cpu_seconds,
@@ -384,8 +384,8 @@ def run_cell(
     load: netload.NetLoad | None = None
     try:
         triggers = base["triggers_armed"]
-        queue_fit = ((cell.pool_slabs * SLAB_BYTES, QUEUE_FIT_SHARE, QUEUE_FIT_MAX_SECTORS_KB)
-                     if cell.queue_limits == "fit" else None)  # fmt: skip
+        share = queue_fit_share(cell.queue_limits)
+        queue_fit = (cell.pool_slabs * SLAB_BYTES, share, QUEUE_FIT_MAX_SECTORS_KB) if share is not None else None
         phase("preparing probes", lambda: probes.prepare(guest, files, disk.guest_name, dict(cell.knobs), triggers,
                                                          queue_fit))  # fmt: skip
         sampler = None
@@ -603,7 +603,7 @@ def build_row(base: dict[str, Any], local: Path, fio_exit: int) -> tuple[dict[st
         "fio_total_ios": fio.total_ios,
         # guest CPU time (all vCPUs, not idle) over fio's run, per completed I/O (claim C12)
         "guest_cpu_s": cpu_s,
-        # what the lab set on the device's block queue for a "fit" cell (claim C11); None otherwise
+        # what the lab set on the device's block queue for a fitted cell (claim C11); None otherwise
         "queue_nr_requests": limits.get("nr_requests"),
         "queue_max_sectors_kb": limits.get("max_sectors_kb"),
         "guest_cpu_us_per_io": cpu_s * 1e6 / fio.total_ios if cpu_s is not None and fio.total_ios else None,

@@ -211,11 +211,62 @@ def test_c11_fitted_queue_still_fails_maps_on_the_stored_run() -> None:
     cells = pd.read_parquet(CELLS.parent / "c11-cells.parquet")
     verdict = judge_c11(cells)
     assert verdict.verdict == "contradicted"
-    assert "nr_requests 6, max_sectors_kb 128" in verdict.detail and "9100-19543" in verdict.detail
-    iops = next(c for c in verdict.comparisons if c.metric == "fio_iops")
+    assert "fitted to 75% (nr_requests 6, max_sectors_kb 128) fails (maps fail)" in verdict.detail
+    assert "9100-19543" in verdict.detail
+    iops = next(c for c in verdict.comparisons if c.metric == "fit 75% fio_iops")
     assert iops.change_pct == pytest.approx(43.5, abs=0.1) and iops.conclusion == "improved"
     # without the fitted cells there is nothing to judge
     assert judge_c11(cells[cells["queue_limits"] != "fit"]).verdict == "inconclusive"
+
+
+def _queue_cells(kernel: str, limits: str, failed: list[int], iops: list[float]) -> pd.DataFrame:
+    """Heavy NVMe cells on a 2 MiB pool with the columns judge_c11 reads; latency moves inversely to IOPS."""
+    return pd.DataFrame({
+        "cell_id": [f"{kernel}-{limits}-r{i}" for i in range(len(iops))], "status": "ok", "kernel": kernel,
+        "device": "nvme", "pool_slabs_requested": 1024, "numjobs": 4, "iodepth": 128, "hipri": False,
+        "observed": False, "queue_limits": limits, "map_failures": failed, "fio_iops": iops,
+        "fio_clat_p50_us": [1e7 / v for v in iops], "fio_clat_p99_us": [3e7 / v for v in iops],
+        "fio_clat_p999_us": [5e7 / v for v in iops],
+    })  # fmt: skip
+
+
+V2_DEFAULT = _queue_cells("throttle-v2", "default", [0, 3, 0, 1, 0], [1000.0, 1010.0, 990.0, 1005.0, 995.0])
+FAST = [1500.0, 1490.0, 1510.0, 1505.0, 1495.0]  # clearly better than V2_DEFAULT on every metric
+SLOW = [500.0, 490.0, 510.0, 505.0, 495.0]  # clearly worse
+NOISY = [500.0, 1500.0, 900.0, 2000.0, 700.0]  # too noisy to decide against V2_DEFAULT
+
+
+@pytest.mark.parametrize(
+    ("shares", "expected", "outcomes"),
+    [
+        # a median of 0 failed maps holds (two of five cells failing some is still a median of 0) ...
+        pytest.param({"fit:50%": ([0, 0, 0, 4, 4], FAST)}, "supported", ["fitted to 50% (", ") holds"], id="median-0"),
+        # ... three of five is a median above 0: the share fails, however fast it is
+        pytest.param({"fit:50%": ([0, 0, 4, 4, 4], FAST)}, "contradicted", ["fails (maps fail)"], id="median-4"),
+        # no failed map but a significant regression fails the share too
+        pytest.param({"fit:50%": ([0] * 5, SLOW)}, "contradicted", ["fails (regressed)"], id="regressed"),
+        # one share that holds is enough, and the detail names it next to the one that failed
+        pytest.param({"fit": ([9000] * 5, FAST), "fit:50%": ([0] * 5, FAST)}, "supported",
+                     ["fitted to 50% (", ") holds", "fitted to 75% (", "fails (maps fail)"], id="one-of-two"),
+        # every share failing, for either reason, contradicts
+        pytest.param({"fit": ([9000] * 5, FAST), "fit:50%": ([0] * 5, SLOW)}, "contradicted",
+                     ["fails (maps fail)", "fails (regressed)"], id="all-fail"),
+        # a share that could not be decided keeps the claim open when no other share holds
+        pytest.param({"fit": ([9000] * 5, FAST), "fit:50%": ([0] * 5, NOISY)}, "inconclusive",
+                     ["fails (maps fail)", "undecided"], id="undecided"),
+    ],
+)  # fmt: skip
+def test_c11_rule_per_share_at_its_boundaries(shares: dict[str, tuple[list[int], list[float]]], expected: str,
+                                              outcomes: list[str]) -> None:  # fmt: skip
+    fitted = [_queue_cells("static", limits, failed, iops) for limits, (failed, iops) in shares.items()]
+    verdict = judge_c11(pd.concat([V2_DEFAULT, *fitted], ignore_index=True))
+    assert verdict.verdict == expected, verdict.detail
+    for text in outcomes:
+        assert text in verdict.detail
+    # every share's comparisons are reported under its own name
+    assert {c.metric.rsplit(" ", 1)[0] for c in verdict.comparisons} == {
+        "fit 75%" if limits == "fit" else f"fit {limits.removeprefix('fit:')}" for limits in shares
+    }
 
 
 def test_c12_blocking_submission_shows_no_cost_on_the_stored_run() -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from lab.errors import ConfigError
-from lab.matrix import load_matrix, parse_pool_slabs
+from lab.matrix import load_matrix, parse_pool_slabs, queue_fit_share
 
 GOOD = """
 [matrix]
@@ -318,8 +319,32 @@ def test_a_fitted_queue_is_its_own_cell_and_its_own_boot(tmp_path: Path) -> None
     # a default cell's ID is what it was before the axis existed
     without_axis = load_matrix(write(tmp_path, text.replace('queue_limits = ["default", "fit"]\n', ""), "n.toml"))
     assert {c.cell_id for c in plain} == {c.cell_id for c in without_axis.cells}
-    with pytest.raises(ConfigError, match=r"queue_limits.*'tight' must be one of 'default', 'fit'"):
+    with pytest.raises(ConfigError, match=r"queue_limits.*'tight' must be \"default\", \"fit\" \(75% of the pool\)"):
         load_matrix(write(tmp_path, text.replace('"fit"', '"tight"'), "bad.toml"))
+
+
+def test_a_queue_fitted_to_another_share_is_its_own_boot_and_75_percent_is_plain_fit(tmp_path: Path) -> None:
+    text = ('[matrix]\nkernels = ["static"]\npools = ["2MiB"]\nqueue_limits = ["fit", "fit:50%"]\n'
+            '[workloads.a]\nrw = "read"\n')  # fmt: skip
+    matrix = load_matrix(write(tmp_path, text))
+    assert sorted(c.queue_limits for c in matrix.cells) == ["fit", "fit:50%"]
+    assert len(matrix.boot_groups()) == 2
+    assert {c.queue_limits: queue_fit_share(c.queue_limits) for c in matrix.cells} == {"fit": 0.75, "fit:50%": 0.5}
+    assert queue_fit_share("default") is None
+    # "fit:75%" is the same cell as "fit", under the one name, and rules match it either way
+    spelled = load_matrix(write(tmp_path, text.replace('"fit", ', '"fit:75%", '), "spelled.toml"))
+    assert {c.cell_id for c in spelled.cells} == {c.cell_id for c in matrix.cells}
+    rule = 'queue_limits = ["fit", "fit:50%"]\nexclude = [{queue_limits = "fit:75%"}]\n'
+    excluded = load_matrix(write(tmp_path, text.replace('queue_limits = ["fit", "fit:50%"]\n', rule), "x.toml"))
+    assert [c.queue_limits for c in excluded.cells] == ["fit:50%"]
+
+
+@pytest.mark.parametrize("value", ["fit:0%", "fit:101%", "fit:50", "fit:12.5%", "fit: 50%"])
+def test_a_queue_share_outside_1_to_100_percent_is_refused(tmp_path: Path, value: str) -> None:
+    text = f'[matrix]\nkernels = ["static"]\npools = ["2MiB"]\nqueue_limits = ["{value}"]\n[workloads.a]\nrw = "read"\n'
+    with pytest.raises(ConfigError, match=rf"matrix.queue_limits.*{re.escape(repr(value))} must be .*"
+                                          r"\"fit:N%\" with N a whole number from 1 to 100"):  # fmt: skip
+        load_matrix(write(tmp_path, text))
 
 
 def test_a_bad_grow_limit_names_the_key(tmp_path: Path) -> None:
