@@ -21,7 +21,7 @@ from lab import __version__, interrupt
 from lab.errors import ConfigError, HostError, LabError
 from lab.host import require_host
 from lab.matrix import Cell, load_matrix
-from lab.store import SKIPPED
+from lab.store import LOST, SKIPPED
 from lab.vm import LocalHypervisor
 
 if TYPE_CHECKING:
@@ -58,6 +58,8 @@ class RichReporter:
 def one_line(row: dict[str, Any]) -> str:
     if row["status"] == SKIPPED:
         return f"[yellow]-[/yellow] {row['cell_id']}: skipped: {row['failure_detail']}"
+    if row["status"] == LOST:
+        return f"[yellow]?[/yellow] {row['cell_id']}: lost to the infrastructure: {row['failure_detail']}"
     if row["status"] != "ok":
         return f"[red]✗[/red] {row['cell_id']}: failed: {row['failure_reason']}"
     frac = row.get("hiwater_frac")

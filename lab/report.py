@@ -31,7 +31,7 @@ from lab.claims import (
     special_cells,
 )
 from lab.stats import THRESHOLDS_TEXT, Metric, compare_family
-from lab.store import SKIPPED, load_cells, load_samples, write_parquet
+from lab.store import LOST, SKIPPED, load_cells, load_samples, write_parquet
 from lab.util import atomic_write_bytes, atomic_write_text
 from lab.vm import SLAB_BYTES
 
@@ -137,6 +137,8 @@ def summary_markdown(cells: pd.DataFrame, run_dir: str, manifest: dict[str, Any]
             elif name == "status":
                 if row.get("status") == SKIPPED:
                     values.append(f"skipped: {row.get('failure_detail', '')}")
+                elif row.get("status") == LOST:
+                    values.append(f"lost (infrastructure): {row.get('failure_detail', '')}")
                 else:
                     values.append("ok" if ok else f"**failed: {row.get('failure_reason', '')}**")
             elif key in ("fio_iops", "fio_clat_p99_us"):
@@ -146,9 +148,11 @@ def summary_markdown(cells: pd.DataFrame, run_dir: str, manifest: dict[str, Any]
         lines.append("| " + " | ".join(values) + " |")
     failed = int((cells["status"] == "failed").sum())
     skipped = int((cells["status"] == SKIPPED).sum())
+    lost = int((cells["status"] == LOST).sum())
     lines += ["", f"{len(cells)} cells, {failed} failed" + (f", {skipped} skipped (platform not offered by this "
                                                            "host: neither a failure nor a finding)" if skipped else "")
-              + "."]  # fmt: skip
+              + (f", {lost} lost to the infrastructure (worker or host gone: neither a failure nor a finding; "
+                 "--resume runs them)" if lost else "") + "."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -531,6 +535,13 @@ def report_markdown(manifest: dict[str, Any], cells: pd.DataFrame, verdicts: lis
         ]
         for reason, group in skipped.groupby("failure_detail"):
             lines.append(f"- {len(group)} cell(s): {reason}")
+    lost = cells[cells["status"] == LOST] if not cells.empty else cells
+    if not lost.empty:
+        lines += ["", "## Lost cells (infrastructure)", "",
+                  "Their boot group was lost with its worker or host, or failed outside the guest; they are "
+                  "neither failures nor findings, and `--resume` runs them again.", ""]  # fmt: skip
+        for _, row in lost.iterrows():
+            lines.append(f"- {_cell_link(row['cell_id'])}: {row['failure_detail']}")
     lines += ["", "## Figures", ""]
     lines += [f"![{name}](figures/{name})" for name in figure_names]
     lines += ["", "## Cells", "", summary_markdown(cells, ".", manifest).split("\n\n", 2)[-1]]

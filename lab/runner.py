@@ -36,7 +36,7 @@ from lab.parse import (
 )
 from lab.platforms import AUTO, encryption_matches, profile
 from lab.recovery import FaultInjector
-from lab.store import SKIPPED, RunStore
+from lab.store import LOST, SKIPPED, RunStore
 from lab.vm import SLAB_BYTES, Accel, BootSpec, Disk, Endpoint, Hypervisor, RunningGuest, console_excerpt
 
 if TYPE_CHECKING:
@@ -200,6 +200,13 @@ def skipped_row(base: dict[str, Any], detail: str) -> dict[str, Any]:
             "cell_wall_s": 0.0}  # fmt: skip
 
 
+def lost_row(base: dict[str, Any], detail: str) -> dict[str, Any]:
+    """A cell whose boot group the infrastructure lost (worker or host gone, a task that failed outside the
+    guest): neither a failure nor a finding (``--resume`` runs it again)."""
+    return {**base, "status": LOST, "failure_reason": "infrastructure", "failure_detail": detail[-4000:],
+            "cell_wall_s": 0.0}  # fmt: skip
+
+
 def failed_row(base: dict[str, Any], reason: str, detail: str, started: float) -> dict[str, Any]:
     return {**base, "status": "failed", "failure_reason": reason, "failure_detail": detail[-4000:],
             "cell_wall_s": time.monotonic() - started}  # fmt: skip
@@ -249,8 +256,7 @@ def run_matrix(
     from lab.fanout import DaskPool, GroupResult, GroupTask, group_task
 
     def lost(task: GroupTask, exc: BaseException) -> GroupResult:
-        rows = [failed_row(base_row(ctx, c, store), "infrastructure", f"{type(exc).__name__}: {exc}", time.monotonic())
-                for c in task.cells]  # fmt: skip
+        rows = [lost_row(base_row(ctx, c, store), f"{type(exc).__name__}: {exc}") for c in task.cells]
         for row in rows:
             store.write_cell(row, None, None)
         return GroupResult(rows, {}, {})

@@ -22,7 +22,7 @@ from lab import __version__, interrupt
 from lab.errors import ConfigError
 from lab.matrix import Cell, Matrix, load_matrix
 from lab.runner import Reporter, boot_estimate_s, cell_estimate_s, default_jobs
-from lab.store import SKIPPED, RunStore
+from lab.store import LOST, SKIPPED, RunStore
 from lab.vm import Accel
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from lab.hosts import Host
     from lab.runner import LabContext
 
-EXIT_NOTHING_RAN = 3  # every cell was skipped: no host here offers the matrix's platforms
+EXIT_NOTHING_RAN = 3  # every cell skipped (no host offers its platform), or cells lost to the infrastructure
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,11 @@ def estimate(matrix: Matrix, skip: set[str] | frozenset[str]) -> tuple[float, in
 def run_exit_code(cells: pd.DataFrame, status: str, *, strict: bool) -> int:
     """0 when the matrix ran to the end and measured something; failed cells are findings, listed in the
     summary and the report (a hang of a patched kernel is a result), unless ``strict`` asks to fail on them.
-    Skipped cells (platform not offered) are neither; a run in which every cell was skipped exits 3."""
+    Skipped cells (platform not offered) and lost cells (their worker or host gone) are neither: a run in
+    which every cell was skipped, or any cell was lost, exits 3 (``--resume`` runs those cells again)."""
     if status == "complete" and not cells.empty and (cells["status"] == SKIPPED).all():
+        return EXIT_NOTHING_RAN
+    if status == "complete" and not cells.empty and (cells["status"] == LOST).any():
         return EXIT_NOTHING_RAN
     if status != "complete" or cells.empty or not (cells["status"] == "ok").any():
         return 1

@@ -25,6 +25,9 @@ MANIFEST = "manifest.json"
 CELL_RECORD = "cell.json"
 PHASE = "phase.json"
 SKIPPED = "skipped"  # status of a cell whose platform the host does not offer: not a failure, not a finding
+# status of a cell whose boot group was lost to infrastructure (its worker or host gone, a task that failed
+# outside the guest): not a finding either; a resume runs it again
+LOST = "lost"
 
 
 def _boot_id() -> str:
@@ -163,9 +166,11 @@ class RunStore:
 
     def cells_to_skip(self, retry_failed: bool = False) -> set[str]:
         """Cells a resumed run must not redo: every finished one, or only the successful ones.  Cells
-        skipped because their platform was not offered are never finished: a resume tries them again."""
+        skipped because their platform was not offered, or lost with their worker or host, are never
+        finished: a resume tries them again."""
+        redo = (SKIPPED, LOST)
         return {cid for cid, rec in self.completed_cells().items()
-                if rec.get("status") != SKIPPED and (not retry_failed or rec.get("status") == "ok")}  # fmt: skip
+                if rec.get("status") not in redo and (not retry_failed or rec.get("status") == "ok")}  # fmt: skip
 
     def write_cell(self, row: dict[str, Any], samples: pd.DataFrame | None, fio_jobs: pd.DataFrame | None) -> None:
         """Persist one finished cell (ok or failed); ``cell.json`` goes last and marks it complete."""

@@ -13,7 +13,7 @@ from lab.image import GuestImage
 from lab.kernel import KernelBuild
 from lab.keys import KeyPair
 from lab.matrix import Cell
-from lab.report import summary_markdown
+from lab.report import report_markdown, summary_markdown
 from lab.runner import LabContext, SilentReporter, run_matrix
 from lab.session import EXIT_NOTHING_RAN, run_exit_code
 from lab.store import RunStore, load_cells
@@ -67,3 +67,43 @@ def test_skipped_cells_do_not_fail_a_strict_run_that_measured_something() -> Non
     assert run_exit_code(cells.iloc[:2], "complete", strict=True) == 0
     assert run_exit_code(cells, "complete", strict=True) == 1
     assert run_exit_code(cells, "complete", strict=False) == 0
+
+
+class LosesEveryGroup:
+    """A pool whose worker is lost with every group it is given (what Dask reports once its retries are
+    used up)."""
+
+    def run(self, tasks: list[Any], store: RunStore, on_row: Any, lost: Any) -> list[dict[str, Any]]:
+        rows = []
+        for task in tasks:
+            result = lost(task, ConnectionError("worker tcp://10.0.0.7:4242 lost"))
+            rows += result.rows
+        return rows
+
+
+def test_cells_lost_with_their_worker_are_neither_failures_nor_findings_and_a_resume_reruns_them(
+    tmp_path: Path,
+) -> None:
+    for name in ("bzImage", "rootfs.cpio", "key"):
+        (tmp_path / name).write_bytes(b"x")
+    cells = [Cell("static", 1024, "nvme", Workload("w"), 2, 1024, rep, platform="tcg") for rep in range(2)]
+    store = RunStore.create(tmp_path / "results", {"test": "lost"}, run_id="r")
+    from lab.matrix import Matrix
+
+    matrix = Matrix("m", "m.toml", "", tuple(cells), raw={})
+    rows = run_matrix(matrix, store, context(tmp_path), SilentReporter(), pool=LosesEveryGroup())
+    assert [r["status"] for r in rows] == ["lost", "lost"]
+    assert rows[0]["failure_detail"] == "ConnectionError: worker tcp://10.0.0.7:4242 lost"
+    store.consolidate()
+    stored = load_cells(store.root)
+    # Not a finding: even --strict does not call it one, but the run is not whole either (exit 3) ...
+    assert run_exit_code(stored, "complete", strict=False) == EXIT_NOTHING_RAN
+    with_ok = pd.concat([stored, pd.DataFrame({"cell_id": ["c"], "status": ["ok"]})], ignore_index=True)
+    assert run_exit_code(with_ok, "complete", strict=True) == EXIT_NOTHING_RAN
+    summary = summary_markdown(stored, str(store.root), {})
+    assert "2 cells, 0 failed, 2 lost to the infrastructure" in summary
+    report = report_markdown({}, stored, [], [], [])
+    assert "## Lost cells (infrastructure)" in report and "worker tcp://10.0.0.7:4242 lost" in report
+    assert "## Failed cells\n\n_none_" in report
+    # ... and a resume runs them again, with or without --retry-failed
+    assert store.cells_to_skip() == set() == store.cells_to_skip(retry_failed=True)
