@@ -165,12 +165,20 @@ def run_group_task(task: GroupTask, in_process: bool) -> GroupResult:
     from distributed import get_worker
 
     from lab.host import host_facts
+    from lab.preflight import HostSettings, local_preflight
     from lab.runner import LabContext, SilentReporter, run_group
     from lab.vm import LocalHypervisor
 
     settings = task.settings
-    if not in_process:
+    if in_process:  # a thread of the controller: this machine's settings, as the controller found them
+        host = HostSettings(settings.get("qemu", HostSettings.qemu), settings.get("firmware", {}),
+                            settings.get("cbitpos"))  # fmt: skip
+        offered, cbitpos = settings.get("offered", {}), settings.get("cbitpos")
+    else:  # another host: its own QEMU, firmware and C-bit position, and what it offers with them
         interrupt.reset()
+        host = HostSettings.from_environment()
+        found = local_preflight(host)
+        offered, cbitpos = found.offered, found.cbitpos
     cache = cache_dir()
     bzimages = {k: _materialise(s, not in_process, cache) for k, s in task.bzimages.items()}
     initrds = {k: _materialise(s, not in_process, cache) for k, s in task.initrds.items()}
@@ -178,15 +186,14 @@ def run_group_task(task: GroupTask, in_process: bool) -> GroupResult:
     kernels = {name: replace(k, bzimage=bzimages[name], modules_dir=None, boot_modules=())
                for name, k in task.kernels.items()}  # fmt: skip
     image = GuestImage(next(iter(initrds.values())), task.host_key, "staged")
-    worker: dict[str, Any] = {**host_facts(settings.get("qemu", "qemu-system-x86_64")), "worker_pid": os.getpid()}
+    worker: dict[str, Any] = {**host_facts(host.qemu), **host.describe(), "worker_pid": os.getpid()}
     if not in_process:
         with contextlib.suppress(ValueError):  # a remote worker is named after its hosts.toml entry
             worker["host_id"] = str(get_worker().name)
-    ctx = LabContext(LocalHypervisor(settings.get("qemu", "qemu-system-x86_64")), image,
-                     KeyPair(key_path, task.client_public), kernels, cache, accel=settings["accel"],
-                     provenance={**settings.get("provenance", {}), **worker},
-                     offered=settings.get("offered", {}), firmware=settings.get("firmware", {}),
-                     cbitpos=settings.get("cbitpos"), initrds=initrds)  # fmt: skip
+    ctx = LabContext(LocalHypervisor(host.qemu), image, KeyPair(key_path, task.client_public), kernels, cache,
+                     accel=settings["accel"], provenance={**settings.get("provenance", {}), **worker},
+                     offered=offered, firmware={k: Path(v) for k, v in host.firmware.items()}, cbitpos=cbitpos,
+                     initrds=initrds)  # fmt: skip
     worker["task_started"] = time.time()
     with tempfile.TemporaryDirectory(prefix="swiotlb-lab-group-") as scratch, _stop_watch(task.run_id):
         store = RunStore.create(Path(scratch), {"worker": worker}, run_id=task.run_id)
@@ -234,9 +241,10 @@ class DaskPool:
                 raise HostError(f"cannot reach the Dask scheduler {self.scheduler}: {exc}") from exc
             self.stage = True
         else:
-            # Threads in this process: the same host, files and stop flag; Dask only places the groups.
-            self.cluster = LocalCluster(n_workers=1, threads_per_worker=self.jobs, processes=False,
-                                        dashboard_address=None, resources={SLOT: self.jobs})  # fmt: skip
+            # Workers in this process, one slot each: the same host, files and stop flag; Dask only places
+            # the groups.
+            self.cluster = LocalCluster(n_workers=self.jobs, threads_per_worker=1, processes=False,
+                                        dashboard_address=None, resources={SLOT: 1})  # fmt: skip
             self.client = Client(self.cluster)
             self.in_process = True
         return self
@@ -366,7 +374,9 @@ class SshWorkerPool(DaskPool):
                 argv = [host.python, "-m", "distributed.cli.dask_worker", f"tcp://{seen_as}:{port}",
                         "--nthreads", str(host.slots), "--resources", resources, "--name", host.name,
                         "--no-dashboard", "--death-timeout", str(self.death_timeout_s)]  # fmt: skip
-                command = f"SWIOTLB_LAB_CACHE={shlex.quote(host.cache)} exec {shlex.join(argv)}"
+                # the host's own QEMU, firmware and C-bit position: its worker reads them from its environment
+                env = {"SWIOTLB_LAB_CACHE": host.cache, **host.settings.environment()}
+                command = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + f" exec {shlex.join(argv)}"
                 self._promises.append(conn.run(command, hide=True, warn=True, in_stream=False, asynchronous=True))
             self.client.wait_for_workers(len(self.hosts), timeout=120)
         except LabError:
@@ -414,10 +424,11 @@ def group_task(run_id: str, cells: list[Cell], ctx: Any, boot_spec: Any) -> Grou
         host_key=ctx.image.host_key,
         client_key=stage(ctx.client_key.private_path),
         client_public=ctx.client_key.public_line,
-        settings={
+        settings={  # qemu, firmware and cbitpos serve in-process workers only: another host has its own
             "accel": ctx.accel,
             "offered": ctx.offered,
-            "firmware": ctx.firmware,
+            "qemu": ctx.hypervisor.qemu if hasattr(ctx.hypervisor, "qemu") else "qemu-system-x86_64",
+            "firmware": {k: str(v) for k, v in ctx.firmware.items()},
             "cbitpos": ctx.cbitpos,
             "provenance": ctx.provenance,
         },

@@ -117,5 +117,5 @@ def _dmesg() -> str:
         return ""
 
 
-def provenance() -> dict[str, Any]:
-    return {"lab_revision": lab_revision(), "python": platform.python_version(), **host_facts()}
+def provenance(qemu: str = "qemu-system-x86_64") -> dict[str, Any]:
+    return {"lab_revision": lab_revision(), "python": platform.python_version(), **host_facts(qemu)}

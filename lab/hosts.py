@@ -17,7 +17,7 @@ from typing import Any
 
 from lab.errors import ConfigError
 from lab.platforms import PLATFORMS
-from lab.preflight import Preflight, preflight
+from lab.preflight import HostSettings, Preflight, preflight
 from lab.util import read_toml
 
 HOST_KEYS = {
@@ -50,6 +50,11 @@ class Host:
     platforms: tuple[str, ...] = ("tcg",)
     cbitpos: int | None = None
     firmware: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def settings(self) -> HostSettings:
+        """What the host's worker runs QEMU with (handed to it as its environment)."""
+        return HostSettings(self.qemu, dict(self.firmware), self.cbitpos)
 
 
 def _line_in_table(text: str, table: str, key: str | None = None) -> str:

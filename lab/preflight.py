@@ -7,14 +7,16 @@ and on a fake sysfs tree in the tests.  Parsers are pure functions of text.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from lab.errors import ConfigError
 from lab.platforms import PLATFORMS
 
 SNP_PARAM = "/sys/module/kvm_amd/parameters/sev_snp"
@@ -22,6 +24,70 @@ TDX_PARAM = "/sys/module/kvm_intel/parameters/tdx"
 KVM_DEVICE = "/dev/kvm"
 # CPUID leaf 0x8000001f through the cpuid driver (the file offset is the leaf): EAX EBX ECX EDX.
 CPUID_SEV_COMMAND = "dd if=/dev/cpu/0/cpuid bs=16 count=1 skip=2147483679 iflag=skip_bytes 2>/dev/null | od -An -tx4"
+
+
+ENV_QEMU = "SWIOTLB_LAB_QEMU"
+ENV_CBITPOS = "SWIOTLB_LAB_CBITPOS"
+ENV_FIRMWARE_PREFIX = "SWIOTLB_LAB_FIRMWARE_"  # + the platform's name in capitals, "-" as "_"
+
+
+def firmware_env(platform: str) -> str:
+    """The environment variable naming a platform's OVMF image on a host: SWIOTLB_LAB_FIRMWARE_SEV_SNP."""
+    return ENV_FIRMWARE_PREFIX + platform.upper().replace("-", "_")
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    """What only the host that runs QEMU knows: its QEMU, its firmware per platform, its C-bit position.
+
+    A host's own settings travel as its environment (``SWIOTLB_LAB_QEMU``, ``SWIOTLB_LAB_FIRMWARE_<PLATFORM>``,
+    ``SWIOTLB_LAB_CBITPOS``): set by the controller when it starts a worker over SSH from hosts.toml, by a
+    worker's systemd unit, or by the user of a local run.  A worker reads them on its own host; the
+    controller's values never reach another host."""
+
+    qemu: str = "qemu-system-x86_64"
+    firmware: Mapping[str, str] = field(default_factory=dict, hash=False)
+    cbitpos: int | None = None
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str] | None = None) -> HostSettings:
+        env = os.environ if env is None else env
+        firmware = {name: env[firmware_env(name)] for name in PLATFORMS if env.get(firmware_env(name))}
+        cbitpos = None
+        if env.get(ENV_CBITPOS):
+            try:
+                cbitpos = int(env[ENV_CBITPOS], 0)
+            except ValueError:
+                raise ConfigError(f"{ENV_CBITPOS}={env[ENV_CBITPOS]!r} is not a number: give the SEV C-bit "
+                                  "position, e.g. 51") from None  # fmt: skip
+        return cls(env.get(ENV_QEMU) or cls.qemu, firmware, cbitpos)
+
+    def environment(self) -> dict[str, str]:
+        """These settings as the environment a worker on that host is started with."""
+        env = {ENV_QEMU: self.qemu}
+        env.update({firmware_env(name): path for name, path in sorted(self.firmware.items())})
+        if self.cbitpos is not None:
+            env[ENV_CBITPOS] = str(self.cbitpos)
+        return env
+
+    def describe(self) -> dict[str, str]:
+        """Provenance: each firmware image by path and content hash (an OVMF build has no version string)."""
+        from lab.util import sha256_file
+
+        facts = {}
+        for name, path in sorted(self.firmware.items()):
+            try:
+                facts[f"firmware_{name}"] = f"{path} (sha256 {sha256_file(Path(path))[:16]})"
+            except OSError as exc:
+                facts[f"firmware_{name}"] = f"{path} (unreadable: {exc.strerror})"
+        return facts
+
+
+@functools.lru_cache(maxsize=8)
+def local_preflight(settings: HostSettings) -> Preflight:
+    """This machine's preflight with its own settings (once per process and settings: a worker runs many
+    groups)."""
+    return preflight(LocalView(), qemu=settings.qemu, firmware=dict(settings.firmware), cbitpos=settings.cbitpos)
 
 
 class HostView(Protocol):
@@ -158,7 +224,8 @@ def preflight(
         if launch.needs_firmware:
             path = firmware.get(name)
             if not path:
-                reasons.append(f"no {name} firmware configured (hosts.toml firmware.{name})")
+                reasons.append(f"no {name} firmware configured (hosts.toml firmware.{name}, or "
+                               f"{firmware_env(name)} on the host)")  # fmt: skip
             elif not view.exists(path):
                 reasons.append(f"firmware {path} not found")
         if name == "sev-snp" and cbitpos is None and snp:

@@ -125,7 +125,7 @@ class Session:
         from lab.image import build_image
         from lab.kernel import build_kernel, local_source
         from lab.keys import client_key
-        from lab.preflight import LocalView, preflight
+        from lab.preflight import HostSettings, local_preflight
         from lab.runner import LabContext, boot_spec
         from lab.util import cache_dir
         from lab.vm import LocalHypervisor
@@ -142,16 +142,18 @@ class Session:
         for name in sorted({c.kernel for c in matrix.cells}):
             with self.busy(f"kernel {name}: building or loading from cache"):
                 kernels[name] = build_kernel(name, source=source)  # stock ignores the tree
-        hypervisor = LocalHypervisor()
+        settings = HostSettings.from_environment()  # this machine's QEMU, firmware and C-bit position
+        hypervisor = LocalHypervisor(settings.qemu)
         cache = cache_dir()
-        ctx = LabContext(hypervisor, image, client_key(), kernels, cache, accel=request.accel)
-        ctx.provenance = provenance()
+        ctx = LabContext(hypervisor, image, client_key(), kernels, cache, accel=request.accel,
+                         firmware={k: Path(v) for k, v in settings.firmware.items()})  # fmt: skip
+        ctx.provenance = {**provenance(settings.qemu), **settings.describe()}
         # "auto" cells: KVM where a probe boot works, else TCG; CoCo platforms: what the preflight finds.
         first_spec = replace(boot_spec(ctx, matrix.cells[0]), accel=request.accel, firmware=None, cbitpos=None)
         accel = hypervisor.resolve_accel(first_spec, cache / "probe-work")
         ctx.accel = accel  # type: ignore[assignment]
         ctx.provenance["accel"] = accel
-        host = preflight(LocalView())
+        host = local_preflight(settings)
         ctx.offered, ctx.cbitpos = dict(host.offered), host.cbitpos
         if hypervisor.probe_note and accel != "kvm":
             ctx.offered["kvm"] = f"a KVM boot probe failed on this host ({hypervisor.probe_note})"

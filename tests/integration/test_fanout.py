@@ -3,8 +3,10 @@ real SSH (an sshd on 127.0.0.1) whose death mid-cell is survived.  Results alway
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,11 +76,11 @@ def test_two_local_workers_give_the_same_run_directory_as_one_thread(tmp_path: P
     assert qemu_pids() - before == set()
 
 
-def hosts_file(tmp_path: Path, sshd: LocalSshd) -> Path:
+def hosts_file(tmp_path: Path, sshd: LocalSshd, extra: str = "") -> Path:
     hosts = tmp_path / "hosts.toml"
     hosts.write_text(f'[hosts.loopback]\naddress = "127.0.0.1:{sshd.port}"\nkey = "{sshd.client_key}"\n'
                      f'host_key = "{sshd.host_key_line}"\nslots = 1\ncache = "{tmp_path / "worker-cache"}"\n'
-                     f'python = "{sys.executable}"\nplatforms = ["tcg"]\n')  # fmt: skip
+                     f'python = "{sys.executable}"\nplatforms = ["tcg"]\n{extra}')  # fmt: skip
     return hosts
 
 
@@ -91,12 +93,22 @@ def test_a_worker_over_ssh_runs_the_cells_and_the_results_come_home(local_sshd: 
     matrix = tmp_path / "m.toml"
     matrix.write_text(MATRIX.replace("RUNTIME", "3s"))
     before = qemu_pids()
-    proc = lab(str(matrix), "--results", str(tmp_path / "results"), "--hosts", str(hosts_file(tmp_path, local_sshd)))
+    # The host's own QEMU and firmware, as the inventory names them, reach its worker (never the controller's):
+    # the worker runs the QEMU by the inventory's absolute path and records the firmware image by its hash.
+    qemu = shutil.which("qemu-system-x86_64")
+    firmware = tmp_path / "host-only-td.fd"
+    firmware.write_bytes(b"a TDVF image only this host has")
+    extra = f'qemu = "{qemu}"\nfirmware = {{tdx = "{firmware}"}}\n'
+    hosts = hosts_file(tmp_path, local_sshd, extra)
+    proc = lab(str(matrix), "--results", str(tmp_path / "results"), "--hosts", str(hosts))
     output, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, output
     [run] = list((tmp_path / "results").iterdir())
     cells = pd.read_parquet(run / "cells.parquet")
     assert len(cells) == 2 and (cells["status"] == "ok").all() and (cells["hiwater"] > 0).all()
+    digest = hashlib.sha256(firmware.read_bytes()).hexdigest()[:16]
+    assert set(cells["firmware_tdx"]) == {f"{firmware} (sha256 {digest})"}
+    assert set(cells["host_id"]) == {"loopback"}
     assert (run / "cells" / cells["cell_id"][0] / "fio.json").is_file()  # artifacts, not just rows
     # The worker had its own cache: kernel, initrd and key were staged there by content hash.
     staged = list((tmp_path / "worker-cache" / "staged").glob("*/*"))

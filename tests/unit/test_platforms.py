@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from lab.errors import ConfigError
+from lab.hosts import Host
 from lab.platforms import encryption_matches, profile
-from lab.preflight import CPUID_SEV_COMMAND, LocalView, cbitpos_from_cpuid, preflight
+from lab.preflight import CPUID_SEV_COMMAND, HostSettings, LocalView, cbitpos_from_cpuid, preflight
 from lab.vm import BootSpec, qemu_argv
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -127,7 +128,7 @@ def test_this_machine_offers_tcg_and_names_what_is_missing_for_coco(tmp_path: Pa
     assert result.offers("tcg") and result.offers("kvm")
     assert result.offered["sev-snp"] == ("needs QEMU >= 9.1, host has 7.2; sev-snp not enabled on the host; QEMU "
                                          "lacks the sev-snp-guest object; no sev-snp firmware configured (hosts.toml "
-                                         "firmware.sev-snp)")  # fmt: skip
+                                         "firmware.sev-snp, or SWIOTLB_LAB_FIRMWARE_SEV_SNP on the host)")  # fmt: skip
     assert "needs QEMU >= 10.1" in result.offered["tdx"] and "tdx not enabled on the host" in result.offered["tdx"]
 
 
@@ -185,3 +186,27 @@ def test_every_kernel_of_a_comparison_unit_lands_on_the_same_worker() -> None:
     assert place(unit[0], workers) == place(unit[0], list(reversed(workers)))  # stable, whatever the order
     spread = {place(Cell("static", 1024, "nvme", Workload("w"), 2, 1024, rep), workers) for rep in range(30)}
     assert spread == set(workers)  # repetitions spread over the hosts
+
+
+def test_a_hosts_settings_travel_as_its_environment_and_come_back_the_same(tmp_path: Path) -> None:
+    firmware = tmp_path / "OVMF.amdsev.fd"
+    firmware.write_bytes(b"ovmf")
+    settings = HostSettings("/opt/qemu-9.2/bin/qemu-system-x86_64", {"sev-snp": str(firmware), "tdx": "/fw/td.fd"}, 51)
+    env = settings.environment()
+    assert env == {"SWIOTLB_LAB_QEMU": "/opt/qemu-9.2/bin/qemu-system-x86_64",
+                   "SWIOTLB_LAB_FIRMWARE_SEV_SNP": str(firmware), "SWIOTLB_LAB_FIRMWARE_TDX": "/fw/td.fd",
+                   "SWIOTLB_LAB_CBITPOS": "51"}  # fmt: skip
+    assert HostSettings.from_environment({**env, "PATH": "/usr/bin"}) == settings
+    # nothing set: Debian's QEMU on the PATH, no firmware, the C-bit from CPUID
+    assert HostSettings.from_environment({}) == HostSettings("qemu-system-x86_64", {}, None)
+    # provenance names each image by its content (sha256 of b"ovmf"), and says when it cannot be read
+    facts = settings.describe()
+    assert facts["firmware_sev-snp"] == f"{firmware} (sha256 3609e59e404f9a6d)"
+    assert facts["firmware_tdx"] == "/fw/td.fd (unreadable: No such file or directory)"
+    with pytest.raises(ConfigError, match=r"SWIOTLB_LAB_CBITPOS='fifty-one' is not a number"):
+        HostSettings.from_environment({"SWIOTLB_LAB_CBITPOS": "fifty-one"})
+
+
+def test_an_inventory_hosts_settings_are_its_own() -> None:
+    host = Host("snp1", "10.0.0.5", qemu="/opt/q/qemu", cbitpos=47, firmware={"sev-snp": "/fw/snp.fd"})
+    assert host.settings == HostSettings("/opt/q/qemu", {"sev-snp": "/fw/snp.fd"}, 47)
