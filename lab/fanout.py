@@ -47,6 +47,9 @@ if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
 
 SLOT = "slot"  # the resource every boot group takes one of
 STOP_POLL_S = 0.5
+# A group placed on a host waits for that host's worker (a nanny restarts a lost one); a host that has had
+# no worker for this long is gone, and its waiting groups' cells are lost (a resume places them again).
+HOST_GONE_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -128,22 +131,36 @@ class StagePlugin(WorkerPlugin):
             write_staged(name, sha256, data, cache)
 
 
+def _abandoned(worker: Any, key: Any) -> bool:
+    """Nobody waits for this task any more: the controller that submitted it is gone (its client's futures
+    were released, so the scheduler cancelled the task) or the scheduler forgot it."""
+    task = worker.state.tasks.get(key)
+    return task is None or task.state in ("cancelled", "released", "forgotten")
+
+
 @contextlib.contextmanager
 def _stop_watch(run_id: str) -> Iterator[None]:
-    """Turn the controller's stop (a Dask Event) into this process's stop request, polled."""
+    """Turn the controller's stop (a Dask Event) into this process's stop request, polled; and stop on our
+    own when the controller is gone.  A signal to the controller cannot reach a QEMU on another host, so
+    this is a remote group's lifetime bound: its guests stop within STOP_POLL_S of the task being
+    abandoned, not when the cells' own timeouts run out."""
     from distributed import Event, get_worker
 
     try:
-        client = get_worker().client
+        worker = get_worker()
+        key = worker.get_current_task()
     except ValueError:  # not in a worker (a direct call in a test)
         yield
         return
-    event = Event(f"lab-stop-{run_id}", client=client)
+    event = Event(f"lab-stop-{run_id}", client=worker.client)
     done = threading.Event()
 
     def watch() -> None:
         while not done.wait(STOP_POLL_S):
             with contextlib.suppress(Exception):
+                if _abandoned(worker, key):
+                    interrupt.request_stop("the controller is gone (the task was cancelled)")
+                    return
                 if event.is_set():
                     interrupt.request_stop("the controller stopped the run")
                     return
@@ -210,13 +227,36 @@ def run_group_task(task: GroupTask, in_process: bool) -> GroupResult:
 
 
 def import_result(store: RunStore, result: GroupResult) -> None:
-    """Write a worker's artifacts into the run directory: every file atomically, each cell's record last."""
+    """Write a worker's artifacts into the run directory: every file atomically, each cell's record last.
+    A name that would land outside the run directory (absolute, or climbing out with "..") is refused
+    before anything is written."""
+    root = store.root.resolve()
+    for name in result.files:
+        target = (root / name).resolve()
+        if Path(name).is_absolute() or not target.is_relative_to(root) or target == root:
+            raise LabError(f"a worker sent an artifact named {name!r}, outside the run directory {root}")
     records = {name: data for name, data in result.files.items() if Path(name).name == CELL_RECORD}
     for name, content in result.files.items():
         if name not in records:
             atomic_write_bytes(store.root / name, content)
     for name, content in records.items():
         atomic_write_bytes(store.root / name, content)
+
+
+def infrastructure_failure(exc: BaseException) -> bool:
+    """Whether a task's exception is the infrastructure's (worker killed or unreachable, connection lost,
+    staging, the host's own errors), as opposed to a defect of the lab, which must not pass as either a
+    finding or an infrastructure failure."""
+    from concurrent.futures import CancelledError
+
+    from distributed import KilledWorker
+    from distributed.comm.core import CommClosedError
+
+    return isinstance(exc, (KilledWorker, CommClosedError, CancelledError, OSError, TimeoutError, LabError))
+
+
+OnRow = Callable[[Cell, dict[str, Any]], None]  # a finished cell's row, as it arrives
+Lost = Callable[[GroupTask, BaseException], GroupResult]  # the rows of a group the infrastructure lost
 
 
 @dataclass
@@ -275,21 +315,31 @@ class DaskPool:
                 by.setdefault(resource, set()).add(str(worker.get("host")))
         return {k: sorted(v) for k, v in by.items()}
 
-    def run(self, tasks: list[GroupTask], store: RunStore, on_row: Callable[[Cell, dict[str, Any]], None],
-            lost: Callable[[GroupTask, BaseException], GroupResult]) -> list[dict[str, Any]]:  # fmt: skip
+    def run(self, tasks: list[GroupTask], store: RunStore, on_row: OnRow, lost: Lost) -> list[dict[str, Any]]:
         """Run every task, writing each result into ``store`` as it arrives.  A worker lost mid-group is
         retried by Dask on another worker (the scheduler's ``allowed-failures``, 3 by default); beyond
-        that, or when the task fails outside the guest, ``lost`` turns it into infrastructure-failure
-        rows: never a finding."""
-        from distributed import Event, as_completed
-
+        that, when the task fails outside the guest, or when the host it was placed on has had no worker
+        for HOST_GONE_S, ``lost`` turns it into lost rows: never a finding.  Any other exception of a
+        task is a defect of the lab and ends the run (finished cells are kept)."""
+        plugin = f"swiotlb-lab-stage-{store.run_id}"
         if self.stage:
             files = {s.sha256: (s.name, s.path.read_bytes()) for t in tasks
                      for s in (*t.bzimages.values(), *t.initrds.values(), t.client_key)}  # fmt: skip
-            self.client.register_plugin(StagePlugin(f"swiotlb-lab-stage-{store.run_id}", files))
+            self.client.register_plugin(StagePlugin(plugin, files))
+        try:
+            return self._run(tasks, store, on_row, lost)
+        finally:
+            if self.stage:  # a long-lived scheduler must not keep (and re-stage) every past run's kernels
+                with contextlib.suppress(Exception):
+                    self.client.unregister_worker_plugin(plugin)
+
+    def _run(self, tasks: list[GroupTask], store: RunStore, on_row: OnRow, lost: Lost) -> list[dict[str, Any]]:
+        from distributed import Event, as_completed
+
         stop = Event(f"lab-stop-{store.run_id}", client=self.client)
         stop.clear()
         futures = {}
+        placed: dict[Any, str] = {}  # future -> the host it must run on
         submitted: dict[Any, float] = {}
         workers = self._workers_by_resource()
         for task in tasks:
@@ -305,28 +355,23 @@ class DaskPool:
                                         key=f"group-{task.run_id}-{task.cells[0].cell_id}", **placement)  # fmt: skip
             futures[future] = task
             submitted[future] = time.time()
+            if placement:
+                placed[future] = placement["workers"][0]
         rows: list[dict[str, Any]] = []
+        handled: set[Any] = set()
+        gone_since: dict[str, float] = {}
         try:
-            for future in as_completed(list(futures)):
-                interrupt.check()
-                task = futures[future]
-                try:
-                    result = future.result()
-                except Exception as exc:  # the worker or its host failed, not the guest: infrastructure
-                    log.warning("boot group of %s lost: %r", task.cells[0].cell_id, exc)
-                    result = lost(task, exc)
-                if result.interrupted:
-                    interrupt.request_stop(result.interrupted)
-                    interrupt.check()
-                import_result(store, result)
-                if "task_started" in result.worker:  # the time Dask added around the group (queueing included)
-                    self.overheads.append(
-                        time.time() - submitted[future] - (result.worker["task_ended"] - result.worker["task_started"])
-                    )
-                by_id = {c.cell_id: c for c in task.cells}
-                for row in result.rows:
-                    rows.append(row)
-                    on_row(by_id[row["cell_id"]], row)
+            ready = as_completed(list(futures))
+            while len(handled) < len(futures):
+                batch = [f for f in ready.next_batch(block=False) if f not in handled] if not ready.is_empty() else []
+                gone: list[Any] = []
+                if not batch:
+                    interrupt.sleep(0.2)
+                    batch = gone = self._hosts_gone(placed, handled, gone_since)
+                for future in batch:
+                    handled.add(future)
+                    host = placed[future] if future in gone else None
+                    rows += self._collect(future, futures[future], store, on_row, lost, submitted[future], host)
         except BaseException:
             stop.set()  # workers stop their guests within STOP_POLL_S + a QEMU shutdown
             deadline = time.monotonic() + 20
@@ -336,6 +381,50 @@ class DaskPool:
                 future.cancel()
             raise
         return rows
+
+    def _hosts_gone(self, placed: dict[Any, str], handled: set[Any], gone_since: dict[str, float]) -> list[Any]:
+        """Groups waiting for a host that has had no worker for HOST_GONE_S: cancelled, to be recorded lost
+        (the caller knows their host from ``placed``)."""
+        waiting = {f: h for f, h in placed.items() if f not in handled and not f.done()}
+        if not waiting:
+            return []
+        now = time.monotonic()
+        alive = {str(w.get("host")) for w in self.client.scheduler_info()["workers"].values()}
+        for host in set(waiting.values()):
+            if host in alive:
+                gone_since.pop(host, None)
+            else:
+                gone_since.setdefault(host, now)
+        expired = [f for f, h in waiting.items() if h in gone_since and now - gone_since[h] >= HOST_GONE_S]
+        for future in expired:
+            future.cancel()
+        return expired
+
+    def _collect(self, future: Any, task: GroupTask, store: RunStore, on_row: OnRow, lost: Lost, submitted: float,
+                 gone: str | None) -> list[dict[str, Any]]:  # fmt: skip
+        """One finished group, or one abandoned with its ``gone`` host: its rows and artifacts into the store."""
+        interrupt.check()
+        try:
+            if gone:
+                raise HostError(f"host {gone} has had no Dask worker for {HOST_GONE_S:.0f} s")
+            result = future.result()
+        except Exception as exc:
+            if not infrastructure_failure(exc):
+                raise
+            log.warning("boot group of %s lost: %r", task.cells[0].cell_id, exc)
+            result = lost(task, exc)
+        if result.interrupted:
+            interrupt.request_stop(result.interrupted)
+            interrupt.check()
+        import_result(store, result)
+        if "task_started" in result.worker:  # the time Dask added around the group (queueing included)
+            self.overheads.append(
+                time.time() - submitted - (result.worker["task_ended"] - result.worker["task_started"])
+            )
+        by_id = {c.cell_id: c for c in task.cells}
+        for row in result.rows:
+            on_row(by_id[row["cell_id"]], row)
+        return list(result.rows)
 
 
 class SshWorkerPool(DaskPool):

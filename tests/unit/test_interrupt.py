@@ -98,3 +98,36 @@ def test_interruptible_sleep_returns_normally_without_a_request() -> None:
     started = time.monotonic()
     interrupt.sleep(0.1)
     assert time.monotonic() - started >= 0.1
+
+
+def _wait_for_stop(run_id: str, marker: str) -> None:
+    """A stand-in for a boot group on a worker: runs until the stop watch asks it to stop."""
+    from lab.fanout import _stop_watch
+
+    with _stop_watch(run_id):
+        deadline = time.monotonic() + 60
+        while not interrupt.stop_requested() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        Path(marker).write_text(interrupt.reason() if interrupt.stop_requested() else "never stopped")
+
+
+def test_a_group_whose_controller_is_gone_stops_on_its_own(tmp_path: Path) -> None:
+    # A signal to the controller cannot reach a QEMU on another host: when the controller's client goes
+    # away, the scheduler cancels its tasks, and the worker's watch turns that into a stop of the group.
+    from distributed import Client, LocalCluster
+
+    marker = tmp_path / "stopped"
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        controller = Client(cluster)
+        future = controller.submit(_wait_for_stop, "run-gone", str(marker), pure=False)  # held: still wanted
+        deadline = time.monotonic() + 20
+        while not cluster.scheduler.tasks and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # the task is executing
+        assert not marker.exists() and future.status == "pending", marker.read_text()
+        started = time.monotonic()
+        controller.close()  # the controller is gone, without a word to the worker
+        while not marker.exists() and time.monotonic() - started < 15:
+            time.sleep(0.05)
+        assert marker.exists(), "the abandoned group never stopped"
+        assert marker.read_text() == "the controller is gone (the task was cancelled)"

@@ -1,0 +1,72 @@
+"""Dask fan-out without guests: a group whose host never comes back is lost (not a finding, not a hang),
+a worker's artifact cannot land outside the run directory, and only infrastructure errors count as such."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab import fanout
+from lab.errors import HostError, LabError
+from lab.fanout import DaskPool, GroupResult, GroupTask, import_result, infrastructure_failure, stage
+from lab.matrix import Cell
+from lab.store import RunStore
+from lab.workload import Workload
+
+
+def task(tmp_path: Path, rep: int) -> GroupTask:
+    for name in ("bzImage", "rootfs.cpio", "key"):
+        (tmp_path / name).write_bytes(name.encode())
+    cell = Cell("static", 1024, "nvme", Workload("w"), 2, 1024, rep, platform="tcg")
+    bzimage, initrd = stage(tmp_path / "bzImage"), stage(tmp_path / "rootfs.cpio")
+    return GroupTask("r", (cell,), {}, {"static": bzimage}, {"static": initrd}, "ssh-ed25519 AAAAhost lab",
+                     stage(tmp_path / "key"), "ssh-ed25519 AAAAkey lab")  # fmt: skip
+
+
+def test_a_group_placed_on_a_host_that_never_has_a_worker_is_lost_not_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from distributed import LocalCluster
+
+    monkeypatch.setattr(fanout, "HOST_GONE_S", 1.0)
+    monkeypatch.setattr(fanout, "place", lambda cell, workers: "203.0.113.9")  # a host with no worker, ever
+    store = RunStore.create(tmp_path / "results", {"test": "gone"}, run_id="r")
+    lost: list[tuple[str, BaseException]] = []
+
+    def record(t: GroupTask, exc: BaseException) -> GroupResult:
+        lost.append((t.cells[0].cell_id, exc))
+        return GroupResult([], {}, {})
+
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None, resources={"slot": 1, "tcg": 1}) as c:
+        with DaskPool(scheduler=c.scheduler_address) as pool:
+            tasks = [task(tmp_path, rep) for rep in range(2)]
+            assert pool.run(tasks, store, lambda cell, row: None, record) == []
+    assert sorted(cid for cid, _ in lost) == sorted(t.cells[0].cell_id for t in tasks)
+    for _, exc in lost:
+        assert isinstance(exc, HostError) and str(exc) == "host 203.0.113.9 has had no Dask worker for 1 s"
+
+
+@pytest.mark.parametrize("name", ["../escape.txt", "cells/../../escape.txt", "/tmp/escape.txt", "."])
+def test_a_worker_cannot_write_outside_the_run_directory(tmp_path: Path, name: str) -> None:
+    store = RunStore.create(tmp_path / "results", {"test": "paths"}, run_id="r")
+    result = GroupResult([], {"cells/a/fio.json": b"{}", name: b"nope"}, {})
+    with pytest.raises(LabError, match="outside the run directory"):
+        import_result(store, result)
+    assert not (store.root / "cells" / "a" / "fio.json").exists()  # refused before anything was written
+    assert not (tmp_path / "results" / "escape.txt").exists() and not (tmp_path / "escape.txt").exists()
+
+
+def test_only_the_infrastructures_errors_are_infrastructure_failures() -> None:
+    from concurrent.futures import CancelledError
+
+    from distributed import KilledWorker
+
+    infra: list[Any] = [KilledWorker("group-x", "tcp://10.0.0.7:4242", 3), CancelledError(), ConnectionResetError(),
+                        TimeoutError(), HostError("host snp1 unreachable"),
+                        LabError("bzImage was not staged")]  # fmt: skip
+    for exc in infra:
+        assert infrastructure_failure(exc), exc
+    for exc in (TypeError("a lab bug"), KeyError("static"), ZeroDivisionError()):
+        assert not infrastructure_failure(exc), exc
