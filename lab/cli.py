@@ -114,12 +114,14 @@ PLATFORM_COLUMNS = ("tcg", "kvm", "sev-snp", "tdx")
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from lab.host import REQUIREMENTS
+    from lab.preflight import HostSettings
     from lab.util import cache_dir
 
     if args.hosts:
         return cmd_doctor_hosts(Path(args.hosts))
 
     ok = True
+    kvm_probe = ""  # why KVM does not work although its device is there, if a probe boot found out
     for requirement in REQUIREMENTS:
         present = requirement.present()
         ok &= present
@@ -139,6 +141,17 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         cell = load_matrix("stock").cells[0]
         accel = hypervisor.resolve_accel(boot_spec(ctx, cell), cache_dir() / "doctor")
         console.print(f"KVM: guests will run under [bold]{accel}[/bold] ({hypervisor.probe_note})")
+        if accel != "kvm":
+            kvm_probe = f"a KVM boot probe failed on this host ({hypervisor.probe_note})"
+    # What a local run can offer, with this machine's own settings (SWIOTLB_LAB_QEMU, SWIOTLB_LAB_FIRMWARE_*,
+    # SWIOTLB_LAB_CBITPOS): the same preflight doctor --hosts runs over SSH.
+    settings = HostSettings.from_environment()
+    offered = LocalHypervisor(settings.qemu, dict(settings.firmware), settings.cbitpos).capabilities()
+    if kvm_probe:
+        offered["kvm"] = kvm_probe
+    for platform in PLATFORM_COLUMNS:
+        why = offered.get(platform, "unknown platform")
+        console.print(f"platform {platform:8s} " + ("[green]offered[/green]" if not why else f"not offered: {why}"))
     missing = [r.package for r in REQUIREMENTS if not r.present()]
     if missing:
         console.print(f"[red]missing host packages:[/red] apt-get install {' '.join(sorted(set(missing)))}")

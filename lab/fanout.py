@@ -190,12 +190,13 @@ def run_group_task(task: GroupTask, in_process: bool) -> GroupResult:
     if in_process:  # a thread of the controller: this machine's settings, as the controller found them
         host = HostSettings(settings.get("qemu", HostSettings.qemu), settings.get("firmware", {}),
                             settings.get("cbitpos"))  # fmt: skip
+        hypervisor = LocalHypervisor(host.qemu, dict(host.firmware), host.cbitpos)
         offered, cbitpos = settings.get("offered", {}), settings.get("cbitpos")
     else:  # another host: its own QEMU, firmware and C-bit position, and what it offers with them
         interrupt.reset()
         host = HostSettings.from_environment()
-        found = local_preflight(host)
-        offered, cbitpos = found.offered, found.cbitpos
+        hypervisor = LocalHypervisor(host.qemu, dict(host.firmware), host.cbitpos)
+        offered, cbitpos = hypervisor.capabilities(), local_preflight(host).cbitpos
     cache = cache_dir()
     bzimages = {k: _materialise(s, not in_process, cache) for k, s in task.bzimages.items()}
     initrds = {k: _materialise(s, not in_process, cache) for k, s in task.initrds.items()}
@@ -207,7 +208,7 @@ def run_group_task(task: GroupTask, in_process: bool) -> GroupResult:
     if not in_process:
         with contextlib.suppress(ValueError):  # a remote worker is named after its hosts.toml entry
             worker["host_id"] = str(get_worker().name)
-    ctx = LabContext(LocalHypervisor(host.qemu), image, KeyPair(key_path, task.client_public), kernels, cache,
+    ctx = LabContext(hypervisor, image, KeyPair(key_path, task.client_public), kernels, cache,
                      accel=settings["accel"], provenance={**settings.get("provenance", {}), **worker},
                      offered=offered, firmware={k: Path(v) for k, v in host.firmware.items()}, cbitpos=cbitpos,
                      initrds=initrds)  # fmt: skip
@@ -219,6 +220,10 @@ def run_group_task(task: GroupTask, in_process: bool) -> GroupResult:
             run_group(list(task.cells), store, ctx, SilentReporter())
         except interrupt.Interrupted as exc:  # a KeyboardInterrupt must not reach Dask's worker thread
             stopped = str(exc) or "interrupted"
+        finally:
+            left = hypervisor.stop_all()  # each boot stops its QEMU; nothing may outlive the group regardless
+            if left:
+                log.warning("stopped %d QEMU process(es) a boot group left running", left)
         files = {str(p.relative_to(store.root)): p.read_bytes() for p in sorted(store.root.rglob("*"))
                  if p.is_file() and p.name != MANIFEST and p.suffix != ".raw"}  # fmt: skip
         rows = list(store.completed_cells().values())

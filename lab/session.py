@@ -143,7 +143,7 @@ class Session:
             with self.busy(f"kernel {name}: building or loading from cache"):
                 kernels[name] = build_kernel(name, source=source)  # stock ignores the tree
         settings = HostSettings.from_environment()  # this machine's QEMU, firmware and C-bit position
-        hypervisor = LocalHypervisor(settings.qemu)
+        hypervisor = LocalHypervisor(settings.qemu, dict(settings.firmware), settings.cbitpos)
         cache = cache_dir()
         ctx = LabContext(hypervisor, image, client_key(), kernels, cache, accel=request.accel,
                          firmware={k: Path(v) for k, v in settings.firmware.items()})  # fmt: skip
@@ -153,8 +153,7 @@ class Session:
         accel = hypervisor.resolve_accel(first_spec, cache / "probe-work")
         ctx.accel = accel  # type: ignore[assignment]
         ctx.provenance["accel"] = accel
-        host = local_preflight(settings)
-        ctx.offered, ctx.cbitpos = dict(host.offered), host.cbitpos
+        ctx.offered, ctx.cbitpos = hypervisor.capabilities(), local_preflight(settings).cbitpos
         if hypervisor.probe_note and accel != "kvm":
             ctx.offered["kvm"] = f"a KVM boot probe failed on this host ({hypervisor.probe_note})"
         manifest = {

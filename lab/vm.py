@@ -247,12 +247,18 @@ class RunningGuest(Protocol):
 
 
 class Hypervisor(Protocol):
-    """Where QEMU runs.  ``boot`` yields a ready guest and stops it on exit, always."""
+    """Where QEMU runs.  ``boot`` yields a ready guest and stops it on exit, always.
+
+    On a cluster each host's worker holds a local hypervisor of its own: the fan-out (``lab.fanout``) moves
+    kernels and initrds to that host by content hash before a group starts, so ``boot`` always gets paths
+    on the host that runs QEMU."""
 
     name: str
 
     def boot(self, spec: BootSpec, workdir: Path) -> contextlib.AbstractContextManager[RunningGuest]: ...
     def describe(self) -> dict[str, object]: ...
+    def capabilities(self) -> dict[str, str]: ...  # per platform: "" if this hypervisor can run it, else why not
+    def stop_all(self) -> int: ...  # stop every QEMU it started that still runs; how many there were
 
 
 @dataclass
@@ -465,11 +471,29 @@ class LocalHypervisor:
 
     name = "local"
 
-    def __init__(self, qemu: str = "qemu-system-x86_64") -> None:
+    def __init__(self, qemu: str = "qemu-system-x86_64", firmware: dict[str, str] | None = None,
+                 cbitpos: int | None = None) -> None:  # fmt: skip
         self.qemu = qemu
+        self.firmware = dict(firmware or {})  # platform -> OVMF image on this host (capabilities only)
+        self.cbitpos = cbitpos
         self._accel_cache: dict[tuple[Path, Path], str] = {}
         self.probe_note = ""
         self.launched: list[Machine] = []  # every machine this hypervisor started (for audits and tests)
+
+    def capabilities(self) -> dict[str, str]:
+        """What this host offers with this QEMU and firmware (the preflight; "kvm" by device and module, the
+        boot probe of ``resolve_accel`` decides whether KVM really works)."""
+        from lab.preflight import HostSettings, local_preflight
+
+        return dict(local_preflight(HostSettings(self.qemu, self.firmware, self.cbitpos)).offered)
+
+    def stop_all(self) -> int:
+        """Stop every QEMU this hypervisor started that is still running (each boot stops its own on exit;
+        this is the last line for a worker that must leave nothing behind)."""
+        running = [m for m in self.launched if m._proc is not None and m._proc.poll() is None]
+        for machine in running:
+            machine.shutdown()
+        return len(running)
 
     def describe(self) -> dict[str, object]:
         return {"hypervisor": self.name, "qemu": self.qemu, "qemu_version": qemu_version(self.qemu),

@@ -87,6 +87,12 @@ class FakeHypervisor:
     def describe(self) -> dict[str, object]:
         return {}
 
+    def capabilities(self) -> dict[str, str]:
+        return {"tcg": ""}
+
+    def stop_all(self) -> int:
+        return 0
+
 
 class FakeGuest:
     def __init__(self, script: Script) -> None:

@@ -34,6 +34,12 @@ class NoBoots:
     def describe(self) -> dict[str, object]:
         return {}
 
+    def capabilities(self) -> dict[str, str]:
+        return {"tcg": "", "kvm": "", "sev-snp": REASON}
+
+    def stop_all(self) -> int:
+        return 0
+
 
 def context(tmp_path: Path) -> LabContext:
     kernel = KernelBuild("static", "6.12.117", tmp_path / "bzImage", tmp_path / "config")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from lab.errors import ConfigError
-from lab.vm import BootSpec, Disk, console_excerpt, qemu_argv
+from lab.vm import BootSpec, Disk, LocalHypervisor, Machine, console_excerpt, qemu_argv
 
 
 def spec(**changes: object) -> BootSpec:
@@ -151,3 +152,17 @@ def test_an_lsi_disk_hangs_off_its_own_scsi_host_adapter() -> None:
     devices = value_after(argv(spec(disks=(Disk("lsi"),))), "-device")
     assert "lsi53c895a,id=lsi0" in devices and "scsi-hd,drive=dut0,bus=lsi0.0,id=dut0dev" in devices
     assert devices.index("lsi53c895a,id=lsi0") < devices.index("scsi-hd,drive=dut0,bus=lsi0.0,id=dut0dev")
+
+
+def test_stop_all_stops_what_still_runs_and_only_that(tmp_path: Path) -> None:
+    # Stand-ins for QEMU: the machine's own shutdown path (no QMP socket here, so SIGTERM) does the work.
+    hypervisor = LocalHypervisor()
+    spec = BootSpec(tmp_path / "bzImage", tmp_path / "rootfs.cpio", "ssh-ed25519 AAAAkey lab")
+    running, finished = Machine(spec, tmp_path / "a"), Machine(spec, tmp_path / "b")
+    running._proc = subprocess.Popen(["sleep", "60"])
+    finished._proc = subprocess.Popen(["true"])
+    finished._proc.wait()
+    hypervisor.launched += [running, finished]
+    assert hypervisor.stop_all() == 1
+    assert running._proc.poll() is not None
+    assert hypervisor.stop_all() == 0  # nothing left: a second call finds nothing to stop
