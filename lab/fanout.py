@@ -352,7 +352,6 @@ class DaskPool:
             resources = {SLOT: 1, **({platform: 1} if not self.in_process and platform != "auto" else {})}
             placement: dict[str, Any] = {}
             if not self.in_process:  # a remote host decides "auto" (KVM or TCG) by its own probe
-                task = replace(task, settings={**task.settings, "accel": "auto"})
                 eligible = workers.get(platform if platform != "auto" else SLOT, [])
                 if eligible:
                     placement = {"workers": [place(task.cells[0], eligible)], "allow_other_workers": False}
@@ -449,38 +448,58 @@ class SshWorkerPool(DaskPool):
         self.death_timeout_s = death_timeout_s
         self._connections: list[Any] = []
         self._promises: list[Any] = []
+        self.unreachable: dict[str, str] = {}  # host name -> why its worker could not be started
+
+    def _start(self, host: Any, port: int) -> None:
+        from lab.hosts import connect
+
+        conn = connect(host)
+        self._connections.append(conn)
+        seen_as = conn.run("echo $SSH_CONNECTION", hide=True, in_stream=False).stdout.split()[0]
+        resources = ",".join([f"{SLOT}={host.slots}", *(f"{p}={host.slots}" for p in host.platforms)])
+        argv = [host.python, "-m", "distributed.cli.dask_worker", f"tcp://{seen_as}:{port}",
+                "--nthreads", str(host.slots), "--resources", resources, "--name", host.name,
+                "--no-dashboard", "--death-timeout", str(self.death_timeout_s)]  # fmt: skip
+        # the host's own QEMU, firmware and C-bit position: its worker reads them from its environment
+        env = {"SWIOTLB_LAB_CACHE": host.cache, **host.settings.environment()}
+        command = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + f" exec {shlex.join(argv)}"
+        self._promises.append(conn.run(command, hide=True, warn=True, in_stream=False, asynchronous=True))
+
+    def offered(self) -> dict[str, str]:
+        """As for any cluster, plus the hosts whose worker could not be started and why."""
+        offered = super().offered()
+        if self.unreachable:
+            gone = "; ".join(f"{name}: {why}" for name, why in sorted(self.unreachable.items()))
+            offered = {p: f"{why}; unreachable: {gone}" if why else "" for p, why in offered.items()}
+        return offered
 
     def __enter__(self) -> SshWorkerPool:
         from distributed import Client, LocalCluster
 
-        from lab.hosts import connect
-
+        # A host that cannot be reached or whose worker never joins is left out, with its reason: the run
+        # goes on with the others (cells only it offered are skipped, saying why); with none, it cannot.
         try:
             self.cluster = LocalCluster(n_workers=0, processes=False, protocol="tcp://", host=self.bind,
                                         dashboard_address=None)  # fmt: skip
             self.client = Client(self.cluster)
             port = int(self.cluster.scheduler_address.rsplit(":", 1)[1])
             for host in self.hosts:
-                conn = connect(host)
-                self._connections.append(conn)
-                seen_as = conn.run("echo $SSH_CONNECTION", hide=True, in_stream=False).stdout.split()[0]
-                resources = ",".join([f"{SLOT}={host.slots}", *(f"{p}={host.slots}" for p in host.platforms)])
-                argv = [host.python, "-m", "distributed.cli.dask_worker", f"tcp://{seen_as}:{port}",
-                        "--nthreads", str(host.slots), "--resources", resources, "--name", host.name,
-                        "--no-dashboard", "--death-timeout", str(self.death_timeout_s)]  # fmt: skip
-                # the host's own QEMU, firmware and C-bit position: its worker reads them from its environment
-                env = {"SWIOTLB_LAB_CACHE": host.cache, **host.settings.environment()}
-                command = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + f" exec {shlex.join(argv)}"
-                self._promises.append(conn.run(command, hide=True, warn=True, in_stream=False, asynchronous=True))
-            self.client.wait_for_workers(len(self.hosts), timeout=120)
-        except LabError:
-            self.__exit__()
-            raise
-        except Exception as exc:
-            self.__exit__()
-            names = ", ".join(h.name for h in self.hosts)
-            raise HostError(f"could not start Dask workers on {names} over SSH: {exc} (try: python -m lab doctor "
-                            "--hosts ...)") from exc  # fmt: skip
+                try:
+                    self._start(host, port)
+                except Exception as exc:  # SSH refused, key mismatch, no route: this host only
+                    self.unreachable[host.name] = f"could not start its worker over SSH: {exc}"
+                    log.warning("host %s left out: %s", host.name, exc)
+            started = [h for h in self.hosts if h.name not in self.unreachable]
+            if started:
+                with contextlib.suppress(TimeoutError):
+                    self.client.wait_for_workers(len(started), timeout=120)
+                joined = {str(w.get("name")) for w in self.client.scheduler_info()["workers"].values()}
+                for host in started:
+                    if host.name not in joined:
+                        self.unreachable[host.name] = "its worker did not join the scheduler within 120 s"
+            if len(self.unreachable) == len(self.hosts):
+                reasons = "; ".join(f"{name}: {why}" for name, why in self.unreachable.items())
+                raise HostError(f"no host could run a worker ({reasons}) (try: python -m lab doctor --hosts ...)")
         except BaseException:
             self.__exit__()
             raise

@@ -149,12 +149,19 @@ class Session:
                          firmware={k: Path(v) for k, v in settings.firmware.items()})  # fmt: skip
         ctx.provenance = {**provenance(settings.qemu), **settings.describe()}
         # "auto" cells: KVM where a probe boot works, else TCG; CoCo platforms: what the preflight finds.
-        first_spec = replace(boot_spec(ctx, matrix.cells[0]), accel=request.accel, firmware=None, cbitpos=None)
-        accel = hypervisor.resolve_accel(first_spec, cache / "probe-work")
+        # Remote runs: each host decides "auto" by its own probe and offers what its preflight finds, so
+        # the controller boots nothing here.
+        remote = bool(self.hosts or request.scheduler)
+        if remote:
+            accel = request.accel
+            hypervisor.probe_note = "decided by each host's worker"
+        else:
+            first_spec = replace(boot_spec(ctx, matrix.cells[0]), accel=request.accel, firmware=None, cbitpos=None)
+            accel = hypervisor.resolve_accel(first_spec, cache / "probe-work")
         ctx.accel = accel  # type: ignore[assignment]
         ctx.provenance["accel"] = accel
         ctx.offered, ctx.cbitpos = hypervisor.capabilities(), local_preflight(settings).cbitpos
-        if hypervisor.probe_note and accel != "kvm":
+        if not remote and hypervisor.probe_note and accel != "kvm":
             ctx.offered["kvm"] = f"a KVM boot probe failed on this host ({hypervisor.probe_note})"
         manifest = {
             **ctx.provenance,
@@ -197,6 +204,9 @@ class Session:
             return
         with self.pool:
             self.ctx.offered = self.pool.offered()  # what the workers offer, not this machine
+            unreachable = getattr(self.pool, "unreachable", {})
+            if unreachable:  # the run went on without them: say which and why, where the results are
+                self.store.update_manifest(hosts_unreachable=unreachable)
             run_matrix(self.matrix, self.store, self.ctx, recorder, skip, jobs=self.jobs, pool=self.pool)
 
     def finish(self, status: str, *, report: bool = True) -> Outcome:

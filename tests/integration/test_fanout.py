@@ -99,6 +99,9 @@ def test_a_worker_over_ssh_runs_the_cells_and_the_results_come_home(local_sshd: 
     firmware = tmp_path / "host-only-td.fd"
     firmware.write_bytes(b"a TDVF image only this host has")
     extra = f'qemu = "{qemu}"\nfirmware = {{tdx = "{firmware}"}}\n'
+    # A second host nobody listens for: the run goes on without it and says so.
+    extra += (f'[hosts.gone]\naddress = "127.0.0.1:1"\nkey = "{local_sshd.client_key}"\n'
+              f'host_key = "{local_sshd.host_key_line}"\nplatforms = ["tcg"]\n')  # fmt: skip
     hosts = hosts_file(tmp_path, local_sshd, extra)
     proc = lab(str(matrix), "--results", str(tmp_path / "results"), "--hosts", str(hosts))
     output, _ = proc.communicate(timeout=900)
@@ -109,6 +112,8 @@ def test_a_worker_over_ssh_runs_the_cells_and_the_results_come_home(local_sshd: 
     digest = hashlib.sha256(firmware.read_bytes()).hexdigest()[:16]
     assert set(cells["firmware_tdx"]) == {f"{firmware} (sha256 {digest})"}
     assert set(cells["host_id"]) == {"loopback"}
+    unreachable = json.loads((run / "manifest.json").read_text())["hosts_unreachable"]
+    assert list(unreachable) == ["gone"] and "could not start its worker over SSH" in unreachable["gone"]
     assert (run / "cells" / cells["cell_id"][0] / "fio.json").is_file()  # artifacts, not just rows
     # The worker had its own cache: kernel, initrd and key were staged there by content hash.
     staged = list((tmp_path / "worker-cache" / "staged").glob("*/*"))

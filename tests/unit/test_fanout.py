@@ -70,3 +70,17 @@ def test_only_the_infrastructures_errors_are_infrastructure_failures() -> None:
         assert infrastructure_failure(exc), exc
     for exc in (TypeError("a lab bug"), KeyError("static"), ZeroDivisionError()):
         assert not infrastructure_failure(exc), exc
+
+
+def test_hosts_that_cannot_be_reached_are_named_with_their_reason_and_none_left_is_an_error(tmp_path: Path) -> None:
+    from lab.fanout import SshWorkerPool
+    from lab.hosts import Host
+
+    key = tmp_path / "id_ed25519"
+    key.write_text("not a key")
+    pinned = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA lab"
+    hosts = [Host(name, "127.0.0.1", port=1, key=key, host_key=pinned) for name in ("gone-a", "gone-b")]
+    with pytest.raises(HostError, match=r"no host could run a worker \(gone-a: could not start its worker over SSH: "
+                                        r".*; gone-b: could not start its worker over SSH: .*\)"):  # fmt: skip
+        with SshWorkerPool(hosts, bind="127.0.0.1"):
+            pass
