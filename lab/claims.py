@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import pandas as pd
 
 from lab.doorbells import FAILURE_REASON
-from lab.matrix import THROTTLE_FOREVER_MS, queue_fit_share, timeout_label
+from lab.matrix import DEFAULT_POOL, THROTTLE_FOREVER_MS, queue_fit_share, timeout_label
 from lab.stats import UNDECIDED, Comparison, Metric, compare_family
 from lab.store import SKIPPED
 
@@ -43,8 +43,12 @@ FAILING_DRIVERS = ("ahci", "lsi")  # devices whose driver fails a request when i
 def special_cells(cells: pd.DataFrame, conversion: bool = True) -> pd.Series:
     """Cells that ask a question of their own and stay out of the other claims' groups: a driver that fails
     instead of requeueing (C10), a slowed neighbour disk (C9), an emulated conversion cost (C7 emulated;
-    unless ``conversion`` is False).  Columns absent from older runs mean none of these."""
+    unless ``conversion`` is False), and a pool whose size the guest kernel chose (pool = "default": the
+    claims order pools by their requested size, which such a cell does not have; the summary shows what it
+    got).  Columns absent from older runs mean none of these."""
     special = pd.Series(False, index=cells.index)
+    if "pool_slabs_requested" in cells:
+        special |= cells["pool_slabs_requested"] == DEFAULT_POOL
     if "device" in cells:
         special |= cells["device"].isin(FAILING_DRIVERS)
     if "neighbour" in cells:

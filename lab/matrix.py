@@ -22,7 +22,8 @@ NEIGHBOUR_BPS = 16 << 20  # the slow neighbour's bandwidth limit (QEMU's I/O thr
 MATRIX_KEYS = {
     "description": "free text",
     "kernels": "list of kernel variant names",
-    "pools": 'list of pool sizes: "2MiB", "64MiB", or a number of 2 KiB slabs',
+    "pools": 'list of pool sizes: "2MiB", "64MiB", a number of 2 KiB slabs, or "default" (what the guest kernel '
+    "chooses: 64 MiB, or 6% of memory in an SEV-SNP/TDX guest)",
     "devices": 'list of "nvme", "virtio-blk", "ahci" or "lsi"',
     "workloads": "list of workload names defined under [workloads.NAME]",
     "vcpus": "list of vCPU counts",
@@ -156,7 +157,8 @@ class Cell:
     def cell_id(self) -> str:
         """Stable: the same inputs always give the same ID (it names the cell's folder)."""
         digest = hashlib.sha256(json.dumps(self.content(), sort_keys=True).encode()).hexdigest()[:8]
-        return f"{self.kernel}-{self.pool_slabs}-{self.device}-{self.workload.name}-r{self.repetition}-{digest}"
+        pool = "default" if self.pool_slabs == DEFAULT_POOL else self.pool_slabs
+        return f"{self.kernel}-{pool}-{self.device}-{self.workload.name}-r{self.repetition}-{digest}"
 
     @property
     def poll_queues(self) -> int:
@@ -209,8 +211,17 @@ def parse_size_bytes(value: object, where: str) -> int:
     return int(match.group(1)) * _UNITS[(match.group(2) or "b").lower()]
 
 
-def parse_pool_slabs(value: object, where: str) -> int:
-    """Pool size in slabs: an integer (slabs), "N slabs", or bytes with a unit ("2MiB")."""
+# pools = ["default"]: no size on the kernel command line, so the guest kernel chooses (64 MiB; in an SEV-SNP
+# or TDX guest 6% of memory, clamped to [64 MiB, 1 GiB], an adjustment the kernel makes only when no size
+# was given).  The row's nslabs says what the guest got.
+DEFAULT_POOL = 0
+
+
+def parse_pool_slabs(value: object, where: str, default_ok: bool = False) -> int:
+    """Pool size in slabs: an integer (slabs), "N slabs", or bytes with a unit ("2MiB"); with ``default_ok``
+    also "default" (DEFAULT_POOL: the guest kernel chooses)."""
+    if default_ok and str(value).strip() == "default":
+        return DEFAULT_POOL
     if isinstance(value, bool):
         raise ConfigError(f"{where}: {value!r} is not a pool size")
     if isinstance(value, int):
@@ -218,7 +229,9 @@ def parse_pool_slabs(value: object, where: str) -> int:
     else:
         match = _SIZE.match(str(value))
         if not match:
-            raise ConfigError(f'{where}: {value!r} is not a pool size; use "2MiB", "64MiB" or a slab count like 1024')
+            also = ', or "default"' if default_ok else ""
+            raise ConfigError(f'{where}: {value!r} is not a pool size; use "2MiB", "64MiB" or a slab count like '
+                              f"1024{also}")  # fmt: skip
         unit = (match.group(2) or "slabs").lower()
         amount = int(match.group(1))
         slabs = amount if unit.startswith("slab") else amount * _UNITS[unit] // SLAB_BYTES
@@ -370,7 +383,7 @@ def _rule(rule: object, where: str, axes: dict[str, list[Any]], kind: str) -> di
         if axis not in axes:
             raise ConfigError(f"{where}: unknown axis {axis!r} in {kind}; valid: {', '.join(axes)}")
         if axis == "pool":
-            value = parse_pool_slabs(value, where)
+            value = parse_pool_slabs(value, where, default_ok=True)
         elif axis == "conversion_cost":
             value = _conversion_ns(value, where)
         elif axis == "memory":
@@ -452,7 +465,7 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
         if kernel not in known_kernels:
             raise ConfigError(f"{where('kernels')}: unknown kernel variant {kernel!r}; "
                               f"valid: {', '.join(known_kernels)}")  # fmt: skip
-    pools = [parse_pool_slabs(v, where("pools")) for v in _list(section, "pools", [], where("pools"))]
+    pools = [parse_pool_slabs(v, where("pools"), default_ok=True) for v in _list(section, "pools", [], where("pools"))]
     devices = [str(d) for d in _list(section, "devices", ["nvme"], where("devices"))]
     for device in devices:
         if device not in DEVICES:
@@ -546,6 +559,13 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
     # read each job file once, not once per combination
     loads_neighbour = {w.name: w.job_file is not None and "LAB_NEIGHBOUR" in w.job_file.read_text() for w in workloads}
     for combo in combos:  # after exclude, so that excluding a pair is the way out
+        if combo["pool"] == DEFAULT_POOL and knobs_of[combo["throttle"]] is not None:
+            raise ConfigError(f"{where('throttle')}: thresholds in percent of the pool need a pool size, and "
+                              f'pool = "default" leaves the size to the guest kernel; use throttle = "default" '
+                              "(the kernel's own thresholds) or exclude the pair")  # fmt: skip
+        if combo["pool"] == DEFAULT_POOL and combo["queue_limits"] != "default":
+            raise ConfigError(f"{where('queue_limits')}: a queue fitted to the pool needs a pool size, and "
+                              'pool = "default" leaves the size to the guest kernel (exclude the pair)')  # fmt: skip
         workload = by_name[combo["workload"]]
         if workload.fault and combo["device"] not in FAULT_DEVICES[workload.fault]:
             raise ConfigError(f"{where('workloads')}: workload {workload.name!r} injects fault {workload.fault!r}, "

@@ -30,6 +30,7 @@ from lab.claims import (
     smallest_sufficient,
     special_cells,
 )
+from lab.matrix import DEFAULT_POOL
 from lab.stats import THRESHOLDS_TEXT, Metric, compare_family
 from lab.store import LOST, SKIPPED, load_cells, load_samples, write_parquet
 from lab.util import atomic_write_bytes, atomic_write_text
@@ -129,7 +130,9 @@ def summary_markdown(cells: pd.DataFrame, run_dir: str, manifest: dict[str, Any]
         values = []
         for name, key in SUMMARY_COLUMNS:
             if name.startswith("pool"):
-                values.append(f"{_fmt(row['pool_slabs_requested'])} → {_fmt(nslabs)}")
+                requested = row["pool_slabs_requested"]
+                asked = "default" if requested == DEFAULT_POOL else _fmt(requested)
+                values.append(f"{asked} → {_fmt(nslabs)}")
             elif name.startswith("hiwater"):
                 frac = row.get("hiwater_frac") if ok else None
                 pct = frac * 100 if frac is not None and not pd.isna(frac) else None

@@ -20,7 +20,7 @@ from lab.guest import Guest
 from lab.image import GuestImage, initrd_for
 from lab.kernel import KernelBuild
 from lab.keys import KeyPair
-from lab.matrix import NEIGHBOUR_BPS, QUEUE_FIT_MAX_SECTORS_KB, Cell, Matrix, queue_fit_share
+from lab.matrix import DEFAULT_POOL, NEIGHBOUR_BPS, QUEUE_FIT_MAX_SECTORS_KB, Cell, Matrix, queue_fit_share
 from lab.parse import (
     Hist,
     busy_cpu_seconds,
@@ -127,7 +127,7 @@ def boot_spec(ctx: LabContext, cell: Cell) -> BootSpec:
         initrd=ctx.initrds.get(cell.kernel)
         or initrd_for(ctx.image, kernel.modules_dir, kernel.boot_modules, ctx.cache),
         ssh_key_blob=ctx.client_key.public_blob,
-        swiotlb_nslabs=cell.pool_slabs,
+        swiotlb_nslabs=None if cell.pool_slabs == DEFAULT_POOL else cell.pool_slabs,
         swiotlb_force=cell.swiotlb_force,
         vcpus=cell.vcpus,
         memory_mib=cell.memory_mib,

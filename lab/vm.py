@@ -104,7 +104,9 @@ class BootSpec:
     def cmdline(self) -> str:
         args = ["console=ttyS0", "panic=-1", "oops=panic", "loglevel=6"]
         if self.swiotlb_nslabs is not None or self.swiotlb_force:
-            parts = [str(self.swiotlb_nslabs)] if self.swiotlb_nslabs is not None else ["0"]
+            # Without a size the kernel keeps its default, and only then may an SEV-SNP or TDX guest enlarge
+            # it (swiotlb_adjust_size); "0" would be taken as a size, and rounded to no pool at all.
+            parts = [str(self.swiotlb_nslabs)] if self.swiotlb_nslabs is not None else []
             if self.swiotlb_force:
                 parts.append("force")
             args.append("swiotlb=" + ",".join(parts))

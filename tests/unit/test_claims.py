@@ -528,3 +528,10 @@ def test_c13_cannot_decide_latency_when_the_ample_pools_p99_varies_more_than_the
     steady = STATIC_SWEEP.copy()
     steady.loc[largest, "fio_clat_p99_us"] = [95.0, 105.0]  # RSD 7%: within the slack, decided
     assert judge_c13(pd.concat([steady, throttle])).verdict == "supported"
+
+
+def test_cells_whose_pool_the_guest_kernel_chose_stay_out_of_the_claims_groups() -> None:
+    from lab.claims import special_cells
+
+    cells = pd.DataFrame({"pool_slabs_requested": [0, 1024, 32768], "device": "nvme"})
+    assert special_cells(cells).tolist() == [True, False, False]

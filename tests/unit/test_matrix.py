@@ -508,3 +508,24 @@ def test_the_thread_suite_is_the_union_of_its_matrices() -> None:
 def test_bad_suites_name_the_problem(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_matrix(write(tmp_path, text, "s.toml"))
+
+
+def test_a_default_pool_leaves_the_size_to_the_guest_kernel_and_refuses_what_needs_one(tmp_path: Path) -> None:
+    text = '[matrix]\nkernels = ["static", "throttle"]\npools = ["default", "2MiB"]\n[workloads.a]\nrw = "read"\n'
+    cells = load_matrix(write(tmp_path, text)).cells
+    assert sorted(c.pool_slabs for c in cells) == [0, 0, 1024, 1024]
+    assert sorted(c.cell_id.rsplit("-", 1)[0] for c in cells) == [
+        "static-1024-nvme-a-r0", "static-default-nvme-a-r0", "throttle-1024-nvme-a-r0", "throttle-default-nvme-a-r0"
+    ]  # fmt: skip
+    rule = 'pools = ["default", "2MiB"]\nexclude = [{pool = "default"}]\n'
+    excluded = load_matrix(write(tmp_path, text.replace('pools = ["default", "2MiB"]\n', rule), "x.toml"))
+    assert [c.pool_slabs for c in excluded.cells] == [1024, 1024]
+    # thresholds in percent of a size the lab does not know, and a queue fitted to it, are refused
+    throttled = text.replace('pools = ["default", "2MiB"]\n', 'pools = ["default", "2MiB"]\nthrottle = ["50/40"]\n')
+    with pytest.raises(ConfigError, match=r'matrix.throttle.*pool = "default" leaves the size to the guest kernel'):
+        load_matrix(write(tmp_path, throttled, "t.toml"))
+    fitted = text.replace('pools = ["default", "2MiB"]\n', 'pools = ["default", "2MiB"]\nqueue_limits = ["fit"]\n')
+    with pytest.raises(ConfigError, match=r"matrix.queue_limits.*a queue fitted to the pool needs a pool size"):
+        load_matrix(write(tmp_path, fitted, "q.toml"))
+    with pytest.raises(ConfigError, match=r"'defaults' is not a pool size; .* or \"default\""):
+        load_matrix(write(tmp_path, text.replace('"default"', '"defaults"'), "d.toml"))

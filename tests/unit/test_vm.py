@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,11 @@ def test_stop_all_stops_what_still_runs_and_only_that(tmp_path: Path) -> None:
     assert hypervisor.stop_all() == 1
     assert running._proc.poll() is not None
     assert hypervisor.stop_all() == 0  # nothing left: a second call finds nothing to stop
+
+
+def test_without_a_pool_size_the_command_line_forces_bouncing_and_names_no_size(tmp_path: Path) -> None:
+    # "swiotlb=0,force" would be read as a size of 0 (rounded to no pool); the kernel keeps its default,
+    # which an SEV-SNP or TDX guest may enlarge, only when no size is given.
+    spec = BootSpec(tmp_path / "bzImage", tmp_path / "rootfs.cpio", "ssh-ed25519 AAAAkey lab", swiotlb_nslabs=None)
+    assert " swiotlb=force " in f" {spec.cmdline()} "
+    assert " swiotlb=1024,force " in f" {replace(spec, swiotlb_nslabs=1024).cmdline()} "

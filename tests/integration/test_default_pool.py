@@ -1,0 +1,54 @@
+"""pool = "default": the guest kernel chooses the pool (no size on its command line), and the row says what
+it got.  On a plain guest that is the kernel's 64 MiB (IO_TLB_DEFAULT_SIZE); in an SEV-SNP or TDX guest the
+kernel would enlarge it, which only a size-less command line allows."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import qemu_pids
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+MATRIX = """
+[matrix]
+kernels = ["static"]
+pools = ["default"]
+workloads = ["a"]
+observe = "all"
+
+[workloads.a]
+rw = "randread"
+bs = "64k"
+iodepth = 16
+numjobs = 2
+runtime = "3s"
+size = "64M"
+"""
+
+
+def test_a_default_pool_is_what_the_guest_kernel_chose(built_kernels: Callable[..., object], tmp_path: Path) -> None:
+    built_kernels("static")
+    matrix = tmp_path / "m.toml"
+    matrix.write_text(MATRIX)
+    before = qemu_pids()
+    proc = subprocess.run([sys.executable, "-m", "lab", "run", "matrix", str(matrix), "--results", str(tmp_path)],
+                          cwd=REPO, text=True, capture_output=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [run] = [p for p in tmp_path.iterdir() if p.is_dir()]
+    [row] = pd.read_parquet(run / "cells.parquet").to_dict("records")
+    assert row["cell_id"].startswith("static-default-nvme-a-r0-")
+    assert row["pool_slabs_requested"] == 0
+    assert row["nslabs"] == 64 * 1024 * 1024 // 2048  # the kernel's default, 32768 slots of 2 KiB
+    assert row["hiwater"] > 0  # forced bouncing all the same
+    text = next((run / "boots").glob("*/console.log")).read_text(errors="replace")
+    assert "swiotlb=force" in text and "swiotlb=0" not in text  # the command line, as the kernel logged it
+    assert "default → 32768" in (run / "summary.md").read_text()
+    assert qemu_pids() - before == set()
