@@ -23,3 +23,23 @@ def test_a_readme_matrix_example_dry_runs(example: str, tmp_path: Path, capsys: 
     path.write_text(example)
     assert main(["run", "matrix", str(path), "--dry-run"]) == 0, capsys.readouterr().err
     assert re.search(r"\d+ cells to run in \d+ boots", capsys.readouterr().out)
+
+
+# A README block that shows a dry-run command and what it prints: the lab must still print exactly that
+# ("(...)" stands for the rest of a line).
+DRY_RUNS = re.findall(r"```\n(python -m lab run matrix [^\n]*--dry-run[^\n]*)\n(.*?)```", README.read_text(), re.S)
+
+
+def test_the_readme_shows_dry_runs() -> None:
+    assert DRY_RUNS
+
+
+@pytest.mark.parametrize(("command", "shown"), DRY_RUNS, ids=[f"dry-run{i}" for i in range(len(DRY_RUNS))])
+def test_a_readme_dry_run_prints_what_the_readme_shows(command: str, shown: str,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    args = command.split()[3:]  # after "python -m lab"
+    assert main(args) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out.splitlines()
+    for line in shown.strip().splitlines():
+        prefix = line.removesuffix("(...)")
+        assert any(p == line or (prefix != line and p.startswith(prefix)) for p in printed), (line, printed[-3:])
