@@ -261,7 +261,8 @@ def infrastructure_failure(exc: BaseException) -> bool:
 
 
 OnRow = Callable[[Cell, dict[str, Any]], None]  # a finished cell's row, as it arrives
-Lost = Callable[[GroupTask, BaseException], GroupResult]  # the rows of a group the infrastructure lost
+# the rows of a group the infrastructure lost, and the host it had been placed on (None: any host)
+Lost = Callable[[GroupTask, BaseException, str | None], GroupResult]
 
 
 @dataclass
@@ -375,7 +376,8 @@ class DaskPool:
                 for future in batch:
                     handled.add(future)
                     host = placed[future] if future in gone else None
-                    rows += self._collect(future, futures[future], store, on_row, lost, submitted[future], host)
+                    rows += self._collect(future, futures[future], store, on_row, lost, submitted[future], host,
+                                          placed.get(future))  # fmt: skip
         except BaseException:
             stop.set()  # workers stop their guests within STOP_POLL_S + a QEMU shutdown
             deadline = time.monotonic() + 20
@@ -405,8 +407,9 @@ class DaskPool:
         return expired
 
     def _collect(self, future: Any, task: GroupTask, store: RunStore, on_row: OnRow, lost: Lost, submitted: float,
-                 gone: str | None) -> list[dict[str, Any]]:  # fmt: skip
-        """One finished group, or one abandoned with its ``gone`` host: its rows and artifacts into the store."""
+                 gone: str | None, placed: str | None) -> list[dict[str, Any]]:  # fmt: skip
+        """One finished group, or one abandoned with its ``gone`` host: its rows and artifacts into the store
+        (``placed``: the host the group was restricted to, if any)."""
         interrupt.check()
         try:
             if gone:
@@ -416,7 +419,7 @@ class DaskPool:
             if not infrastructure_failure(exc):
                 raise
             log.warning("boot group of %s lost: %r", task.cells[0].cell_id, exc)
-            result = lost(task, exc)
+            result = lost(task, exc, placed)
         if result.interrupted:
             interrupt.request_stop(result.interrupted)
             interrupt.check()

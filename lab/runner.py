@@ -255,8 +255,10 @@ def run_matrix(
         return skipped + [row for group in groups for row in run_group(group, store, ctx, reporter)]
     from lab.fanout import DaskPool, GroupResult, GroupTask, group_task
 
-    def lost(task: GroupTask, exc: BaseException) -> GroupResult:
-        rows = [lost_row(base_row(ctx, c, store), f"{type(exc).__name__}: {exc}") for c in task.cells]
+    def lost(task: GroupTask, exc: BaseException, host: str | None) -> GroupResult:
+        # Not this machine's cell: the host it was placed on if known (a remote group), else unknown.
+        where = {"host_id": host or "unknown", "host": host or "unknown"} if pool is not None or host else {}
+        rows = [lost_row({**base_row(ctx, c, store), **where}, f"{type(exc).__name__}: {exc}") for c in task.cells]
         for row in rows:
             store.write_cell(row, None, None)
         return GroupResult(rows, {}, {})

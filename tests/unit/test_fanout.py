@@ -35,7 +35,8 @@ def test_a_group_placed_on_a_host_that_never_has_a_worker_is_lost_not_waited_for
     store = RunStore.create(tmp_path / "results", {"test": "gone"}, run_id="r")
     lost: list[tuple[str, BaseException]] = []
 
-    def record(t: GroupTask, exc: BaseException) -> GroupResult:
+    def record(t: GroupTask, exc: BaseException, host: str | None) -> GroupResult:
+        assert host == "203.0.113.9"
         lost.append((t.cells[0].cell_id, exc))
         return GroupResult([], {}, {})
 

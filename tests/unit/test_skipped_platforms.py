@@ -82,7 +82,7 @@ class LosesEveryGroup:
     def run(self, tasks: list[Any], store: RunStore, on_row: Any, lost: Any) -> list[dict[str, Any]]:
         rows = []
         for task in tasks:
-            result = lost(task, ConnectionError("worker tcp://10.0.0.7:4242 lost"))
+            result = lost(task, ConnectionError("worker tcp://10.0.0.7:4242 lost"), "10.0.0.7")
             rows += result.rows
         return rows
 
@@ -100,6 +100,7 @@ def test_cells_lost_with_their_worker_are_neither_failures_nor_findings_and_a_re
     rows = run_matrix(matrix, store, context(tmp_path), SilentReporter(), pool=LosesEveryGroup())
     assert [r["status"] for r in rows] == ["lost", "lost"]
     assert rows[0]["failure_detail"] == "ConnectionError: worker tcp://10.0.0.7:4242 lost"
+    assert rows[0]["host_id"] == "10.0.0.7"  # where it was lost, not the controller
     store.consolidate()
     stored = load_cells(store.root)
     # Not a finding: even --strict does not call it one, but the run is not whole either (exit 3) ...
