@@ -486,14 +486,42 @@ def _cell_link(cell_id: str) -> str:
     return f"[{cell_id}](cells/{cell_id}/cell.json)"
 
 
+HOST_COLUMNS = ("host_id", "platform", "cpu_model", "host_kernel", "host_cpus", "qemu_version", "coco_firmware",
+                "firmware_sev-snp", "firmware_tdx")  # fmt: skip
+
+
+def hosts_table(cells: pd.DataFrame) -> pd.DataFrame:
+    """One row per host and platform that ran cells: what each host is, and how its cells ended.  Every claim
+    is judged within one of these rows' hosts; a run on one machine has one row."""
+    if cells.empty or "host_id" not in cells:
+        return pd.DataFrame()
+    ran = cells[~cells["status"].isin((SKIPPED, LOST))]
+    if ran.empty:
+        return pd.DataFrame()
+    keys = [c for c in HOST_COLUMNS if c in ran]
+    table = ran[keys].astype(str).drop_duplicates(subset=["host_id", "platform"]).set_index(["host_id", "platform"])
+    counts = ran.groupby(["host_id", "platform"])["status"].value_counts().unstack(fill_value=0)
+    table["cells ok"] = counts.get("ok", 0)
+    table["cells failed"] = counts.get("failed", 0)
+    return table.reset_index()
+
+
 def report_markdown(manifest: dict[str, Any], cells: pd.DataFrame, verdicts: list[Verdict],
                     comparison_rows: list[dict[str, Any]], figure_names: list[str]) -> str:  # fmt: skip
+    hosts = hosts_table(cells)
     lines = [
         f"# swiotlb throttling: measured verdicts (run {manifest.get('run_id', '?')})",
         "",
         f"Lab revision `{manifest.get('lab_revision', '?')}`, QEMU {manifest.get('qemu_version', '?')}, "
         f"accelerator **{manifest.get('accel', '?')}**, {manifest.get('host_cpus', '?')} host CPUs, "
         f"matrix `{manifest.get('matrix_name', '?')}`, status {manifest.get('status', '?')}.",
+        "",
+        "## Hosts",
+        "",
+        "Each claim is judged within one host and platform (its row says which when the run had several); "
+        "cells are never compared across hosts.",
+        "",
+        _md_table(hosts) if not hosts.empty else "_no cell ran_",
         "",
         "## Claims",
         "",

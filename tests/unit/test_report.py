@@ -183,3 +183,21 @@ def test_questions_of_their_own_get_figures_of_their_own() -> None:
     drawn = figures(cells, pd.DataFrame())
     assert set(drawn) == {"failing_drivers.png"} and drawn["failing_drivers.png"].startswith(b"\x89PNG")
     assert CLAIM_FIGURES["C10"] == CLAIM_FIGURES["C10-throttle-v2"] == "failing_drivers.png"
+
+
+def test_the_hosts_table_has_a_row_per_host_and_platform_with_what_it_is_and_how_its_cells_ended() -> None:
+    from lab.report import hosts_table
+
+    cells = pd.DataFrame({
+        "cell_id": list("abcdefg"),
+        "status": ["ok", "ok", "failed", "ok", "skipped", "lost", "ok"],
+        "host_id": ["snp1", "snp1", "snp1", "tdx1", "ctl", "snp1", "snp1"],
+        "platform": ["sev-snp", "sev-snp", "sev-snp", "tdx", "tdx", "sev-snp", "kvm"],
+        "cpu_model": ["EPYC 9654", "EPYC 9654", "EPYC 9654", "Xeon 8592+", "x", "EPYC 9654", "EPYC 9654"],
+    })  # fmt: skip
+    table = hosts_table(cells)
+    rows = {(r["host_id"], r["platform"]): (r["cpu_model"], r["cells ok"], r["cells failed"])
+            for r in table.to_dict("records")}  # fmt: skip
+    # skipped and lost cells ran nowhere: no row for the controller, and snp1 counts only what it ran
+    assert rows == {("snp1", "sev-snp"): ("EPYC 9654", 2, 1), ("snp1", "kvm"): ("EPYC 9654", 1, 0),
+                    ("tdx1", "tdx"): ("Xeon 8592+", 1, 0)}  # fmt: skip
