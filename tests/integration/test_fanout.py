@@ -145,3 +145,33 @@ def test_a_worker_killed_mid_cell_is_replaced_and_the_run_completes(local_sshd: 
     cells = pd.read_parquet(run / "cells.parquet")
     assert len(cells) == 2 and (cells["status"] == "ok").all(), cells[["cell_id", "status", "failure_reason"]]
     assert qemu_pids() - before == set()
+
+
+def test_a_run_over_ssh_stopped_after_a_cell_resumes_over_ssh_and_keeps_that_cell(
+    local_sshd: LocalSshd, tmp_path: Path
+) -> None:
+    matrix = tmp_path / "m.toml"
+    matrix.write_text(MATRIX.replace("RUNTIME", "3s"))
+    hosts = str(hosts_file(tmp_path, local_sshd))
+    results = tmp_path / "results"
+    before = qemu_pids()
+    proc = lab(str(matrix), "--results", str(results), "--hosts", hosts)
+    deadline = time.monotonic() + 600
+    while not list(results.glob("*/cells/*/cell.json")):  # the first group's cell came home
+        assert proc.poll() is None and time.monotonic() < deadline, "no cell finished"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output
+    [run] = list(results.iterdir())
+    [kept] = list(run.glob("cells/*/cell.json"))
+    wall = json.loads(kept.read_text())["cell_wall_s"]
+    assert json.loads((run / "manifest.json").read_text())["status"] == "interrupted"
+    resumed = lab(str(matrix), "--results", str(results), "--hosts", hosts, "--resume", str(run))
+    output, _ = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, output
+    cells = pd.read_parquet(run / "cells.parquet")
+    assert len(cells) == 2 and (cells["status"] == "ok").all() and set(cells["host_id"]) == {"loopback"}
+    again = cells.set_index("cell_id")["cell_wall_s"]
+    assert again[kept.parent.name] == wall, "the kept cell was run again"
+    assert qemu_pids() - before == set()
