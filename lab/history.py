@@ -4,13 +4,18 @@
 claims.parquet, ...).  The manifests are the index: a night is a run of a
 matrix, with its status as recorded, except that a run whose manifest says
 ``running`` while its process is gone is *dead* (never a night in progress,
-never a baseline).  DuckDB reads the Parquet tables of all nights in place.
+never a baseline), and one that runs on another controller is *unknown* until
+``UNKNOWN_FOR_S`` after its last sign of life, then dead.  DuckDB reads the
+Parquet tables of all nights in place.
 """
 
 from __future__ import annotations
 
+import calendar
+import contextlib
 import json
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,10 +23,43 @@ from typing import Any
 import pandas as pd
 
 from lab.errors import ConfigError
-from lab.store import MANIFEST, liveness
+from lab.store import MANIFEST, PHASE, liveness, load_cells
 
 NIGHT_COLUMNS = ("run_id", "matrix_name", "status", "started_utc", "finished_utc", "lab_revision",
-                 "tree_describe", "tree_commit", "baseline", "regressions", "exit_code", "path")  # fmt: skip
+                 "tree_describe", "tree_commit", "baseline", "regressions", "exit_code", "matrix_hash",
+                 "controller", "path")  # fmt: skip
+# A run whose manifest says ``running`` on another controller cannot be checked from here.  It counts as
+# running (shown ``unknown``, kept by retention, never a baseline) for this long after its last sign of life
+# (start, resume, or the last phase it wrote), then as dead: no night takes two days, and a history shared
+# with a controller that vanished must not keep its run for ever.
+UNKNOWN_FOR_S = 2 * 86400
+
+
+def _utc_seconds(text: Any) -> float | None:
+    try:
+        return float(calendar.timegm(time.strptime(str(text), "%Y-%m-%dT%H:%M:%SZ")))
+    except ValueError:
+        return None
+
+
+def last_sign_of_life(manifest: dict[str, Any], run_dir: Path) -> float | None:
+    """When a run last showed it was running (seconds since the epoch): its start, its resume, or the
+    newest phase it wrote; None if nothing says."""
+    times = [manifest.get("started_utc"), manifest.get("resumed_utc")]
+    with contextlib.suppress(OSError, json.JSONDecodeError, AttributeError):
+        times.append(json.loads((run_dir / PHASE).read_text()).get("utc"))
+    seconds = [t for t in map(_utc_seconds, times) if t is not None]
+    return max(seconds) if seconds else None
+
+
+def _status(manifest: dict[str, Any], run_dir: Path, now: float) -> str:
+    state = liveness(manifest)
+    if state == "alive":
+        return "running"
+    if state == "unknown":
+        seen = last_sign_of_life(manifest, run_dir)
+        return "unknown" if seen is not None and now - seen < UNKNOWN_FOR_S else "dead"
+    return state
 
 
 @dataclass(frozen=True)
@@ -33,20 +71,20 @@ class History:
         return self.root / "runs"
 
     def nights(self, matrix_name: str | None = None) -> pd.DataFrame:
-        """One row per run, oldest first; status ``dead`` for a run whose process died without a word."""
+        """One row per run, oldest first; status ``dead`` for a run whose process died without a word,
+        ``unknown`` for one running on another controller (see ``UNKNOWN_FOR_S``)."""
         rows = []
+        now = time.time()
         for manifest_path in sorted(self.runs.glob(f"*/{MANIFEST}")):
             try:
                 manifest = json.loads(manifest_path.read_text())
             except (OSError, json.JSONDecodeError):
                 continue
-            state = liveness(manifest)
-            status = {"alive": "running", "unknown": "running"}.get(state, state)
             nightly = manifest.get("nightly", {})
             rows.append({
                 "run_id": manifest.get("run_id", manifest_path.parent.name),
                 "matrix_name": manifest.get("matrix_name", ""),
-                "status": status,
+                "status": _status(manifest, manifest_path.parent, now),
                 "started_utc": manifest.get("started_utc", ""),
                 "finished_utc": manifest.get("finished_utc", ""),
                 "lab_revision": manifest.get("lab_revision", ""),
@@ -55,6 +93,8 @@ class History:
                 "baseline": nightly.get("baseline", ""),
                 "regressions": nightly.get("regressions"),
                 "exit_code": nightly.get("exit_code"),
+                "matrix_hash": nightly.get("matrix_hash", ""),
+                "controller": manifest.get("controller", ""),
                 "path": str(manifest_path.parent),
             })  # fmt: skip
         nights = pd.DataFrame(rows, columns=list(NIGHT_COLUMNS))
@@ -62,26 +102,55 @@ class History:
             nights = nights[nights["matrix_name"] == matrix_name]
         return nights.sort_values(["started_utc", "run_id"]).reset_index(drop=True)
 
-    def baseline(self, matrix_name: str, before: str) -> str | None:
-        """The newest complete run of ``matrix_name`` that started before run ``before`` (dead, partial,
-        interrupted and running ones never are)."""
-        nights = self.nights(matrix_name)
-        nights = nights[(nights["status"] == "complete") & (nights["run_id"] != before)]
-        current = self.nights(matrix_name)
-        started = current.loc[current["run_id"] == before, "started_utc"]
+    def baseline(self, matrix_name: str, before: str, matrix_hash: str | None = None) -> str | None:
+        """The newest complete run of ``matrix_name`` that started before run ``before`` and had a usable
+        result (dead, partial, interrupted, running and unknown ones never are, nor a night that exited 3).
+        With ``matrix_hash``, only a night of the same matrix content: one that recorded that hash, or one
+        from before hashes were recorded, if no night since recorded one."""
+        return self._baseline(self.nights(matrix_name), before, matrix_hash)
+
+    def _baseline(self, nights: pd.DataFrame, before: str | None, matrix_hash: str | None) -> str | None:
+        earlier = nights[nights["run_id"] != before]
+        started = nights.loc[nights["run_id"] == before, "started_utc"]
         if not started.empty:
-            nights = nights[nights["started_utc"] <= started.iloc[0]]
-        return str(nights["run_id"].iloc[-1]) if not nights.empty else None
+            earlier = earlier[earlier["started_utc"] <= started.iloc[0]]
+        candidates = earlier[earlier["status"] == "complete"]
+        if matrix_hash is not None:
+            hashes = earlier["matrix_hash"].fillna("")
+            legacy = candidates["matrix_hash"].fillna("") == ""
+            if (hashes != "").any():  # a night without a hash matches only until a night records one
+                legacy &= candidates["started_utc"] > earlier.loc[hashes != "", "started_utc"].max()
+            candidates = candidates[(candidates["matrix_hash"] == matrix_hash) | legacy]
+        for _, night in candidates.iloc[::-1].iterrows():
+            if self.usable(night):
+                return str(night["run_id"])
+        return None
+
+    @staticmethod
+    def usable(night: pd.Series) -> bool:
+        """Whether a night had a usable result: its recorded exit code was not 3; a night without one (the
+        gate never ran on it) is judged from its stored cells by the same rule."""
+        from lab.nightly import EXIT_NO_RESULT, no_usable_result  # the rule is the gate's; it imports History
+
+        code = night.get("exit_code")
+        if code is not None and not pd.isna(code):
+            return int(code) != EXIT_NO_RESULT
+        return not no_usable_result(load_cells(Path(night["path"])))
 
     def retain(self, keep: int, matrix_name: str | None = None) -> list[str]:
-        """Remove all but the newest ``keep`` runs (of a matrix), never the newest complete run (the next
-        night's baseline) nor one that is still running.  Returns the run ids removed."""
+        """Remove all but the newest ``keep`` runs (of a matrix), never a possible next baseline (per matrix
+        name: the newest usable complete night, and the one of the newest recorded matrix content) nor a
+        run that is still running or whose state is unknown.  Returns the run ids removed."""
         if keep < 1:
             raise ConfigError(f"--keep {keep}: keep at least one night")
         nights = self.nights(matrix_name)
-        complete = nights[nights["status"] == "complete"]
-        protected = {str(complete["run_id"].iloc[-1])} if not complete.empty else set()
-        protected |= set(nights.loc[nights["status"] == "running", "run_id"])
+        protected: set[str] = set()
+        for _, part in nights.groupby("matrix_name"):
+            hashes = part.loc[part["matrix_hash"].fillna("") != "", "matrix_hash"]
+            for matrix_hash in {None, *hashes.iloc[-1:]}:
+                baseline = self._baseline(part, None, matrix_hash)
+                protected |= {baseline} if baseline else set()
+        protected |= set(nights.loc[nights["status"].isin(["running", "unknown"]), "run_id"])
         removed = []
         for _, night in nights.iloc[: max(len(nights) - keep, 0)].iterrows():
             if night["run_id"] in protected:

@@ -37,15 +37,34 @@ def _boot_id() -> str:
         return "unknown"
 
 
+def stat_start_time(stat: str) -> int:
+    """The start time of a process (field 22 of ``/proc/<pid>/stat``: clock ticks since boot).  Field 2,
+    the command name in parentheses, may itself hold spaces and parentheses: count from the last ``)``."""
+    fields = stat[stat.rindex(")") + 1 :].split()
+    return int(fields[22 - 3])  # the fields after the name start at field 3
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        return stat_start_time(Path(f"/proc/{pid}/stat").read_text())
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def owner() -> dict[str, Any]:
-    """Who runs a run: recorded in the manifest so that a dead run can be told from a running one."""
-    return {"pid": os.getpid(), "boot_id": _boot_id(), "controller": platform.node()}
+    """Who runs a run: recorded in the manifest so that a dead run can be told from a running one.  The
+    start time (with the pid it belongs to) tells a reused pid from the process that wrote the manifest."""
+    pid = os.getpid()
+    return {"pid": pid, "process_start": {"pid": pid, "ticks": _start_time(pid)}, "boot_id": _boot_id(),
+            "controller": platform.node()}  # fmt: skip
 
 
 def liveness(manifest: dict[str, Any]) -> str:
     """For a manifest that says ``running``: "alive" if its process still runs (same machine, same boot,
-    the pid is a lab process), "dead" if it cannot be (another boot, or the pid is gone or reused),
-    "unknown" if it ran on another machine.  Any other status is returned as it is."""
+    the pid is a lab process started when the recorded one was), "dead" if it cannot be (another boot, or
+    the pid is gone or reused), "unknown" if it ran on another machine.  Manifests from before the start
+    time was recorded (or whose start time is not the recorded pid's) are judged without it.  Any other
+    status is returned as it is."""
     status = str(manifest.get("status", ""))
     if status != "running":
         return status
@@ -54,9 +73,14 @@ def liveness(manifest: dict[str, Any]) -> str:
     if manifest.get("boot_id") != _boot_id() or "pid" not in manifest:
         return "dead"
     try:
-        cmdline = Path(f"/proc/{int(manifest['pid'])}/cmdline").read_bytes().replace(b"\0", b" ")
+        pid = int(manifest["pid"])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
     except (OSError, ValueError):
         return "dead"
+    start = manifest.get("process_start")
+    recorded = start.get("ticks") if isinstance(start, dict) and start.get("pid") == pid else None
+    if recorded is not None and _start_time(pid) != recorded:
+        return "dead"  # the pid now belongs to a process started at another time: reused
     return "alive" if b"lab" in cmdline else "dead"
 
 
