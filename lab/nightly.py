@@ -2,36 +2,42 @@
 
 One night: build the kernels of the revision under test, run the matrix into
 the history, find the baseline (the newest earlier complete night of the same
-matrix), compare within each host and platform, and write what CI systems
-read: JUnit XML, the run's report, and the trend page across nights.
+matrix content with a usable result), compare within each host and platform,
+and write what CI systems read: JUnit XML, the run's report, and the trend
+page across nights.
 
-Exit codes: 0 no regression (also the first night, which establishes the
-baseline), 1 regression, 3 no usable result (no host ran a cell, or every
-cell failed to boot).
+Exit codes: 0 no regression (also the first night, and the first after the
+matrix changed, which establish the baseline), 1 regression (a cell that
+failed while running its workload counts), 3 no usable result (no host ran a
+cell, or every cell failed to boot, was lost with its host or was skipped).
 """
 
 from __future__ import annotations
 
+import hashlib
 import html
 import math
 import subprocess
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from lab.claims import judge_all, like_with_like, scopes
+from lab.claims import judge_all, like_with_like, observed, scopes
 from lab.history import History
 from lab.report import COMPARED_METRICS
-from lab.stats import Metric, compare_family
-from lab.store import RunStore, load_cells
+from lab.stats import Metric, compare_family, summarize
+from lab.store import LOST, SKIPPED, RunStore, load_cells
 from lab.util import atomic_write_text
 
 EXIT_OK, EXIT_REGRESSION, EXIT_NO_RESULT = 0, 1, 3
 GROUP_KEYS = ("kernel", "pool_slabs_requested", "device", "workload")
-BOOT_FAILURES = frozenset({"timeout", "boot failed", "kernel panic", "qemu exited", "vcpu mismatch",
-                           "no memory encryption", "infrastructure"})  # fmt: skip
+# Reasons only a boot gives (the platform checks after SSH included): for rows without ``boot_s``, the only
+# sign of how far a failed cell got.  Timeouts, panics and a dead QEMU happen during workloads too.
+BOOT_ONLY_FAILURES = frozenset({"boot failed", "vcpu mismatch", "no memory encryption"})
 
 
 @dataclass(frozen=True)
@@ -40,7 +46,7 @@ class Finding:
 
     scope: str  # "" or "host X, platform Y"
     name: str  # "C4" or "fio_iops static/1024/nvme/heavy"
-    kind: str  # "claim" | "metric"
+    kind: str  # "claim" | "metric" | "cells" (cells of a group that failed)
     regressed: bool
     baseline: str
     measured: str
@@ -77,7 +83,9 @@ def gate(baseline_cells: pd.DataFrame, cells: pd.DataFrame) -> list[Finding]:
     """Compare a night with its baseline, within each host and platform present in both.
 
     A claim whose verdict changed is a regression; so is a metric of a group of cells (kernel, pool,
-    device, workload) that regressed significantly, p-values Holm-adjusted across the group's metrics.
+    device, workload) that regressed significantly, p-values Holm-adjusted across the group's metrics; and
+    so is a group in which a larger share of cells failed than in the baseline (lost and skipped cells are
+    neither failed nor measured).
     """
     findings: list[Finding] = []
     base_scopes = dict(scopes(baseline_cells))
@@ -92,6 +100,7 @@ def gate(baseline_cells: pd.DataFrame, cells: pd.DataFrame) -> list[Finding]:
                 continue
             findings.append(Finding(scope, verdict.claim, "claim", old.verdict != verdict.verdict, old.verdict,
                                     verdict.verdict, evidence=verdict.evidence, detail=verdict.detail))  # fmt: skip
+        findings.extend(failed_cells(scope, base, part))
         ok_new, ok_old = _ok(part), _ok(base)
         for key, group in ok_new.groupby(list(GROUP_KEYS)):
             old_group = ok_old[(ok_old[list(GROUP_KEYS)] == pd.Series(key, index=list(GROUP_KEYS))).all(axis=1)]
@@ -113,6 +122,47 @@ def gate(baseline_cells: pd.DataFrame, cells: pd.DataFrame) -> list[Finding]:
     return findings
 
 
+def failed_cells(scope: str, base: pd.DataFrame, cells: pd.DataFrame) -> list[Finding]:
+    """A testcase per group of cells with failed cells in either night: a regression when the share of the
+    group's cells that failed grew (5 ok of 5, now 1 failed of 5).  Only ok and failed cells count: a lost
+    or skipped cell measured nothing and failed nothing."""
+
+    def measured(frame: pd.DataFrame) -> dict[tuple[object, ...], pd.DataFrame]:
+        if frame.empty:
+            return {}
+        frame = frame[frame["status"].isin(["ok", "failed"])]
+        return {tuple(key): group for key, group in frame.groupby(list(GROUP_KEYS))}
+
+    def tally(group: pd.DataFrame) -> str:
+        failed = group[group["status"] == "failed"]
+        if failed.empty:
+            return f"{len(group)} ok of {len(group)}"
+        return f"{len(failed)} failed of {len(group)} ({_reasons(failed)})"
+
+    findings = []
+    before = measured(base)
+    for key, group in measured(cells).items():
+        old = before.get(key)
+        if old is None:
+            continue
+        failed, old_failed = (int((g["status"] == "failed").sum()) for g in (group, old))
+        if not failed and not old_failed:
+            continue
+        name = "/".join(str(k) for k in key)
+        grew = failed * len(old) > old_failed * len(group)  # failed / n now > failed / n then, without division
+        evidence = tuple(group.loc[group["status"] == "failed", "cell_id"])
+        detail = "failed cells: " + (" ".join(evidence) or "none")
+        findings.append(Finding(scope, f"cells failed {name}", "cells", grew, tally(old), tally(group),
+                                evidence=evidence, detail=detail))  # fmt: skip
+    return findings
+
+
+def _reasons(failed: pd.Series | pd.DataFrame) -> str:
+    """The failure reasons of failed cells with their counts: "kernel panic: 2, timeout: 1"."""
+    counts = failed["failure_reason"].fillna("unknown").value_counts()
+    return ", ".join(f"{reason}: {count}" for reason, count in sorted(counts.items()))
+
+
 def _ok(cells: pd.DataFrame) -> pd.DataFrame:
     return cells[cells["status"] == "ok"] if not cells.empty else cells
 
@@ -128,23 +178,44 @@ def _counted_alike(base: pd.DataFrame, cand: pd.DataFrame) -> bool:
     return how(base) == how(cand)
 
 
+def reached_workload(cells: pd.DataFrame) -> pd.Series:
+    """Whether each cell's guest came up and began its workload: a booted guest's rows carry the boot's
+    timings (``boot_s``), while a boot that failed (never reached SSH, or failed the platform checks) writes
+    its cells without them.  Rows from before ``boot_s``: whether the failure is one only a boot gives."""
+    if "boot_s" in cells:
+        return cells["boot_s"].notna()
+    return ~cells.get("failure_reason", pd.Series("", index=cells.index)).isin(BOOT_ONLY_FAILURES)
+
+
 def no_usable_result(cells: pd.DataFrame) -> str:
-    """Why a night measured nothing (infrastructure), or "" if it did."""
+    """Why a night measured nothing (infrastructure), or "" if it did.  A cell whose guest booted and then
+    failed during its workload (a panic, a hang, a dead QEMU under fio) is a result: the revision's."""
     if cells.empty:
         return "no cell ran (no host, or every platform missing)"
-    if not (cells["status"] == "ok").any():
-        reasons = set(cells.get("failure_reason", pd.Series(dtype=str)).dropna())
-        if cells["status"].eq("skipped").all():
-            return "every cell was skipped: no host offers the matrix's platforms"
-        if reasons and reasons <= BOOT_FAILURES:
-            return f"every cell failed to boot or lost its host ({', '.join(sorted(reasons))})"
-    return ""
+    status = cells["status"]
+    if status.eq(SKIPPED).all():
+        return "every cell was skipped: no host offers the matrix's platforms"
+    failed = status.eq("failed")
+    if status.eq("ok").any() or (failed & reached_workload(cells)).any():
+        return ""
+    parts = [f"{int(failed.sum())} failed to boot ({_reasons(cells[failed])})"]
+    parts += [f"{int(status.eq(s).sum())} {s}" for s in (LOST, SKIPPED) if status.eq(s).any()]
+    others = len(cells) - int(failed.sum()) - int(status.isin([LOST, SKIPPED]).sum())
+    parts += [f"{others} with another status"] if others else []
+    return "no cell ran its workload: " + ", ".join(p for p in parts if not p.startswith("0 "))
+
+
+def matrix_hash(cell_ids: Iterable[str]) -> str:
+    """The identity of a matrix's content: its cells' IDs are hashes of their content, so a hash of the
+    sorted IDs changes with any edit that changes what runs (and with nothing else)."""
+    return hashlib.sha256("\n".join(sorted(set(map(str, cell_ids)))).encode()).hexdigest()[:16]
 
 
 def write_junit(path: Path, findings: list[Finding], run: Path, night: str, baseline: str | None,
                 note: str = "") -> None:  # fmt: skip
-    """JUnit XML: one testsuite per host/platform, one testcase per claim and per compared metric; a
-    regression is a failure carrying baseline, measured value, change, p-value and the evidence cells."""
+    """JUnit XML: one testsuite per host/platform, one testcase per claim, per compared metric and per group
+    with failed cells; a regression is a failure carrying baseline, measured value, change, p-value and the
+    evidence cells."""
     suites = ET.Element("testsuites", name=f"swiotlb-lab nightly {night}")
     by_scope: dict[str, list[Finding]] = {}
     for finding in findings:
@@ -152,12 +223,8 @@ def write_junit(path: Path, findings: list[Finding], run: Path, night: str, base
     if not by_scope:  # the first night, or nothing comparable: say so as a passing testcase
         by_scope["this host"] = []
     for scope, items in by_scope.items():
-        suite = ET.SubElement(suites, "testsuite", name=f"{scope}", tests=str(max(len(items), 1)),
-                              failures=str(sum(f.regressed for f in items)), errors="0", skipped="0")  # fmt: skip
-        ET.SubElement(suite, "properties").extend([
-            ET.Element("property", name="night", value=night),
-            ET.Element("property", name="baseline", value=baseline or "none (this night establishes it)"),
-        ])  # fmt: skip
+        suite = _suite(suites, scope, night, baseline, tests=max(len(items), 1),
+                       failures=sum(f.regressed for f in items))  # fmt: skip
         if not items:
             case = ET.SubElement(suite, "testcase", classname="nightly", name="baseline")
             ET.SubElement(case, "system-out").text = note or "no baseline yet: this night establishes it"
@@ -169,6 +236,35 @@ def write_junit(path: Path, findings: list[Finding], run: Path, night: str, base
                 failure.text = f"{finding.message}\n{finding.detail}\nevidence: {links}"
             else:
                 ET.SubElement(case, "system-out").text = f"{finding.message}; {finding.detail}"
+    _write(path, suites)
+
+
+def write_error_junit(path: Path, night: str, reason: str, kind: str = "infrastructure") -> None:
+    """JUnit XML for a night without a usable result, so that CI's test view always has a file and shows it
+    red: one testcase.  ``kind`` "infrastructure" (exit 3: no host, or every cell failed to boot, was lost or
+    skipped) is an ``<error>``, nobody's regression; "build" (exit 1: the revision under test did not build)
+    is a ``<failure>``, the revision's own."""
+    suites = ET.Element("testsuites", name=f"swiotlb-lab nightly {night}")
+    error = kind != "build"
+    suite = _suite(suites, "this host", night, None, tests=1, failures=int(not error), errors=int(error))
+    case = ET.SubElement(suite, "testcase", classname="nightly", name="usable result" if error else "build")
+    element = ET.SubElement(case, "error" if error else "failure", message=f"{kind}: {reason}", type=kind)
+    element.text = reason
+    _write(path, suites)
+
+
+def _suite(suites: ET.Element, scope: str, night: str, baseline: str | None, *, tests: int, failures: int,
+           errors: int = 0) -> ET.Element:  # fmt: skip
+    suite = ET.SubElement(suites, "testsuite", name=scope, tests=str(tests), failures=str(failures),
+                          errors=str(errors), skipped="0")  # fmt: skip
+    ET.SubElement(suite, "properties").extend([
+        ET.Element("property", name="night", value=night),
+        ET.Element("property", name="baseline", value=baseline or "none"),
+    ])  # fmt: skip
+    return suite
+
+
+def _write(path: Path, suites: ET.Element) -> None:
     ET.indent(suites)
     atomic_write_text(path, ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n")
 
@@ -191,13 +287,19 @@ def judge_night(history: History, store: RunStore, tree: dict[str, str], junit: 
     Returns the exit code and a sentence saying what happened."""
     manifest = store.manifest()
     cells = load_cells(store.root)
-    baseline = history.baseline(str(manifest.get("matrix_name", "")), store.run_id)
+    name = str(manifest.get("matrix_name", ""))
+    digest = matrix_hash(manifest.get("cells") or (cells["cell_id"] if not cells.empty else ()))
     nothing = no_usable_result(cells)
+    baseline = None if nothing else history.baseline(name, store.run_id, digest)
     findings: list[Finding] = []
     if nothing:
         code, summary = EXIT_NO_RESULT, f"no usable result: {nothing}"
     elif baseline is None:
-        code, summary = EXIT_OK, "no earlier complete night of this matrix: this night is the baseline"
+        code = EXIT_OK
+        other = history.baseline(name, store.run_id)  # the last usable night of this name, whatever it ran
+        summary = (f"the matrix changed since the last night: this night is the new baseline ({other} ran other "
+                   "cells)" if other else "no earlier complete night of this matrix with a usable result: "
+                   "this night is the baseline")  # fmt: skip
     else:
         findings = gate(load_cells(history.runs / baseline), cells)
         regressed = [f for f in findings if f.regressed]
@@ -205,9 +307,13 @@ def judge_night(history: History, store: RunStore, tree: dict[str, str], junit: 
         summary = (f"{len(regressed)} regression(s) against {baseline}: " + "; ".join(f.message for f in regressed[:5])
                    if regressed else f"no regression against {baseline} ({len(findings)} comparisons)")  # fmt: skip
     store.update_manifest(nightly={**tree, "baseline": baseline or "", "exit_code": code, "summary": summary,
-                                   "regressions": sum(f.regressed for f in findings)})  # fmt: skip
+                                   "regressions": sum(f.regressed for f in findings),
+                                   "matrix_hash": digest})  # fmt: skip
     for path in (store.root / "junit.xml", *([junit] if junit else [])):
-        write_junit(path, findings, store.root, store.run_id, baseline, summary)
+        if nothing:
+            write_error_junit(path, store.run_id, nothing)
+        else:
+            write_junit(path, findings, store.root, store.run_id, baseline, summary)
     return code, summary
 
 
@@ -220,9 +326,58 @@ TREND_METRICS = (
 )  # fmt: skip
 
 
+TREND_NOTE = (
+    "Each point is one night's median over the repetitions of a kernel and workload (line); the shade is the "
+    "95% confidence interval of the mean (t distribution over the repetitions, as in the reports). A night's "
+    "points use only its cells that ran without the in-guest sampler (observed = false) when it has any, since "
+    "the sampler takes guest CPU from fio; a night with only observed cells is plotted from those."
+)
+
+
+def trend_points(cells: pd.DataFrame) -> pd.DataFrame:
+    """The trend's metric points from the ok cells of the nights (a ``night`` column): per night, kernel and
+    workload, each metric's median, n and the 95% confidence interval of its mean (``lab.stats.summarize``),
+    over the night's unobserved cells if it has any, else over all of them."""
+    cells = cells[cells["status"] == "ok"] if "status" in cells else cells
+    seen = observed(cells)
+    if "observed" in cells and "sampler_samples" in cells:  # nights from before the column: null in the union
+        seen = cells["observed"].astype("boolean").fillna(cells["sampler_samples"].fillna(0) > 0).astype(bool)
+    unobserved = ~seen
+    keep = unobserved | ~unobserved.groupby(cells["night"]).transform("any").astype(bool)
+    cells, seen = cells[keep].reset_index(drop=True), seen[keep].to_numpy()
+    # positional arrays, not a frame per group: a year of nights is thousands of groups
+    values = {m: cells[m].astype("float64").to_numpy() for m, _, _ in TREND_METRICS if m in cells}
+    rows = []
+    groups = cells.groupby(["night", "kernel", "workload"]).indices if not cells.empty else {}
+    for (night, kernel, workload), index in sorted(groups.items()):
+        row: dict[str, object] = {"night": night, "kernel": kernel, "workload": workload, "n": len(index),
+                                  "observed": bool(seen[index].all())}  # fmt: skip
+        for metric, _, _ in TREND_METRICS:
+            summary = summarize(values[metric][index].tolist() if metric in values else [])
+            row.update({f"{metric}_median": summary.median, f"{metric}_mean": summary.mean,
+                        f"{metric}_low": summary.ci_low, f"{metric}_high": summary.ci_high})  # fmt: skip
+        rows.append(row)
+    columns = ["night", "kernel", "workload", "n", "observed"] + [
+        f"{m}_{what}" for m, _, _ in TREND_METRICS for what in ("median", "mean", "low", "high")
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _view(con: Any, table: str, columns: Iterable[str] | None = None) -> pd.DataFrame:
+    """A view of the history, or an empty frame when no night wrote the table (e.g. every night's report
+    failed, so there is no claims.parquet); only ``columns`` that exist, when given."""
+    views = set(con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchdf()["view_name"])
+    if table not in views:
+        return pd.DataFrame(columns=list(columns or []))
+    present = list(con.execute(f"SELECT * FROM {table} LIMIT 0").fetchdf().columns)
+    chosen = [c for c in (columns or present) if c in present]
+    return con.execute(f"SELECT {', '.join(chosen)} FROM {table}").fetchdf()
+
+
 def build_trend(history: History, matrix_name: str, out: Path | None = None) -> Path:
-    """A self-contained HTML page: each claim's verdict per night, and key metrics per night (median with
-    a 95% confidence band over the repetitions), each night annotated with the revision under test."""
+    """A self-contained HTML page: each claim's verdict per night, and key metrics per night (median, and a
+    95% confidence band of the mean over the repetitions; unobserved cells where a night has them), each
+    night annotated with the revision under test."""
     import base64
     import io
 
@@ -244,10 +399,11 @@ def build_trend(history: History, matrix_name: str, out: Path | None = None) -> 
              f"<body><h1>Nightly trend: {html.escape(matrix_name)}</h1><p>{len(ids)} nights.</p>"]  # fmt: skip
     if ids:
         revision = {r["run_id"]: (r["tree_describe"] or str(r["lab_revision"])[:12]) for _, r in nights.iterrows()}
-        claims = con.execute("SELECT * FROM claims").fetchdf()  # runs before per-host scopes have no `scope`
-        claims = claims[claims["night"].isin(ids)].assign(scope=claims.get("scope", pd.Series("", index=claims.index)))
-        claims["scope"] = claims["scope"].fillna("")
-        table = claims.pivot_table(index="night", columns=["scope", "claim"], values="verdict", aggfunc="first")
+        claims = _view(con, "claims")  # runs before per-host scopes have no `scope`
+        claims = claims[claims["night"].isin(ids)] if "night" in claims else claims.iloc[0:0]
+        claims = claims.assign(scope=claims["scope"].fillna("") if "scope" in claims else "")
+        table = (claims.pivot_table(index="night", columns=["scope", "claim"], values="verdict", aggfunc="first")
+                 if not claims.empty else pd.DataFrame())  # fmt: skip
         head = "".join(f"<th>{html.escape(' '.join(str(x) for x in c if x))}</th>" for c in table.columns)
         rows = []
         for night in ids[::-1]:
@@ -259,12 +415,10 @@ def build_trend(history: History, matrix_name: str, out: Path | None = None) -> 
                             for v in table.loc[night])  # fmt: skip
             rows.append(f"<tr><td>{html.escape(night)}</td><td>{html.escape(revision.get(night, ''))}</td>{cells}</tr>")
         parts.append("<h2>Claims per night (newest first)</h2><table><tr><th>night</th><th>revision</th>"
-                     f"{head}</tr>{''.join(rows)}</table>")  # fmt: skip
-        aggregates = ", ".join(f"median({m}) AS {m}_median, avg({m}) AS {m}_mean, stddev_samp({m}) AS {m}_sd"
-                               for m, _, _ in TREND_METRICS)  # fmt: skip
-        metrics = con.execute(f"SELECT night, kernel, workload, {aggregates}, count(*) AS n FROM cells "
-                              "WHERE status = 'ok' GROUP BY night, kernel, workload").fetchdf()  # fmt: skip
-        metrics = metrics[metrics["night"].isin(ids)]
+                     f"{head or '<th>claims</th>'}</tr>{''.join(rows)}</table>")  # fmt: skip
+        wanted = ["night", "kernel", "workload", "status", "observed", "sampler_samples"]
+        ok = _view(con, "cells", wanted + [m for m, _, _ in TREND_METRICS])
+        metrics = trend_points(ok[ok["night"].isin(ids)] if "night" in ok else ok)
         order = {night: i for i, night in enumerate(ids)}
         metrics["x"] = metrics["night"].map(order)
         workloads = sorted(set(metrics["workload"]))
@@ -275,22 +429,24 @@ def build_trend(history: History, matrix_name: str, out: Path | None = None) -> 
                 ax = axes[row, col]
                 for kernel, group in metrics[metrics["workload"] == workload].groupby("kernel"):
                     group = group.sort_values("x")
-                    median = group[f"{metric}_median"] * scale
-                    half = 1.96 * group[f"{metric}_sd"].fillna(0) / group["n"].clip(lower=1) ** 0.5 * scale
-                    ax.plot(group["x"], median, marker="." if len(group) < 60 else None, lw=1,
-                            color=variant_colour(kernel), label=str(kernel))  # fmt: skip
-                    mean = group[f"{metric}_mean"] * scale
-                    ax.fill_between(group["x"], mean - half, mean + half, color=variant_colour(kernel), alpha=0.15)
+                    colour = variant_colour(kernel)
+                    ax.plot(group["x"], group[f"{metric}_median"] * scale, marker="." if len(group) < 60 else None,
+                            lw=1, color=colour, label=str(kernel))  # fmt: skip
+                    ax.fill_between(group["x"], group[f"{metric}_low"] * scale, group[f"{metric}_high"] * scale,
+                                    color=colour, alpha=0.15)  # fmt: skip
                 ax.set_title(f"{workload}: {label}", fontsize=9, loc="left")
                 ticks = list(range(0, len(ids), max(1, len(ids) // 8)))
                 ax.set_xticks(ticks, [revision.get(ids[t], "")[:14] for t in ticks], rotation=30, fontsize=7)
-        axes[0, 0].legend(fontsize=7)
-        fig.suptitle("Per night: median (line), mean with its 95% confidence band (shade); x: revision under test")
+        if workloads:
+            axes[0, 0].legend(fontsize=7)
+        fig.suptitle("Per night: median (line), 95% confidence interval of the mean (shade); x: revision under test")
         fig.tight_layout()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=90)
         plt.close(fig)
-        parts.append(f"<h2>Key metrics per night</h2><img alt='metrics per night' "
+        only_observed = sorted(set(metrics.loc[metrics["observed"].astype(bool), "night"]))
+        note = TREND_NOTE + (f" Plotted from observed cells: {', '.join(only_observed)}." if only_observed else "")
+        parts.append(f"<h2>Key metrics per night</h2><p>{html.escape(note)}</p><img alt='metrics per night' "
                      f"src='data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}'>")  # fmt: skip
     parts.append("</body></html>")
     atomic_write_text(out, "\n".join(parts))

@@ -5,6 +5,7 @@ retention, dead runs and the trend page."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from junitparser import Failure, JUnitXml
+from junitparser import Error, Failure, JUnitXml
 
 from lab.claims import judge_all
 from lab.history import History
@@ -98,15 +99,214 @@ def test_a_run_that_died_is_neither_in_progress_nor_a_baseline(tmp_path: Path) -
     assert history.baseline("run-small", third.run_id) == "20261101T010000-aaaa"
 
 
-def test_no_usable_result_exits_3(tmp_path: Path) -> None:
+def boot_failed(cells: pd.DataFrame) -> pd.DataFrame:
+    """Every boot failed: its cells are written without the boot's timings (runner.run_group), half of them
+    a boot that never came up, half a boot that timed out before SSH."""
+    first_half = cells.index < len(cells) // 2
+    return cells.assign(status="failed", failure_reason=["boot failed" if f else "timeout" for f in first_half],
+                        boot_s=float("nan"), boot_attempt=float("nan"), ssh_connect_s=float("nan"))  # fmt: skip
+
+
+def panicked_under_fio(cells: pd.DataFrame) -> pd.DataFrame:
+    """Every guest booted (its rows keep boot_s) and then panicked during fio."""
+    return cells.assign(status="failed", failure_reason="kernel panic")
+
+
+def test_a_night_whose_every_boot_failed_exits_3_with_an_infrastructure_error_in_junit(tmp_path: Path) -> None:
     history = History(tmp_path)
+    broken = night(history, "20261101T010000-aaaa", "2026-11-01T01:00:00Z", change=boot_failed)
+    junit = tmp_path / "ci" / "junit.xml"
+    code, summary = judge_night(history, broken, {}, junit)
+    assert code == EXIT_NO_RESULT
+    assert summary == "no usable result: no cell ran its workload: 70 failed to boot (boot failed: 35, timeout: 35)"
+    for path in (broken.root / "junit.xml", junit):
+        [suite] = list(JUnitXml.fromfile(str(path)))
+        [case] = list(suite)
+        [error] = case.result
+        assert isinstance(error, Error) and error.type == "infrastructure"
+        assert (
+            error.message
+            == "infrastructure: no cell ran its workload: 70 failed to boot (boot failed: 35, timeout: 35)"
+        )
+        assert suite.errors == 1 and suite.failures == 0
+    assert broken.manifest()["nightly"]["exit_code"] == 3
 
-    def failed(cells: pd.DataFrame) -> pd.DataFrame:
-        return cells.assign(status="failed", failure_reason="timeout")
 
-    broken = night(history, "20261101T010000-aaaa", "2026-11-01T01:00:00Z", change=failed)
-    code, summary = judge_night(history, broken, {})
-    assert code == EXIT_NO_RESULT and "every cell failed to boot" in summary
+def test_a_night_that_panics_in_every_cell_during_fio_is_a_regression_not_infrastructure(tmp_path: Path) -> None:
+    history = History(tmp_path)
+    night(history, "20261101T010000-aaaa", "2026-11-01T01:00:00Z")
+    second = night(history, "20261102T010000-bbbb", "2026-11-02T01:00:00Z", change=panicked_under_fio)
+    code, summary = judge_night(history, second, {})
+    assert code == EXIT_REGRESSION and "regression(s) against 20261101T010000-aaaa" in summary
+    failures = {case.name: case.result[0] for suite in JUnitXml.fromfile(str(second.root / "junit.xml"))
+                for case in suite if case.result and isinstance(case.result[0], Failure)}  # fmt: skip
+    heavy = failures["cells failed static/1024/nvme/heavy"]
+    assert heavy.message == ("cells failed static/1024/nvme/heavy: baseline 5 ok of 5, measured 5 failed of 5 "
+                             "(kernel panic: 5)")  # fmt: skip
+    assert "/cells/static-1024-nvme-heavy-r4-3e41edb9/cell.json" in heavy.text
+    # throttle's polled cells timed out in the baseline too (5 of 5): as many fail now, no regression
+    assert "cells failed throttle/1024/nvme/polled" not in failures
+
+
+@pytest.mark.parametrize(
+    ("statuses", "reasons", "booted", "expected"),
+    [
+        pytest.param(["failed", "lost", "skipped"], ["boot failed", "infrastructure", "platform not offered"],
+                     [False, False, False], "no cell ran its workload: 1 failed to boot (boot failed: 1), 1 lost, "
+                     "1 skipped", id="boot-failed-lost-skipped"),
+        pytest.param(["failed", "failed"], ["boot failed", "kernel panic"], [False, True], "",
+                     id="one-cell-reached-its-workload"),
+        pytest.param(["lost", "lost"], ["infrastructure", "infrastructure"], [False, False],
+                     "no cell ran its workload: 2 lost", id="all-lost"),
+        pytest.param(["skipped"], ["platform not offered"], [False],
+                     "every cell was skipped: no host offers the matrix's platforms", id="all-skipped"),
+        pytest.param(["ok", "lost"], ["", "infrastructure"], [True, False], "", id="one-ok"),
+    ],
+)  # fmt: skip
+def test_only_cells_that_never_reached_their_workload_make_a_night_unusable(
+    statuses: list[str], reasons: list[str], booted: list[bool], expected: str
+) -> None:
+    from lab.nightly import no_usable_result
+
+    boot_s = [3.5 if b else float("nan") for b in booted]
+    cells = pd.DataFrame({"cell_id": [f"c{i}" for i in range(len(statuses))], "status": statuses,
+                          "failure_reason": reasons, "boot_s": boot_s})  # fmt: skip
+    assert no_usable_result(cells) == expected
+
+
+def test_rows_without_boot_timings_tell_a_boot_failure_by_its_reason() -> None:
+    from lab.nightly import no_usable_result
+
+    timeout = pd.DataFrame({"cell_id": ["a"], "status": ["failed"], "failure_reason": ["timeout"]})
+    assert no_usable_result(timeout) == ""  # a timeout happens under fio too: the revision's result
+    boot = pd.DataFrame({"cell_id": ["a"], "status": ["failed"], "failure_reason": ["vcpu mismatch"]})
+    assert no_usable_result(boot) == "no cell ran its workload: 1 failed to boot (vcpu mismatch: 1)"
+
+
+def test_a_night_without_a_usable_result_is_never_the_baseline_nor_kept_as_one(tmp_path: Path) -> None:
+    history = History(tmp_path)
+    first = night(history, "20261101T010000-aaaa", "2026-11-01T01:00:00Z")
+    judge_night(history, first, {})
+    broken = night(history, "20261102T010000-bbbb", "2026-11-02T01:00:00Z", change=boot_failed)
+    assert judge_night(history, broken, {})[0] == EXIT_NO_RESULT
+    third = night(history, "20261103T010000-cccc", "2026-11-03T01:00:00Z")
+    assert history.baseline("run-small", third.run_id) == "20261101T010000-aaaa"
+    code, summary = judge_night(history, third, {})
+    assert code == EXIT_OK and "no regression against 20261101T010000-aaaa" in summary
+    shutil.rmtree(third.root)
+    assert history.retain(1) == []  # aaaa is still the next baseline; bbbb the newest night
+
+
+def test_a_night_the_gate_never_judged_is_a_baseline_only_if_its_cells_are_usable(tmp_path: Path) -> None:
+    history = History(tmp_path)
+    night(history, "20261101T010000-aaaa", "2026-11-01T01:00:00Z")
+    night(history, "20261102T010000-bbbb", "2026-11-02T01:00:00Z", change=boot_failed)  # no nightly record
+    third = night(history, "20261103T010000-cccc", "2026-11-03T01:00:00Z")
+    assert history.baseline("run-small", third.run_id) == "20261101T010000-aaaa"
+
+
+def with_reasons(rows: dict[str, str], status: str = "failed") -> Callable[[pd.DataFrame], pd.DataFrame]:
+    def change(cells: pd.DataFrame) -> pd.DataFrame:
+        hit = cells["cell_id"].isin(rows)
+        cells.loc[hit, "status"] = status
+        cells.loc[hit, "failure_reason"] = cells.loc[hit, "cell_id"].map(rows)
+        return cells
+
+    return change
+
+
+def test_newly_failing_cells_of_a_group_are_a_regression_with_their_reasons_and_cells() -> None:
+    from lab.nightly import gate
+
+    base = pd.read_parquet(CELLS)
+    now = with_reasons({"static-2048-nvme-heavy-r1-4f23c103": "kernel warning",
+                        "static-2048-nvme-heavy-r3-32b1f06b": "timeout"})(pd.read_parquet(CELLS))  # fmt: skip
+    findings = {f.name: f for f in gate(base, now) if f.kind == "cells"}
+    assert set(findings) == {"cells failed static/2048/nvme/heavy", "cells failed throttle/1024/nvme/polled"}
+    polled = findings["cells failed throttle/1024/nvme/polled"]  # failed in both nights alike
+    assert not polled.regressed and polled.baseline == polled.measured == "5 failed of 5 (timeout: 5)"
+    finding = findings["cells failed static/2048/nvme/heavy"]
+    assert finding.regressed
+    assert (finding.baseline, finding.measured) == ("5 ok of 5", "2 failed of 5 (kernel warning: 1, timeout: 1)")
+    assert finding.evidence == ("static-2048-nvme-heavy-r1-4f23c103", "static-2048-nvme-heavy-r3-32b1f06b")
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "regressed"),
+    [
+        pytest.param(1, 1, False, id="as-many-as-before"),
+        pytest.param(1, 2, True, id="one-more"),
+        pytest.param(2, 1, False, id="fewer"),
+    ],
+)
+def test_a_group_regresses_when_a_larger_share_of_its_cells_failed(before: int, after: int, regressed: bool) -> None:
+    from lab.nightly import gate
+
+    ids = [f"static-4096-nvme-heavy-r{i}-{h}" for i, h in enumerate(("4672e215", "c4264188", "d59bd507"))]
+    base = with_reasons(dict.fromkeys(ids[:before], "timeout"))(pd.read_parquet(CELLS))
+    now = with_reasons(dict.fromkeys(ids[:after], "timeout"))(pd.read_parquet(CELLS))
+    [finding] = [f for f in gate(base, now) if f.name == "cells failed static/4096/nvme/heavy"]
+    assert finding.regressed is regressed
+    assert finding.baseline == f"{before} failed of 5 (timeout: {before})"
+
+
+def test_lost_and_skipped_cells_are_not_failures_of_their_group() -> None:
+    from lab.nightly import gate
+
+    lost = with_reasons({"static-2048-nvme-heavy-r1-4f23c103": "infrastructure"}, status="lost")
+    skipped = with_reasons({"static-2048-nvme-heavy-r2-79f3c3cd": "platform not offered"}, status="skipped")
+    now = skipped(lost(pd.read_parquet(CELLS)))
+    assert not [f for f in gate(pd.read_parquet(CELLS), now) if f.name == "cells failed static/2048/nvme/heavy"]
+
+
+def test_an_error_junit_for_a_night_that_never_ran_a_cell(tmp_path: Path) -> None:
+    from lab.nightly import write_error_junit
+
+    write_error_junit(tmp_path / "infra.xml", "nightly 2026-11-27", "no host reachable: ssh: timed out")
+    [suite] = list(JUnitXml.fromfile(str(tmp_path / "infra.xml")))
+    [case] = list(suite)
+    [error] = case.result
+    assert isinstance(error, Error) and error.message == "infrastructure: no host reachable: ssh: timed out"
+    write_error_junit(tmp_path / "build.xml", "nightly 2026-11-27", "make failed: mm/swiotlb.c:12", kind="build")
+    [suite] = list(JUnitXml.fromfile(str(tmp_path / "build.xml")))
+    [case] = list(suite)
+    [failure] = case.result
+    assert isinstance(failure, Failure) and failure.type == "build"
+    assert failure.message == "build: make failed: mm/swiotlb.c:12" and suite.failures == 1 and suite.errors == 0
+
+
+def cell_ids(count: int) -> list[str]:
+    return [f"static-1024-nvme-heavy-r{i}-0000000{i}" for i in range(count)]
+
+
+def test_a_changed_matrix_establishes_a_new_baseline_and_says_so(tmp_path: Path) -> None:
+    history = History(tmp_path)
+    first = night(history, "20261101T010000-aaaa", "2026-11-01T01:00:00Z")
+    first.update_manifest(cells=cell_ids(3))
+    judge_night(history, first, {})
+    assert first.manifest()["nightly"]["matrix_hash"] == hashlib.sha256("\n".join(sorted(cell_ids(3))).encode()
+                                                                         ).hexdigest()[:16]  # fmt: skip
+    edited = night(history, "20261102T010000-bbbb", "2026-11-02T01:00:00Z", change=slower_throttle)
+    edited.update_manifest(cells=cell_ids(4))  # a repetition more: another matrix
+    code, summary = judge_night(history, edited, {})
+    assert code == EXIT_OK and summary.startswith("the matrix changed since the last night: this night is the "
+                                                  "new baseline (20261101T010000-aaaa ran other cells)")  # fmt: skip
+    assert edited.manifest()["nightly"]["baseline"] == ""
+    reverted = night(history, "20261103T010000-cccc", "2026-11-03T01:00:00Z")
+    reverted.update_manifest(cells=cell_ids(3)[::-1])  # the same cells in another order: the same matrix
+    code, summary = judge_night(history, reverted, {})
+    assert code == EXIT_OK and "no regression against 20261101T010000-aaaa" in summary
+
+
+def test_nights_from_before_the_matrix_hash_match_by_name_until_a_night_records_one(tmp_path: Path) -> None:
+    history = History(tmp_path)
+    night(history, "20261101T010000-aaaa", "2026-11-01T01:00:00Z")  # no nightly record, no hash
+    second = night(history, "20261102T010000-bbbb", "2026-11-02T01:00:00Z")
+    second.update_manifest(cells=cell_ids(3))
+    assert judge_night(history, second, {})[1].startswith("no regression against 20261101T010000-aaaa (")
+    third = night(history, "20261103T010000-cccc", "2026-11-03T01:00:00Z")
+    third.update_manifest(cells=cell_ids(4))
+    assert history.baseline("run-small", third.run_id, "another-matrix") is None  # aaaa predates bbbb's hash
 
 
 def test_retention_keeps_the_last_nights_and_always_the_baseline(tmp_path: Path) -> None:
@@ -194,3 +394,47 @@ def test_failed_maps_are_compared_only_between_nights_that_counted_them_alike() 
     findings = gate(before, after)
     assert findings and not [f for f in findings if f.name.startswith("map_failures")]
     assert [f for f in gate(after, after) if f.name.startswith("map_failures")]  # alike: compared
+
+
+def test_the_trend_page_is_built_when_no_night_recorded_claims(tmp_path: Path) -> None:
+    history = History(tmp_path)
+    for store in (night(history, "20261101T010000-aaaa", "2026-11-01T01:00:00Z"),
+                  night(history, "20261102T010000-bbbb", "2026-11-02T01:00:00Z")):  # fmt: skip
+        (store.root / "claims.parquet").unlink()
+    page = build_trend(history, "run-small").read_text()
+    for run_id in ("20261101T010000-aaaa", "20261102T010000-bbbb"):
+        row = page[page.index(run_id) :]
+        assert row.index("no claims recorded") < row.index("</tr>")
+    assert page.count("<img") == 1  # the metrics are still there
+
+
+def test_trend_points_use_unobserved_cells_and_the_t_interval_of_the_mean() -> None:
+    from lab.nightly import trend_points
+
+    rows = [("n1", False, 100.0), ("n1", False, 110.0), ("n1", False, 120.0), ("n1", False, 130.0),
+            ("n1", True, 10.0),  # the sampler's cell: left out, the night has unobserved ones
+            ("n2", True, 50.0), ("n2", True, 60.0)]  # fmt: skip
+    cells = pd.DataFrame([{"night": n, "kernel": "static", "workload": "heavy", "status": "ok", "observed": o,
+                           "fio_iops": v, "fio_clat_p99_us": 1.0, "map_failures": 0.0, "hiwater_frac": 0.5}
+                          for n, o, v in rows])  # fmt: skip
+    cells.loc[len(cells)] = {**cells.iloc[0].to_dict(), "status": "failed", "fio_iops": 1e9}  # never counted
+    points = trend_points(cells).set_index("night")
+    assert list(points["n"]) == [4, 2] and list(points["observed"]) == [False, True]
+    # n1: mean 115, sd sqrt(500/3) = 12.9099, t(0.975, 3) = 3.18245: half width 20.5426 (1.96 sd/sqrt(n) would
+    # give 12.65)
+    assert points.loc["n1", "fio_iops_median"] == 115.0
+    assert points.loc["n1", "fio_iops_low"] == pytest.approx(94.4574, abs=1e-3)
+    assert points.loc["n1", "fio_iops_high"] == pytest.approx(135.5426, abs=1e-3)
+    # n2, observed only: mean 55, sd 7.0711, t(0.975, 1) = 12.7062: half width 63.5310
+    assert points.loc["n2", "fio_iops_median"] == 55.0
+    assert points.loc["n2", "fio_iops_low"] == pytest.approx(-8.5310, abs=1e-3)
+
+
+def test_the_trend_page_says_which_cells_its_points_come_from(tmp_path: Path) -> None:
+    history = History(tmp_path)
+    night(history, "20261101T010000-aaaa", "2026-11-01T01:00:00Z", change=lambda c: c.assign(observed=True))
+    night(history, "20261102T010000-bbbb", "2026-11-02T01:00:00Z",
+          change=lambda c: c.assign(observed=c["repetition"] == 0))  # fmt: skip
+    page = build_trend(history, "run-small").read_text()
+    assert "only its cells that ran without the in-guest sampler (observed = false) when it has any" in page
+    assert "Plotted from observed cells: 20261101T010000-aaaa." in page
