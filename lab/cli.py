@@ -244,17 +244,31 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
 def cmd_nightly(args: argparse.Namespace) -> int:
     """One night: build the revision under test, run the nightly matrix into the history, gate against the
     baseline, write JUnit XML and the trend page, apply retention.  Exit 0, 1 (regression) or 3 (no result)."""
+    from lab.errors import BuildError
     from lab.history import History
-    from lab.nightly import EXIT_NO_RESULT, build_trend, judge_night, tree_revision
+    from lab.nightly import EXIT_NO_RESULT, build_trend, judge_night, tree_revision, write_error_junit
     from lab.session import RunRequest, Session
 
     history = History(Path(args.history))
     tree = Path(args.kernel_tree).resolve() if args.kernel_tree else None
+    junit = Path(args.junit) if args.junit else None
     request = RunRequest(matrix=args.matrix, results=history.runs, jobs=args.jobs, accel=args.accel,
                          hosts=Path(args.hosts) if args.hosts else None, scheduler=args.scheduler,
                          kernel_tree=tree)  # fmt: skip
     session = Session(request, busy=lambda text: console.status(text))
-    session.prepare()
+    night = f"nightly {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
+    # CI's JUnit step always finds a file: a night that never ran a cell says why, red.
+    try:
+        session.prepare()
+    except BuildError as exc:  # the revision under test does not build: its own failure (exit 1)
+        if junit:
+            write_error_junit(junit, night, str(exc), kind="build")
+        raise
+    except HostError as exc:  # this host lacks what the lab needs: infrastructure (exit 3)
+        if junit:
+            write_error_junit(junit, night, str(exc))
+        console.print(f"[red]no usable result:[/red] {exc}")
+        return EXIT_NO_RESULT
     plan = session.plan()
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[cells]} cells"),
                TimeElapsedColumn())  # fmt: skip
@@ -262,7 +276,10 @@ def cmd_nightly(args: argparse.Namespace) -> int:
         with Progress(*columns, console=console) as progress:
             session.run(RichReporter(progress, plan.estimate_s, len(plan.todo)))
     except HostError as exc:  # no host could be reached or started: infrastructure, not a regression
-        session.finish("failed", report=False)
+        outcome = session.finish("failed", report=False)
+        for path in (outcome.store.root / "junit.xml", junit):
+            if path is not None:
+                write_error_junit(path, outcome.store.run_id, str(exc))
         console.print(f"[red]no usable result:[/red] {exc}")
         return EXIT_NO_RESULT
     except BaseException as exc:
@@ -294,8 +311,8 @@ def cmd_history(args: argparse.Namespace) -> int:
     if not history.runs.is_dir():
         raise ConfigError(f"{args.history}: no nights here (expected {history.runs}/<run-id>/)")
     queries = {
-        "nights": "SELECT run_id, matrix_name, status, started_utc, tree_describe, lab_revision, baseline, "
-                  "regressions, exit_code FROM nights ORDER BY started_utc",
+        "nights": "SELECT run_id, matrix_name, status, controller, started_utc, tree_describe, lab_revision, "
+                  "baseline, regressions, exit_code, left(matrix_hash, 12) AS matrix FROM nights ORDER BY started_utc",
         "claims": "SELECT night, scope, claim, verdict FROM claims ORDER BY night, scope, claim",
         "metric": f"SELECT night, kernel, workload, count(*) AS cells, median({args.metric}) AS median, "
                   f"quantile_cont({args.metric}, 0.25) AS q1, quantile_cont({args.metric}, 0.75) AS q3 "

@@ -438,3 +438,29 @@ def test_the_trend_page_says_which_cells_its_points_come_from(tmp_path: Path) ->
     page = build_trend(history, "run-small").read_text()
     assert "only its cells that ran without the in-guest sampler (observed = false) when it has any" in page
     assert "Plotted from observed cells: 20261101T010000-aaaa." in page
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "kind"),
+    [("build", 1, Failure), ("host", EXIT_NO_RESULT, Error)],
+    ids=["revision-does-not-build", "host-lacks-packages"],
+)
+def test_a_night_that_never_ran_a_cell_still_leaves_ci_a_red_junit_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: str, code: int, kind: type
+) -> None:
+    from lab.cli import main
+    from lab.errors import BuildError, HostError
+    from lab.session import Session
+
+    def prepare(self: Session) -> None:
+        if error == "build":
+            raise BuildError("kernel throttle-v2 failed with exit code 2: kernel/dma/swiotlb.c:412: error: ...")
+        raise HostError("missing on this host: qemu-img; install with: apt-get install qemu-utils")
+
+    monkeypatch.setattr(Session, "prepare", prepare)
+    junit = tmp_path / "junit.xml"
+    assert main(["nightly", "--history", str(tmp_path / "history"), "--junit", str(junit)]) == code
+    [case] = [case for suite in JUnitXml.fromfile(str(junit)) for case in suite]
+    [result] = case.result
+    assert isinstance(result, kind)
+    assert ("swiotlb.c:412" if error == "build" else "qemu-utils") in (result.message or "") + (result.text or "")
