@@ -257,6 +257,7 @@ def cmd_nightly(args: argparse.Namespace) -> int:
                          kernel_tree=tree)  # fmt: skip
     session = Session(request, busy=lambda text: console.status(text))
     night = f"nightly {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
+    revision = tree_revision(tree)  # what is built and measured, read before the build (the tree may move)
     # CI's JUnit step always finds a file: a night that never ran a cell says why, red.
     try:
         session.prepare()
@@ -286,7 +287,7 @@ def cmd_nightly(args: argparse.Namespace) -> int:
         session.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", report=False)
         raise
     outcome = session.finish("complete")
-    code, summary = judge_night(history, outcome.store, tree_revision(tree), Path(args.junit) if args.junit else None)
+    code, summary = judge_night(history, outcome.store, revision, junit)
     trend = build_trend(history, session.matrix.name)
     removed = history.retain(args.keep, session.matrix.name)
     print(f"night {outcome.store.run_id}: {summary}")

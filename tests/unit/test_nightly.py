@@ -464,3 +464,26 @@ def test_a_night_that_never_ran_a_cell_still_leaves_ci_a_red_junit_file(
     [result] = case.result
     assert isinstance(result, kind)
     assert ("swiotlb.c:412" if error == "build" else "qemu-utils") in (result.message or "") + (result.text or "")
+
+
+def test_the_revision_under_test_is_the_trees_describe_and_commit(tmp_path: Path) -> None:
+    from lab.nightly import tree_revision
+
+    tree = tmp_path / "linux"
+    tree.mkdir()
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(tree), *args], check=True, capture_output=True, text=True
+        ).stdout.strip()
+
+    git("init", "-q")
+    (tree / "Makefile").write_text("VERSION = 6\n")
+    git("add", "Makefile")
+    git("-c", "user.name=lab", "-c", "user.email=lab@example.org", "commit", "-q", "-m", "v6.12")
+    git("tag", "v6.12")
+    commit = git("rev-parse", "HEAD")
+    assert tree_revision(tree) == {"tree_describe": "v6.12", "tree_commit": commit, "tree": str(tree)}
+    (tree / "Makefile").write_text("VERSION = 7\n")  # an uncommitted change is part of what is measured
+    assert tree_revision(tree)["tree_describe"] == "v6.12-dirty"
+    assert tree_revision(None) == {}
