@@ -1,20 +1,25 @@
-"""Two real nights of a tiny matrix: the first establishes the baseline, the second's revision turns the
-throttle's thresholds up to 95/90% of the pool (as a series change that stops throttling would), which
-moves hiwater and failed maps: the gate exits 1 and the JUnit file names the failing testcases with
-their numbers.  (A repeat of the same revision is tested on stored real cells in tests/unit/test_nightly.py,
-where it is exactly reproducible.)"""
+"""Two real nights of a tiny matrix, the same matrix both nights, each built from its own kernel tree (what
+`lab nightly --kernel-tree` is for): the first night's tree lets the NVMe driver keep only 4 commands in
+flight per queue (io_queue_depth 4: 2 MiB of 256 KiB reads on a 4 MiB pool), the second is Debian's
+tree as it is (1024), whose deep queues fill the pool.  That moves hiwater and failed maps, so the gate
+exits 1 and the JUnit file names the failing testcases with their numbers.  (A repeat of the same
+revision is tested on stored real cells in tests/unit/test_nightly.py, where it is exactly reproducible.)"""
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from junitparser import Failure, JUnitXml
 
 from lab.history import History
+from lab.kernel import debian_source
+from lab.util import cache_dir
 from tests.conftest import qemu_pids
 
 pytestmark = pytest.mark.integration
@@ -22,18 +27,17 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(autouse=True)
 def kernels_built_first(built_kernels: Callable[..., object]) -> None:
-    built_kernels("throttle")
+    built_kernels("static")
 
 
 REPO = Path(__file__).resolve().parents[2]
 MATRIX = """
 [matrix]
-kernels = ["throttle"]
-pools = ["4MiB"]  # 2048 slabs: the default throttle holds hiwater at 81-87%, without it the pool fills
+kernels = ["static"]
+pools = ["4MiB"]
 workloads = ["heavy"]
 repetitions = 3
 observe = "none"
-throttle = ["THRESHOLDS"]
 
 [workloads.heavy]
 rw = "randread"
@@ -43,30 +47,60 @@ numjobs = 4
 runtime = "5s"
 size = "256M"
 """
+DEPTH = "static unsigned int io_queue_depth = 1024;"
 
 
-def nightly(matrix: Path, history: Path, junit: Path) -> subprocess.CompletedProcess[str]:
+@pytest.fixture
+def own_kernels() -> Iterator[None]:
+    """The kernels these nights build from their trees are this test's alone: removed from the cache after."""
+    kernels = cache_dir() / "kernels"
+    before = set(kernels.iterdir()) if kernels.is_dir() else set()
+    yield
+    for path in set(kernels.iterdir()) - before if kernels.is_dir() else ():
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def kernel_tree(tmp_path: Path, name: str, depth: int) -> Path:
+    """Debian's tree, hard-linked (instant), with the NVMe queue depth set; files changed get an inode of
+    their own, so the cached pristine tree is untouched.  The Makefile gets a comment naming the tree, so
+    that a tree without git is still told apart from another by content."""
+    tree = tmp_path / name
+    subprocess.run(["cp", "-al", str(debian_source().tree), str(tree)], check=True)
+    for rel, old, new in (("drivers/nvme/host/pci.c", DEPTH, DEPTH.replace("1024", str(depth))),
+                          ("Makefile", "\nEXTRAVERSION =", f"\n# lab test tree {name}\nEXTRAVERSION =")):  # fmt: skip
+        path = tree / rel
+        text = path.read_text()
+        assert old in text, f"{rel} no longer has {old!r}"
+        path.unlink()
+        path.write_text(text.replace(old, new, 1))
+    return tree
+
+
+def nightly(matrix: Path, history: Path, junit: Path, tree: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "lab", "nightly", "--matrix", str(matrix), "--history", str(history),
-                           "--junit", str(junit)], cwd=REPO, capture_output=True, text=True, timeout=1200)  # fmt: skip
+                           "--junit", str(junit), "--kernel-tree", str(tree)], cwd=REPO, capture_output=True,
+                          text=True, timeout=1800)  # fmt: skip
 
 
-def test_a_night_whose_revision_stops_throttling_is_a_regression(tmp_path: Path) -> None:
+def test_a_night_whose_revision_fills_the_pool_is_a_regression(tmp_path: Path, own_kernels: None) -> None:
     matrix, history = tmp_path / "tiny.toml", tmp_path / "history"
+    matrix.write_text(MATRIX)
     before = qemu_pids()
-    matrix.write_text(MATRIX.replace("THRESHOLDS", "default"))  # 70% / 65%
-    first = nightly(matrix, history, tmp_path / "first.xml")
+    first = nightly(matrix, history, tmp_path / "first.xml", kernel_tree(tmp_path, "shallow", 4))
     assert first.returncode == 0, first.stdout + first.stderr
     assert "this night is the baseline" in first.stdout
 
-    matrix.write_text(MATRIX.replace("THRESHOLDS", "95/90"))
-    second = nightly(matrix, history, tmp_path / "second.xml")
+    second = nightly(matrix, history, tmp_path / "second.xml", kernel_tree(tmp_path, "debian", 1024))
     assert second.returncode == 1, second.stdout + second.stderr
     failures = {case.name: case.result[0] for suite in JUnitXml.fromfile(str(tmp_path / "second.xml"))
                 for case in suite if case.result and isinstance(case.result[0], Failure)}  # fmt: skip
-    assert "hiwater_frac throttle/2048/nvme/heavy" in failures, sorted(failures)
-    assert "baseline" in failures["hiwater_frac throttle/2048/nvme/heavy"].message
+    assert "hiwater_frac static/2048/nvme/heavy" in failures, sorted(failures)
+    assert "baseline" in failures["hiwater_frac static/2048/nvme/heavy"].message
     nights = History(history).nights()
     assert list(nights["status"]) == ["complete", "complete"] and list(nights["exit_code"]) == [0, 1]
+    trees = [json.loads((history / "runs" / r / "manifest.json").read_text())["nightly"]["tree"]
+             for r in nights["run_id"]]  # fmt: skip
+    assert [Path(t).name for t in trees] == ["shallow", "debian"]  # each night records the tree it built
     trend = (history / "trend-tiny.html").read_text()
     assert all(run_id in trend for run_id in nights["run_id"])
     assert qemu_pids() - before == set()
