@@ -47,6 +47,7 @@ if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
 
 SLOT = "slot"  # the resource every boot group takes one of
 STOP_POLL_S = 0.5
+RESULT_POLL_S = 0.02  # how often the controller looks for finished groups (it also adds this much latency)
 # A group placed on a host waits for that host's worker (a nanny restarts a lost one); a host that has had
 # no worker for this long is gone, and its waiting groups' cells are lost (a resume places them again).
 HOST_GONE_S = 300.0
@@ -365,14 +366,17 @@ class DaskPool:
         rows: list[dict[str, Any]] = []
         handled: set[Any] = set()
         gone_since: dict[str, float] = {}
+        checked = 0.0  # when the hosts were last looked at (once a second is plenty against HOST_GONE_S)
         try:
             ready = as_completed(list(futures))
             while len(handled) < len(futures):
                 batch = [f for f in ready.next_batch(block=False) if f not in handled] if not ready.is_empty() else []
                 gone: list[Any] = []
                 if not batch:
-                    interrupt.sleep(0.2)
-                    batch = gone = self._hosts_gone(placed, handled, gone_since)
+                    interrupt.sleep(RESULT_POLL_S)
+                    if time.monotonic() - checked >= 1.0:
+                        checked = time.monotonic()
+                        batch = gone = self._hosts_gone(placed, handled, gone_since)
                 for future in batch:
                     handled.add(future)
                     host = placed[future] if future in gone else None
