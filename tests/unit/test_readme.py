@@ -1,4 +1,5 @@
-"""Every TOML example in the README is a matrix that loads and dry-runs."""
+"""Every TOML example in the README loads: a matrix loads and dry-runs, a host inventory validates; and every
+dry-run the README shows prints what it shows."""
 
 from __future__ import annotations
 
@@ -17,7 +18,30 @@ def test_the_readme_has_toml_examples() -> None:
     assert EXAMPLES
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=[f"example{i}" for i in range(len(EXAMPLES))])
+MATRICES = [e for e in EXAMPLES if "[hosts." not in e]
+INVENTORIES = [e for e in EXAMPLES if "[hosts." in e]
+
+
+def test_the_readme_shows_a_host_inventory_and_it_is_the_shipped_example() -> None:
+    from lab import hosts
+
+    shipped = (Path(hosts.__file__).parent / "hosts.example.toml").read_text()
+    assert INVENTORIES and all(line in shipped for e in INVENTORIES for line in e.splitlines())
+
+
+@pytest.mark.parametrize("example", INVENTORIES, ids=[f"hosts{i}" for i in range(len(INVENTORIES))])
+def test_a_readme_host_inventory_validates(example: str, tmp_path: Path) -> None:
+    from lab.hosts import load_hosts
+
+    path = tmp_path / "hosts.toml"
+    path.write_text(example)
+    found = load_hosts(path)
+    assert set(found) == {"snp1", "tdx1"} and found["snp1"].settings.firmware == {
+        "sev-snp": "/usr/local/share/qemu/OVMF.amdsev.fd"
+    }
+
+
+@pytest.mark.parametrize("example", MATRICES, ids=[f"example{i}" for i in range(len(MATRICES))])
 def test_a_readme_matrix_example_dry_runs(example: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "example.toml"
     path.write_text(example)
