@@ -379,9 +379,8 @@ class DaskPool:
                         batch = gone = self._hosts_gone(placed, handled, gone_since)
                 for future in batch:
                     handled.add(future)
-                    host = placed[future] if future in gone else None
-                    rows += self._collect(future, futures[future], store, on_row, lost, submitted[future], host,
-                                          placed.get(future))  # fmt: skip
+                    rows += self._collect(future, futures[future], store, on_row, lost, submitted[future],
+                                          placed.get(future), gone=future in gone)  # fmt: skip
         except BaseException:
             stop.set()  # workers stop their guests within STOP_POLL_S + a QEMU shutdown
             deadline = time.monotonic() + 20
@@ -411,13 +410,13 @@ class DaskPool:
         return expired
 
     def _collect(self, future: Any, task: GroupTask, store: RunStore, on_row: OnRow, lost: Lost, submitted: float,
-                 gone: str | None, placed: str | None) -> list[dict[str, Any]]:  # fmt: skip
-        """One finished group, or one abandoned with its ``gone`` host: its rows and artifacts into the store
-        (``placed``: the host the group was restricted to, if any)."""
+                 placed: str | None, *, gone: bool) -> list[dict[str, Any]]:  # fmt: skip
+        """One finished group, or one abandoned because its ``placed`` host is ``gone``: its rows and
+        artifacts into the store (``placed``: the host the group was restricted to, if any)."""
         interrupt.check()
         try:
             if gone:
-                raise HostError(f"host {gone} has had no Dask worker for {HOST_GONE_S:.0f} s")
+                raise HostError(f"host {placed} has had no Dask worker for {HOST_GONE_S:.0f} s")
             result = future.result()
         except Exception as exc:
             if not infrastructure_failure(exc):
