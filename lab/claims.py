@@ -239,9 +239,12 @@ def _span(values: pd.Series) -> str:
 
 def observed(cells: pd.DataFrame) -> pd.Series:
     """Whether the in-guest sampler ran during each cell's fio (rows from before the `observed` column:
-    whether it left samples)."""
+    whether it left samples; in a frame that unites runs from before and after it, row by row)."""
     if "observed" in cells:
-        return cells["observed"].fillna(True).astype(bool)
+        seen = cells["observed"].astype("boolean")
+        if "sampler_samples" in cells:
+            seen = seen.fillna(cells["sampler_samples"].fillna(0) > 0)
+        return seen.fillna(True).astype(bool)
     return cells.get("sampler_samples", pd.Series(0, index=cells.index)).fillna(0) > 0
 
 

@@ -339,9 +339,7 @@ def trend_points(cells: pd.DataFrame) -> pd.DataFrame:
     workload, each metric's median, n and the 95% confidence interval of its mean (``lab.stats.summarize``),
     over the night's unobserved cells if it has any, else over all of them."""
     cells = cells[cells["status"] == "ok"] if "status" in cells else cells
-    seen = observed(cells)
-    if "observed" in cells and "sampler_samples" in cells:  # nights from before the column: null in the union
-        seen = cells["observed"].astype("boolean").fillna(cells["sampler_samples"].fillna(0) > 0).astype(bool)
+    seen = observed(cells)  # nights from before the `observed` column are null in the union: by their samples
     unobserved = ~seen
     keep = unobserved | ~unobserved.groupby(cells["night"]).transform("any").astype(bool)
     cells, seen = cells[keep].reset_index(drop=True), seen[keep].to_numpy()
