@@ -547,9 +547,9 @@ def judge_c11(cells: pd.DataFrame, kernel: str = SERIES_V2) -> Verdict:
     outcomes: list[str] = []
     comparisons: list[Comparison] = []
     parts = [f"pool {pool}: `{kernel}` failed maps {_span(throttled['map_failures'])}"]
-    shares = sorted(set(_queue_limits(fitted_pool)), key=lambda v: queue_fit_share(v) or 0.0)
-    for value in shares:
-        fitted = fitted_pool[_queue_limits(fitted_pool) == value]
+    share_of = _queue_limits(fitted_pool)
+    for value in sorted(set(share_of), key=lambda v: queue_fit_share(v) or 0.0):
+        fitted = fitted_pool[share_of == value]
         label = f"{round((queue_fit_share(value) or 0.0) * 100)}%"
         applied = "limits not recorded"
         if "queue_nr_requests" in fitted:
