@@ -7,6 +7,7 @@ interrupted run keeps every finished cell and ``--resume`` can find them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -51,20 +52,44 @@ def _start_time(pid: int) -> int | None:
         return None
 
 
+def _cmdline(pid: int | str) -> bytes | None:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+
+
+def cmdline_digest(cmdline: bytes) -> str:
+    """How a run names its own process: the sha256 of its exact argv as the kernel holds it
+    (``/proc/<pid>/cmdline``, NUL-separated), so no path of the machine lands in the manifest."""
+    return hashlib.sha256(cmdline).hexdigest()
+
+
 def owner() -> dict[str, Any]:
     """Who runs a run: recorded in the manifest so that a dead run can be told from a running one.  The
-    start time (with the pid it belongs to) tells a reused pid from the process that wrote the manifest."""
+    start time (with the pid it belongs to) tells a reused pid from the process that wrote the manifest;
+    the digest of the process's exact argv tells it from any other process, whatever its path holds."""
     pid = os.getpid()
-    return {"pid": pid, "process_start": {"pid": pid, "ticks": _start_time(pid)}, "boot_id": _boot_id(),
-            "controller": platform.node()}  # fmt: skip
+    own = _cmdline("self")
+    return {"pid": pid, "process_start": {"pid": pid, "ticks": _start_time(pid),
+                                          "cmdline_sha256": cmdline_digest(own) if own is not None else None},
+            "boot_id": _boot_id(), "controller": platform.node()}  # fmt: skip
 
 
 def liveness(manifest: dict[str, Any]) -> str:
-    """For a manifest that says ``running``: "alive" if its process still runs (same machine, same boot,
-    the pid is a lab process started when the recorded one was), "dead" if it cannot be (another boot, or
-    the pid is gone or reused), "unknown" if it ran on another machine.  Manifests from before the start
-    time was recorded (or whose start time is not the recorded pid's) are judged without it.  Any other
-    status is returned as it is."""
+    """For a manifest that says ``running``: "alive" if its process still runs, "dead" if it cannot, and
+    "unknown" if this machine cannot tell.  Decided only from what the run recorded of itself, never from
+    what a command line happens to contain (a checkout under ``.../lab/`` would make any Python a "lab"
+    process):
+
+    - another controller: "unknown"; another boot of this one, or no pid: "dead";
+    - the pid gone: "dead";
+    - a start time recorded for this pid that is not the pid's start time now: "dead" (the pid was reused);
+    - an argv digest recorded for this pid that is not the pid's argv now: "dead" (another program);
+    - at least one of the two recorded and matching: "alive";
+    - neither recorded (a manifest from before the lab recorded them) and the pid present: "unknown".
+
+    Any other status is returned as it is."""
     status = str(manifest.get("status", ""))
     if status != "running":
         return status
@@ -74,14 +99,22 @@ def liveness(manifest: dict[str, Any]) -> str:
         return "dead"
     try:
         pid = int(manifest["pid"])
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-    except (OSError, ValueError):
+    except (TypeError, ValueError):
+        return "dead"
+    cmdline = _cmdline(pid)
+    ticks = _start_time(pid)
+    if cmdline is None or ticks is None:
         return "dead"
     start = manifest.get("process_start")
-    recorded = start.get("ticks") if isinstance(start, dict) and start.get("pid") == pid else None
-    if recorded is not None and _start_time(pid) != recorded:
-        return "dead"  # the pid now belongs to a process started at another time: reused
-    return "alive" if b"lab" in cmdline else "dead"
+    recorded = start if isinstance(start, dict) and start.get("pid") == pid else {}
+    checks = []
+    if recorded.get("ticks") is not None:
+        checks.append(recorded["ticks"] == ticks)
+    if recorded.get("cmdline_sha256") is not None:
+        checks.append(recorded["cmdline_sha256"] == cmdline_digest(cmdline))
+    if not checks:
+        return "unknown"
+    return "alive" if all(checks) else "dead"
 
 
 def new_run_id() -> str:

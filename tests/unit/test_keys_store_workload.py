@@ -106,13 +106,15 @@ def test_a_run_whose_process_died_is_recognised_and_a_live_one_is_refused(tmp_pa
     import sys
 
     from lab.errors import ConfigError
-    from lab.store import RunStore, liveness
+    from lab.store import RunStore, liveness, stat_start_time
 
     store = RunStore.create(tmp_path, {"matrix_name": "m"}, run_id="r")
-    # A process that looks like a lab run, standing in for one that still runs.
+    # A process standing in for the one that still runs the run, recorded as the run records its owner
+    # (pid and start time; the start time is set at fork, so it can be read at once).
     runner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "lab", "run", "matrix"])
     try:
-        store.update_manifest(pid=runner.pid)
+        ticks = stat_start_time(Path(f"/proc/{runner.pid}/stat").read_text())
+        store.update_manifest(pid=runner.pid, process_start={"pid": runner.pid, "ticks": ticks})
         assert liveness(store.manifest()) == "alive"
         with pytest.raises(ConfigError, match="still being run by process"):
             store.claim()

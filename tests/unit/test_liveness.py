@@ -3,6 +3,7 @@ command line; and how the nightly history treats a run on another controller (un
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -30,30 +31,52 @@ def start_ticks(pid: int) -> int:
 SLEEPER = "import time; print('ready', flush=True); time.sleep(120)"
 
 
-def started(*argv: str) -> subprocess.Popen[bytes]:
+def started(*argv: str, python: str = sys.executable) -> subprocess.Popen[bytes]:
     """A sleeping Python process, returned once it runs (right after exec its cmdline reads empty)."""
-    child = subprocess.Popen([sys.executable, "-c", SLEEPER, *argv], stdout=subprocess.PIPE)
+    child = subprocess.Popen([python, "-c", SLEEPER, *argv], stdout=subprocess.PIPE)
     assert child.stdout is not None and child.stdout.readline() == b"ready\n"
     return child
 
 
+def stopped(child: subprocess.Popen[bytes]) -> None:
+    child.kill()
+    child.wait()
+
+
 @pytest.fixture
-def lab_process() -> Iterator[subprocess.Popen[bytes]]:
-    """A process with "lab" on its command line, like `python -m lab ...`; stopped by its pid afterwards."""
-    child = started("lab")
+def checkout_python(tmp_path: Path) -> str:
+    """This Python reached through a path like a user's checkout: it holds "lab", "swiotlb-lab" and a space,
+    so any process started from it has all three on its command line (as every Python of the project's venv
+    has wherever the user cloned it)."""
+    link = tmp_path / "my checkouts" / "swiotlb-lab" / "lab" / ".venv" / "bin" / "python"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(Path(sys.executable).resolve())
+    return str(link)
+
+
+@pytest.fixture
+def lab_process(checkout_python: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A process like `python -m lab run ...` started from a checkout; stopped by its pid afterwards."""
+    child = started("-m", "lab", "run", "matrix", python=checkout_python)
     try:
         yield child
     finally:
-        child.kill()
-        child.wait()
+        stopped(child)
 
 
-def running(pid: int, ticks: int | None = None, start_pid: int | None = None) -> dict[str, object]:
-    """A manifest saying ``running`` on this machine and boot; with ``ticks``, the start time recorded for
-    ``start_pid`` (by default the recorded pid)."""
-    manifest = {"status": "running", "pid": pid, "boot_id": boot_id(), "controller": platform.node()}
-    if ticks is not None:
-        manifest["process_start"] = {"pid": pid if start_pid is None else start_pid, "ticks": ticks}
+def cmdline_sha256(pid: int) -> str:
+    return hashlib.sha256(Path(f"/proc/{pid}/cmdline").read_bytes()).hexdigest()
+
+
+def running(pid: int, ticks: int | None = None, start_pid: int | None = None,
+            argv_sha256: str | None = None) -> dict[str, object]:  # fmt: skip
+    """A manifest saying ``running`` on this machine and boot; with ``ticks`` and/or ``argv_sha256``, the
+    start time and argv digest recorded for ``start_pid`` (by default the recorded pid)."""
+    manifest: dict[str, object] = {"status": "running", "pid": pid, "boot_id": boot_id(),
+                                   "controller": platform.node()}  # fmt: skip
+    if ticks is not None or argv_sha256 is not None:
+        manifest["process_start"] = {"pid": pid if start_pid is None else start_pid, "ticks": ticks,
+                                     "cmdline_sha256": argv_sha256}  # fmt: skip
     return manifest
 
 
@@ -62,50 +85,67 @@ def test_the_start_time_is_field_22_even_when_the_command_name_holds_spaces_and_
     assert stat_start_time(stat) == 987654
 
 
-def test_owner_records_this_process_start_time() -> None:
+def test_owner_records_this_process_start_time_and_argv_digest() -> None:
     import psutil
 
     record = owner()
     assert record["pid"] == record["process_start"]["pid"] == os.getpid()
     since_boot = psutil.Process().create_time() - psutil.boot_time()
     assert record["process_start"]["ticks"] / os.sysconf("SC_CLK_TCK") == pytest.approx(since_boot, abs=1.0)
+    argv = b"\0".join(arg.encode() for arg in psutil.Process().cmdline()) + b"\0"
+    assert record["process_start"]["cmdline_sha256"] == hashlib.sha256(argv).hexdigest()
 
 
-def test_a_lab_process_started_when_recorded_is_alive(lab_process: subprocess.Popen[bytes]) -> None:
-    assert liveness(running(lab_process.pid, start_ticks(lab_process.pid))) == "alive"
+def test_the_run_process_recorded_with_its_start_time_and_argv_is_alive(lab_process: subprocess.Popen[bytes]) -> None:
+    pid = lab_process.pid
+    assert liveness(running(pid, start_ticks(pid), argv_sha256=cmdline_sha256(pid))) == "alive"
+    assert liveness(running(pid, start_ticks(pid))) == "alive"  # manifests of session 7 recorded the start only
+    assert liveness(running(pid, argv_sha256=cmdline_sha256(pid))) == "alive"
 
 
-def test_a_pid_reused_by_a_later_lab_process_is_dead(lab_process: subprocess.Popen[bytes]) -> None:
-    earlier = start_ticks(lab_process.pid) - 1  # the recorded process started a tick before this one
-    assert liveness(running(lab_process.pid, earlier)) == "dead"
+def test_a_pid_reused_by_a_later_process_is_dead(lab_process: subprocess.Popen[bytes]) -> None:
+    pid = lab_process.pid
+    earlier = start_ticks(pid) - 1  # the recorded process started a tick before this one
+    assert liveness(running(pid, earlier)) == "dead"
+    assert liveness(running(pid, earlier, argv_sha256=cmdline_sha256(pid))) == "dead"  # even with the same argv
 
 
-def test_a_manifest_without_a_start_time_is_judged_as_before(lab_process: subprocess.Popen[bytes]) -> None:
-    assert liveness(running(lab_process.pid)) == "alive"
-    # a start time recorded for another pid (the pid edited alone) says nothing about this one
-    assert liveness(running(lab_process.pid, start_ticks(lab_process.pid) - 1, start_pid=os.getpid())) == "alive"
-    lab_process.kill()
-    lab_process.wait()
-    assert liveness(running(lab_process.pid)) == "dead"
-
-
-def test_the_command_line_must_still_be_a_lab_process() -> None:
-    child = started()
+def test_a_process_with_another_argv_is_dead_wherever_the_checkout_lives(checkout_python: str) -> None:
+    """Any Python of a checkout under .../swiotlb-lab/lab/ has "lab" on its command line; only the run's own
+    argv, as recorded, makes a pid the run's.  The old substring check said "alive" here."""
+    child = started(python=checkout_python)
     try:
-        assert liveness(running(child.pid, start_ticks(child.pid))) == "dead"
+        cmdline = Path(f"/proc/{child.pid}/cmdline").read_bytes()
+        assert b"lab" in cmdline and b"swiotlb-lab" in cmdline and b" " in cmdline
+        the_run = hashlib.sha256(b"python\0-m\0lab\0run\0matrix\0").hexdigest()
+        assert liveness(running(child.pid, start_ticks(child.pid), argv_sha256=the_run)) == "dead"
+        assert liveness(running(child.pid, argv_sha256=the_run)) == "dead"
     finally:
-        child.kill()
-        child.wait()
+        stopped(child)
+
+
+def test_a_manifest_that_records_no_identity_is_unknown_while_its_pid_lives(
+    lab_process: subprocess.Popen[bytes],
+) -> None:
+    """Manifests from before the lab recorded its process: a live pid cannot be told apart, whatever its
+    command line says; a gone pid is dead."""
+    assert liveness(running(lab_process.pid)) == "unknown"
+    # a start time recorded for another pid (the pid edited alone) says nothing about this one
+    assert liveness(running(lab_process.pid, start_ticks(lab_process.pid) - 1, start_pid=os.getpid())) == "unknown"
+    stopped(lab_process)
+    assert liveness(running(lab_process.pid)) == "dead"
 
 
 def test_resume_takes_over_a_run_whose_pid_was_reused(tmp_path: Path, lab_process: subprocess.Popen[bytes]) -> None:
     store = RunStore.create(tmp_path, {"matrix_name": "m"}, run_id="r1")
     ticks = start_ticks(lab_process.pid) + 1  # recorded for a process that started a tick after this one
-    store.update_manifest(pid=lab_process.pid, process_start={"pid": lab_process.pid, "ticks": ticks})
+    store.update_manifest(pid=lab_process.pid, process_start={"pid": lab_process.pid, "ticks": ticks,
+                                                              "cmdline_sha256": cmdline_sha256(lab_process.pid)})
     assert store.claim() == "dead"
     manifest = store.manifest()
     assert manifest["pid"] == os.getpid()
-    assert manifest["process_start"] == {"pid": os.getpid(), "ticks": start_ticks(os.getpid())}
+    assert manifest["process_start"] == {"pid": os.getpid(), "ticks": start_ticks(os.getpid()),
+                                         "cmdline_sha256": cmdline_sha256(os.getpid())}
     assert "ended without marking the run" in manifest["died"]
 
 
