@@ -14,8 +14,9 @@ from lab.kernel import debian_source, load_variants, parse_config
 pytestmark = pytest.mark.integration
 
 
-def test_fragments_from_a_checkout_with_spaces_in_its_path_are_merged(tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_fragments_from_a_checkout_with_spaces_in_its_path_are_merged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     configs = tmp_path / "my checkouts" / "swiotlb-lab" / "kernel-configs"
     shutil.copytree(kernel.CONFIG_DIR, configs)
     monkeypatch.setattr(kernel, "CONFIG_DIR", configs)
