@@ -170,8 +170,16 @@ class Variant:
 
 
 def debian_source(cache: Path | None = None) -> KernelSource:
-    """Debian's linux-source-6.12, fetched with apt and extracted once into the cache."""
+    """Debian's linux-source-6.12, fetched with apt and extracted once into the cache (one process at a
+    time: the suite's background builder and a test may both ask for it first)."""
     root = (cache or cache_dir()) / "kernel-src"
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _debian_source(root)
+
+
+def _debian_source(root: Path) -> KernelSource:
     for marker in sorted(root.glob("*/source.txt")):
         info = dict(line.split("=", 1) for line in marker.read_text().splitlines() if "=" in line)
         if info.get("version") == SOURCE_VERSION or info.get("pinned") == "false":

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,6 +27,40 @@ def qemu_pids() -> set[int]:
     """Live QEMU processes (a zombie has exited; whether init has reaped it yet is not the lab's doing)."""
     out = subprocess.run(["pgrep", "-f", "qemu-system"], capture_output=True, text=True, check=False).stdout
     return {pid for pid in map(int, out.split()) if pid != os.getpid() and pid_alive(pid)}
+
+
+def boots_guests(item: pytest.Item) -> bool:
+    return "tests/unit/" not in item.path.as_posix()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Unit tests first (stable otherwise): they need no kernel, so the background builder has their time."""
+    items.sort(key=boots_guests)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kernels_built_in_the_background(request: pytest.FixtureRequest) -> Iterator[None]:
+    """``tests/prebuild.py`` at idle priority while the session runs, if it runs tests that boot guests;
+    stopped (with its make and compilers: its own process group) when the session ends.  Off with
+    SWIOTLB_LAB_PREBUILD=0."""
+    if os.environ.get("SWIOTLB_LAB_PREBUILD") == "0" or not any(map(boots_guests, request.session.items)):
+        yield
+        return
+    log = cache_dir() / "prebuild.log"
+    with log.open("w") as handle:
+        builder = subprocess.Popen([sys.executable, "-m", "tests.prebuild"], cwd=Path(__file__).parent.parent,
+                                   stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
+                                   start_new_session=True)  # fmt: skip
+    try:
+        yield
+    finally:
+        if builder.poll() is None:
+            os.killpg(builder.pid, signal.SIGTERM)
+            try:
+                builder.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(builder.pid, signal.SIGKILL)
+                builder.wait()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,0 +1,35 @@
+"""The suite's background builder: the guest image, then every kernel the suite boots, at idle priority.
+
+Started by ``tests/conftest.py`` when a session runs tests that boot guests.  Under ``SCHED_IDLE`` it
+takes only CPU that nothing else wants: on a 2-core machine the suite's guests leave about a third of it
+idle (measured on tests/integration/test_kernel.py), and a cold first run has ~25 minutes of kernel
+builds to fit in.  A test that needs a kernel still builds it itself if it comes first: builds serialise
+on the cache's workspace lock, and a build finished by either process is found by the other.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from lab.image import build_image
+from lab.kernel import build_kernel
+
+# In the order the suite first needs them (tests/unit runs first, then tests/faults, tests/integration).
+SUITE_KERNELS = ("static", "dynamic", "throttle", "throttle-nopoll", "throttle-v2-dynamic", "throttle-v2-debug")
+
+
+def main(names: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="prebuild: %(message)s")
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # inherited by make and every compiler
+    build_image()
+    logging.info("guest image ready")
+    for name in names or SUITE_KERNELS:
+        build_kernel(name)
+        logging.info("kernel %s ready", name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
