@@ -152,6 +152,7 @@ class Session:
         # Remote runs: each host decides "auto" by its own probe and offers what its preflight finds, so
         # the controller boots nothing here.
         remote = bool(self.hosts or request.scheduler)
+        accel: str  # the request's choice, or the accelerator the local probe settled on
         if remote:
             accel = request.accel
             hypervisor.probe_note = "decided by each host's worker"

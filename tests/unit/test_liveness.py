@@ -139,13 +139,18 @@ def test_a_manifest_that_records_no_identity_is_unknown_while_its_pid_lives(
 def test_resume_takes_over_a_run_whose_pid_was_reused(tmp_path: Path, lab_process: subprocess.Popen[bytes]) -> None:
     store = RunStore.create(tmp_path, {"matrix_name": "m"}, run_id="r1")
     ticks = start_ticks(lab_process.pid) + 1  # recorded for a process that started a tick after this one
-    store.update_manifest(pid=lab_process.pid, process_start={"pid": lab_process.pid, "ticks": ticks,
-                                                              "cmdline_sha256": cmdline_sha256(lab_process.pid)})
+    store.update_manifest(
+        pid=lab_process.pid,
+        process_start={"pid": lab_process.pid, "ticks": ticks, "cmdline_sha256": cmdline_sha256(lab_process.pid)},
+    )
     assert store.claim() == "dead"
     manifest = store.manifest()
     assert manifest["pid"] == os.getpid()
-    assert manifest["process_start"] == {"pid": os.getpid(), "ticks": start_ticks(os.getpid()),
-                                         "cmdline_sha256": cmdline_sha256(os.getpid())}
+    assert manifest["process_start"] == {
+        "pid": os.getpid(),
+        "ticks": start_ticks(os.getpid()),
+        "cmdline_sha256": cmdline_sha256(os.getpid()),
+    }
     assert "ended without marking the run" in manifest["died"]
 
 
