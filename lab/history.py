@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from lab.errors import ConfigError
-from lab.store import MANIFEST, PHASE, liveness, load_cells
+from lab.store import LOST, MANIFEST, PHASE, SKIPPED, liveness, load_cells
 
 NIGHT_COLUMNS = ("run_id", "matrix_name", "status", "started_utc", "finished_utc", "lab_revision",
                  "tree_describe", "tree_commit", "baseline", "regressions", "exit_code", "matrix_hash",
@@ -33,6 +33,47 @@ NIGHT_COLUMNS = ("run_id", "matrix_name", "status", "started_utc", "finished_utc
 # (start, resume, or the last phase it wrote), then as dead: no night takes two days, and a history shared
 # with a controller that vanished must not keep its run for ever.
 UNKNOWN_FOR_S = 2 * 86400
+
+
+# A night's exit codes (lab nightly): usable and no regression, a regression, no usable result
+# (infrastructure).  Here because which nights count as usable is the history's question too.
+EXIT_OK, EXIT_REGRESSION, EXIT_NO_RESULT = 0, 1, 3
+# Reasons only a boot gives (the platform checks after SSH included): for rows without ``boot_s``, the only
+# sign of how far a failed cell got.  Timeouts, panics and a dead QEMU happen during workloads too.
+BOOT_ONLY_FAILURES = frozenset({"boot failed", "vcpu mismatch", "no memory encryption"})
+
+
+def failure_counts(failed: pd.Series | pd.DataFrame) -> str:
+    """The failure reasons of failed cells with their counts: "kernel panic: 2, timeout: 1"."""
+    counts = failed["failure_reason"].fillna("unknown").value_counts()
+    return ", ".join(f"{reason}: {count}" for reason, count in sorted(counts.items()))
+
+
+def reached_workload(cells: pd.DataFrame) -> pd.Series:
+    """Whether each cell's guest came up and began its workload: a booted guest's rows carry the boot's
+    timings (``boot_s``), while a boot that failed (never reached SSH, or failed the platform checks) writes
+    its cells without them.  Rows from before ``boot_s``: whether the failure is one only a boot gives."""
+    if "boot_s" in cells:
+        return cells["boot_s"].notna()
+    return ~cells.get("failure_reason", pd.Series("", index=cells.index)).isin(BOOT_ONLY_FAILURES)
+
+
+def no_usable_result(cells: pd.DataFrame) -> str:
+    """Why a night measured nothing (infrastructure), or "" if it did.  A cell whose guest booted and then
+    failed during its workload (a panic, a hang, a dead QEMU under fio) is a result: the revision's."""
+    if cells.empty:
+        return "no cell ran (no host, or every platform missing)"
+    status = cells["status"]
+    if status.eq(SKIPPED).all():
+        return "every cell was skipped: no host offers the matrix's platforms"
+    failed = status.eq("failed")
+    if status.eq("ok").any() or (failed & reached_workload(cells)).any():
+        return ""
+    parts = [f"{int(failed.sum())} failed to boot ({failure_counts(cells[failed])})"]
+    parts += [f"{int(status.eq(s).sum())} {s}" for s in (LOST, SKIPPED) if status.eq(s).any()]
+    others = len(cells) - int(failed.sum()) - int(status.isin([LOST, SKIPPED]).sum())
+    parts += [f"{others} with another status"] if others else []
+    return "no cell ran its workload: " + ", ".join(p for p in parts if not p.startswith("0 "))
 
 
 def _utc_seconds(text: Any) -> float | None:
@@ -130,8 +171,6 @@ class History:
     def usable(night: pd.Series) -> bool:
         """Whether a night had a usable result: its recorded exit code was not 3; a night without one (the
         gate never ran on it) is judged from its stored cells by the same rule."""
-        from lab.nightly import EXIT_NO_RESULT, no_usable_result  # the rule is the gate's; it imports History
-
         code = night.get("exit_code")
         if code is not None and not pd.isna(code):
             return int(code) != EXIT_NO_RESULT

@@ -27,17 +27,20 @@ from typing import Any
 import pandas as pd
 
 from lab.claims import judge_all, like_with_like, observed, scopes
-from lab.history import History
+from lab.history import (
+    EXIT_NO_RESULT,
+    EXIT_OK,
+    EXIT_REGRESSION,
+    History,
+    failure_counts,
+    no_usable_result,
+)
 from lab.report import COMPARED_METRICS
 from lab.stats import Metric, compare_family, summarize
-from lab.store import LOST, SKIPPED, RunStore, load_cells
+from lab.store import RunStore, load_cells
 from lab.util import atomic_write_text
 
-EXIT_OK, EXIT_REGRESSION, EXIT_NO_RESULT = 0, 1, 3
 GROUP_KEYS = ("kernel", "pool_slabs_requested", "device", "workload")
-# Reasons only a boot gives (the platform checks after SSH included): for rows without ``boot_s``, the only
-# sign of how far a failed cell got.  Timeouts, panics and a dead QEMU happen during workloads too.
-BOOT_ONLY_FAILURES = frozenset({"boot failed", "vcpu mismatch", "no memory encryption"})
 
 
 @dataclass(frozen=True)
@@ -137,7 +140,7 @@ def failed_cells(scope: str, base: pd.DataFrame, cells: pd.DataFrame) -> list[Fi
         failed = group[group["status"] == "failed"]
         if failed.empty:
             return f"{len(group)} ok of {len(group)}"
-        return f"{len(failed)} failed of {len(group)} ({_reasons(failed)})"
+        return f"{len(failed)} failed of {len(group)} ({failure_counts(failed)})"
 
     findings = []
     before = measured(base)
@@ -157,12 +160,6 @@ def failed_cells(scope: str, base: pd.DataFrame, cells: pd.DataFrame) -> list[Fi
     return findings
 
 
-def _reasons(failed: pd.Series | pd.DataFrame) -> str:
-    """The failure reasons of failed cells with their counts: "kernel panic: 2, timeout: 1"."""
-    counts = failed["failure_reason"].fillna("unknown").value_counts()
-    return ", ".join(f"{reason}: {count}" for reason, count in sorted(counts.items()))
-
-
 def _ok(cells: pd.DataFrame) -> pd.DataFrame:
     return cells[cells["status"] == "ok"] if not cells.empty else cells
 
@@ -176,33 +173,6 @@ def _counted_alike(base: pd.DataFrame, cand: pd.DataFrame) -> bool:
         return set(cells.get("map_failures_counted_by", pd.Series("", index=cells.index)).fillna("").astype(str))
 
     return how(base) == how(cand)
-
-
-def reached_workload(cells: pd.DataFrame) -> pd.Series:
-    """Whether each cell's guest came up and began its workload: a booted guest's rows carry the boot's
-    timings (``boot_s``), while a boot that failed (never reached SSH, or failed the platform checks) writes
-    its cells without them.  Rows from before ``boot_s``: whether the failure is one only a boot gives."""
-    if "boot_s" in cells:
-        return cells["boot_s"].notna()
-    return ~cells.get("failure_reason", pd.Series("", index=cells.index)).isin(BOOT_ONLY_FAILURES)
-
-
-def no_usable_result(cells: pd.DataFrame) -> str:
-    """Why a night measured nothing (infrastructure), or "" if it did.  A cell whose guest booted and then
-    failed during its workload (a panic, a hang, a dead QEMU under fio) is a result: the revision's."""
-    if cells.empty:
-        return "no cell ran (no host, or every platform missing)"
-    status = cells["status"]
-    if status.eq(SKIPPED).all():
-        return "every cell was skipped: no host offers the matrix's platforms"
-    failed = status.eq("failed")
-    if status.eq("ok").any() or (failed & reached_workload(cells)).any():
-        return ""
-    parts = [f"{int(failed.sum())} failed to boot ({_reasons(cells[failed])})"]
-    parts += [f"{int(status.eq(s).sum())} {s}" for s in (LOST, SKIPPED) if status.eq(s).any()]
-    others = len(cells) - int(failed.sum()) - int(status.isin([LOST, SKIPPED]).sum())
-    parts += [f"{others} with another status"] if others else []
-    return "no cell ran its workload: " + ", ".join(p for p in parts if not p.startswith("0 "))
 
 
 def matrix_hash(cell_ids: Iterable[str]) -> str:
