@@ -245,8 +245,8 @@ def cmd_nightly(args: argparse.Namespace) -> int:
     """One night: build the revision under test, run the nightly matrix into the history, gate against the
     baseline, write JUnit XML and the trend page, apply retention.  Exit 0, 1 (regression) or 3 (no result)."""
     from lab.errors import BuildError
-    from lab.history import History
-    from lab.nightly import EXIT_NO_RESULT, build_trend, judge_night, tree_revision, write_error_junit
+    from lab.history import EXIT_NO_RESULT, History
+    from lab.nightly import build_trend, judge_night, tree_revision, write_error_junit
     from lab.session import RunRequest, Session
 
     history = History(Path(args.history))
@@ -685,7 +685,7 @@ def cmd_bench_trend(args: argparse.Namespace) -> int:
 def cmd_bench_dispatch(args: argparse.Namespace) -> int:
     """What Dask adds per boot group (wall time minus the group's own, one group at a time), and the
     throughput of one local boot at a time against ``--jobs 2`` on an in-process cluster."""
-    from lab.fanout import DaskPool
+    from lab.fanout import DaskPool, local_executor
     from lab.runner import boot_spec, run_matrix
     from lab.store import RunStore
 
@@ -711,13 +711,14 @@ def cmd_bench_dispatch(args: argparse.Namespace) -> int:
             store = RunStore.create(work, {"bench": "dispatch"}, run_id=f"dask-one-by-one-{len(overheads)}")
             for group in groups:
                 one = replace(matrix, cells=tuple(group))
-                run_matrix(one, store, ctx, _QuietReporter(), pool=pool)
+                run_matrix(one, store, ctx, _QuietReporter(), executor=pool)
             overheads[label] = list(pool.overheads)
     walls = {}
     for jobs in (1, 2):
         store = RunStore.create(work, {"bench": "dispatch"}, run_id=f"jobs{jobs}")
         started = time.monotonic()
-        rows = run_matrix(matrix, store, ctx, _QuietReporter(), jobs=jobs)
+        with local_executor(jobs) as executor:
+            rows = run_matrix(matrix, store, ctx, _QuietReporter(), executor=executor)
         walls[jobs] = time.monotonic() - started
         if not all(r["status"] == "ok" for r in rows):
             raise LabError(f"bench dispatch: a cell failed with --jobs {jobs}; see {store.root}")

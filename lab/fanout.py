@@ -37,6 +37,18 @@ from lab.kernel import KernelBuild
 from lab.keys import KeyPair
 from lab.matrix import Cell
 from lab.platforms import PLATFORMS
+from lab.runner import (
+    Executor,
+    InThread,
+    LabContext,
+    Reporter,
+    SilentReporter,
+    base_row,
+    boot_spec,
+    cell_estimate_s,
+    lost_row,
+    run_group,
+)
 from lab.store import CELL_RECORD, MANIFEST, RunStore
 from lab.util import atomic_write_bytes, cache_dir, sha256_file
 
@@ -184,7 +196,6 @@ def run_group_task(task: GroupTask, in_process: bool) -> GroupResult:
 
     from lab.host import host_facts
     from lab.preflight import HostSettings, local_preflight
-    from lab.runner import LabContext, SilentReporter, run_group
     from lab.vm import LocalHypervisor
 
     settings = task.settings
@@ -321,6 +332,25 @@ class DaskPool:
             for resource in worker.get("resources") or {}:
                 by.setdefault(resource, set()).add(str(worker.get("host")))
         return {k: sorted(v) for k, v in by.items()}
+
+    def run_groups(
+        self, groups: list[list[Cell]], store: RunStore, ctx: LabContext, reporter: Reporter
+    ) -> list[dict[str, Any]]:
+        """The executor seam (``lab.runner.Executor``): each group a Dask task, its rows and artifacts
+        written here as they arrive; a group lost to the infrastructure becomes lost rows."""
+
+        def lost(task: GroupTask, exc: BaseException, host: str | None) -> GroupResult:
+            # Not this machine's cell: the host it was placed on if known (a remote group), else unknown.
+            where = {"host_id": host or "unknown", "host": host or "unknown"} if host or not self.in_process else {}
+            rows = [lost_row({**base_row(ctx, c, store), **where}, f"{type(exc).__name__}: {exc}") for c in task.cells]
+            for row in rows:
+                store.write_cell(row, None, None)
+            return GroupResult(rows, {}, {})
+
+        def on_row(cell: Cell, row: dict[str, Any]) -> None:
+            reporter.cell_done(cell, row, cell_estimate_s(cell))
+
+        return self.run([group_task(store.run_id, group, ctx) for group in groups], store, on_row, lost)
 
     def run(self, tasks: list[GroupTask], store: RunStore, on_row: OnRow, lost: Lost) -> list[dict[str, Any]]:
         """Run every task, writing each result into ``store`` as it arrives.  A worker lost mid-group is
@@ -530,7 +560,18 @@ def place(cell: Cell, workers: Sequence[str]) -> str:
     return sorted(workers)[digest % len(workers)]
 
 
-def group_task(run_id: str, cells: list[Cell], ctx: Any, boot_spec: Any) -> GroupTask:
+@contextlib.contextmanager
+def local_executor(jobs: int) -> Iterator[Executor]:
+    """Where a run on this machine runs its boot groups: this thread for one at a time (phases reach the
+    reporter live), an in-process Dask cluster of ``jobs`` slots for more."""
+    if jobs <= 1:
+        yield InThread()
+        return
+    with DaskPool(jobs=jobs) as pool:
+        yield pool
+
+
+def group_task(run_id: str, cells: list[Cell], ctx: LabContext) -> GroupTask:
     """The task for one boot group, from the controller's context."""
     kernels = {c.kernel: ctx.kernels[c.kernel] for c in cells}
     specs = {c.kernel: boot_spec(ctx, c) for c in cells}

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import pandas as pd
 
@@ -38,9 +38,6 @@ from lab.platforms import AUTO, encryption_matches, profile
 from lab.recovery import FaultInjector
 from lab.store import LOST, SKIPPED, RunStore
 from lab.vm import SLAB_BYTES, Accel, BootSpec, Disk, Endpoint, Hypervisor, RunningGuest, console_excerpt
-
-if TYPE_CHECKING:
-    from lab.fanout import DaskPool
 
 log = logging.getLogger(__name__)
 
@@ -222,20 +219,35 @@ def default_jobs(vcpus: int, host_cpus: int | None = None) -> int:
     return max(1, (host_cpus or os.cpu_count() or 1) // (vcpus + 1))
 
 
+class Executor(Protocol):
+    """Where a run's boot groups run: the only part of the lab that knows.  ``InThread`` runs them here, one
+    after another; ``lab.fanout`` has Dask's (an in-process cluster, a scheduler, workers over SSH).
+    ``run_groups`` runs every group, writes every row into the store, and returns the rows."""
+
+    def run_groups(
+        self, groups: list[list[Cell]], store: RunStore, ctx: LabContext, reporter: Reporter
+    ) -> list[dict[str, Any]]: ...
+
+
+class InThread:
+    """One boot at a time in this thread: phases reach the reporter (and phase.json) live."""
+
+    def run_groups(
+        self, groups: list[list[Cell]], store: RunStore, ctx: LabContext, reporter: Reporter
+    ) -> list[dict[str, Any]]:
+        return [row for group in groups for row in run_group(group, store, ctx, reporter)]
+
+
 def run_matrix(
     matrix: Matrix,
     store: RunStore,
     ctx: LabContext,
     reporter: Reporter,
     skip: set[str] | None = None,
-    jobs: int = 1,
-    pool: DaskPool | None = None,
+    executor: Executor | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every cell not in ``skip``, up to ``jobs`` boots at once; return the rows written.
-
-    One job runs in this thread; more, or a ``pool`` (a Dask cluster, local or of remote workers), go
-    through Dask distributed, each boot group a task whose rows and artifacts come back here.
-    """
+    """Run every cell not in ``skip`` through ``executor`` (this thread by default); return the rows written.
+    Groups whose platform no host offers are recorded as skipped, not run."""
     groups = [[c for c in group if c.cell_id not in (skip or set())] for group in matrix.boot_groups()]
     groups = [group for group in groups if group]
     runnable, skipped = [], []
@@ -249,28 +261,7 @@ def run_matrix(
             store.write_cell(row, None, None)
             reporter.cell_done(cell, row, 0.0)
             skipped.append(row)
-    groups = runnable
-    if jobs <= 1 and pool is None:
-        # One boot at a time in this thread: phases reach the reporter (and phase.json) live.
-        return skipped + [row for group in groups for row in run_group(group, store, ctx, reporter)]
-    from lab.fanout import DaskPool, GroupResult, GroupTask, group_task
-
-    def lost(task: GroupTask, exc: BaseException, host: str | None) -> GroupResult:
-        # Not this machine's cell: the host it was placed on if known (a remote group), else unknown.
-        where = {"host_id": host or "unknown", "host": host or "unknown"} if pool is not None or host else {}
-        rows = [lost_row({**base_row(ctx, c, store), **where}, f"{type(exc).__name__}: {exc}") for c in task.cells]
-        for row in rows:
-            store.write_cell(row, None, None)
-        return GroupResult(rows, {}, {})
-
-    def on_row(cell: Cell, row: dict[str, Any]) -> None:
-        reporter.cell_done(cell, row, cell_estimate_s(cell))
-
-    tasks = [group_task(store.run_id, group, ctx, boot_spec) for group in groups]
-    if pool is not None:  # the caller's cluster (remote workers), already started
-        return skipped + pool.run(tasks, store, on_row, lost)
-    with DaskPool(jobs=jobs) as dask:
-        return skipped + dask.run(tasks, store, on_row, lost)
+    return skipped + (executor or InThread()).run_groups(runnable, store, ctx, reporter)
 
 
 def failure_reason(exc: LabError) -> str:

@@ -194,6 +194,7 @@ class Session:
 
     def run(self, reporter: Reporter) -> None:
         """Run every cell still to do; the reporter hears each phase and finished cell."""
+        from lab.fanout import local_executor
         from lab.runner import PhaseRecorder, run_matrix
 
         if self.store is None or self.ctx is None:
@@ -201,14 +202,15 @@ class Session:
         recorder = PhaseRecorder(self.store, reporter)
         skip = set(self.plan().skip)
         if self.pool is None:
-            run_matrix(self.matrix, self.store, self.ctx, recorder, skip, jobs=self.jobs)
+            with local_executor(self.jobs) as executor:
+                run_matrix(self.matrix, self.store, self.ctx, recorder, skip, executor)
             return
         with self.pool:
             self.ctx.offered = self.pool.offered()  # what the workers offer, not this machine
             unreachable = getattr(self.pool, "unreachable", {})
             if unreachable:  # the run went on without them: say which and why, where the results are
                 self.store.update_manifest(hosts_unreachable=unreachable)
-            run_matrix(self.matrix, self.store, self.ctx, recorder, skip, jobs=self.jobs, pool=self.pool)
+            run_matrix(self.matrix, self.store, self.ctx, recorder, skip, self.pool)
 
     def finish(self, status: str, *, report: bool = True) -> Outcome:
         """Rebuild the run tables, mark the manifest, write the summary and (unless interrupted) the report."""

@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from lab.fanout import DaskPool
 from lab.image import GuestImage
 from lab.kernel import KernelBuild
 from lab.keys import KeyPair
@@ -75,9 +76,9 @@ def test_skipped_cells_do_not_fail_a_strict_run_that_measured_something() -> Non
     assert run_exit_code(cells, "complete", strict=False) == 0
 
 
-class LosesEveryGroup:
-    """A pool whose worker is lost with every group it is given (what Dask reports once its retries are
-    used up)."""
+class LosesEveryGroup(DaskPool):
+    """A pool of remote workers (never started here) whose worker is lost with every group it is given
+    (what Dask reports once its retries are used up)."""
 
     def run(self, tasks: list[Any], store: RunStore, on_row: Any, lost: Any) -> list[dict[str, Any]]:
         rows = []
@@ -97,7 +98,7 @@ def test_cells_lost_with_their_worker_are_neither_failures_nor_findings_and_a_re
     from lab.matrix import Matrix
 
     matrix = Matrix("m", "m.toml", "", tuple(cells), raw={})
-    rows = run_matrix(matrix, store, context(tmp_path), SilentReporter(), pool=LosesEveryGroup())
+    rows = run_matrix(matrix, store, context(tmp_path), SilentReporter(), executor=LosesEveryGroup())
     assert [r["status"] for r in rows] == ["lost", "lost"]
     assert rows[0]["failure_detail"] == "ConnectionError: worker tcp://10.0.0.7:4242 lost"
     assert rows[0]["host_id"] == "10.0.0.7"  # where it was lost, not the controller
