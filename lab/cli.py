@@ -55,6 +55,17 @@ class RichReporter:
         self.progress.console.print(one_line(row))
 
 
+def at_least_one(text: str) -> int:
+    """argparse type for counts such as --jobs: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1 or str(value) != text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
 def one_line(row: dict[str, Any]) -> str:
     if row["status"] == SKIPPED:
         return f"[yellow]-[/yellow] {row['cell_id']}: skipped: {row['failure_detail']}"
@@ -907,7 +918,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="exit 1 if any cell failed (default: failed cells are findings; exit 1 only if the "
                              "run did not finish or measured nothing)")  # fmt: skip
     matrix.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
-    matrix.add_argument("--jobs", type=int, default=0,
+    matrix.add_argument("--jobs", type=at_least_one, default=0,
                         help="guests at once (default: host CPUs // (vCPUs + 1), at least 1); more than one "
                              "runs boot groups on an in-process Dask cluster")  # fmt: skip
     where = matrix.add_mutually_exclusive_group()
@@ -924,7 +935,9 @@ def build_parser() -> argparse.ArgumentParser:
     nightly.add_argument("--kernel-tree", metavar="PATH", help="the revision under test (e.g. the series' checkout)")
     nightly.add_argument("--junit", metavar="FILE", help="also write the JUnit XML here (CI test view)")
     nightly.add_argument("--keep", type=int, default=60, help="nights to keep (never the baseline; default 60)")
-    nightly.add_argument("--jobs", type=int, default=0)
+    nightly.add_argument(
+        "--jobs", type=at_least_one, default=0, help="guests at once (default: host CPUs // (vCPUs + 1), at least 1)"
+    )
     nightly.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
     nightly_where = nightly.add_mutually_exclusive_group()
     nightly_where.add_argument("--hosts", metavar="HOSTS.toml")
@@ -988,7 +1001,7 @@ def build_parser() -> argparse.ArgumentParser:
     build_kernel = build_sub.add_parser("kernel", help="build a kernel variant (kernel-configs/variants.toml)")
     build_kernel.add_argument("variant")
     build_kernel.add_argument("--kernel-tree", metavar="PATH", help="build from this tree instead of Debian's source")
-    build_kernel.add_argument("--jobs", type=int, default=None)
+    build_kernel.add_argument("--jobs", type=at_least_one, default=None, help="make -j (default: CPUs + 1)")
     build_kernel.set_defaults(func=cmd_build_kernel)
 
     doorbells = bench_sub.add_parser("doorbells", help="MMIO doorbell writes per NVMe command, per kernel")

@@ -79,8 +79,10 @@ def growing_kernels() -> frozenset[str]:
                      .get("CONFIG_SWIOTLB_DYNAMIC") == "y")  # fmt: skip
 
 
-_SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|slabs?)?\s*$", re.I)
-_UNITS = {"b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|TiB|slabs?)?\s*$", re.I)
+_UNITS = {"b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+# What the guest needs beside its pool: the image unpacks into RAM (matrix.memory's lower bound).
+GUEST_IMAGE_MIB = 256
 
 
 # kernel, pool slabs, device, vCPUs, memory MiB, repetition, swiotlb force, poll queues, net load, platform,
@@ -277,6 +279,11 @@ def _workload(name: str, spec: object, base: Path, where: str) -> Workload:
     if "runtime" in spec:
         kwargs["runtime_s"] = _runtime_s(spec["runtime"], f"{where}: workloads.{name}")
     if "job_file" in spec:
+        # runtime stays: it is how long the lab lets fio run before it gives up (the job file's own runtime)
+        given = [k for k in ("rw", "bs", "iodepth", "numjobs", "ioengine", "size", "hipri") if k in spec]
+        if given:
+            raise ConfigError(f"{where}: [workloads.{name}] sets job_file and {', '.join(given)}: the job file says "
+                              "what fio runs, so these would be ignored; set them in the job file")  # fmt: skip
         job = Path(str(spec["job_file"]))
         kwargs["job_file"] = job if job.is_absolute() else base / job
     try:
@@ -477,8 +484,8 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
     memory = []
     for value in _list(section, "memory", ["1GiB"], where("memory")):
         mib = parse_size_bytes(value, where("memory")) >> 20
-        if mib < 256:
-            raise ConfigError(f"{where('memory')}: {value!r} is below the 256 MiB the guest image needs")
+        if mib < GUEST_IMAGE_MIB:
+            raise ConfigError(f"{where('memory')}: {value!r} is below the {GUEST_IMAGE_MIB} MiB the guest image needs")
         memory.append(mib)
     repetitions = section.get("repetitions", 1)
     if not isinstance(repetitions, int) or isinstance(repetitions, bool) or not 1 <= repetitions <= 100:
@@ -534,6 +541,13 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
         "grow_limit": [g[0] for g in limits], "queue_limits": queue_limits, "net_load": net_load,
         "platform": platforms, "conversion_cost": costs, "neighbour": neighbours,
     }  # fmt: skip
+    for axis, values in axes.items():  # a value listed twice would make two cells with one cell ID
+        seen: list[Any] = []
+        for value in values:
+            if value in seen:
+                key = f"{axis}s" if axis in ("kernel", "pool", "device", "workload", "platform") else axis
+                raise ConfigError(f"{where(key)}: {value!r} is listed twice (the same cells twice); list it once")
+            seen.append(value)
     knobs_of = dict(throttles)
     timeout_knobs = dict(timeouts)
     limit_knobs = dict(limits)
@@ -559,6 +573,12 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
     # read each job file once, not once per combination
     loads_neighbour = {w.name: w.job_file is not None and "LAB_NEIGHBOUR" in w.job_file.read_text() for w in workloads}
     for combo in combos:  # after exclude, so that excluding a pair is the way out
+        pool_mib = combo["pool"] * SLAB_BYTES / (1 << 20)
+        if pool_mib + GUEST_IMAGE_MIB > combo["memory"]:
+            raise ConfigError(f"{where('pools')}: a pool of {pool_mib:,.0f} MiB does not fit a guest of "
+                              f"{combo['memory']:,} MiB with the {GUEST_IMAGE_MIB} MiB its image needs; use a pool of "
+                              f"at most {(combo['memory'] - GUEST_IMAGE_MIB):,} MiB or more matrix.memory "
+                              "(or exclude the pair)")  # fmt: skip
         if combo["pool"] == DEFAULT_POOL and knobs_of[combo["throttle"]] is not None:
             raise ConfigError(f"{where('throttle')}: thresholds in percent of the pool need a pool size, and "
                               f'pool = "default" leaves the size to the guest kernel; use throttle = "default" '

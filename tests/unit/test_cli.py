@@ -52,3 +52,19 @@ def test_bad_bench_and_estimate_options_exit_2_naming_them(tmp_path: Path, capsy
     assert main([*argv, "--results", str(tmp_path / "r")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("jobs", ["0", "-3", "two", "1.5"])
+@pytest.mark.parametrize("command", [["run", "matrix", "stock", "--dry-run"], ["nightly"]],
+                         ids=["run-matrix", "nightly"])  # fmt: skip
+def test_a_job_count_below_one_exits_2_naming_the_option(command: list[str], jobs: str,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--jobs", jobs])
+    assert exit_.value.code == 2
+    assert f"argument --jobs: '{jobs}' is not a whole number of at least 1" in capsys.readouterr().err
+
+
+def test_one_job_is_accepted(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "matrix", "stock", "--dry-run", "--jobs", "1"]) == 0
+    assert "4 cells to run" in capsys.readouterr().out

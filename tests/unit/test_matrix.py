@@ -150,6 +150,45 @@ def test_pool_sizes_in_bytes_or_slabs(value: object, slabs: int) -> None:
             id="missing-job-file",
         ),
         pytest.param('[matrix]\npools = [1024]\n[workloads."a;b"]\n', r"name must match", id="shell-metachar-name"),
+        # a pool must leave the guest the 256 MiB its image needs: 1 GiB - 256 MiB = 768 MiB at most
+        pytest.param(
+            '[matrix]\npools = ["2GiB"]\n[workloads.w]\n',
+            r"matrix\.pools: a pool of 2,048 MiB does not fit a guest of 1,024 MiB .* at most 768 MiB",
+            id="pool-above-memory",
+        ),
+        pytest.param(
+            '[matrix]\npools = ["769MiB"]\n[workloads.w]\n',
+            r"a pool of 769 MiB does not fit",
+            id="pool-one-mib-too-big",
+        ),
+        pytest.param(
+            '[matrix]\npools = ["100TiB"]\n[workloads.w]\n', r"a pool of 104,857,600 MiB does not fit", id="pool-in-tib"
+        ),
+        pytest.param(
+            "[matrix]\npools = [1000000000]\n[workloads.w]\n",
+            r"a pool of 1,953,125 MiB does not fit",
+            id="pool-in-slabs",
+        ),
+        pytest.param(
+            '[matrix]\npools = ["64MiB"]\nmemory = ["256MiB"]\n[workloads.w]\n',
+            r"does not fit a guest of 256 MiB",
+            id="small-guest",
+        ),
+        pytest.param(
+            '[matrix]\nkernels = ["static", "static"]\npools = [1024]\n[workloads.w]\n',
+            r"matrix\.kernels: 'static' is listed twice",
+            id="kernel-twice",
+        ),
+        pytest.param(
+            '[matrix]\npools = ["2MiB", 1024]\n[workloads.w]\n',
+            r"matrix\.pools: 1024 is listed twice",
+            id="pool-twice-in-two-spellings",
+        ),
+        pytest.param(
+            '[matrix]\npools = [1024]\n[workloads.x]\njob_file = "x.fio"\nbs = "64k"\niodepth = 8\n',
+            r"\[workloads\.x\] sets job_file and bs, iodepth: the job file says what fio runs",
+            id="job-file-with-bs",
+        ),
     ],
 )
 def test_bad_matrix_input_names_file_key_and_valid_values(tmp_path: Path, text: str, expected: str) -> None:
@@ -529,3 +568,16 @@ def test_a_default_pool_leaves_the_size_to_the_guest_kernel_and_refuses_what_nee
         load_matrix(write(tmp_path, fitted, "q.toml"))
     with pytest.raises(ConfigError, match=r"'defaults' is not a pool size; .* or \"default\""):
         load_matrix(write(tmp_path, text.replace('"default"', '"defaults"'), "d.toml"))
+
+
+def test_a_pool_that_leaves_the_guest_its_image_memory_is_accepted(tmp_path: Path) -> None:
+    matrix = load_matrix(write(tmp_path, '[matrix]\npools = ["768MiB"]\nmemory = ["1GiB"]\n[workloads.w]\n'))
+    assert {c.pool_slabs for c in matrix.cells} == {768 * 512}
+
+
+def test_a_job_file_keeps_its_runtime_as_the_labs_time_limit(tmp_path: Path) -> None:
+    (tmp_path / "x.fio").write_text("[x]\nrw=randread\nruntime=10\n")
+    matrix = load_matrix(
+        write(tmp_path, '[matrix]\npools = [1024]\n[workloads.x]\njob_file = "x.fio"\nruntime = "10s"\n')
+    )
+    assert matrix.cells[0].workload.runtime_s == 10
