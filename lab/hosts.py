@@ -18,7 +18,7 @@ from typing import Any
 from lab.errors import ConfigError
 from lab.platforms import PLATFORMS
 from lab.preflight import HostSettings, Preflight, preflight
-from lab.util import read_toml
+from lab.util import read_toml, unknown_key
 
 HOST_KEYS = {
     "address": 'SSH address, "host" or "host:port"',
@@ -96,8 +96,7 @@ def _host(name: str, spec: object, text: str, path: Path) -> Host:
         raise ConfigError(f"{where()}: must be a table")
     for key in spec:
         if key not in HOST_KEYS:
-            valid = "; ".join(f"{k} ({v})" for k, v in HOST_KEYS.items())
-            raise ConfigError(f"{where(key)}: unknown key {key!r}; valid keys: {valid}")
+            raise ConfigError(f"{where(key)}: {unknown_key(key, list(HOST_KEYS))}")
     address = spec.get("address")
     if not isinstance(address, str) or not address.strip():
         loc = where("address") if "address" in spec else where()

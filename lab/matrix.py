@@ -13,7 +13,7 @@ from typing import Any
 
 from lab.errors import ConfigError
 from lab.platforms import PLATFORM_NAMES
-from lab.util import read_toml
+from lab.util import read_toml, unknown_key
 from lab.vm import MIN_POOL_SLABS, SLAB_BYTES
 from lab.workload import FAULT_DEVICES, Workload
 
@@ -267,8 +267,7 @@ def _workload(name: str, spec: object, base: Path, where: str) -> Workload:
         raise ConfigError(f"{where}: [workloads.{name}] must be a table")
     unknown = sorted(set(spec) - set(WORKLOAD_KEYS))
     if unknown:
-        valid = ", ".join(f"{k} ({v})" for k, v in WORKLOAD_KEYS.items())
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r} in [workloads.{name}]; valid keys: {valid}")
+        raise ConfigError(f"{where}: {unknown_key(unknown[0], list(WORKLOAD_KEYS), f'[workloads.{name}]')}")
     kwargs: dict[str, Any] = {k: spec[k] for k in ("rw", "bs", "iodepth", "numjobs", "ioengine", "size", "hipri",
                                                    "fault") if k in spec}  # fmt: skip
     if "fault_after" in spec:
@@ -461,8 +460,7 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
         raise ConfigError(f"{path}: missing [matrix] table")
     for key in section:
         if key not in MATRIX_KEYS:
-            valid = "; ".join(f"{k} ({v})" for k, v in MATRIX_KEYS.items())
-            raise ConfigError(f"{path}{_line_of(text, key)}: unknown key {key!r} in [matrix]; valid keys: {valid}")
+            raise ConfigError(f"{path}{_line_of(text, key)}: {unknown_key(key, list(MATRIX_KEYS), '[matrix]')}")
 
     def where(key: str) -> str:
         return f"{path}{_line_of(text, key)}: matrix.{key}"

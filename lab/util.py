@@ -72,6 +72,17 @@ def read_toml(path: Path, kind: str) -> tuple[str, dict[str, Any]]:
         raise ConfigError(f"{path}: malformed TOML: {exc}") from exc
 
 
+def unknown_key(key: str, valid: Sequence[str], table: str = "") -> str:
+    """ "unknown key 'kernal' in [matrix]; did you mean 'kernels'? valid keys: ..." (names only: what each key
+    means is in the README and ``--help``, not in a 2,000-character error line)."""
+    import difflib
+
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ";"
+    where = f" in {table}" if table else ""
+    return f"unknown key {key!r}{where}{hint} valid keys: {', '.join(valid)}"
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -581,3 +581,20 @@ def test_a_job_file_keeps_its_runtime_as_the_labs_time_limit(tmp_path: Path) -> 
         write(tmp_path, '[matrix]\npools = [1024]\n[workloads.x]\njob_file = "x.fio"\nruntime = "10s"\n')
     )
     assert matrix.cells[0].workload.runtime_s == 10
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ('kernal = ["static"]', "unknown key 'kernal' in [matrix]; did you mean 'kernels'? valid keys: description, "),
+        ("repetition = 2", "unknown key 'repetition' in [matrix]; did you mean 'repetitions'? valid keys: "),
+        ('flavour = "x"', "unknown key 'flavour' in [matrix]; valid keys: description, kernels, pools, "),
+    ],
+    ids=["typo", "singular", "nothing-close"],
+)
+def test_an_unknown_key_is_named_with_the_closest_valid_one(tmp_path: Path, line: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_matrix(write(tmp_path, f"[matrix]\npools = [1024]\n{line}\n[workloads.w]\n"))
+    message = str(error.value)
+    assert f"m.toml:3: {expected}" in message
+    assert len(message) < 400 + len(str(tmp_path))  # names, not a paragraph per key
