@@ -74,6 +74,25 @@ def _line_in_table(text: str, table: str, key: str | None = None) -> str:
     return ""
 
 
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
+
+
+def _is_public_key(line: str) -> bool:
+    """An OpenSSH public key line: its type, then base64 whose decoded blob names the same type."""
+    import base64
+    import binascii
+
+    parts = line.split()
+    if len(parts) < 2:
+        return False
+    try:
+        blob = base64.b64decode(parts[1], validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    length = int.from_bytes(blob[:4], "big") if len(blob) >= 4 else -1
+    return length > 0 and blob[4 : 4 + length] == parts[0].encode()
+
+
 def load_hosts(path: Path) -> dict[str, Host]:
     """Read and validate a hosts file; every error names the file, line, host and key."""
     text, data = read_toml(path, "hosts")
@@ -83,7 +102,15 @@ def load_hosts(path: Path) -> dict[str, Host]:
     tables = data.get("hosts")
     if not isinstance(tables, dict) or not tables:
         raise ConfigError(f"{path}: no hosts; add a [hosts.NAME] table with at least an address")
-    return {name: _host(name, spec, text, path) for name, spec in tables.items()}
+    hosts = {name: _host(name, spec, text, path) for name, spec in tables.items()}
+    seen: dict[tuple[str, int], str] = {}
+    for name, host in hosts.items():
+        other = seen.setdefault((host.address, host.port), name)
+        if other != name:
+            raise ConfigError(f"{path}{_line_in_table(text, f'hosts.{name}', 'address')}: hosts.{name}.address: "
+                              f"{host.address}:{host.port} is hosts.{other}'s too; one machine is one host (give it "
+                              "more slots instead)")  # fmt: skip
+    return hosts
 
 
 def _host(name: str, spec: object, text: str, path: Path) -> Host:
@@ -104,6 +131,13 @@ def _host(name: str, spec: object, text: str, path: Path) -> Host:
     host, _, port_text = address.strip().rpartition(":") if ":" in address else (address.strip(), "", "22")
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ConfigError(f"{where('address')}: {address!r} has no valid port; use host or host:port")
+    if not _HOSTNAME.match(host):
+        raise ConfigError(f"{where('address')}: {address!r} is not a host name or IP address (letters, digits, "
+                          'dots and dashes, e.g. "snp1.lab.example" or "192.0.2.7:2222")')  # fmt: skip
+    host_key = spec.get("host_key")
+    if host_key is not None and not (isinstance(host_key, str) and _is_public_key(host_key)):
+        raise ConfigError(f"{where('host_key')}: {host_key!r} is not an SSH public key line like "
+                          '"ssh-ed25519 AAAAC3Nza..." (the host\'s /etc/ssh/ssh_host_ed25519_key.pub)')  # fmt: skip
     slots = spec.get("slots", 1)
     if not isinstance(slots, int) or isinstance(slots, bool) or not 1 <= slots <= 256:
         raise ConfigError(f"{where('slots')}: {slots!r} must be an integer from 1 to 256")

@@ -103,7 +103,11 @@ class Session:
     jobs: int = field(default=1, init=False)
 
     def __post_init__(self) -> None:
+        from lab.hosts import load_hosts
+
         self.matrix = load_matrix(self.request.matrix)
+        # Every input is read before anything runs, a dry run included: a bad inventory exits 2 at once.
+        self.hosts = load_hosts(self.request.hosts) if self.request.hosts else None
         if self.request.retry_failed and not self.request.resume:
             raise ConfigError("--retry-failed needs --resume RUN_DIR (the run whose failed cells to rerun)")
         if self.request.resume:
@@ -121,7 +125,6 @@ class Session:
         """Check the host, build or load kernels and the image, probe the platforms, write the manifest."""
         from lab.fanout import DaskPool, SshWorkerPool
         from lab.host import provenance, require_host
-        from lab.hosts import load_hosts
         from lab.image import build_image
         from lab.kernel import build_kernel, local_source
         from lab.keys import client_key
@@ -132,7 +135,6 @@ class Session:
 
         require_host()
         request, matrix = self.request, self.matrix
-        self.hosts = load_hosts(request.hosts) if request.hosts else None  # bad inventories exit 2 first
         self.jobs = request.jobs or default_jobs(max(c.vcpus for c in matrix.cells))
         if self.hosts:
             self.jobs = sum(h.slots for h in self.hosts.values())

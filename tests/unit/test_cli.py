@@ -68,3 +68,9 @@ def test_a_job_count_below_one_exits_2_naming_the_option(command: list[str], job
 def test_one_job_is_accepted(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "matrix", "stock", "--dry-run", "--jobs", "1"]) == 0
     assert "4 cells to run" in capsys.readouterr().out
+
+
+def test_a_dry_run_reads_its_inventory_too(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nonexistent.toml"
+    assert main(["run", "matrix", "stock", "--dry-run", "--hosts", str(missing)]) == 2
+    assert f"{missing}: cannot read hosts file" in capsys.readouterr().err

@@ -37,6 +37,14 @@ GOOD = '[hosts.a]\naddress = "10.0.0.1"\nplatforms = ["kvm"]\n'
     pytest.param("[hosts]\n", ": no hosts; add a [hosts.NAME] table", id="empty"),
     pytest.param("[host.a]\n", ": unknown table [host]; valid: [hosts.NAME]", id="typo-table"),
     pytest.param("[hosts.a\n", ": malformed TOML", id="malformed"),
+    pytest.param('[hosts.a]\naddress = "snp1 lab example"\n',
+                 ":2: hosts.a.address: 'snp1 lab example' is not a host name or IP address", id="address-with-spaces"),
+    pytest.param(GOOD + 'host_key = "not a key"\n', ":4: hosts.a.host_key: 'not a key' is not an SSH public key line",
+                 id="host-key-not-a-key"),
+    pytest.param(GOOD + 'host_key = "ssh-ed25519 AAAAC3NzaC1yc2E="\n',
+                 ":4: hosts.a.host_key: 'ssh-ed25519 AAAAC3NzaC1yc2E=' is not", id="host-key-of-another-type"),
+    pytest.param(GOOD + '[hosts.b]\naddress = "10.0.0.1:22"\n',
+                 ":5: hosts.b.address: 10.0.0.1:22 is hosts.a's too", id="one-address-twice"),
 ])  # fmt: skip
 def test_bad_inventories_name_file_line_host_and_key(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "hosts.toml"
@@ -44,3 +52,11 @@ def test_bad_inventories_name_file_line_host_and_key(tmp_path: Path, text: str, 
     with pytest.raises(ConfigError) as error:
         load_hosts(path)
     assert f"{path}{message}" in str(error.value)
+
+
+def test_a_real_host_key_and_a_second_port_on_one_machine_are_accepted(tmp_path: Path) -> None:
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINLgiG/MEywXhGgsmQXg088CHjguP8VP5IthkNkiI7qw lab-test"
+    inventory = tmp_path / "hosts.toml"
+    inventory.write_text(GOOD + f'host_key = "{key}"\n[hosts.b]\naddress = "10.0.0.1:2222"\n')
+    hosts = load_hosts(inventory)
+    assert hosts["a"].host_key == key and (hosts["b"].address, hosts["b"].port) == ("10.0.0.1", 2222)
