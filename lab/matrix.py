@@ -79,6 +79,16 @@ def growing_kernels() -> frozenset[str]:
                      .get("CONFIG_SWIOTLB_DYNAMIC") == "y")  # fmt: skip
 
 
+def hotplug_kernels() -> frozenset[str]:
+    """Kernels that can take a PCIe hot-unplug (CONFIG_HOTPLUG_PCI_PCIE=y): Debian's stock kernel has it; of
+    the lab's variants, those whose fragments ask for it.  The unplug fault needs one."""
+    from lab.kernel import CONFIG_DIR, load_variants, requested_options
+
+    return frozenset({"stock"}) | frozenset(name for name, variant in load_variants().items()
+                                            if requested_options((CONFIG_DIR / "base.config", *variant.fragments))
+                                            .get("CONFIG_HOTPLUG_PCI_PCIE") == "y")  # fmt: skip
+
+
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|TiB|slabs?)?\s*$", re.I)
 _UNITS = {"b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
 # What the guest needs beside its pool: the image unpacks into RAM (matrix.memory's lower bound).
@@ -570,6 +580,7 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
             combos.append(extra)
     # read each job file once, not once per combination
     loads_neighbour = {w.name: w.job_file is not None and "LAB_NEIGHBOUR" in w.job_file.read_text() for w in workloads}
+    hotplug = hotplug_kernels() if any(w.fault == "unplug" for w in workloads) else frozenset()
     for combo in combos:  # after exclude, so that excluding a pair is the way out
         pool_mib = combo["pool"] * SLAB_BYTES / (1 << 20)
         if pool_mib + GUEST_IMAGE_MIB > combo["memory"]:
@@ -585,6 +596,10 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
             raise ConfigError(f"{where('queue_limits')}: a queue fitted to the pool needs a pool size, and "
                               'pool = "default" leaves the size to the guest kernel (exclude the pair)')  # fmt: skip
         workload = by_name[combo["workload"]]
+        if workload.fault == "unplug" and combo["kernel"] not in hotplug:
+            raise ConfigError(f"{where('workloads')}: workload {workload.name!r} unplugs the device, which kernel "
+                              f"{combo['kernel']!r} cannot take (no CONFIG_HOTPLUG_PCI_PCIE); kernels that can: "
+                              f"{', '.join(sorted(hotplug))} (or exclude the pair)")  # fmt: skip
         if workload.fault and combo["device"] not in FAULT_DEVICES[workload.fault]:
             raise ConfigError(f"{where('workloads')}: workload {workload.name!r} injects fault {workload.fault!r}, "
                               f"which needs device {' or '.join(FAULT_DEVICES[workload.fault])}, "

@@ -395,7 +395,7 @@ def test_a_bad_grow_limit_names_the_key(tmp_path: Path) -> None:
 
 FAULTS = """
 [matrix]
-kernels = ["throttle-v2"]
+kernels = ["throttle-v2-debug"]
 pools = ["2MiB"]
 devices = ["nvme", "virtio-blk"]
 workloads = ["plain", "unplug"]
@@ -426,6 +426,12 @@ def test_an_unplug_workload_boots_alone_behind_a_root_port(tmp_path: Path) -> No
         pytest.param('fault = "reset"', "needs device nvme, not 'virtio-blk'", id="reset-on-virtio"),
         pytest.param('fault = "crash"', "fault = 'crash' is not one of reset, io-timeout, unplug", id="unknown"),
         pytest.param('fault = "unplug"\nfault_after = "10s"', r"0 < fault_after < 10", id="after-the-run"),
+        pytest.param(
+            'fault = "unplug"',
+            r"workload 'a' unplugs the device, which kernel 'throttle-v2' cannot take \(no CONFIG_HOTPLUG_PCI_PCIE\); "
+            r"kernels that can: stock, throttle-v2-debug",
+            id="unplug-without-hotplug",
+        ),
     ],
 )
 def test_bad_faults_are_refused(tmp_path: Path, workload: str, message: str) -> None:
