@@ -6,10 +6,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-# Host packages: QEMU and image tools, kernel build tools, a browser for report checks.
+# Host packages: QEMU and image tools, kernel build tools, fio (its parser checks job files), a browser
+# for report checks.
 DEB_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap e2fsprogs dpkg apt kmod gcc libc6-dev make \
 	bc bison flex libelf-dev libssl-dev ccache dwarves cpio rsync xz-utils zstd git \
-	lz4 patch iproute2 python3 python3-venv ca-certificates openssh-client openssh-server ovmf chromium
+	lz4 patch iproute2 fio python3 python3-venv ca-certificates openssh-client openssh-server ovmf chromium
 
 .PHONY: setup setup-debian setup-python matrix test lint doctor clean
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import configparser
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from lab.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 RW_MODES = ("read", "write", "randread", "randwrite", "rw", "readwrite", "randrw", "trim", "randtrim")
 IOENGINES = ("libaio", "io_uring", "psync", "sync", "pvsync", "pvsync2", "posixaio")
@@ -27,16 +30,59 @@ FAULT_IO_TIMEOUT_MS = 2000
 FIO_OUTPUT_FORMAT = "json+"
 
 
+# What a job file may name as its target: the lab picks the disks (fio_argv sets these variables).
+JOB_TARGETS = ("${LAB_DEVICE}", "${LAB_NEIGHBOUR}")
+
+
 def check_job_file(path: Path) -> None:
-    """Reject a fio job file that is not valid INI (fio's format) before any guest boots."""
+    """Refuse a fio job file before any guest boots: fio's own parser on the host (``fio --parse-only``,
+    unknown options and bad values included) and the lab's rules: every job reads and writes only the disks
+    the lab names (``filename=${LAB_DEVICE}`` or ``${LAB_NEIGHBOUR}``), and has a runtime."""
     parser = configparser.ConfigParser(strict=False, allow_no_value=True, interpolation=None)
     try:
         parser.read_string(path.read_text(), source=str(path))
+    except configparser.MissingSectionHeaderError as exc:
+        raise ConfigError(f"{path}:{exc.lineno}: fio job file syntax error: {exc.line.strip()!r} comes before any "
+                          "[job] section") from exc  # fmt: skip
+    except configparser.ParsingError as exc:
+        line, text = exc.errors[0] if exc.errors else (0, "")
+        raise ConfigError(f"{path}:{line}: fio job file syntax error: {text.strip()!r} is not option=value") from exc
     except configparser.Error as exc:
         raise ConfigError(f"{path}: fio job file syntax error: {exc}") from exc
     jobs = [name for name in parser.sections() if name != "global"]
     if not jobs:
         raise ConfigError(f"{path}: fio job file defines no job (need a [jobname] section besides [global])")
+    shared = parser["global"] if parser.has_section("global") else {}
+    for job in jobs:
+        options = {**shared, **parser[job]}
+        target = options.get("filename")
+        if target is None:
+            raise ConfigError(f"{path}: [{job}] names no filename; the lab picks the disk: filename=${{LAB_DEVICE}}")
+        if target.strip() not in JOB_TARGETS:
+            raise ConfigError(f"{path}: [{job}] filename={target} is not a disk the lab gives the job; use "
+                              "filename=${LAB_DEVICE} (the disk under test) or ${LAB_NEIGHBOUR}")  # fmt: skip
+        if "runtime" not in options:
+            raise ConfigError(f"{path}: [{job}] has no runtime; the lab needs to know how long fio runs "
+                              "(runtime=10 with time_based=1)")  # fmt: skip
+    _fio_parse_only(path)
+
+
+def _fio_parse_only(path: Path) -> None:
+    """fio's own verdict on the file (host fio; Debian's is the guest image's version), skipped with a
+    warning where the host has no fio."""
+    import shutil
+    import subprocess
+
+    fio = shutil.which("fio")
+    if fio is None:
+        log.warning("fio is not installed on this host: %s checked by the lab's rules only", path)
+        return
+    env = {"PATH": "/usr/bin:/bin", **{name[2:-1]: "/dev/null" for name in JOB_TARGETS}}
+    result = subprocess.run([fio, "--parse-only", str(path)], env=env, capture_output=True, text=True, timeout=30,
+                            check=False)  # fmt: skip
+    if result.returncode != 0:
+        said = " ".join((result.stderr + result.stdout).split())
+        raise ConfigError(f"{path}: fio refuses the job file: {said[:400]}")
 
 
 @dataclass(frozen=True)
@@ -68,7 +114,7 @@ class Workload:
                               f"(0 < fault_after < {self.runtime_s})")  # fmt: skip
         if self.job_file is not None:
             if not self.job_file.is_file():
-                raise ConfigError(f"{where}: job_file {self.job_file} does not exist")
+                raise ConfigError(f"{where}: job_file {self.job_file.resolve()} does not exist")
             check_job_file(self.job_file)
             return
         if self.rw not in RW_MODES:
