@@ -20,8 +20,7 @@ from lab.store import SKIPPED
 
 MAX_MAPPING_SLABS = 128  # largest single bounce mapping: 256 KiB
 NEAR_THRESHOLD_FRAC = 0.10  # "near the threshold": at most 10% of the pool above high_throttle
-PERF_METRICS = (("fio_iops", True), ("fio_clat_p50_us", False), ("fio_clat_p99_us", False),
-                ("fio_clat_p999_us", False))  # fmt: skip
+PERF_METRICS = (("fio_iops", True), ("fio_clat_p50_us", False), ("fio_clat_p99_us", False), ("fio_clat_p999_us", False))
 
 
 @dataclass(frozen=True)
@@ -141,9 +140,11 @@ def judge_c1(cells: pd.DataFrame) -> Verdict:
 def judge_c2(cells: pd.DataFrame, kernel: str = "throttle") -> Verdict:
     text = "With throttling and the same fio load, the high-water mark stays near the throttle threshold, no errors"
     metric = "hiwater - high_throttle; failed maps; fio errors; per pool size"
-    threshold = (f"every cell of a pool: map failures == 0, fio errors == 0, hiwater <= high_throttle + "
-                 f"{NEAR_THRESHOLD_FRAC:.0%} of nslabs, and throttling engaged (high_throttle_count > 0); "
-                 "contradicted if any pool size fails this")  # fmt: skip
+    threshold = (
+        f"every cell of a pool: map failures == 0, fio errors == 0, hiwater <= high_throttle + "
+        f"{NEAR_THRESHOLD_FRAC:.0%} of nslabs, and throttling engaged (high_throttle_count > 0); "
+        "contradicted if any pool size fails this"
+    )
     usable = _select(_ok(cells), kernel, "heavy")
     if usable.empty:
         return _missing("C2", text, metric, threshold, f"successful `{kernel}` cells with a heavy workload")
@@ -181,8 +182,10 @@ def judge_c3(cells: pd.DataFrame) -> Verdict:
         return _missing("C3", text, metric, threshold, "successful `dynamic` cells with a heavy workload")
     chosen = _select(_ok(cells), "dynamic", "heavy", pool)
     growth = chosen["nslabs_after"] / chosen["pool_slabs_requested"]
-    detail = f"requested {pool} slabs; after the run {int(chosen['nslabs_after'].min())}-" \
-             f"{int(chosen['nslabs_after'].max())} slabs (x{growth.max():.1f})"  # fmt: skip
+    detail = (
+        f"requested {pool} slabs; after the run {int(chosen['nslabs_after'].min())}-"
+        f"{int(chosen['nslabs_after'].max())} slabs (x{growth.max():.1f})"
+    )
     verdict = "supported" if (growth > 1).all() else ("contradicted" if (growth <= 1).all() else "inconclusive")
     return Verdict("C3", text, verdict, metric, threshold, _ids(chosen), detail)
 
@@ -197,15 +200,19 @@ def _pair(cells: pd.DataFrame, a: str, b: str, kind: str) -> tuple[pd.DataFrame,
 def judge_c4(cells: pd.DataFrame) -> Verdict:
     text = "If one CPU can queue enough requests to fill the pool, throttling does nothing"
     metric = "hiwater and failed maps, static vs throttle, one fio job with a deep queue"
-    threshold = ("premise: static fills the pool (map failures > 0 or hiwater >= nslabs - 128); contradicted if "
-                 "throttle lowers hiwater or map failures significantly; supported if neither differs")  # fmt: skip
+    threshold = (
+        "premise: static fills the pool (map failures > 0 or hiwater >= nslabs - 128); contradicted if "
+        "throttle lowers hiwater or map failures significantly; supported if neither differs"
+    )
     static, throttle, pool = _pair(cells, "static", "throttle", "single-queue")
     if pool is None:
         return _missing("C4", text, metric, threshold, "`static` and `throttle` cells with one deep-queue job")
-    comparisons = compare_family([
-        Metric("hiwater", static["hiwater"].tolist(), throttle["hiwater"].tolist(), False),
-        Metric("map_failures", static["map_failures"].tolist(), throttle["map_failures"].tolist(), False),
-    ])  # fmt: skip
+    comparisons = compare_family(
+        [
+            Metric("hiwater", static["hiwater"].tolist(), throttle["hiwater"].tolist(), False),
+            Metric("map_failures", static["map_failures"].tolist(), throttle["map_failures"].tolist(), False),
+        ]
+    )
     hiwater, failures = comparisons
     engaged = throttle["high_throttle_count"].fillna(0)
     detail = (
@@ -274,8 +281,9 @@ def _regression_verdict(comparisons: tuple[Comparison, ...], *, if_regressed: st
     return "inconclusive" if conclusions & UNDECIDED else otherwise
 
 
-def _describe(comparisons: tuple[Comparison, ...], base: pd.DataFrame | None = None,
-              cand: pd.DataFrame | None = None) -> str:  # fmt: skip
+def _describe(
+    comparisons: tuple[Comparison, ...], base: pd.DataFrame | None = None, cand: pd.DataFrame | None = None
+) -> str:
     def one(c: Comparison) -> str:
         text = f"{c.metric} {c.change_pct:+.1f}% ({c.conclusion}"
         if c.reps_needed is not None:
@@ -320,8 +328,16 @@ def judge_c5(cells: pd.DataFrame, kernel: str = "throttle") -> Verdict:
         return Verdict("C5", text, "inconclusive", metric, threshold, _ids(lost, static, exempt_cells), detail)
     comparisons = _perf(static, throttle)
     verdict = _regression_verdict(comparisons, if_regressed="supported", otherwise="contradicted")
-    return Verdict("C5", text, verdict, metric, threshold, _ids(static, throttle, exempt_cells),
-                   _describe(comparisons, static, throttle) + exempt_text, comparisons)  # fmt: skip
+    return Verdict(
+        "C5",
+        text,
+        verdict,
+        metric,
+        threshold,
+        _ids(static, throttle, exempt_cells),
+        _describe(comparisons, static, throttle) + exempt_text,
+        comparisons,
+    )
 
 
 def _exempt_polled(cells: pd.DataFrame, static: pd.DataFrame, pool: int) -> tuple[str, pd.DataFrame]:
@@ -352,8 +368,10 @@ def judge_c6(cells: pd.DataFrame, kernel: str = "throttle") -> Verdict:
 
 C7_TEXT = "Delaying requests is cheaper than growing the pool in a CoCo VM"
 C7_METRIC = "IOPS and completion latency, throttle vs dynamic at the same requested pool"
-C7_THRESHOLD = ("contradicted if throttle is significantly worse than dynamic on any of them; "
-                "supported if it is worse on none and every metric is decided")  # fmt: skip
+C7_THRESHOLD = (
+    "contradicted if throttle is significantly worse than dynamic on any of them; "
+    "supported if it is worse on none and every metric is decided"
+)
 NEEDS_COCO = "needs an SEV-SNP or TDX host"
 
 
@@ -375,8 +393,7 @@ def _c7_measured(cells: pd.DataFrame) -> tuple[Verdict, bool] | None:
     if coco:
         detail += f"; memory encryption: {', '.join(sorted(encryption))}"
     verdict = _regression_verdict(comparisons, if_regressed="contradicted", otherwise="supported")
-    return Verdict("C7", C7_TEXT, verdict, C7_METRIC, C7_THRESHOLD, _ids(dynamic, throttle), detail,
-                   comparisons), coco  # fmt: skip
+    return Verdict("C7", C7_TEXT, verdict, C7_METRIC, C7_THRESHOLD, _ids(dynamic, throttle), detail, comparisons), coco
 
 
 def judge_c7(cells: pd.DataFrame) -> Verdict:
@@ -389,10 +406,14 @@ def judge_c7(cells: pd.DataFrame) -> Verdict:
     verdict, coco = measured
     if coco:
         return verdict
-    return replace(verdict, verdict="inconclusive", comparisons=(),
-                   detail=f"{NEEDS_COCO}: these guests ran without memory encryption, so growing the pool "
-                   "converted no page; what they measured is row C7-plain, and conversion.toml's row "
-                   "C7-emulated charges an emulated conversion cost")  # fmt: skip
+    return replace(
+        verdict,
+        verdict="inconclusive",
+        comparisons=(),
+        detail=f"{NEEDS_COCO}: these guests ran without memory encryption, so growing the pool "
+        "converted no page; what they measured is row C7-plain, and conversion.toml's row "
+        "C7-emulated charges an emulated conversion cost",
+    )
 
 
 def judge_c7_plain(cells: pd.DataFrame) -> list[Verdict]:
@@ -401,9 +422,14 @@ def judge_c7_plain(cells: pd.DataFrame) -> list[Verdict]:
     if measured is None or measured[1]:
         return []
     verdict = measured[0]
-    return [replace(verdict, claim="C7-plain",
-                    text="Without memory encryption (growing converts no page): delaying requests is cheaper "
-                    "than growing the pool")]  # fmt: skip
+    return [
+        replace(
+            verdict,
+            claim="C7-plain",
+            text="Without memory encryption (growing converts no page): delaying requests is cheaper "
+            "than growing the pool",
+        )
+    ]
 
 
 def judge_c7_emulated(cells: pd.DataFrame) -> list[Verdict]:
@@ -413,14 +439,20 @@ def judge_c7_emulated(cells: pd.DataFrame) -> list[Verdict]:
     ok = ok[~special_cells(ok, conversion=False)] if not ok.empty else ok
     if ok.empty or "conversion_ns" not in ok or not (ok["conversion_ns"].fillna(0) > 0).any():
         return []
-    text = ("Emulated: delaying requests is cheaper than growing the pool once converting a page costs at least "
-            "the break-even (a busy-wait per page stands in for SEV-SNP/TDX page-state changes)")  # fmt: skip
-    metric = ("IOPS and completion latency, throttle vs dynamic charged each swept conversion cost per page, "
-              "heavy load, smallest pool both ran; break-even = the smallest swept cost from which on dynamic "
-              "is significantly worse at every larger cost")  # fmt: skip
-    threshold = ("supported if the sweep has a break-even; contradicted if dynamic is not significantly worse "
-                 "even at the largest cost and every metric there is decided; inconclusive otherwise. "
-                 f"Emulated: the CoCo verdict (C7) {NEEDS_COCO}")  # fmt: skip
+    text = (
+        "Emulated: delaying requests is cheaper than growing the pool once converting a page costs at least "
+        "the break-even (a busy-wait per page stands in for SEV-SNP/TDX page-state changes)"
+    )
+    metric = (
+        "IOPS and completion latency, throttle vs dynamic charged each swept conversion cost per page, "
+        "heavy load, smallest pool both ran; break-even = the smallest swept cost from which on dynamic "
+        "is significantly worse at every larger cost"
+    )
+    threshold = (
+        "supported if the sweep has a break-even; contradicted if dynamic is not significantly worse "
+        "even at the largest cost and every metric there is decided; inconclusive otherwise. "
+        f"Emulated: the CoCo verdict (C7) {NEEDS_COCO}"
+    )
     applied = ok["conversion_ns_applied"].fillna(-1) if "conversion_ns_applied" in ok else pd.Series(-1, ok.index)
     charged = ok[(ok["conversion_ns"].fillna(0) == 0) | (applied == ok["conversion_ns"])]
     plain_throttle = charged[charged["conversion_ns"].fillna(0) == 0]
@@ -450,8 +482,10 @@ def judge_c7_emulated(cells: pd.DataFrame) -> list[Verdict]:
         worse[cost] = "regressed" in conclusions
         decided_at_max = not (conclusions & UNDECIDED)
         iops = next(c for c in comparisons if c.metric == "fio_iops")
-        notes.append(f"{cost} ns: IOPS {iops.change_pct:+.1f}% ({iops.conclusion}), "
-                     f"{'growth worse' if worse[cost] else 'growth not worse'}")  # fmt: skip
+        notes.append(
+            f"{cost} ns: IOPS {iops.change_pct:+.1f}% ({iops.conclusion}), "
+            f"{'growth worse' if worse[cost] else 'growth not worse'}"
+        )
         evidence.append(group)
     costs = sorted(worse)
     break_even = _from_on(costs, worse)
@@ -463,8 +497,7 @@ def judge_c7_emulated(cells: pd.DataFrame) -> list[Verdict]:
         verdict, lead = "contradicted", f"growth is not worse even at {costs[-1]} ns per page (emulated)"
     else:
         verdict, lead = "inconclusive", "no break-even in the sweep, and the largest cost is not decided"
-    detail = (f"{lead}; pool {pool}, dynamic vs throttle ({len(throttle)} cells), change of dynamic: "
-              + "; ".join(notes))  # fmt: skip
+    detail = f"{lead}; pool {pool}, dynamic vs throttle ({len(throttle)} cells), change of dynamic: " + "; ".join(notes)
     return [Verdict("C7-emulated", text, verdict, metric, threshold, _ids(*evidence), detail)]
 
 
@@ -473,12 +506,18 @@ SERIES_V2 = "throttle-v2"
 
 
 def judge_c8(cells: pd.DataFrame) -> Verdict:
-    text = ("The wait should be bounded (wait with a timeout, then fail or grow): series v2's default bound "
-            "costs nothing against an unbounded wait")  # fmt: skip
-    metric = ("IOPS, p50/p99/p99.9 completion latency, throttle-v2 with its default bound vs no bound "
-              "(throttle_timeout_ms = U32_MAX), heavy load, smallest common pool; the sweep's medians")  # fmt: skip
-    threshold = ("contradicted if the bounded wait regresses any of them significantly (Holm within the family); "
-                 "supported if none regresses and every metric is decided")  # fmt: skip
+    text = (
+        "The wait should be bounded (wait with a timeout, then fail or grow): series v2's default bound "
+        "costs nothing against an unbounded wait"
+    )
+    metric = (
+        "IOPS, p50/p99/p99.9 completion latency, throttle-v2 with its default bound vs no bound "
+        "(throttle_timeout_ms = U32_MAX), heavy load, smallest common pool; the sweep's medians"
+    )
+    threshold = (
+        "contradicted if the bounded wait regresses any of them significantly (Holm within the family); "
+        "supported if none regresses and every metric is decided"
+    )
     if cells.empty or "throttle_timeout_ms" not in cells:
         return _missing("C8", text, metric, threshold, "throttle-v2 cells with a timeout sweep")
     v2 = _select(_ok(cells), SERIES_V2, "heavy")
@@ -504,10 +543,12 @@ def judge_c8(cells: pd.DataFrame) -> Verdict:
         part = part[part["throttle_timeout_ms"].notna()] if "throttle_timeout_ms" in part else part.iloc[0:0]
         for ms, group in sorted(part.groupby("throttle_timeout_ms"), key=lambda item: item[0]):
             grown = (group["nslabs_after"].fillna(group["nslabs"]) - group["nslabs"]).max()
-            sweep.append(f"{kernel} {timeout_label(ms)}: IOPS {group['fio_iops'].median():.0f}, p99 "
-                         f"{group['fio_clat_p99_us'].median() / 1e3:.0f} ms, failed maps "
-                         f"{_span(group['map_failures'])}, timeouts {_span(group['throttle_timeouts'])}"
-                         + (f", grew {int(grown)} slabs" if kernel.endswith("dynamic") else ""))  # fmt: skip
+            sweep.append(
+                f"{kernel} {timeout_label(ms)}: IOPS {group['fio_iops'].median():.0f}, p99 "
+                f"{group['fio_clat_p99_us'].median() / 1e3:.0f} ms, failed maps "
+                f"{_span(group['map_failures'])}, timeouts {_span(group['throttle_timeouts'])}"
+                + (f", grew {int(grown)} slabs" if kernel.endswith("dynamic") else "")
+            )
     detail = f"pool {pool}: {DEFAULT_TIMEOUT_MS} ms vs none: {_describe(comparisons, unbounded, bounded)}"
     if sweep:
         detail += "; sweep (medians): " + "; ".join(sweep)
@@ -521,15 +562,21 @@ def _queue_limits(cells: pd.DataFrame) -> pd.Series:
 
 
 def judge_c11(cells: pd.DataFrame, kernel: str = SERIES_V2) -> Verdict:
-    text = ("The alternative (Bart Van Assche): a driver can limit what it has in flight, so a static pool with "
-            "the block queue sized to fit it does what throttling does")  # fmt: skip
-    metric = (f"failed maps, then IOPS and p50/p99/p99.9 latency: `static` with nr_requests x max_sectors_kb fitted "
-              f"to a share of the pool (each share the run has) vs `{kernel}` with default queue limits, heavy "
-              "load, smallest pool both ran")  # fmt: skip
-    threshold = ("judged per share: a share fails if its fitted static pool still fails maps (median per cell > 0) "
-                 "or regresses a performance metric significantly (Holm within the share); it holds if neither, "
-                 "and every metric is decided. Supported if any share holds (named in the detail), contradicted "
-                 "if every share fails, inconclusive otherwise")  # fmt: skip
+    text = (
+        "The alternative (Bart Van Assche): a driver can limit what it has in flight, so a static pool with "
+        "the block queue sized to fit it does what throttling does"
+    )
+    metric = (
+        f"failed maps, then IOPS and p50/p99/p99.9 latency: `static` with nr_requests x max_sectors_kb fitted "
+        f"to a share of the pool (each share the run has) vs `{kernel}` with default queue limits, heavy "
+        "load, smallest pool both ran"
+    )
+    threshold = (
+        "judged per share: a share fails if its fitted static pool still fails maps (median per cell > 0) "
+        "or regresses a performance metric significantly (Holm within the share); it holds if neither, "
+        "and every metric is decided. Supported if any share holds (named in the detail), contradicted "
+        "if every share fails, inconclusive otherwise"
+    )
     ok = _ok(cells)
     limits = _queue_limits(ok) if not ok.empty else pd.Series(dtype=object)
     fitted_all = ok[limits != "default"] if not ok.empty else ok
@@ -553,8 +600,10 @@ def judge_c11(cells: pd.DataFrame, kernel: str = SERIES_V2) -> Verdict:
         label = f"{round((queue_fit_share(value) or 0.0) * 100)}%"
         applied = "limits not recorded"
         if "queue_nr_requests" in fitted:
-            applied = (f"nr_requests {_span(fitted['queue_nr_requests'])}, "
-                       f"max_sectors_kb {_span(fitted['queue_max_sectors_kb'])}")  # fmt: skip
+            applied = (
+                f"nr_requests {_span(fitted['queue_nr_requests'])}, "
+                f"max_sectors_kb {_span(fitted['queue_max_sectors_kb'])}"
+            )
         found = _perf(throttled, fitted)
         if fitted["map_failures"].median() > 0:
             outcome = "fails (maps fail)"
@@ -564,8 +613,10 @@ def judge_c11(cells: pd.DataFrame, kernel: str = SERIES_V2) -> Verdict:
             ]
         outcomes.append(outcome)
         comparisons += [replace(c, metric=f"fit {label} {c.metric}") for c in found]
-        parts.append(f"fitted to {label} ({applied}) {outcome}: failed maps {_span(fitted['map_failures'])}; "
-                     f"{_describe(found, throttled, fitted)}")  # fmt: skip
+        parts.append(
+            f"fitted to {label} ({applied}) {outcome}: failed maps {_span(fitted['map_failures'])}; "
+            f"{_describe(found, throttled, fitted)}"
+        )
     if "holds" in outcomes:
         verdict = "supported"
     elif all(o.startswith("fails") for o in outcomes):
@@ -583,13 +634,19 @@ def _largest_common_pool(cells: pd.DataFrame, kernels: tuple[str, ...], kind: st
 
 
 def judge_c12(cells: pd.DataFrame, kernel: str = SERIES_V2) -> Verdict:
-    text = ("Blocking submission is not free (Christoph Hellwig): with the throttle never engaged, a driver that "
-            "opted in to BLK_MQ_F_BLOCKING costs IOPS, latency or CPU")  # fmt: skip
-    metric = (f"IOPS, p50/p99/p99.9 completion latency and guest CPU time per I/O, `{kernel}` vs `static`, one job "
-              "of 4 KiB reads at QD1 and at QD32, on the largest pool both ran")  # fmt: skip
-    threshold = ("supported if any metric regresses significantly (Holm over the metrics of both loads together); "
-                 "contradicted if none does and every metric is decided; inconclusive if the throttle engaged or "
-                 "the driver did not opt in (then the cells do not ask the question)")  # fmt: skip
+    text = (
+        "Blocking submission is not free (Christoph Hellwig): with the throttle never engaged, a driver that "
+        "opted in to BLK_MQ_F_BLOCKING costs IOPS, latency or CPU"
+    )
+    metric = (
+        f"IOPS, p50/p99/p99.9 completion latency and guest CPU time per I/O, `{kernel}` vs `static`, one job "
+        "of 4 KiB reads at QD1 and at QD32, on the largest pool both ran"
+    )
+    threshold = (
+        "supported if any metric regresses significantly (Holm over the metrics of both loads together); "
+        "contradicted if none does and every metric is decided; inconclusive if the throttle engaged or "
+        "the driver did not opt in (then the cells do not ask the question)"
+    )
     metrics: list[Metric] = []
     evidence: list[pd.DataFrame] = []
     notes: list[str] = []
@@ -601,16 +658,26 @@ def judge_c12(cells: pd.DataFrame, kernel: str = SERIES_V2) -> Verdict:
             continue
         static, cand = _select(small, "static", kind, pool), _select(small, kernel, kind, pool)
         zero = pd.Series(0, index=cand.index)
-        engaged = int(cand.get("high_throttle_count", zero).fillna(0).sum()
-                      + cand.get("low_throttle_count", zero).fillna(0).sum())  # fmt: skip
+        engaged = int(
+            cand.get("high_throttle_count", zero).fillna(0).sum() + cand.get("low_throttle_count", zero).fillna(0).sum()
+        )
         blocking = bool(cand.get("hctx_blocking", pd.Series(False, index=cand.index)).fillna(False).all())
         if engaged or not blocking:
             why = f"the throttle engaged {engaged} times" if engaged else "the driver did not opt in to blocking"
-            return Verdict("C12", text, "inconclusive", metric, threshold, _ids(static, cand),
-                           f"{label} on pool {pool}: {why}, so these cells do not ask the question")  # fmt: skip
+            return Verdict(
+                "C12",
+                text,
+                "inconclusive",
+                metric,
+                threshold,
+                _ids(static, cand),
+                f"{label} on pool {pool}: {why}, so these cells do not ask the question",
+            )
         base, other, like = like_with_like(static, cand)
-        metrics += [Metric(f"{label} {m}", base[m].tolist(), other[m].tolist(), higher)
-                    for m, higher in (*PERF_METRICS, ("guest_cpu_us_per_io", False))]  # fmt: skip
+        metrics += [
+            Metric(f"{label} {m}", base[m].tolist(), other[m].tolist(), higher)
+            for m, higher in (*PERF_METRICS, ("guest_cpu_us_per_io", False))
+        ]
         evidence += [static, cand]
         notes.append(f"{label} on pool {pool} ({len(base)} vs {len(other)} {like})")
     if not metrics:
@@ -636,38 +703,65 @@ def neighbour_ratios(cells: pd.DataFrame, kernel: str) -> pd.DataFrame:
     pairs = mine[busy].merge(mine[~busy], on=keys, suffixes=("", "_alone"))
     if pairs.empty:
         return pairs
-    pairs = pairs.assign(iops_ratio=pairs["fio_iops"] / pairs["fio_iops_alone"],
-                         p99_ratio=pairs["fio_clat_p99_us"] / pairs["fio_clat_p99_us_alone"])  # fmt: skip
+    pairs = pairs.assign(
+        iops_ratio=pairs["fio_iops"] / pairs["fio_iops_alone"],
+        p99_ratio=pairs["fio_clat_p99_us"] / pairs["fio_clat_p99_us_alone"],
+    )
     return pairs
 
 
 def judge_c9(cells: pd.DataFrame, kernel: str = "throttle") -> Verdict:
-    text = ("A global throttle lets a slow device hold up a fast one (Petr Tesařík): the fast device suffers more "
-            "from a slow neighbour with throttling than without")  # fmt: skip
-    metric = (f"the fast NVMe disk's IOPS and p99 next to a slow neighbour's reads, as a fraction of the same disk "
-              f"alone in the same boot; `{kernel}` vs `static`, smallest pool both ran")  # fmt: skip
-    threshold = ("supported if either fraction is significantly worse under the throttle (Holm over the two); "
-                 "contradicted if neither is and both are decided")  # fmt: skip
+    text = (
+        "A global throttle lets a slow device hold up a fast one (Petr Tesařík): the fast device suffers more "
+        "from a slow neighbour with throttling than without"
+    )
+    metric = (
+        f"the fast NVMe disk's IOPS and p99 next to a slow neighbour's reads, as a fraction of the same disk "
+        f"alone in the same boot; `{kernel}` vs `static`, smallest pool both ran"
+    )
+    threshold = (
+        "supported if either fraction is significantly worse under the throttle (Holm over the two); "
+        "contradicted if neither is and both are decided"
+    )
     static, cand = neighbour_ratios(cells, "static"), neighbour_ratios(cells, kernel)
-    pools = (set(static["pool_slabs_requested"]) & set(cand["pool_slabs_requested"])
-             if not static.empty and not cand.empty else set())  # fmt: skip
+    pools = (
+        set(static["pool_slabs_requested"]) & set(cand["pool_slabs_requested"])
+        if not static.empty and not cand.empty
+        else set()
+    )
     if not pools:
-        return _missing("C9", text, metric, threshold,
-                        f'`static` and `{kernel}` boots with neighbour = "slow" running the fast device alone and '
-                        "next to the neighbour")  # fmt: skip
+        return _missing(
+            "C9",
+            text,
+            metric,
+            threshold,
+            f'`static` and `{kernel}` boots with neighbour = "slow" running the fast device alone and '
+            "next to the neighbour",
+        )
     pool = min(pools)
     static, cand = (f[f["pool_slabs_requested"] == pool] for f in (static, cand))
-    comparisons = compare_family([
-        Metric("fast-device IOPS with the neighbour / alone", static["iops_ratio"].tolist(),
-               cand["iops_ratio"].tolist(), True),
-        Metric("fast-device p99 with the neighbour / alone", static["p99_ratio"].tolist(),
-               cand["p99_ratio"].tolist(), False),
-    ])  # fmt: skip
-    detail = (f"pool {pool}, {len(static)} vs {len(cand)} boots: IOPS kept static "
-              f"{static['iops_ratio'].median():.2f} vs {kernel} {cand['iops_ratio'].median():.2f} (median), p99 "
-              f"x{static['p99_ratio'].median():.2f} vs x{cand['p99_ratio'].median():.2f}; neighbour IOPS static "
-              f"{_span(static['neighbour_iops'])}, {kernel} {_span(cand['neighbour_iops'])}; "
-              + _describe(comparisons))  # fmt: skip
+    comparisons = compare_family(
+        [
+            Metric(
+                "fast-device IOPS with the neighbour / alone",
+                static["iops_ratio"].tolist(),
+                cand["iops_ratio"].tolist(),
+                True,
+            ),
+            Metric(
+                "fast-device p99 with the neighbour / alone",
+                static["p99_ratio"].tolist(),
+                cand["p99_ratio"].tolist(),
+                False,
+            ),
+        ]
+    )
+    detail = (
+        f"pool {pool}, {len(static)} vs {len(cand)} boots: IOPS kept static "
+        f"{static['iops_ratio'].median():.2f} vs {kernel} {cand['iops_ratio'].median():.2f} (median), p99 "
+        f"x{static['p99_ratio'].median():.2f} vs x{cand['p99_ratio'].median():.2f}; neighbour IOPS static "
+        f"{_span(static['neighbour_iops'])}, {kernel} {_span(cand['neighbour_iops'])}; " + _describe(comparisons)
+    )
     verdict = _regression_verdict(comparisons, if_regressed="supported", otherwise="contradicted")
     ids = (*static["cell_id"], *static["cell_id_alone"], *cand["cell_id"], *cand["cell_id_alone"])
     return Verdict("C9", text, verdict, metric, threshold, tuple(ids), detail, comparisons)
@@ -706,8 +800,10 @@ def smallest_sufficient(group: pd.DataFrame) -> PoolSearch:
     ample_p99 = by_pool[pools[-1]]["fio_clat_p99_us"].astype(float)
     ample = float(ample_p99.median())
     rsd = float(ample_p99.std() / ample_p99.mean() * 100) if len(ample_p99) > 1 else math.inf
-    clean = {p: bool((g["map_failures"].fillna(1) == 0).all() and (g["fio_errors"].fillna(1) == 0).all())
-             for p, g in by_pool.items()}  # fmt: skip
+    clean = {
+        p: bool((g["map_failures"].fillna(1) == 0).all() and (g["fio_errors"].fillna(1) == 0).all())
+        for p, g in by_pool.items()
+    }
     ok = {p: clean[p] and float(g["fio_clat_p99_us"].median()) <= ample * (1 + P99_SLACK) for p, g in by_pool.items()}
 
     def memory(pool: int) -> tuple[int, str]:
@@ -723,16 +819,22 @@ def smallest_sufficient(group: pd.DataFrame) -> PoolSearch:
 
 
 def judge_c13(cells: pd.DataFrame) -> Verdict:
-    text = ("Pools are sized for the worst case and waste hundreds of MiB (the RFC's motivation): throttling "
-            "serves the same load from a smaller pool")  # fmt: skip
-    metric = (f"per workload and policy ({', '.join(POLICIES)}), the smallest swept pool with no failed map, no "
-              f"fio error and a median p99 within {int(P99_SLACK * 100)}% of the largest swept pool's (memory "
-              f"used: a growing pool counts what it grew to); at least {MIN_POOLS} pool sizes")  # fmt: skip
-    threshold = ("the largest swept pool must be ample (static fails no map there) and its p99 must vary between "
-                 f"repetitions by at most the {int(P99_SLACK * 100)}% slack (relative SD), else the latency "
-                 "criterion cannot be decided; supported if, on some decided workload, a throttle kernel's "
-                 "smallest pool uses less memory than static's; contradicted if on every decided workload no "
-                 "throttle kernel's is smaller; inconclusive otherwise")  # fmt: skip
+    text = (
+        "Pools are sized for the worst case and waste hundreds of MiB (the RFC's motivation): throttling "
+        "serves the same load from a smaller pool"
+    )
+    metric = (
+        f"per workload and policy ({', '.join(POLICIES)}), the smallest swept pool with no failed map, no "
+        f"fio error and a median p99 within {int(P99_SLACK * 100)}% of the largest swept pool's (memory "
+        f"used: a growing pool counts what it grew to); at least {MIN_POOLS} pool sizes"
+    )
+    threshold = (
+        "the largest swept pool must be ample (static fails no map there) and its p99 must vary between "
+        f"repetitions by at most the {int(P99_SLACK * 100)}% slack (relative SD), else the latency "
+        "criterion cannot be decided; supported if, on some decided workload, a throttle kernel's "
+        "smallest pool uses less memory than static's; contradicted if on every decided workload no "
+        "throttle kernel's is smaller; inconclusive otherwise"
+    )
     ok = _ok(cells)
     notes, evidence, answers = [], [], []
     if not ok.empty:
@@ -749,15 +851,19 @@ def judge_c13(cells: pd.DataFrame) -> Verdict:
             static = workload[workload["kernel"] == "static"]
             largest = static[static["pool_slabs_requested"] == static["pool_slabs_requested"].max()]
             if not (largest["map_failures"].fillna(1) == 0).all():  # then no swept pool was ample
-                notes.append(f"{name}: static still failed maps on the largest pool swept, "
-                             f"{_mib(int(largest['pool_slabs_requested'].iloc[0]))}: no ample pool")  # fmt: skip
+                notes.append(
+                    f"{name}: static still failed maps on the largest pool swept, "
+                    f"{_mib(int(largest['pool_slabs_requested'].iloc[0]))}: no ample pool"
+                )
                 continue
             clean = "; no failed map from " + ", ".join(f"{k} {f.clean_from}" for k, f in found.items())
             noisiest = max(f.ample_rsd_pct for f in found.values())
             if noisiest > P99_SLACK * 100:
-                notes.append(f"{name}: the latency criterion cannot be decided: p99 on the largest pool varies by "
-                             f"up to {noisiest:.0f}% (relative SD) between repetitions, more than the "
-                             f"{int(P99_SLACK * 100)}% slack{clean}")  # fmt: skip
+                notes.append(
+                    f"{name}: the latency criterion cannot be decided: p99 on the largest pool varies by "
+                    f"up to {noisiest:.0f}% (relative SD) between repetitions, more than the "
+                    f"{int(P99_SLACK * 100)}% slack{clean}"
+                )
                 answers.append("inconclusive")
                 continue
             notes.append(f"{name}: " + ", ".join(f"{k} {f.note}" for k, f in found.items()) + clean)
@@ -831,15 +937,21 @@ def _combine(verdicts: list[str]) -> str:
 
 
 def judge_c10(cells: pd.DataFrame) -> Verdict:
-    text = ("The RFC's motivation: an exhausted pool means I/O errors (on a driver that fails a request whose map "
-            "fails; NVMe and virtio-blk requeue it)")  # fmt: skip
-    metric = ("failed DMA maps, fio errors and kernel 'I/O error' lines per cell, `static`, heavy load, per disk "
-              "whose driver fails a request on a failed map (AHCI: libata; LSI: sym53c8xx), smallest pool")  # fmt: skip
-    threshold = ("per device: supported if maps failed and more than half of the cells had I/O errors; "
-                 "contradicted if maps failed and no cell had one; inconclusive if no map failed (the pool was "
-                 "not exhausted) or errors came in half the cells or fewer. Supported if any device supports it, "
-                 "contradicted if every device contradicts it. Cells failed only by a kernel report (a WARN) "
-                 "count, with their numbers: for such a driver the report is part of the outcome")  # fmt: skip
+    text = (
+        "The RFC's motivation: an exhausted pool means I/O errors (on a driver that fails a request whose map "
+        "fails; NVMe and virtio-blk requeue it)"
+    )
+    metric = (
+        "failed DMA maps, fio errors and kernel 'I/O error' lines per cell, `static`, heavy load, per disk "
+        "whose driver fails a request on a failed map (AHCI: libata; LSI: sym53c8xx), smallest pool"
+    )
+    threshold = (
+        "per device: supported if maps failed and more than half of the cells had I/O errors; "
+        "contradicted if maps failed and no cell had one; inconclusive if no map failed (the pool was "
+        "not exhausted) or errors came in half the cells or fewer. Supported if any device supports it, "
+        "contradicted if every device contradicts it. Cells failed only by a kernel report (a WARN) "
+        "count, with their numbers: for such a driver the report is part of the outcome"
+    )
     by_device = failing_driver_cells(cells, "static")
     if not by_device:
         return _missing("C10", text, metric, threshold, "`static` heavy cells on an AHCI or LSI disk")
@@ -848,11 +960,13 @@ def judge_c10(cells: pd.DataFrame) -> Verdict:
         errors = cell_io_errors(chosen)
         answers.append(_errors_verdict(chosen["map_failures"].fillna(0), errors))
         rounds = chosen.get("dmesg_ata_exceptions", pd.Series(dtype=float))
-        notes.append(f"{device} pool {int(chosen['pool_slabs_requested'].iloc[0])}: failed maps "
-                     f"{_span(chosen['map_failures'])} per cell, fio errors {_span(chosen['fio_errors'])}, kernel "
-                     f"I/O errors {_span(chosen['dmesg_io_errors'])}, libata error-handler rounds {_span(rounds)}, "
-                     f"{_span(chosen['fio_iops'])} IOPS{_splats(chosen)}; {int((errors > 0).sum())} of {len(chosen)} "
-                     f"cells had I/O errors ({answers[-1]})")  # fmt: skip
+        notes.append(
+            f"{device} pool {int(chosen['pool_slabs_requested'].iloc[0])}: failed maps "
+            f"{_span(chosen['map_failures'])} per cell, fio errors {_span(chosen['fio_errors'])}, kernel "
+            f"I/O errors {_span(chosen['dmesg_io_errors'])}, libata error-handler rounds {_span(rounds)}, "
+            f"{_span(chosen['fio_iops'])} IOPS{_splats(chosen)}; {int((errors > 0).sum())} of {len(chosen)} "
+            f"cells had I/O errors ({answers[-1]})"
+        )
     evidence = _ids(*by_device.values())
     return Verdict("C10", text, _combine(answers), metric, threshold, evidence, "; ".join(notes))
 
@@ -860,10 +974,12 @@ def judge_c10(cells: pd.DataFrame) -> Verdict:
 def judge_c10_throttle(cells: pd.DataFrame) -> list[Verdict]:
     """Per throttle kernel with failing-driver cells: does the series prevent those errors?"""
     text = "Throttling prevents the I/O errors of an exhausted pool on a driver that fails instead of requeueing"
-    threshold = ("per device: supported if `static` had I/O errors and the throttle kernel had none on the same "
-                 "pool; contradicted if the throttle kernel had I/O errors in more than half of its cells; "
-                 "inconclusive otherwise. Contradicted if any device contradicts it (a counterexample), else "
-                 "supported if any device supports it")  # fmt: skip
+    threshold = (
+        "per device: supported if `static` had I/O errors and the throttle kernel had none on the same "
+        "pool; contradicted if the throttle kernel had I/O errors in more than half of its cells; "
+        "inconclusive otherwise. Contradicted if any device contradicts it (a counterexample), else "
+        "supported if any device supports it"
+    )
     static = failing_driver_cells(cells, "static")
     ok = _measured_or_splat(cells)
     if ok.empty or "device" not in ok:
@@ -874,11 +990,21 @@ def judge_c10_throttle(cells: pd.DataFrame) -> list[Verdict]:
         claim = "C10-" + kernel
         metric = f"fio errors and kernel 'I/O error' lines per cell, `{kernel}` vs `static`, heavy load, per device"
         cand = failing_driver_cells(cells, kernel)
-        shared = sorted(d for d in cand if d in static and set(cand[d]["pool_slabs_requested"])
-                        == set(static[d]["pool_slabs_requested"]))  # fmt: skip
+        shared = sorted(
+            d
+            for d in cand
+            if d in static and set(cand[d]["pool_slabs_requested"]) == set(static[d]["pool_slabs_requested"])
+        )
         if not shared:
-            verdicts.append(_missing(claim, text, metric, threshold, f"`static` and `{kernel}` cells on one failing "
-                                     "driver's disk and pool"))  # fmt: skip
+            verdicts.append(
+                _missing(
+                    claim,
+                    text,
+                    metric,
+                    threshold,
+                    f"`static` and `{kernel}` cells on one failing driver's disk and pool",
+                )
+            )
             continue
         answers, notes, evidence = [], [], []
         for device in shared:
@@ -906,12 +1032,26 @@ def judge_c10_throttle(cells: pd.DataFrame) -> list[Verdict]:
 
 
 JUDGES: tuple[Callable[[pd.DataFrame], Verdict], ...] = (
-    judge_c1, judge_c2, judge_c3, judge_c4, judge_c5, judge_c6, judge_c7, judge_c8, judge_c9, judge_c10,
-    judge_c11, judge_c12, judge_c13,
-)  # fmt: skip
+    judge_c1,
+    judge_c2,
+    judge_c3,
+    judge_c4,
+    judge_c5,
+    judge_c6,
+    judge_c7,
+    judge_c8,
+    judge_c9,
+    judge_c10,
+    judge_c11,
+    judge_c12,
+    judge_c13,
+)
 # Judges that answer per kernel they find: a row each, only where the run has their cells.
-EXTRA_JUDGES: tuple[Callable[[pd.DataFrame], list[Verdict]], ...] = (judge_c7_plain, judge_c7_emulated,
-                                                                     judge_c10_throttle)  # fmt: skip
+EXTRA_JUDGES: tuple[Callable[[pd.DataFrame], list[Verdict]], ...] = (
+    judge_c7_plain,
+    judge_c7_emulated,
+    judge_c10_throttle,
+)
 
 # Series v2 answers the claims its changes target (overshoot C2, polled I/O C5, cost C6) next to v1's
 # verdicts, as claims C2-v2, C5-v2, C6-v2, C9-v2, judged by the same rules on the throttle-v2 cells.

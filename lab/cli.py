@@ -107,12 +107,17 @@ def cmd_doctor_hosts(path: Path) -> int:
         result = report.result
         missing = report.mismatches()
         healthy &= not missing
-        table.add_row(host.name, f"{host.user}@{host.address}:{host.port}", result.qemu_version or "-",
-                      result.facts.get("host_kernel", ""),
-                      *("[green]yes[/green]" if result.offers(p) else "[dim]no[/dim]" for p in PLATFORM_COLUMNS),
-                      "[green]yes[/green]" if not missing else "[red]no[/red]")  # fmt: skip
-        notes += [f"{host.name}: {p} not offered: {result.offered[p]}" for p in PLATFORM_COLUMNS
-                  if not result.offers(p)]  # fmt: skip
+        table.add_row(
+            host.name,
+            f"{host.user}@{host.address}:{host.port}",
+            result.qemu_version or "-",
+            result.facts.get("host_kernel", ""),
+            *("[green]yes[/green]" if result.offers(p) else "[dim]no[/dim]" for p in PLATFORM_COLUMNS),
+            "[green]yes[/green]" if not missing else "[red]no[/red]",
+        )
+        notes += [
+            f"{host.name}: {p} not offered: {result.offered[p]}" for p in PLATFORM_COLUMNS if not result.offers(p)
+        ]
         notes += [f"{host.name}: claimed in {path.name} but not offered: {m}" for m in missing]
     Console().print(table)  # stdout, with the notes: what a CI log or a pipe keeps
     for note in notes:
@@ -188,18 +193,23 @@ def _bench_context(hypervisor: LocalHypervisor, kernel_names: Sequence[str], acc
     for name in sorted(set(kernel_names)):
         with console.status(f"kernel {name}: {'fetching' if name == 'stock' else 'building'} or loading from cache"):
             kernels[name] = stock_kernel() if name == "stock" else build_kernel(name)
-    return LabContext(hypervisor, build_image(), client_key(), kernels, cache_dir(),
-                      accel=accel)  # type: ignore[arg-type]  # fmt: skip
+    return LabContext(hypervisor, build_image(), client_key(), kernels, cache_dir(), accel=accel)  # type: ignore[arg-type]
 
 
 def cmd_run_matrix(args: argparse.Namespace) -> int:
     from lab.session import RunRequest, Session
 
     request = RunRequest(
-        matrix=args.matrix, results=Path(args.results), resume=Path(args.resume) if args.resume else None,
-        retry_failed=args.retry_failed, jobs=args.jobs, accel=args.accel,
-        hosts=Path(args.hosts) if args.hosts else None, scheduler=args.scheduler, strict=args.strict,
-    )  # fmt: skip
+        matrix=args.matrix,
+        results=Path(args.results),
+        resume=Path(args.resume) if args.resume else None,
+        retry_failed=args.retry_failed,
+        jobs=args.jobs,
+        accel=args.accel,
+        hosts=Path(args.hosts) if args.hosts else None,
+        scheduler=args.scheduler,
+        strict=args.strict,
+    )
     if args.cores is not None and args.cores < 1:
         raise ConfigError(f"--cores {args.cores}: a host has at least 1 core")
     session = Session(request, busy=lambda text: console.status(text))
@@ -220,14 +230,23 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
         return 0
     session.prepare()
     estimate_s = plan.estimate_s / min(session.jobs, max(plan.boots, 1))
-    console.print(f"matrix [bold]{session.matrix.name}[/bold]: {len(plan.todo)} cells in {plan.boots} boots, "
-                  f"{session.jobs} at a time, ~{estimate_s / 60:.0f} min")  # fmt: skip
+    console.print(
+        f"matrix [bold]{session.matrix.name}[/bold]: {len(plan.todo)} cells in {plan.boots} boots, "
+        f"{session.jobs} at a time, ~{estimate_s / 60:.0f} min"
+    )
     status = "complete"
     try:
         with Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[cells]} cells"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False,
-        ) as progress:  # fmt: skip
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[cells]} cells"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        ) as progress:
             session.run(RichReporter(progress, estimate_s, len(plan.todo)))
     except KeyboardInterrupt:
         status = "interrupted"
@@ -240,12 +259,16 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
         root = outcome.store.root
         print((root / "summary.md").read_text())
         if outcome.status == "interrupted":
-            console.print(f"interrupted ({interrupt.reason() or 'KeyboardInterrupt'}): no report; finish the run "
-                          f"with --resume {root}, or build a report of the kept cells with "
-                          f"python -m lab report {root}")  # fmt: skip
+            console.print(
+                f"interrupted ({interrupt.reason() or 'KeyboardInterrupt'}): no report; finish the run "
+                f"with --resume {root}, or build a report of the kept cells with "
+                f"python -m lab report {root}"
+            )
         elif outcome.report_error is not None:
-            console.print(f"[red]the report could not be built[/red] (traceback in {outcome.report_error}); "
-                          f"every cell is stored, rebuild with: python -m lab report {root}")  # fmt: skip
+            console.print(
+                f"[red]the report could not be built[/red] (traceback in {outcome.report_error}); "
+                f"every cell is stored, rebuild with: python -m lab report {root}"
+            )
         elif outcome.report is not None:
             console.print(f"report: {outcome.report}")
         console.print(f"results: {root} ({outcome.status})")
@@ -263,9 +286,15 @@ def cmd_nightly(args: argparse.Namespace) -> int:
     history = History(Path(args.history))
     tree = Path(args.kernel_tree).resolve() if args.kernel_tree else None
     junit = Path(args.junit) if args.junit else None
-    request = RunRequest(matrix=args.matrix, results=history.runs, jobs=args.jobs, accel=args.accel,
-                         hosts=Path(args.hosts) if args.hosts else None, scheduler=args.scheduler,
-                         kernel_tree=tree)  # fmt: skip
+    request = RunRequest(
+        matrix=args.matrix,
+        results=history.runs,
+        jobs=args.jobs,
+        accel=args.accel,
+        hosts=Path(args.hosts) if args.hosts else None,
+        scheduler=args.scheduler,
+        kernel_tree=tree,
+    )
     session = Session(request, busy=lambda text: console.status(text))
     night = f"nightly {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
     revision = tree_revision(tree)  # what is built and measured, read before the build (the tree may move)
@@ -282,8 +311,13 @@ def cmd_nightly(args: argparse.Namespace) -> int:
         console.print(f"[red]no usable result:[/red] {exc}")
         return EXIT_NO_RESULT
     plan = session.plan()
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[cells]} cells"),
-               TimeElapsedColumn())  # fmt: skip
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[cells]} cells"),
+        TimeElapsedColumn(),
+    )
     try:
         with Progress(*columns, console=console) as progress:
             session.run(RichReporter(progress, plan.estimate_s, len(plan.todo)))
@@ -303,9 +337,11 @@ def cmd_nightly(args: argparse.Namespace) -> int:
     removed = history.retain(args.keep, session.matrix.name)
     print(f"night {outcome.store.run_id}: {summary}")
     if outcome.report_error is not None:
-        console.print(f"[red]the report could not be built[/red] (traceback in {outcome.report_error}); the "
-                      "gate and JUnit used the stored cells; rebuild with: "
-                      f"python -m lab report {outcome.store.root}")  # fmt: skip
+        console.print(
+            f"[red]the report could not be built[/red] (traceback in {outcome.report_error}); the "
+            "gate and JUnit used the stored cells; rebuild with: "
+            f"python -m lab report {outcome.store.root}"
+        )
     else:
         print(f"report: {outcome.report}")
     print(f"junit: {outcome.store.root / 'junit.xml'}\ntrend: {trend}")
@@ -324,12 +360,12 @@ def cmd_history(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.history}: no nights here (expected {history.runs}/<run-id>/)")
     queries = {
         "nights": "SELECT run_id, matrix_name, status, controller, started_utc, tree_describe, lab_revision, "
-                  "baseline, regressions, exit_code, left(matrix_hash, 12) AS matrix FROM nights ORDER BY started_utc",
+        "baseline, regressions, exit_code, left(matrix_hash, 12) AS matrix FROM nights ORDER BY started_utc",
         "claims": "SELECT night, scope, claim, verdict FROM claims ORDER BY night, scope, claim",
         "metric": f"SELECT night, kernel, workload, count(*) AS cells, median({args.metric}) AS median, "
-                  f"quantile_cont({args.metric}, 0.25) AS q1, quantile_cont({args.metric}, 0.75) AS q3 "
-                  "FROM cells WHERE status = 'ok' GROUP BY night, kernel, workload ORDER BY night, kernel, workload",
-    }  # fmt: skip
+        f"quantile_cont({args.metric}, 0.25) AS q1, quantile_cont({args.metric}, 0.75) AS q3 "
+        "FROM cells WHERE status = 'ok' GROUP BY night, kernel, workload ORDER BY night, kernel, workload",
+    }
     if args.question == "trend":
         print(build_trend(history, args.matrix))
         return 0
@@ -343,8 +379,9 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _bench_guest(ctx: LabContext, hypervisor: LocalHypervisor, spec: BootSpec,
-                 workdir: Path) -> Iterator[tuple[Machine, Guest]]:  # fmt: skip
+def _bench_guest(
+    ctx: LabContext, hypervisor: LocalHypervisor, spec: BootSpec, workdir: Path
+) -> Iterator[tuple[Machine, Guest]]:
     """One bench boot: the accelerator resolved (and kept in ``ctx`` for the rows), the guest booted and
     connected; QEMU is stopped when the block ends.  A boot that panics or times out before SSH is tried
     once more, as in a matrix run (lab.runner.BOOT_TRIES)."""
@@ -428,8 +465,9 @@ def _bench_workloads(args: argparse.Namespace) -> tuple[list[str], dict[str, Cel
     by_name = {c.workload.name: c for c in reversed(matrix.cells)}  # repetition 0 of each workload
     unknown = [n for n in names if n not in by_name]
     if unknown:
-        raise ConfigError(f"--workloads: {', '.join(unknown)} not in matrix {matrix.source}; "
-                          f"valid: {', '.join(sorted(by_name))}")  # fmt: skip
+        raise ConfigError(
+            f"--workloads: {', '.join(unknown)} not in matrix {matrix.source}; valid: {', '.join(sorted(by_name))}"
+        )
     if args.pairs < 2:
         raise ConfigError(f"--pairs {args.pairs}: a confidence interval needs at least 2 pairs")
     return names, by_name
@@ -472,8 +510,7 @@ def cmd_bench_sampler(args: argparse.Namespace) -> int:
             counter = guest.run(f"test -d {probes.DMA_FAILURES_DEBUGFS}", timeout_s=30, check=False).exitcode == 0
             for index in range(2 * args.pairs):
                 on = (index % 4) in (0, 3)  # ABBA: each pair has one run of each, and drifts cancel
-                cell = replace(base, repetition=index, sample_hz=args.hz if on and args.observer == "sampler"
-                               else 0.0)  # fmt: skip
+                cell = replace(base, repetition=index, sample_hz=args.hz if on and args.observer == "sampler" else 0.0)
                 ctx.arm_triggers = not (args.observer == "triggers" and not on)
                 row = _bench_row(run_cell(cell, vm, guest, store, ctx, _QuietReporter(), boot_info))
                 iops[on].append(float(row["fio_iops"]))
@@ -486,8 +523,10 @@ def cmd_bench_sampler(args: argparse.Namespace) -> int:
         armed = [t.event for t in probes.armed("failures") if not (counter and t.superseded_by)]
         what = f"the hist triggers of an unobserved cell ({', '.join(armed) or 'none on this kernel'})"
         if counter:
-            what += ("; failed maps counted by the kernel's own counter, present in both arms "
-                     "(its cost: python -m lab bench counter)")  # fmt: skip
+            what += (
+                "; failed maps counted by the kernel's own counter, present in both arms "
+                "(its cost: python -m lab bench counter)"
+            )
     print(
         f"\ncost of {what} in fio IOPS ({ctx.accel}, {os.cpu_count()} host CPUs, {args.pairs} ABBA pairs of "
         f"{args.runtime} s per workload; positive = slower with it):"
@@ -517,8 +556,9 @@ def cmd_bench_counter(args: argparse.Namespace) -> int:
     kernel, bare = args.kernel, args.kernel + "-bare"
     twins = sorted(v.removesuffix("-bare") for v in load_variants() if v.endswith("-bare"))
     if kernel not in twins:
-        raise ConfigError(f"--kernel {kernel!r} has no {bare!r} twin in kernel-configs/variants.toml; "
-                          f"valid: {', '.join(twins)}")  # fmt: skip
+        raise ConfigError(
+            f"--kernel {kernel!r} has no {bare!r} twin in kernel-configs/variants.toml; valid: {', '.join(twins)}"
+        )
     require_host()
     hypervisor = LocalHypervisor()
     ctx = _bench_context(hypervisor, (kernel, bare), args.accel)
@@ -531,12 +571,18 @@ def cmd_bench_counter(args: argparse.Namespace) -> int:
             first = replace(by_name[names[0]], kernel=arm, sample_hz=0.0, repetition=pair)
             with _bench_guest(ctx, hypervisor, boot_spec(ctx, first), store.boot_dir(f"{arm}-p{pair}")) as (vm, guest):
                 for name in names:
-                    cell = replace(by_name[name], kernel=arm, sample_hz=0.0, repetition=pair,
-                                   workload=replace(by_name[name].workload, runtime_s=args.runtime))  # fmt: skip
+                    cell = replace(
+                        by_name[name],
+                        kernel=arm,
+                        sample_hz=0.0,
+                        repetition=pair,
+                        workload=replace(by_name[name].workload, runtime_s=args.runtime),
+                    )
                     row = _bench_row(run_cell(cell, vm, guest, store, ctx, _QuietReporter(), {"accel": vm.accelerator}))
                     iops[name][arm].append(float(row["fio_iops"]))
-            console.print(f"pair {pair + 1}/{args.pairs} {arm}: "
-                          + ", ".join(f"{n} {iops[n][arm][-1]:.0f} IOPS" for n in names))  # fmt: skip
+            console.print(
+                f"pair {pair + 1}/{args.pairs} {arm}: " + ", ".join(f"{n} {iops[n][arm][-1]:.0f} IOPS" for n in names)
+            )
     print(
         f"\ncost of the failed-map counter in fio IOPS: `{kernel}` vs `{bare}` ({ctx.accel}, {os.cpu_count()} host "
         f"CPUs, {args.pairs} ABBA pairs of boots, {args.runtime} s per workload; positive = slower with it):"
@@ -581,18 +627,31 @@ def cmd_bench_doorbells(args: argparse.Namespace) -> int:
         spec = replace(boot_spec(ctx, base), trace_events=(MMIO_EVENT,))
         with _bench_guest(ctx, hypervisor, spec, store.boot_dir(f"boot-{kernel}")) as (vm, guest):
             if shadow_pages(vm.qemu_trace_text()) is None:  # proves QEMU traces into the file at all
-                raise LabError(f"QEMU wrote no trace to {vm.trace_log}: its build may lack the 'log' trace "
-                               "backend, and a count of 0 doorbells would be a lie")  # fmt: skip
+                raise LabError(
+                    f"QEMU wrote no trace to {vm.trace_log}: its build may lack the 'log' trace "
+                    "backend, and a count of 0 doorbells would be a lie"
+                )
             for rep in range(args.reps):
                 before = io_doorbell_writes(vm.qemu_trace_text())
-                row = _bench_row(run_cell(replace(base, repetition=rep), vm, guest, store, ctx, _QuietReporter(),
-                                          {"accel": vm.accelerator}))  # fmt: skip
+                row = _bench_row(
+                    run_cell(
+                        replace(base, repetition=rep),
+                        vm,
+                        guest,
+                        store,
+                        ctx,
+                        _QuietReporter(),
+                        {"accel": vm.accelerator},
+                    )
+                )
                 interrupt.sleep(1.0)  # QEMU's trace file is written line by line; let the last lines land
                 writes = io_doorbell_writes(vm.qemu_trace_text()) - before
                 results.setdefault(kernel, []).append((writes, int(row["fio_total_ios"]), float(row["fio_iops"])))
-    print(f"\nMMIO doorbell writes per NVMe command ({ctx.accel}, {os.cpu_count()} host CPUs, pool {args.pool}, "
-          "fio lab/jobs/batched.fio: 4 KiB randread, io_uring, QD32, batches of 16, 10 s; "
-          f"{args.reps} runs each):")  # fmt: skip
+    print(
+        f"\nMMIO doorbell writes per NVMe command ({ctx.accel}, {os.cpu_count()} host CPUs, pool {args.pool}, "
+        "fio lab/jobs/batched.fio: 4 KiB randread, io_uring, QD32, batches of 16, 10 s; "
+        f"{args.reps} runs each):"
+    )
     for kernel, runs in results.items():
         ratios = [w / max(ios, 1) for w, ios, _ in runs]
         print(
@@ -621,8 +680,10 @@ def cmd_bench_dmamap(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(f"--threads {args.threads!r}: a comma-separated list of thread counts, e.g. 1,2,4") from exc
     if not kernels or not threads or min(threads) < 1 or args.rounds < 1 or not 1 <= args.seconds <= 300:
-        raise ConfigError(f"--kernels {args.kernels!r} --threads {args.threads!r} --rounds {args.rounds} --seconds "
-                          f"{args.seconds}: need kernels, thread counts >= 1, rounds >= 1, 1-300 s")  # fmt: skip
+        raise ConfigError(
+            f"--kernels {args.kernels!r} --threads {args.threads!r} --rounds {args.rounds} --seconds "
+            f"{args.seconds}: need kernels, thread counts >= 1, rounds >= 1, 1-300 s"
+        )
     pool = parse_pool_slabs(args.pool, "--pool")
     require_host()
     hypervisor = LocalHypervisor()
@@ -642,17 +703,29 @@ def cmd_bench_dmamap(args: argparse.Namespace) -> int:
                     result = dmabench.run(guest, count, args.seconds, args.granule)
                     with (work / "dma_map_benchmark.log").open("a") as raw:
                         raw.write(f"# {kernel} round {round_}, {count} thread(s)\n{result.output}")
-                    rows.append({"kernel": kernel, "round": round_, "pci": bdf, "accel": vm.accelerator,
-                                 "host_cpus": os.cpu_count(), "pool_slabs": pool,
-                                 **{k: v for k, v in vars(result).items() if k != "output"}})  # fmt: skip
-                    console.print(f"{kernel} round {round_ + 1}, {count} thread(s): map {result.map_us:.1f} us, "
-                                  f"unmap {result.unmap_us:.1f} us")  # fmt: skip
+                    rows.append(
+                        {
+                            "kernel": kernel,
+                            "round": round_,
+                            "pci": bdf,
+                            "accel": vm.accelerator,
+                            "host_cpus": os.cpu_count(),
+                            "pool_slabs": pool,
+                            **{k: v for k, v in vars(result).items() if k != "output"},
+                        }
+                    )
+                    console.print(
+                        f"{kernel} round {round_ + 1}, {count} thread(s): map {result.map_us:.1f} us, "
+                        f"unmap {result.unmap_us:.1f} us"
+                    )
     frame = pd.DataFrame(rows)
     frame.to_csv(work / "dmamap.csv", index=False)
     table = frame.groupby(["threads", "kernel"])[["map_us", "unmap_us"]].median().unstack("kernel")
-    print(f"\nDMA map benchmark (kernel/dma/map_benchmark.c), median of {args.rounds} rounds of {args.seconds} s, "
-          f"{args.granule} page(s) per map, pool {args.pool}, {ctx.accel}, {args.vcpus} vCPUs, {os.cpu_count()} "
-          "host CPUs; latency in us:")  # fmt: skip
+    print(
+        f"\nDMA map benchmark (kernel/dma/map_benchmark.c), median of {args.rounds} rounds of {args.seconds} s, "
+        f"{args.granule} page(s) per map, pool {args.pool}, {ctx.accel}, {args.vcpus} vCPUs, {os.cpu_count()} "
+        "host CPUs; latency in us:"
+    )
     print(table.round(2).to_string())
     print(f"results: {work}")
     return 0
@@ -679,8 +752,9 @@ def cmd_bench_trend(args: argparse.Namespace) -> int:
             root = history.runs / run_id
             root.mkdir(parents=True)
             day = time.strftime("%Y-%m-%dT01:00:00Z", time.gmtime(1_700_000_000 + index * 86400))
-            (root / "manifest.json").write_text(json.dumps({"run_id": run_id, "matrix_name": "nightly",
-                                                            "status": "complete", "started_utc": day}))  # fmt: skip
+            (root / "manifest.json").write_text(
+                json.dumps({"run_id": run_id, "matrix_name": "nightly", "status": "complete", "started_utc": day})
+            )
             cells.assign(fio_iops=cells["fio_iops"] * (1 + 0.001 * index)).to_parquet(root / "cells.parquet")
             claims.to_parquet(root / "claims.parquet")
         started = time.monotonic()
@@ -736,8 +810,10 @@ def cmd_bench_dispatch(args: argparse.Namespace) -> int:
     cells = len(matrix.cells)
     for label, times in overheads.items():
         spread = f"median {statistics.median(times):.3f} s, max {max(times):.3f} s"
-        print(f"\nDask dispatch overhead per boot group ({len(times)} groups, {label}, {ctx.accel}, "
-              f"{os.cpu_count()} host CPUs): {spread}")  # fmt: skip
+        print(
+            f"\nDask dispatch overhead per boot group ({len(times)} groups, {label}, {ctx.accel}, "
+            f"{os.cpu_count()} host CPUs): {spread}"
+        )
     for jobs, wall in walls.items():
         print(
             f"--jobs {jobs}: {cells} cells in {wall:.1f} s = {cells / wall * 3600:.0f} cells/hour"
@@ -829,8 +905,9 @@ def cmd_bench_kernel(args: argparse.Namespace) -> int:
             copy.write_text(text)
         if not changed:
             raise LabError("bench kernel: could not find the comment line to change in the throttle series")
-        edited = Variant("throttle", series.description, series.fragments,
-                         tuple(Path(tmp) / p.name for p in series.patches))  # fmt: skip
+        edited = Variant(
+            "throttle", series.description, series.fragments, tuple(Path(tmp) / p.name for p in series.patches)
+        )
         started = time.monotonic()
         rebuilt = build_kernel("throttle", variants={"throttle": edited})
         results.append((f"rebuild of throttle after a one-line change in {changed[0]}", time.monotonic() - started))
@@ -871,8 +948,10 @@ def cmd_bench_matrix(args: argparse.Namespace) -> int:
         copy = Path(tmp) / sample.name
         shutil.copytree(sample, copy)
         cells = load_cells(copy)
-        copies = [cells.assign(cell_id=cells["cell_id"] + f"-x{i}", repetition=cells["repetition"] + 100 * i)
-                  for i in range(args.cells // len(cells) + 1)]  # fmt: skip
+        copies = [
+            cells.assign(cell_id=cells["cell_id"] + f"-x{i}", repetition=cells["repetition"] + 100 * i)
+            for i in range(args.cells // len(cells) + 1)
+        ]
         pd.concat(copies).iloc[: args.cells].to_parquet(copy / "cells.parquet", index=False)
         started_s = time.monotonic()
         build_report(copy)
@@ -900,8 +979,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     doctor = sub.add_parser("doctor", help="check host requirements and whether KVM works")
-    doctor.add_argument("--hosts", metavar="HOSTS.toml",
-                        help="probe every host of an inventory over SSH (see lab/hosts.example.toml)")  # fmt: skip
+    doctor.add_argument(
+        "--hosts", metavar="HOSTS.toml", help="probe every host of an inventory over SSH (see lab/hosts.example.toml)"
+    )
     doctor.set_defaults(func=cmd_doctor)
 
     run = sub.add_parser("run", help="run experiments")
@@ -910,23 +990,35 @@ def build_parser() -> argparse.ArgumentParser:
     matrix.add_argument("matrix", nargs="?", default="default", help="shipped matrix name or TOML path")
     matrix.add_argument("--results", default="results", help="results directory (default: ./results)")
     matrix.add_argument("--dry-run", action="store_true", help="list cells, boots and estimated time; run nothing")
-    matrix.add_argument("--cores", type=int, metavar="N",
-                        help="with --dry-run: also estimate for a host with N cores")  # fmt: skip
+    matrix.add_argument("--cores", type=int, metavar="N", help="with --dry-run: also estimate for a host with N cores")
     matrix.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run")
     matrix.add_argument("--retry-failed", action="store_true", help="with --resume: also rerun the failed cells")
-    matrix.add_argument("--strict", action="store_true",
-                        help="exit 1 if any cell failed (default: failed cells are findings; exit 1 only if the "
-                             "run did not finish or measured nothing)")  # fmt: skip
+    matrix.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 if any cell failed (default: failed cells are findings; exit 1 only if the "
+        "run did not finish or measured nothing)",
+    )
     matrix.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
-    matrix.add_argument("--jobs", type=at_least_one, default=0,
-                        help="guests at once (default: host CPUs // (vCPUs + 1), at least 1); more than one "
-                             "runs boot groups on an in-process Dask cluster")  # fmt: skip
+    matrix.add_argument(
+        "--jobs",
+        type=at_least_one,
+        default=0,
+        help="guests at once (default: host CPUs // (vCPUs + 1), at least 1); more than one "
+        "runs boot groups on an in-process Dask cluster",
+    )
     where = matrix.add_mutually_exclusive_group()
-    where.add_argument("--hosts", metavar="HOSTS.toml",
-                       help="run on the hosts of an inventory: a Dask worker is started on each over SSH")  # fmt: skip
-    where.add_argument("--scheduler", metavar="ADDRESS",
-                       help="run on a running Dask cluster (e.g. tcp://lab-ctl:8786) whose workers live on the "
-                            "hosts (`dask worker --resources \"slot=4,kvm=4,sev-snp=4\"`)")  # fmt: skip
+    where.add_argument(
+        "--hosts",
+        metavar="HOSTS.toml",
+        help="run on the hosts of an inventory: a Dask worker is started on each over SSH",
+    )
+    where.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run on a running Dask cluster (e.g. tcp://lab-ctl:8786) whose workers live on the "
+        'hosts (`dask worker --resources "slot=4,kvm=4,sev-snp=4"`)',
+    )
     matrix.set_defaults(func=cmd_run_matrix)
 
     nightly = sub.add_parser("nightly", help="one night of hardware-in-the-loop CI: run, gate against the baseline")
@@ -963,8 +1055,12 @@ def build_parser() -> argparse.ArgumentParser:
     boot.set_defaults(func=cmd_bench_boot)
 
     sampler = bench_sub.add_parser("sampler", help="what an instrument (the sampler, or the hist triggers) costs fio")
-    sampler.add_argument("--observer", choices=("sampler", "triggers"), default="sampler",
-                         help="the instrument to measure (default: the in-guest sampler)")  # fmt: skip
+    sampler.add_argument(
+        "--observer",
+        choices=("sampler", "triggers"),
+        default="sampler",
+        help="the instrument to measure (default: the in-guest sampler)",
+    )
     sampler.add_argument("--hz", type=float, default=50.0)
     _paired_bench_arguments(sampler, 8, "ABBA pairs per workload (default 8)", "stock")
     sampler.set_defaults(func=cmd_bench_sampler)

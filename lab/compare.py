@@ -26,21 +26,44 @@ def compare_runs(a: Path, b: Path, output: Path | None = None) -> Path:
     for key, group_b in ok_b.groupby(keys):
         group_a = ok_a[(ok_a[keys] == pd.Series(key, index=keys)).all(axis=1)]
         group_a, group_b, _ = like_with_like(group_a, group_b)
-        family = compare_family([Metric(m, group_a[m].tolist(), group_b[m].tolist(), higher)
-                                 for m, higher in COMPARED_METRICS])  # fmt: skip
+        family = compare_family(
+            [Metric(m, group_a[m].tolist(), group_b[m].tolist(), higher) for m, higher in COMPARED_METRICS]
+        )
         for c in family:
-            rows.append({**dict(zip(keys, key, strict=True)), "metric": c.metric, "A_median": c.baseline.median,
-                         "A_rsd_pct": c.baseline.rsd_pct, "B_median": c.candidate.median,
-                         "B_rsd_pct": c.candidate.rsd_pct, "change_pct": c.change_pct, "p_value": c.p_value,
-                         "conclusion": c.conclusion, "reps_needed": c.reps_needed})  # fmt: skip
+            rows.append(
+                {
+                    **dict(zip(keys, key, strict=True)),
+                    "metric": c.metric,
+                    "A_median": c.baseline.median,
+                    "A_rsd_pct": c.baseline.rsd_pct,
+                    "B_median": c.candidate.median,
+                    "B_rsd_pct": c.candidate.rsd_pct,
+                    "change_pct": c.change_pct,
+                    "p_value": c.p_value,
+                    "conclusion": c.conclusion,
+                    "reps_needed": c.reps_needed,
+                }
+            )
     verdicts = pd.DataFrame(
-        [{"claim": va.claim, "A": va.verdict, "B": vb.verdict} for va, vb in
-         zip(judge_all(cells_a), judge_all(cells_b), strict=True)]
-    )  # fmt: skip
-    text = "\n".join([
-        f"# Compare {a.name} (A) with {b.name} (B)", "", "## Claims", "", _md_table(verdicts),
-        "## Metrics", "", THRESHOLDS_TEXT, "", _md_table(pd.DataFrame(rows)),
-    ])  # fmt: skip
+        [
+            {"claim": va.claim, "A": va.verdict, "B": vb.verdict}
+            for va, vb in zip(judge_all(cells_a), judge_all(cells_b), strict=True)
+        ]
+    )
+    text = "\n".join(
+        [
+            f"# Compare {a.name} (A) with {b.name} (B)",
+            "",
+            "## Claims",
+            "",
+            _md_table(verdicts),
+            "## Metrics",
+            "",
+            THRESHOLDS_TEXT,
+            "",
+            _md_table(pd.DataFrame(rows)),
+        ]
+    )
     out = output or b / f"compare-{a.name}.md"
     atomic_write_text(out, text)
     return out

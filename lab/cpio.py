@@ -27,9 +27,20 @@ class Entry:
 def _header(ino: int, entry: Entry) -> bytes:
     name = entry.name.encode() + b"\0"
     fields = (
-        ino, entry.mode, 0, 0, 1, 0, len(entry.data), 0, 0,
-        entry.rdev_major, entry.rdev_minor, len(name), 0,
-    )  # fmt: skip
+        ino,
+        entry.mode,
+        0,
+        0,
+        1,
+        0,
+        len(entry.data),
+        0,
+        0,
+        entry.rdev_major,
+        entry.rdev_minor,
+        len(name),
+        0,
+    )
     header = b"070701" + b"".join(b"%08x" % value for value in fields)
     return _pad(header + name)
 

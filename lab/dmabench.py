@@ -43,8 +43,12 @@ def build_tool(tree: Path, cache: Path) -> Path:
         include.mkdir(parents=True)
         shutil.copy(header, include / "map_benchmark.h")  # the tool's only kernel header
         built = Path(work) / "dma_map_benchmark"
-        result = subprocess.run(["gcc", "-static", "-O2", "-I", str(Path(work) / "include"), "-o", str(built),
-                                 str(source)], capture_output=True, text=True, check=False)  # fmt: skip
+        result = subprocess.run(
+            ["gcc", "-static", "-O2", "-I", str(Path(work) / "include"), "-o", str(built), str(source)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if result.returncode != 0:
             raise BuildError(f"building {source} failed:\n{result.stderr[-3000:]}")
         built.replace(out)

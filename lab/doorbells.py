@@ -45,9 +45,11 @@ class LostDoorbell:
     event_index: int
 
     def __str__(self) -> str:
-        return (f"NVMe submission queue {self.qid}: driver's shadow tail {self.shadow_tail}, controller's event "
-                f"index {self.event_index} and not moving ({(self.shadow_tail - self.event_index) % 65536} "
-                f"command(s) posted that the controller never read)")  # fmt: skip
+        return (
+            f"NVMe submission queue {self.qid}: driver's shadow tail {self.shadow_tail}, controller's event "
+            f"index {self.event_index} and not moving ({(self.shadow_tail - self.event_index) % 65536} "
+            f"command(s) posted that the controller never read)"
+        )
 
 
 @cache
@@ -93,8 +95,7 @@ def lagging(shadow: list[int], event_before: list[int], event_after: list[int]) 
     return lost
 
 
-def find_lost(hmp: Callable[[str], object], trace_text: str,
-              settle_s: float = 1.0) -> tuple[list[LostDoorbell], str]:  # fmt: skip
+def find_lost(hmp: Callable[[str], object], trace_text: str, settle_s: float = 1.0) -> tuple[list[LostDoorbell], str]:
     """Read the two pages of a running guest twice; ``hmp(command_line)`` is its monitor.
 
     Returns the lost doorbells and the dumps they were read from (kept with the cell as evidence).

@@ -200,8 +200,9 @@ def run_group_task(task: GroupTask, in_process: bool) -> GroupResult:
 
     settings = task.settings
     if in_process:  # a thread of the controller: this machine's settings, as the controller found them
-        host = HostSettings(settings.get("qemu", HostSettings.qemu), settings.get("firmware", {}),
-                            settings.get("cbitpos"))  # fmt: skip
+        host = HostSettings(
+            settings.get("qemu", HostSettings.qemu), settings.get("firmware", {}), settings.get("cbitpos")
+        )
         hypervisor = LocalHypervisor(host.qemu, dict(host.firmware), host.cbitpos)
         offered, cbitpos = settings.get("offered", {}), settings.get("cbitpos")
     else:  # another host: its own QEMU, firmware and C-bit position, and what it offers with them
@@ -213,17 +214,27 @@ def run_group_task(task: GroupTask, in_process: bool) -> GroupResult:
     bzimages = {k: _materialise(s, not in_process, cache) for k, s in task.bzimages.items()}
     initrds = {k: _materialise(s, not in_process, cache) for k, s in task.initrds.items()}
     key_path = _materialise(task.client_key, not in_process, cache)
-    kernels = {name: replace(k, bzimage=bzimages[name], modules_dir=None, boot_modules=())
-               for name, k in task.kernels.items()}  # fmt: skip
+    kernels = {
+        name: replace(k, bzimage=bzimages[name], modules_dir=None, boot_modules=()) for name, k in task.kernels.items()
+    }
     image = GuestImage(next(iter(initrds.values())), task.host_key, "staged")
     worker: dict[str, Any] = {**host_facts(host.qemu), **host.describe(), "worker_pid": os.getpid()}
     if not in_process:
         with contextlib.suppress(ValueError):  # a remote worker is named after its hosts.toml entry
             worker["host_id"] = str(get_worker().name)
-    ctx = LabContext(hypervisor, image, KeyPair(key_path, task.client_public), kernels, cache,
-                     accel=settings["accel"], provenance={**settings.get("provenance", {}), **worker},
-                     offered=offered, firmware={k: Path(v) for k, v in host.firmware.items()}, cbitpos=cbitpos,
-                     initrds=initrds)  # fmt: skip
+    ctx = LabContext(
+        hypervisor,
+        image,
+        KeyPair(key_path, task.client_public),
+        kernels,
+        cache,
+        accel=settings["accel"],
+        provenance={**settings.get("provenance", {}), **worker},
+        offered=offered,
+        firmware={k: Path(v) for k, v in host.firmware.items()},
+        cbitpos=cbitpos,
+        initrds=initrds,
+    )
     worker["task_started"] = time.time()
     with tempfile.TemporaryDirectory(prefix="swiotlb-lab-group-") as scratch, _stop_watch(task.run_id):
         store = RunStore.create(Path(scratch), {"worker": worker}, run_id=task.run_id)
@@ -236,8 +247,11 @@ def run_group_task(task: GroupTask, in_process: bool) -> GroupResult:
             left = hypervisor.stop_all()  # each boot stops its QEMU; nothing may outlive the group regardless
             if left:
                 log.warning("stopped %d QEMU process(es) a boot group left running", left)
-        files = {str(p.relative_to(store.root)): p.read_bytes() for p in sorted(store.root.rglob("*"))
-                 if p.is_file() and p.name != MANIFEST and p.suffix != ".raw"}  # fmt: skip
+        files = {
+            str(p.relative_to(store.root)): p.read_bytes()
+            for p in sorted(store.root.rglob("*"))
+            if p.is_file() and p.name != MANIFEST and p.suffix != ".raw"
+        }
         rows = list(store.completed_cells().values())
     worker["task_ended"] = time.time()
     return GroupResult(rows, files, worker, stopped)
@@ -301,8 +315,9 @@ class DaskPool:
         else:
             # Workers in this process, one slot each: the same host, files and stop flag; Dask only places
             # the groups.
-            self.cluster = LocalCluster(n_workers=self.jobs, threads_per_worker=1, processes=False,
-                                        dashboard_address=None, resources={SLOT: 1})  # fmt: skip
+            self.cluster = LocalCluster(
+                n_workers=self.jobs, threads_per_worker=1, processes=False, dashboard_address=None, resources={SLOT: 1}
+            )
             self.client = Client(self.cluster)
             self.in_process = True
         return self
@@ -360,8 +375,11 @@ class DaskPool:
         task is a defect of the lab and ends the run (finished cells are kept)."""
         plugin = f"swiotlb-lab-stage-{store.run_id}"
         if self.stage:
-            files = {s.sha256: (s.name, s.path.read_bytes()) for t in tasks
-                     for s in (*t.bzimages.values(), *t.initrds.values(), t.client_key)}  # fmt: skip
+            files = {
+                s.sha256: (s.name, s.path.read_bytes())
+                for t in tasks
+                for s in (*t.bzimages.values(), *t.initrds.values(), t.client_key)
+            }
             self.client.register_plugin(StagePlugin(plugin, files))
         try:
             return self._run(tasks, store, on_row, lost)
@@ -387,8 +405,15 @@ class DaskPool:
                 eligible = workers.get(platform if platform != "auto" else SLOT, [])
                 if eligible:
                     placement = {"workers": [place(task.cells[0], eligible)], "allow_other_workers": False}
-            future = self.client.submit(run_group_task, task, self.in_process, resources=resources, pure=False,
-                                        key=f"group-{task.run_id}-{task.cells[0].cell_id}", **placement)  # fmt: skip
+            future = self.client.submit(
+                run_group_task,
+                task,
+                self.in_process,
+                resources=resources,
+                pure=False,
+                key=f"group-{task.run_id}-{task.cells[0].cell_id}",
+                **placement,
+            )
             futures[future] = task
             submitted[future] = time.time()
             if placement:
@@ -409,8 +434,16 @@ class DaskPool:
                         batch = gone = self._hosts_gone(placed, handled, gone_since)
                 for future in batch:
                     handled.add(future)
-                    rows += self._collect(future, futures[future], store, on_row, lost, submitted[future],
-                                          placed.get(future), gone=future in gone)  # fmt: skip
+                    rows += self._collect(
+                        future,
+                        futures[future],
+                        store,
+                        on_row,
+                        lost,
+                        submitted[future],
+                        placed.get(future),
+                        gone=future in gone,
+                    )
         except BaseException:
             stop.set()  # workers stop their guests within STOP_POLL_S + a QEMU shutdown
             deadline = time.monotonic() + 20
@@ -439,8 +472,18 @@ class DaskPool:
             future.cancel()
         return expired
 
-    def _collect(self, future: Any, task: GroupTask, store: RunStore, on_row: OnRow, lost: Lost, submitted: float,
-                 placed: str | None, *, gone: bool) -> list[dict[str, Any]]:  # fmt: skip
+    def _collect(
+        self,
+        future: Any,
+        task: GroupTask,
+        store: RunStore,
+        on_row: OnRow,
+        lost: Lost,
+        submitted: float,
+        placed: str | None,
+        *,
+        gone: bool,
+    ) -> list[dict[str, Any]]:
         """One finished group, or one abandoned because its ``placed`` host is ``gone``: its rows and
         artifacts into the store (``placed``: the host the group was restricted to, if any)."""
         interrupt.check()
@@ -493,9 +536,21 @@ class SshWorkerPool(DaskPool):
         self._connections.append(conn)
         seen_as = conn.run("echo $SSH_CONNECTION", hide=True, in_stream=False).stdout.split()[0]
         resources = ",".join([f"{SLOT}={host.slots}", *(f"{p}={host.slots}" for p in host.platforms)])
-        argv = [host.python, "-m", "distributed.cli.dask_worker", f"tcp://{seen_as}:{port}",
-                "--nthreads", str(host.slots), "--resources", resources, "--name", host.name,
-                "--no-dashboard", "--death-timeout", str(self.death_timeout_s)]  # fmt: skip
+        argv = [
+            host.python,
+            "-m",
+            "distributed.cli.dask_worker",
+            f"tcp://{seen_as}:{port}",
+            "--nthreads",
+            str(host.slots),
+            "--resources",
+            resources,
+            "--name",
+            host.name,
+            "--no-dashboard",
+            "--death-timeout",
+            str(self.death_timeout_s),
+        ]
         # the host's own QEMU, firmware and C-bit position: its worker reads them from its environment
         env = {"SWIOTLB_LAB_CACHE": host.cache, **host.settings.environment()}
         command = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + f" exec {shlex.join(argv)}"
@@ -515,8 +570,9 @@ class SshWorkerPool(DaskPool):
         # A host that cannot be reached or whose worker never joins is left out, with its reason: the run
         # goes on with the others (cells only it offered are skipped, saying why); with none, it cannot.
         try:
-            self.cluster = LocalCluster(n_workers=0, processes=False, protocol="tcp://", host=self.bind,
-                                        dashboard_address=None)  # fmt: skip
+            self.cluster = LocalCluster(
+                n_workers=0, processes=False, protocol="tcp://", host=self.bind, dashboard_address=None
+            )
             self.client = Client(self.cluster)
             port = int(self.cluster.scheduler_address.rsplit(":", 1)[1])
             for host in self.hosts:

@@ -140,8 +140,9 @@ class Guest:
         stop is raised here.
         """
         interrupt.check()
-        promise = self.connection.run(command, hide=True, warn=True, timeout=timeout_s, in_stream=False,
-                                      asynchronous=True)  # fmt: skip
+        promise = self.connection.run(
+            command, hide=True, warn=True, timeout=timeout_s, in_stream=False, asynchronous=True
+        )
         runner = promise.runner
         try:
             while not runner.process_is_finished:

@@ -25,9 +25,22 @@ import pandas as pd
 from lab.errors import ConfigError
 from lab.store import LOST, MANIFEST, PHASE, SKIPPED, liveness, load_cells
 
-NIGHT_COLUMNS = ("run_id", "matrix_name", "status", "started_utc", "finished_utc", "lab_revision",
-                 "tree_describe", "tree_commit", "baseline", "regressions", "exit_code", "matrix_hash",
-                 "controller", "path")  # fmt: skip
+NIGHT_COLUMNS = (
+    "run_id",
+    "matrix_name",
+    "status",
+    "started_utc",
+    "finished_utc",
+    "lab_revision",
+    "tree_describe",
+    "tree_commit",
+    "baseline",
+    "regressions",
+    "exit_code",
+    "matrix_hash",
+    "controller",
+    "path",
+)
 # A run whose manifest says ``running`` on another controller cannot be checked from here.  It counts as
 # running (shown ``unknown``, kept by retention, never a baseline) for this long after its last sign of life
 # (start, resume, or the last phase it wrote), then as dead: no night takes two days, and a history shared
@@ -122,22 +135,24 @@ class History:
             except (OSError, json.JSONDecodeError):
                 continue
             nightly = manifest.get("nightly", {})
-            rows.append({
-                "run_id": manifest.get("run_id", manifest_path.parent.name),
-                "matrix_name": manifest.get("matrix_name", ""),
-                "status": _status(manifest, manifest_path.parent, now),
-                "started_utc": manifest.get("started_utc", ""),
-                "finished_utc": manifest.get("finished_utc", ""),
-                "lab_revision": manifest.get("lab_revision", ""),
-                "tree_describe": nightly.get("tree_describe", ""),
-                "tree_commit": nightly.get("tree_commit", ""),
-                "baseline": nightly.get("baseline", ""),
-                "regressions": nightly.get("regressions"),
-                "exit_code": nightly.get("exit_code"),
-                "matrix_hash": nightly.get("matrix_hash", ""),
-                "controller": manifest.get("controller", ""),
-                "path": str(manifest_path.parent),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "run_id": manifest.get("run_id", manifest_path.parent.name),
+                    "matrix_name": manifest.get("matrix_name", ""),
+                    "status": _status(manifest, manifest_path.parent, now),
+                    "started_utc": manifest.get("started_utc", ""),
+                    "finished_utc": manifest.get("finished_utc", ""),
+                    "lab_revision": manifest.get("lab_revision", ""),
+                    "tree_describe": nightly.get("tree_describe", ""),
+                    "tree_commit": nightly.get("tree_commit", ""),
+                    "baseline": nightly.get("baseline", ""),
+                    "regressions": nightly.get("regressions"),
+                    "exit_code": nightly.get("exit_code"),
+                    "matrix_hash": nightly.get("matrix_hash", ""),
+                    "controller": manifest.get("controller", ""),
+                    "path": str(manifest_path.parent),
+                }
+            )
         nights = pd.DataFrame(rows, columns=list(NIGHT_COLUMNS))
         if matrix_name is not None:
             nights = nights[nights["matrix_name"] == matrix_name]
@@ -209,8 +224,10 @@ class History:
             files = sorted(str(p) for p in self.runs.glob(f"*/{table}.parquet"))
             if files:
                 listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-                con.execute(f"CREATE VIEW {table} AS SELECT *, regexp_extract(filename, 'runs/([^/]+)/', 1) AS night "
-                            f"FROM read_parquet([{listed}], union_by_name = true, filename = true)")  # fmt: skip
+                con.execute(
+                    f"CREATE VIEW {table} AS SELECT *, regexp_extract(filename, 'runs/([^/]+)/', 1) AS night "
+                    f"FROM read_parquet([{listed}], union_by_name = true, filename = true)"
+                )
         return con
 
     def query(self, sql: str) -> pd.DataFrame:

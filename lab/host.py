@@ -57,10 +57,15 @@ def lab_revision() -> str:
     """git revision of the lab checkout, with "-dirty" if it has uncommitted changes."""
     repo = Path(__file__).resolve().parent.parent
     try:
-        rev = subprocess.run(["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True,
-                             check=True).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+        rev = subprocess.run(
+            ["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", repo, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return rev + ("-dirty" if dirty else "")
@@ -77,8 +82,11 @@ def cpu_model(cpuinfo: str) -> str:
 
 _SNP_API = re.compile(r"SEV-SNP API:\s*(\S+)(?:\s+build:\s*(\S+))?")
 # Kernels word the TDX module's version differently; both forms seen in public logs are read.
-_TDX_MODULE = re.compile(r"TDX module[:\s].*?(?:major_version (\d+), minor_version (\d+)|(\d+)\.(\d+)(?:\.\d+)?)"
-                         r"(?:.*?build_num (\d+))?", re.M)  # fmt: skip
+_TDX_MODULE = re.compile(
+    r"TDX module[:\s].*?(?:major_version (\d+), minor_version (\d+)|(\d+)\.(\d+)(?:\.\d+)?)"
+    r"(?:.*?build_num (\d+))?",
+    re.M,
+)
 
 
 def coco_firmware(dmesg: str) -> str:

@@ -107,9 +107,11 @@ def load_hosts(path: Path) -> dict[str, Host]:
     for name, host in hosts.items():
         other = seen.setdefault((host.address, host.port), name)
         if other != name:
-            raise ConfigError(f"{path}{_line_in_table(text, f'hosts.{name}', 'address')}: hosts.{name}.address: "
-                              f"{host.address}:{host.port} is hosts.{other}'s too; one machine is one host (give it "
-                              "more slots instead)")  # fmt: skip
+            raise ConfigError(
+                f"{path}{_line_in_table(text, f'hosts.{name}', 'address')}: hosts.{name}.address: "
+                f"{host.address}:{host.port} is hosts.{other}'s too; one machine is one host (give it "
+                "more slots instead)"
+            )
     return hosts
 
 
@@ -132,12 +134,16 @@ def _host(name: str, spec: object, text: str, path: Path) -> Host:
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ConfigError(f"{where('address')}: {address!r} has no valid port; use host or host:port")
     if not _HOSTNAME.match(host):
-        raise ConfigError(f"{where('address')}: {address!r} is not a host name or IP address (letters, digits, "
-                          'dots and dashes, e.g. "snp1.lab.example" or "192.0.2.7:2222")')  # fmt: skip
+        raise ConfigError(
+            f"{where('address')}: {address!r} is not a host name or IP address (letters, digits, "
+            'dots and dashes, e.g. "snp1.lab.example" or "192.0.2.7:2222")'
+        )
     host_key = spec.get("host_key")
     if host_key is not None and not (isinstance(host_key, str) and _is_public_key(host_key)):
-        raise ConfigError(f"{where('host_key')}: {host_key!r} is not an SSH public key line like "
-                          '"ssh-ed25519 AAAAC3Nza..." (the host\'s /etc/ssh/ssh_host_ed25519_key.pub)')  # fmt: skip
+        raise ConfigError(
+            f"{where('host_key')}: {host_key!r} is not an SSH public key line like "
+            '"ssh-ed25519 AAAAC3Nza..." (the host\'s /etc/ssh/ssh_host_ed25519_key.pub)'
+        )
     slots = spec.get("slots", 1)
     if not isinstance(slots, int) or isinstance(slots, bool) or not 1 <= slots <= 256:
         raise ConfigError(f"{where('slots')}: {slots!r} must be an integer from 1 to 256")
@@ -155,8 +161,9 @@ def _host(name: str, spec: object, text: str, path: Path) -> Host:
             raise ConfigError(f"{where('firmware')}: unknown platform {platform!r}; valid: {', '.join(PLATFORMS)}")
     for platform in platforms:
         if PLATFORMS[platform].needs_firmware and platform not in firmware:
-            raise ConfigError(f"{where('platforms')}: platform {platform!r} needs firmware.{platform} "
-                              "(its OVMF image on the host)")  # fmt: skip
+            raise ConfigError(
+                f"{where('platforms')}: platform {platform!r} needs firmware.{platform} (its OVMF image on the host)"
+            )
     cbitpos = spec.get("cbitpos")
     bad_cbit = not isinstance(cbitpos, int) or isinstance(cbitpos, bool) or not 32 <= cbitpos <= 63
     if cbitpos is not None and bad_cbit:
@@ -165,9 +172,21 @@ def _host(name: str, spec: object, text: str, path: Path) -> Host:
     if key is not None and not isinstance(key, str):
         raise ConfigError(f"{where('key')}: must be a path to a private key")
     key_path = Path(key).expanduser() if key else None  # checked when connecting: it lives on the operator's box
-    return Host(name, host, int(port_text), str(spec.get("user", "root")), key_path, str(spec.get("host_key", "")),
-                slots, str(spec.get("cache", Host.cache)), str(spec.get("qemu", Host.qemu)),
-                str(spec.get("python", Host.python)), tuple(platforms), cbitpos, dict(firmware))  # fmt: skip
+    return Host(
+        name,
+        host,
+        int(port_text),
+        str(spec.get("user", "root")),
+        key_path,
+        str(spec.get("host_key", "")),
+        slots,
+        str(spec.get("cache", Host.cache)),
+        str(spec.get("qemu", Host.qemu)),
+        str(spec.get("python", Host.python)),
+        tuple(platforms),
+        cbitpos,
+        dict(firmware),
+    )
 
 
 @dataclass
@@ -203,12 +222,17 @@ def connect(host: Host, timeout_s: float = 10.0) -> Any:
     if host.key is not None and not host.key.is_file():
         raise ConfigError(f"hosts.{host.name}.key: {host.key} does not exist")
     config = Config(lazy=True, overrides={"load_ssh_configs": False})
-    kwargs: dict[str, Any] = {"look_for_keys": host.key is None, "allow_agent": host.key is None,
-                              "banner_timeout": timeout_s, "auth_timeout": timeout_s}  # fmt: skip
+    kwargs: dict[str, Any] = {
+        "look_for_keys": host.key is None,
+        "allow_agent": host.key is None,
+        "banner_timeout": timeout_s,
+        "auth_timeout": timeout_s,
+    }
     if host.key is not None:
         kwargs["key_filename"] = str(host.key)
-    conn = Connection(host.address, port=host.port, user=host.user, config=config, connect_timeout=timeout_s,
-                      connect_kwargs=kwargs)  # fmt: skip
+    conn = Connection(
+        host.address, port=host.port, user=host.user, config=config, connect_timeout=timeout_s, connect_kwargs=kwargs
+    )
     client = paramiko.SSHClient()
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     if host.host_key:

@@ -52,8 +52,9 @@ class KernelBuild:
 def _apt_download(package: str, version: str | None, dest: Path) -> Path:
     spec = f"{package}={version}" if version else package
     try:
-        code, _, stderr = run_process(["apt-get", "download", spec], cwd=dest, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE)  # fmt: skip
+        code, _, stderr = run_process(
+            ["apt-get", "download", spec], cwd=dest, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
     except FileNotFoundError as exc:
         raise HostError("apt-get not found: the stock kernel comes from Debian's archive") from exc
     if code != 0:
@@ -67,8 +68,10 @@ def _apt_download(package: str, version: str | None, dest: Path) -> Path:
 def _newest_stock_package() -> tuple[str, str]:
     out = subprocess.run(
         ["apt-cache", "search", "--names-only", r"^linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64-unsigned$"],
-        capture_output=True, text=True, check=False,
-    ).stdout  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
     names = [line.split()[0] for line in out.splitlines() if line.strip()]
     if not names:
         raise BuildError("no linux-image-6.12.*-cloud-amd64-unsigned package is served by apt; run apt-get update")
@@ -93,8 +96,9 @@ def stock_kernel(cache: Path | None = None) -> KernelBuild:
             except BuildError as exc:
                 package, version = _newest_stock_package()
                 pinned = False
-                log.warning("pinned %s=%s unavailable (%s); using %s=%s", STOCK_PACKAGE, STOCK_VERSION, exc,
-                            package, version)  # fmt: skip
+                log.warning(
+                    "pinned %s=%s unavailable (%s); using %s=%s", STOCK_PACKAGE, STOCK_VERSION, exc, package, version
+                )
                 final = root / f"stock-{version}"
                 deb = _apt_download(package, version, work)
             run_host(["dpkg-deb", "-x", deb, work / "tree"], what=f"unpacking {deb.name}")
@@ -191,8 +195,9 @@ def _debian_source(root: Path) -> KernelSource:
         try:
             deb = _apt_download(SOURCE_PACKAGE, version, work)
         except BuildError as exc:
-            policy = subprocess.run(["apt-cache", "policy", SOURCE_PACKAGE], capture_output=True, text=True,
-                                    check=False).stdout  # fmt: skip
+            policy = subprocess.run(
+                ["apt-cache", "policy", SOURCE_PACKAGE], capture_output=True, text=True, check=False
+            ).stdout
             match = re.search(r"Candidate:\s*(\S+)", policy)
             if not match or match.group(1) == "(none)":
                 raise BuildError(f"{SOURCE_PACKAGE} is not available from apt ({exc}); run apt-get update") from exc
@@ -227,8 +232,12 @@ def local_source(path: Path) -> KernelSource:
         raise BuildError(f"{tree} has a .config: run 'make mrproper' there (the lab builds out of tree)")
     rev = subprocess.run(["git", "-C", tree, "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
     if rev.returncode == 0:
-        dirty = subprocess.run(["git", "-C", tree, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=False).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "-C", tree, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
         digest = rev.stdout.strip() + ("-dirty" if dirty else "")
     else:
         digest = "untracked-" + sha256_file(tree / "Makefile")[:12]
@@ -250,8 +259,10 @@ def load_variants(path: Path | None = None) -> dict[str, Variant]:
     for name, spec in dict(data.get("variants", {})).items():
         unknown = set(spec) - {"description", "fragments", "patches", "instruments"}
         if unknown:
-            raise ConfigError(f"{path}: variants.{name}: unknown key {sorted(unknown)[0]!r}; "
-                              "valid keys: description, fragments, patches, instruments")  # fmt: skip
+            raise ConfigError(
+                f"{path}: variants.{name}: unknown key {sorted(unknown)[0]!r}; "
+                "valid keys: description, fragments, patches, instruments"
+            )
         if not isinstance(spec.get("instruments", True), bool):
             raise ConfigError(f"{path}: variants.{name}: instruments = {spec['instruments']!r} must be true or false")
         fragments = tuple(CONFIG_DIR / f for f in spec.get("fragments", []))
@@ -354,8 +365,10 @@ def build_kernel(
         return _built(final, variant)
     root.mkdir(parents=True, exist_ok=True)
     if " " in str(root):
-        raise HostError(f"kernel build directory {root} holds a space, which the kernel's build system cannot "
-                        "handle: set SWIOTLB_LAB_CACHE to a path without spaces")  # fmt: skip
+        raise HostError(
+            f"kernel build directory {root} holds a space, which the kernel's build system cannot "
+            "handle: set SWIOTLB_LAB_CACHE to a path without spaces"
+        )
     log_path = root / f"{variant.name}-{key}.build.log"
     # The lock serialises builds (they need every core anyway) and guards the workspaces.
     with (root / ".workspace.lock").open("w") as lock:
@@ -415,8 +428,9 @@ def patched_paths(patch: Path) -> set[str]:
 
 def _apply_patches(tree: Path, patches: Sequence[Path], label: str) -> None:
     for patch in patches:
-        check = subprocess.run(["patch", "-p1", "-N", "--dry-run", "-i", patch], cwd=tree,
-                               capture_output=True, text=True, check=False)  # fmt: skip
+        check = subprocess.run(
+            ["patch", "-p1", "-N", "--dry-run", "-i", patch], cwd=tree, capture_output=True, text=True, check=False
+        )
         if check.returncode != 0:
             raise PatchError(f"patch {patch} does not apply to {label}:\n{check.stdout[-3000:]}{check.stderr}")
         run_host(
@@ -463,8 +477,10 @@ def _workspace(root: Path, source: KernelSource, variant: Variant) -> Path:
     workspace.mkdir(parents=True, exist_ok=True)
     (workspace / "used").touch()
     shutil.rmtree(root / ".workspace", ignore_errors=True)  # the one shared workspace of earlier versions
-    others = sorted((w for w in (root / ".workspaces").iterdir() if w != workspace),
-                    key=lambda w: (w / "used").stat().st_mtime if (w / "used").exists() else 0.0)  # fmt: skip
+    others = sorted(
+        (w for w in (root / ".workspaces").iterdir() if w != workspace),
+        key=lambda w: (w / "used").stat().st_mtime if (w / "used").exists() else 0.0,
+    )
     for stale in others[: max(0, len(others) + 1 - WORKSPACES_KEPT)]:
         log.info("removing the least recently used build workspace %s", stale.name)
         shutil.rmtree(stale, ignore_errors=True)
@@ -477,8 +493,17 @@ def _sync_source(source: KernelSource, tree: Path) -> None:
     Replaced files get a new inode and the current time (so make rebuilds what depends on them and the
     other tree's hard-linked files stay intact); files with the same content keep theirs.
     """
-    argv = ["rsync", "--recursive", "--links", "--perms", "--delete", "--checksum", "--exclude=/.git",
-            f"{source.tree}/", f"{tree}/"]  # fmt: skip
+    argv = [
+        "rsync",
+        "--recursive",
+        "--links",
+        "--perms",
+        "--delete",
+        "--checksum",
+        "--exclude=/.git",
+        f"{source.tree}/",
+        f"{tree}/",
+    ]
     if shutil.which("rsync") is None:
         raise HostError("rsync not found: install the Debian package rsync (make setup does)")
     run_host(argv, what=f"bringing the build tree to {source.label}")
@@ -534,16 +559,19 @@ def _sync_tree(source: KernelSource, variant: Variant, workspace: Path) -> Path:
     return tree
 
 
-def _make(tree: Path, build: Path, targets: Sequence[str], log_path: Path, env: dict[str, str] | None = None,
-          jobs: int = 1) -> None:  # fmt: skip
+def _make(
+    tree: Path, build: Path, targets: Sequence[str], log_path: Path, env: dict[str, str] | None = None, jobs: int = 1
+) -> None:
     argv = ["make", "-C", str(tree), f"O={build}", f"-j{jobs}", *targets]
     with log_path.open("a") as handle:
         handle.write(f"$ {' '.join(argv)}\n")
         handle.flush()
         returncode, _, _ = run_process(argv, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     if returncode != 0:
-        raise BuildError(f"kernel build step 'make {' '.join(targets)}' failed (log: {log_path}):\n"
-                         + build_errors(log_path.read_text(errors="replace")))  # fmt: skip
+        raise BuildError(
+            f"kernel build step 'make {' '.join(targets)}' failed (log: {log_path}):\n"
+            + build_errors(log_path.read_text(errors="replace"))
+        )
 
 
 def build_errors(log_text: str, limit: int = 25) -> str:
@@ -573,8 +601,11 @@ def _configure(tree: Path, build: Path, variant: Variant, log_path: Path) -> Non
         copies.append(staged / f"{index:02d}-{fragment.name}")
         shutil.copyfile(fragment, copies[-1])
     _make(tree, build, ["tinyconfig"], log_path)
-    run_host([tree / "scripts" / "kconfig" / "merge_config.sh", "-m", "-O", build, build / ".config", *copies],
-             what="merge_config.sh", cwd=tree)  # fmt: skip
+    run_host(
+        [tree / "scripts" / "kconfig" / "merge_config.sh", "-m", "-O", build, build / ".config", *copies],
+        what="merge_config.sh",
+        cwd=tree,
+    )
     _make(tree, build, ["olddefconfig"], log_path)
     dropped = dropped_options(requested_options(fragments), parse_config((build / ".config").read_text()))
     if dropped:

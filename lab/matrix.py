@@ -47,12 +47,18 @@ MATRIX_KEYS = {
     "exclude": 'list of tables of axis values to drop, e.g. {kernel = "static", workload = "polled"}',
 }
 WORKLOAD_KEYS = {
-    "rw": "fio rw mode", "bs": "block size", "iodepth": "queue depth", "numjobs": "fio jobs",
-    "ioengine": "fio I/O engine", "runtime": 'run time, e.g. "10s" or 10', "size": "fio size",
-    "hipri": "polled completions (true/false)", "job_file": "path to a fio job file (instead of parameters)",
+    "rw": "fio rw mode",
+    "bs": "block size",
+    "iodepth": "queue depth",
+    "numjobs": "fio jobs",
+    "ioengine": "fio I/O engine",
+    "runtime": 'run time, e.g. "10s" or 10',
+    "size": "fio size",
+    "hipri": "polled completions (true/false)",
+    "job_file": "path to a fio job file (instead of parameters)",
     "fault": '"reset", "io-timeout" (NVMe) or "unplug": an error-recovery event during fio',
     "fault_after": "seconds into fio when the fault is injected (default 3)",
-}  # fmt: skip
+}
 # Drivers that fail a request whose map fails instead of requeueing it (claim C10): "ahci", a SATA
 # disk on q35's built-in AHCI controller (libata: its error handler drains the port and retries),
 # and "lsi", a SCSI disk on an LSI 53C895A (sym53c8xx: DID_ERROR, retried at once by the midlayer).
@@ -74,9 +80,11 @@ def growing_kernels() -> frozenset[str]:
     """Variants built with CONFIG_SWIOTLB_DYNAMIC=y: their pool keeps what it grew for the rest of a boot."""
     from lab.kernel import CONFIG_DIR, load_variants, requested_options
 
-    return frozenset(name for name, variant in load_variants().items()
-                     if requested_options((CONFIG_DIR / "base.config", *variant.fragments))
-                     .get("CONFIG_SWIOTLB_DYNAMIC") == "y")  # fmt: skip
+    return frozenset(
+        name
+        for name, variant in load_variants().items()
+        if requested_options((CONFIG_DIR / "base.config", *variant.fragments)).get("CONFIG_SWIOTLB_DYNAMIC") == "y"
+    )
 
 
 def hotplug_kernels() -> frozenset[str]:
@@ -84,9 +92,11 @@ def hotplug_kernels() -> frozenset[str]:
     the lab's variants, those whose fragments ask for it.  The unplug fault needs one."""
     from lab.kernel import CONFIG_DIR, load_variants, requested_options
 
-    return frozenset({"stock"}) | frozenset(name for name, variant in load_variants().items()
-                                            if requested_options((CONFIG_DIR / "base.config", *variant.fragments))
-                                            .get("CONFIG_HOTPLUG_PCI_PCIE") == "y")  # fmt: skip
+    return frozenset({"stock"}) | frozenset(
+        name
+        for name, variant in load_variants().items()
+        if requested_options((CONFIG_DIR / "base.config", *variant.fragments)).get("CONFIG_HOTPLUG_PCI_PCIE") == "y"
+    )
 
 
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|TiB|slabs?)?\s*$", re.I)
@@ -142,10 +152,14 @@ class Cell:
         if self.workload.job_file is not None:
             workload["job_file"] = hashlib.sha256(self.workload.job_file.read_bytes()).hexdigest()
         content: dict[str, Any] = {
-            "kernel": self.kernel, "pool_slabs": self.pool_slabs, "device": self.device,
-            "vcpus": self.vcpus, "memory_mib": self.memory_mib, "repetition": self.repetition,
+            "kernel": self.kernel,
+            "pool_slabs": self.pool_slabs,
+            "device": self.device,
+            "vcpus": self.vcpus,
+            "memory_mib": self.memory_mib,
+            "repetition": self.repetition,
             "workload": workload,
-        }  # fmt: skip
+        }
         # Only non-default fields join the content, so IDs of older cells stay valid.
         if self.knobs:
             content["knobs"] = dict(self.knobs)
@@ -185,11 +199,22 @@ class Cell:
     @property
     def boot_key(self) -> BootKey:
         """Cells with equal keys share one boot (workloads run one after another)."""
-        return (self.kernel, self.pool_slabs, self.device, self.vcpus, self.memory_mib, self.repetition,
-                self.swiotlb_force, self.poll_queues, self.net_load, self.platform,
-                self.workload.fault or (self.cell_id if self.solo else ""),
-                self.queue_limits,  # sysfs queue limits stay set for the rest of a boot
-                self.conversion_ns, self.neighbour)  # fmt: skip
+        return (
+            self.kernel,
+            self.pool_slabs,
+            self.device,
+            self.vcpus,
+            self.memory_mib,
+            self.repetition,
+            self.swiotlb_force,
+            self.poll_queues,
+            self.net_load,
+            self.platform,
+            self.workload.fault or (self.cell_id if self.solo else ""),
+            self.queue_limits,  # sysfs queue limits stay set for the rest of a boot
+            self.conversion_ns,
+            self.neighbour,
+        )
 
 
 @dataclass(frozen=True)
@@ -242,8 +267,9 @@ def parse_pool_slabs(value: object, where: str, default_ok: bool = False) -> int
         match = _SIZE.match(str(value))
         if not match:
             also = ', or "default"' if default_ok else ""
-            raise ConfigError(f'{where}: {value!r} is not a pool size; use "2MiB", "64MiB" or a slab count like '
-                              f"1024{also}")  # fmt: skip
+            raise ConfigError(
+                f'{where}: {value!r} is not a pool size; use "2MiB", "64MiB" or a slab count like 1024{also}'
+            )
         unit = (match.group(2) or "slabs").lower()
         amount = int(match.group(1))
         slabs = amount if unit.startswith("slab") else amount * _UNITS[unit] // SLAB_BYTES
@@ -278,8 +304,9 @@ def _workload(name: str, spec: object, base: Path, where: str) -> Workload:
     unknown = sorted(set(spec) - set(WORKLOAD_KEYS))
     if unknown:
         raise ConfigError(f"{where}: {unknown_key(unknown[0], list(WORKLOAD_KEYS), f'[workloads.{name}]')}")
-    kwargs: dict[str, Any] = {k: spec[k] for k in ("rw", "bs", "iodepth", "numjobs", "ioengine", "size", "hipri",
-                                                   "fault") if k in spec}  # fmt: skip
+    kwargs: dict[str, Any] = {
+        k: spec[k] for k in ("rw", "bs", "iodepth", "numjobs", "ioengine", "size", "hipri", "fault") if k in spec
+    }
     if "fault_after" in spec:
         kwargs["fault_after_s"] = _runtime_s(spec["fault_after"], f"{where}: workloads.{name}.fault_after")
     for key in ("bs", "size"):
@@ -291,8 +318,10 @@ def _workload(name: str, spec: object, base: Path, where: str) -> Workload:
         # runtime stays: it is how long the lab lets fio run before it gives up (the job file's own runtime)
         given = [k for k in ("rw", "bs", "iodepth", "numjobs", "ioengine", "size", "hipri") if k in spec]
         if given:
-            raise ConfigError(f"{where}: [workloads.{name}] sets job_file and {', '.join(given)}: the job file says "
-                              "what fio runs, so these would be ignored; set them in the job file")  # fmt: skip
+            raise ConfigError(
+                f"{where}: [workloads.{name}] sets job_file and {', '.join(given)}: the job file says "
+                "what fio runs, so these would be ignored; set them in the job file"
+            )
         job = Path(str(spec["job_file"]))
         kwargs["job_file"] = job if job.is_absolute() else base / job
     try:
@@ -422,8 +451,11 @@ def load_matrix(source: str | Path, kernels: tuple[str, ...] | None = None) -> M
     if path.suffix != ".toml" and not path.exists():
         shipped = resources.files("lab") / "matrices" / f"{source}.toml"
         if not shipped.is_file():
-            names = sorted(p.name.removesuffix(".toml") for p in (resources.files("lab") / "matrices").iterdir()
-                           if p.name.endswith(".toml"))  # fmt: skip
+            names = sorted(
+                p.name.removesuffix(".toml")
+                for p in (resources.files("lab") / "matrices").iterdir()
+                if p.name.endswith(".toml")
+            )
             raise ConfigError(
                 f"no matrix named {source!r}; shipped matrices: {', '.join(names)} (or give a .toml path)"
             )
@@ -439,8 +471,10 @@ def parse_suite(data: dict[str, Any], text: str, path: Path, kernels: tuple[str,
     theirs; a cell two members share (same content, same ID) runs once."""
     unknown = sorted(set(data) - {"suite"}) or sorted(set(data.get("suite", {})) - {"description", "matrices"})
     if unknown:
-        raise ConfigError(f"{path}{_line_of(text, unknown[0])}: unknown key {unknown[0]!r} in a suite; a suite is "
-                          "one [suite] table with description and matrices")  # fmt: skip
+        raise ConfigError(
+            f"{path}{_line_of(text, unknown[0])}: unknown key {unknown[0]!r} in a suite; a suite is "
+            "one [suite] table with description and matrices"
+        )
     members = data["suite"].get("matrices")
     where = f"{path}{_line_of(text, 'matrices')}: suite.matrices"
     if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
@@ -459,12 +493,15 @@ def parse_suite(data: dict[str, Any], text: str, path: Path, kernels: tuple[str,
     return Matrix(path.stem, str(path), str(data["suite"].get("description", "")), tuple(cells.values()), raw=data)
 
 
-def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tuple[str, ...],
-                 growing: frozenset[str] = frozenset()) -> Matrix:  # fmt: skip
+def parse_matrix(
+    data: dict[str, Any], text: str, path: Path, known_kernels: tuple[str, ...], growing: frozenset[str] = frozenset()
+) -> Matrix:
     unknown_top = sorted(set(data) - {"matrix", "workloads"})
     if unknown_top:
-        raise ConfigError(f"{path}{_line_of(text, unknown_top[0])}: unknown table {unknown_top[0]!r}; "
-                          "valid tables: [matrix], [workloads.NAME]")  # fmt: skip
+        raise ConfigError(
+            f"{path}{_line_of(text, unknown_top[0])}: unknown table {unknown_top[0]!r}; "
+            "valid tables: [matrix], [workloads.NAME]"
+        )
     section = data.get("matrix")
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: missing [matrix] table")
@@ -478,8 +515,9 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
     kernels = [str(k) for k in _list(section, "kernels", ["stock"], where("kernels"))]
     for kernel in kernels:
         if kernel not in known_kernels:
-            raise ConfigError(f"{where('kernels')}: unknown kernel variant {kernel!r}; "
-                              f"valid: {', '.join(known_kernels)}")  # fmt: skip
+            raise ConfigError(
+                f"{where('kernels')}: unknown kernel variant {kernel!r}; valid: {', '.join(known_kernels)}"
+            )
     pools = [parse_pool_slabs(v, where("pools"), default_ok=True) for v in _list(section, "pools", [], where("pools"))]
     devices = [str(d) for d in _list(section, "devices", ["nvme"], where("devices"))]
     for device in devices:
@@ -506,8 +544,10 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
     workloads = []
     for name in names:
         if name not in defined:
-            raise ConfigError(f"{where('workloads')}: workload {name!r} is not defined; "
-                              f"defined: {', '.join(defined) or 'none'} (add [workloads.{name}])")  # fmt: skip
+            raise ConfigError(
+                f"{where('workloads')}: workload {name!r} is not defined; "
+                f"defined: {', '.join(defined) or 'none'} (add [workloads.{name}])"
+            )
         workloads.append(_workload(name, defined[name], path.parent, f"{path}{_line_of(text, 'workloads.' + name)}"))
 
     net_load = _list(section, "net_load", [False], where("net_load"))
@@ -516,14 +556,21 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
     throttles = [
         _throttle_knobs(v, where("throttle")) for v in _list(section, "throttle", ["default"], where("throttle"))
     ]
-    timeouts = [_timeout_knob(v, where("throttle_timeout"))
-                for v in _list(section, "throttle_timeout", ["default"], where("throttle_timeout"))]  # fmt: skip
-    limits = [_grow_limit_knob(v, where("grow_limit"))
-              for v in _list(section, "grow_limit", ["default"], where("grow_limit"))]  # fmt: skip
-    queue_limits = [_queue_limits_knob(v, where("queue_limits"))
-                    for v in _list(section, "queue_limits", ["default"], where("queue_limits"))]  # fmt: skip
-    costs = [_conversion_ns(v, where("conversion_cost"))
-             for v in _list(section, "conversion_cost", [0], where("conversion_cost"))]  # fmt: skip
+    timeouts = [
+        _timeout_knob(v, where("throttle_timeout"))
+        for v in _list(section, "throttle_timeout", ["default"], where("throttle_timeout"))
+    ]
+    limits = [
+        _grow_limit_knob(v, where("grow_limit")) for v in _list(section, "grow_limit", ["default"], where("grow_limit"))
+    ]
+    queue_limits = [
+        _queue_limits_knob(v, where("queue_limits"))
+        for v in _list(section, "queue_limits", ["default"], where("queue_limits"))
+    ]
+    costs = [
+        _conversion_ns(v, where("conversion_cost"))
+        for v in _list(section, "conversion_cost", [0], where("conversion_cost"))
+    ]
     neighbours = [str(v) for v in _list(section, "neighbour", ["none"], where("neighbour"))]
     for value in neighbours:
         if value not in NEIGHBOURS:
@@ -544,11 +591,21 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
 
     by_name = {w.name: w for w in workloads}
     axes: dict[str, list[Any]] = {
-        "kernel": kernels, "pool": pools, "device": devices, "vcpus": vcpus, "memory": memory,
-        "workload": names, "throttle": [t[0] for t in throttles], "throttle_timeout": [t[0] for t in timeouts],
-        "grow_limit": [g[0] for g in limits], "queue_limits": queue_limits, "net_load": net_load,
-        "platform": platforms, "conversion_cost": costs, "neighbour": neighbours,
-    }  # fmt: skip
+        "kernel": kernels,
+        "pool": pools,
+        "device": devices,
+        "vcpus": vcpus,
+        "memory": memory,
+        "workload": names,
+        "throttle": [t[0] for t in throttles],
+        "throttle_timeout": [t[0] for t in timeouts],
+        "grow_limit": [g[0] for g in limits],
+        "queue_limits": queue_limits,
+        "net_load": net_load,
+        "platform": platforms,
+        "conversion_cost": costs,
+        "neighbour": neighbours,
+    }
     for axis, values in axes.items():  # a value listed twice would make two cells with one cell ID
         seen: list[Any] = []
         for value in values:
@@ -559,18 +616,21 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
     knobs_of = dict(throttles)
     timeout_knobs = dict(timeouts)
     limit_knobs = dict(limits)
-    excludes = [_rule(r, where("exclude"), axes, "exclude") for r in _list(section, "exclude", [{}], where("exclude"))
-                if r]  # fmt: skip
-    includes = [_rule(r, where("include"), axes, "include") for r in _list(section, "include", [{}], where("include"))
-                if r]  # fmt: skip
+    excludes = [
+        _rule(r, where("exclude"), axes, "exclude") for r in _list(section, "exclude", [{}], where("exclude")) if r
+    ]
+    includes = [
+        _rule(r, where("include"), axes, "include") for r in _list(section, "include", [{}], where("include")) if r
+    ]
 
     combos = [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
     # Threshold overrides only mean something on kernels with the throttle.
     combos = [c for c in combos if c["throttle"] == "default" or "throttle" in c["kernel"]]
     combos = [c for c in combos if c["throttle_timeout"] == "default" or timeout_capable(c["kernel"])]
     # A growth limit only means something on a series v2 kernel whose pool grows.
-    combos = [c for c in combos
-              if c["grow_limit"] == "default" or (timeout_capable(c["kernel"]) and c["kernel"] in growing)]  # fmt: skip
+    combos = [
+        c for c in combos if c["grow_limit"] == "default" or (timeout_capable(c["kernel"]) and c["kernel"] in growing)
+    ]
     # An emulated conversion cost is charged only where a pool grows.
     combos = [c for c in combos if c["conversion_cost"] == 0 or c["kernel"] in growing]
     combos = [c for c in combos if not any(_matches(c, rule) for rule in excludes)]
@@ -584,36 +644,52 @@ def parse_matrix(data: dict[str, Any], text: str, path: Path, known_kernels: tup
     for combo in combos:  # after exclude, so that excluding a pair is the way out
         pool_mib = combo["pool"] * SLAB_BYTES / (1 << 20)
         if pool_mib + GUEST_IMAGE_MIB > combo["memory"]:
-            raise ConfigError(f"{where('pools')}: a pool of {pool_mib:,.0f} MiB does not fit a guest of "
-                              f"{combo['memory']:,} MiB with the {GUEST_IMAGE_MIB} MiB its image needs; use a pool of "
-                              f"at most {(combo['memory'] - GUEST_IMAGE_MIB):,} MiB or more matrix.memory "
-                              "(or exclude the pair)")  # fmt: skip
+            raise ConfigError(
+                f"{where('pools')}: a pool of {pool_mib:,.0f} MiB does not fit a guest of "
+                f"{combo['memory']:,} MiB with the {GUEST_IMAGE_MIB} MiB its image needs; use a pool of "
+                f"at most {(combo['memory'] - GUEST_IMAGE_MIB):,} MiB or more matrix.memory "
+                "(or exclude the pair)"
+            )
         if combo["pool"] == DEFAULT_POOL and knobs_of[combo["throttle"]] is not None:
-            raise ConfigError(f"{where('throttle')}: thresholds in percent of the pool need a pool size, and "
-                              f'pool = "default" leaves the size to the guest kernel; use throttle = "default" '
-                              "(the kernel's own thresholds) or exclude the pair")  # fmt: skip
+            raise ConfigError(
+                f"{where('throttle')}: thresholds in percent of the pool need a pool size, and "
+                f'pool = "default" leaves the size to the guest kernel; use throttle = "default" '
+                "(the kernel's own thresholds) or exclude the pair"
+            )
         if combo["pool"] == DEFAULT_POOL and combo["queue_limits"] != "default":
-            raise ConfigError(f"{where('queue_limits')}: a queue fitted to the pool needs a pool size, and "
-                              'pool = "default" leaves the size to the guest kernel (exclude the pair)')  # fmt: skip
+            raise ConfigError(
+                f"{where('queue_limits')}: a queue fitted to the pool needs a pool size, and "
+                'pool = "default" leaves the size to the guest kernel (exclude the pair)'
+            )
         workload = by_name[combo["workload"]]
         if workload.fault == "unplug" and combo["kernel"] not in hotplug:
-            raise ConfigError(f"{where('workloads')}: workload {workload.name!r} unplugs the device, which kernel "
-                              f"{combo['kernel']!r} cannot take (no CONFIG_HOTPLUG_PCI_PCIE); kernels that can: "
-                              f"{', '.join(sorted(hotplug))} (or exclude the pair)")  # fmt: skip
+            raise ConfigError(
+                f"{where('workloads')}: workload {workload.name!r} unplugs the device, which kernel "
+                f"{combo['kernel']!r} cannot take (no CONFIG_HOTPLUG_PCI_PCIE); kernels that can: "
+                f"{', '.join(sorted(hotplug))} (or exclude the pair)"
+            )
         if workload.fault and combo["device"] not in FAULT_DEVICES[workload.fault]:
-            raise ConfigError(f"{where('workloads')}: workload {workload.name!r} injects fault {workload.fault!r}, "
-                              f"which needs device {' or '.join(FAULT_DEVICES[workload.fault])}, "
-                              f"not {combo['device']!r} (exclude the pair)")  # fmt: skip
+            raise ConfigError(
+                f"{where('workloads')}: workload {workload.name!r} injects fault {workload.fault!r}, "
+                f"which needs device {' or '.join(FAULT_DEVICES[workload.fault])}, "
+                f"not {combo['device']!r} (exclude the pair)"
+            )
         if loads_neighbour[workload.name] and combo["neighbour"] == "none":
-            raise ConfigError(f"{where('workloads')}: workload {workload.name!r} loads ${{LAB_NEIGHBOUR}} "
-                              f"({workload.job_file}), which needs neighbour = \"slow\" "
-                              "(exclude the pair)")  # fmt: skip
+            raise ConfigError(
+                f"{where('workloads')}: workload {workload.name!r} loads ${{LAB_NEIGHBOUR}} "
+                f'({workload.job_file}), which needs neighbour = "slow" '
+                "(exclude the pair)"
+            )
         if combo["neighbour"] != "none" and combo["device"] != "nvme":
-            raise ConfigError(f"{where('neighbour')}: a neighbour disk (virtio-blk) goes next to an NVMe disk "
-                              f"under test, not {combo['device']!r} (exclude the pair)")  # fmt: skip
+            raise ConfigError(
+                f"{where('neighbour')}: a neighbour disk (virtio-blk) goes next to an NVMe disk "
+                f"under test, not {combo['device']!r} (exclude the pair)"
+            )
         if workload.hipri and combo["device"] not in POLLED_DEVICES:
-            raise ConfigError(f"{where('workloads')}: workload {workload.name!r} polls (hipri), which needs device "
-                              f"{' or '.join(POLLED_DEVICES)}, not {combo['device']!r} (exclude the pair)")  # fmt: skip
+            raise ConfigError(
+                f"{where('workloads')}: workload {workload.name!r} polls (hipri), which needs device "
+                f"{' or '.join(POLLED_DEVICES)}, not {combo['device']!r} (exclude the pair)"
+            )
     cells = tuple(
         Cell(
             c["kernel"],

@@ -101,8 +101,18 @@ def gate(baseline_cells: pd.DataFrame, cells: pd.DataFrame) -> list[Finding]:
             old = before.get(verdict.claim)
             if old is None:
                 continue
-            findings.append(Finding(scope, verdict.claim, "claim", old.verdict != verdict.verdict, old.verdict,
-                                    verdict.verdict, evidence=verdict.evidence, detail=verdict.detail))  # fmt: skip
+            findings.append(
+                Finding(
+                    scope,
+                    verdict.claim,
+                    "claim",
+                    old.verdict != verdict.verdict,
+                    old.verdict,
+                    verdict.verdict,
+                    evidence=verdict.evidence,
+                    detail=verdict.detail,
+                )
+            )
         findings.extend(failed_cells(scope, base, part))
         ok_new, ok_old = _ok(part), _ok(base)
         for key, group in ok_new.groupby(list(GROUP_KEYS)):
@@ -111,17 +121,29 @@ def gate(baseline_cells: pd.DataFrame, cells: pd.DataFrame) -> list[Finding]:
                 continue
             b, c, _ = like_with_like(old_group, group)
             alike = _counted_alike(b, c)
-            family = compare_family([Metric(m, b[m].tolist(), c[m].tolist(), higher)
-                                     for m, higher in COMPARED_METRICS
-                                     if m in b and m in c and (m != "map_failures" or alike)])  # fmt: skip
+            family = compare_family(
+                [
+                    Metric(m, b[m].tolist(), c[m].tolist(), higher)
+                    for m, higher in COMPARED_METRICS
+                    if m in b and m in c and (m != "map_failures" or alike)
+                ]
+            )
             name = "/".join(str(k) for k in key)
             for comparison in family:
-                findings.append(Finding(
-                    scope, f"{comparison.metric} {name}", "metric", comparison.conclusion == "regressed",
-                    f"{comparison.baseline.median:.4g}", f"{comparison.candidate.median:.4g}",
-                    comparison.change_pct, comparison.p_value, tuple(c["cell_id"]),
-                    f"{comparison.conclusion} ({len(b)} vs {len(c)} cells)",
-                ))  # fmt: skip
+                findings.append(
+                    Finding(
+                        scope,
+                        f"{comparison.metric} {name}",
+                        "metric",
+                        comparison.conclusion == "regressed",
+                        f"{comparison.baseline.median:.4g}",
+                        f"{comparison.candidate.median:.4g}",
+                        comparison.change_pct,
+                        comparison.p_value,
+                        tuple(c["cell_id"]),
+                        f"{comparison.conclusion} ({len(b)} vs {len(c)} cells)",
+                    )
+                )
     return findings
 
 
@@ -155,8 +177,11 @@ def failed_cells(scope: str, base: pd.DataFrame, cells: pd.DataFrame) -> list[Fi
         grew = failed * len(old) > old_failed * len(group)  # failed / n now > failed / n then, without division
         evidence = tuple(group.loc[group["status"] == "failed", "cell_id"])
         detail = "failed cells: " + (" ".join(evidence) or "none")
-        findings.append(Finding(scope, f"cells failed {name}", "cells", grew, tally(old), tally(group),
-                                evidence=evidence, detail=detail))  # fmt: skip
+        findings.append(
+            Finding(
+                scope, f"cells failed {name}", "cells", grew, tally(old), tally(group), evidence=evidence, detail=detail
+            )
+        )
     return findings
 
 
@@ -181,8 +206,9 @@ def matrix_hash(cell_ids: Iterable[str]) -> str:
     return hashlib.sha256("\n".join(sorted(set(map(str, cell_ids)))).encode()).hexdigest()[:16]
 
 
-def write_junit(path: Path, findings: list[Finding], run: Path, night: str, baseline: str | None,
-                note: str = "") -> None:  # fmt: skip
+def write_junit(
+    path: Path, findings: list[Finding], run: Path, night: str, baseline: str | None, note: str = ""
+) -> None:
     """JUnit XML: one testsuite per host/platform, one testcase per claim, per compared metric and per group
     with failed cells; a regression is a failure carrying baseline, measured value, change, p-value and the
     evidence cells."""
@@ -193,8 +219,9 @@ def write_junit(path: Path, findings: list[Finding], run: Path, night: str, base
     if not by_scope:  # the first night, or nothing comparable: say so as a passing testcase
         by_scope["this host"] = []
     for scope, items in by_scope.items():
-        suite = _suite(suites, scope, night, baseline, tests=max(len(items), 1),
-                       failures=sum(f.regressed for f in items))  # fmt: skip
+        suite = _suite(
+            suites, scope, night, baseline, tests=max(len(items), 1), failures=sum(f.regressed for f in items)
+        )
         if not items:
             case = ET.SubElement(suite, "testcase", classname="nightly", name="baseline")
             ET.SubElement(case, "system-out").text = note or "no baseline yet: this night establishes it"
@@ -223,14 +250,18 @@ def write_error_junit(path: Path, night: str, reason: str, kind: str = "infrastr
     _write(path, suites)
 
 
-def _suite(suites: ET.Element, scope: str, night: str, baseline: str | None, *, tests: int, failures: int,
-           errors: int = 0) -> ET.Element:  # fmt: skip
-    suite = ET.SubElement(suites, "testsuite", name=scope, tests=str(tests), failures=str(failures),
-                          errors=str(errors), skipped="0")  # fmt: skip
-    ET.SubElement(suite, "properties").extend([
-        ET.Element("property", name="night", value=night),
-        ET.Element("property", name="baseline", value=baseline or "none"),
-    ])  # fmt: skip
+def _suite(
+    suites: ET.Element, scope: str, night: str, baseline: str | None, *, tests: int, failures: int, errors: int = 0
+) -> ET.Element:
+    suite = ET.SubElement(
+        suites, "testsuite", name=scope, tests=str(tests), failures=str(failures), errors=str(errors), skipped="0"
+    )
+    ET.SubElement(suite, "properties").extend(
+        [
+            ET.Element("property", name="night", value=night),
+            ET.Element("property", name="baseline", value=baseline or "none"),
+        ]
+    )
     return suite
 
 
@@ -248,8 +279,11 @@ def tree_revision(tree: Path | None) -> dict[str, str]:
         proc = subprocess.run(["git", "-C", str(tree), *args], capture_output=True, text=True, check=False)
         return proc.stdout.strip() if proc.returncode == 0 else ""
 
-    return {"tree_describe": git("describe", "--always", "--dirty", "--tags"), "tree_commit": git("rev-parse", "HEAD"),
-            "tree": str(tree)}  # fmt: skip
+    return {
+        "tree_describe": git("describe", "--always", "--dirty", "--tags"),
+        "tree_commit": git("rev-parse", "HEAD"),
+        "tree": str(tree),
+    }
 
 
 def judge_night(history: History, store: RunStore, tree: dict[str, str], junit: Path | None = None) -> tuple[int, str]:
@@ -267,18 +301,30 @@ def judge_night(history: History, store: RunStore, tree: dict[str, str], junit: 
     elif baseline is None:
         code = EXIT_OK
         other = history.baseline(name, store.run_id)  # the last usable night of this name, whatever it ran
-        summary = (f"the matrix changed since the last night: this night is the new baseline ({other} ran other "
-                   "cells)" if other else "no earlier complete night of this matrix with a usable result: "
-                   "this night is the baseline")  # fmt: skip
+        summary = (
+            f"the matrix changed since the last night: this night is the new baseline ({other} ran other cells)"
+            if other
+            else "no earlier complete night of this matrix with a usable result: this night is the baseline"
+        )
     else:
         findings = gate(load_cells(history.runs / baseline), cells)
         regressed = [f for f in findings if f.regressed]
         code = EXIT_REGRESSION if regressed else EXIT_OK
-        summary = (f"{len(regressed)} regression(s) against {baseline}: " + "; ".join(f.message for f in regressed[:5])
-                   if regressed else f"no regression against {baseline} ({len(findings)} comparisons)")  # fmt: skip
-    store.update_manifest(nightly={**tree, "baseline": baseline or "", "exit_code": code, "summary": summary,
-                                   "regressions": sum(f.regressed for f in findings),
-                                   "matrix_hash": digest})  # fmt: skip
+        summary = (
+            f"{len(regressed)} regression(s) against {baseline}: " + "; ".join(f.message for f in regressed[:5])
+            if regressed
+            else f"no regression against {baseline} ({len(findings)} comparisons)"
+        )
+    store.update_manifest(
+        nightly={
+            **tree,
+            "baseline": baseline or "",
+            "exit_code": code,
+            "summary": summary,
+            "regressions": sum(f.regressed for f in findings),
+            "matrix_hash": digest,
+        }
+    )
     for path in (store.root / "junit.xml", *([junit] if junit else [])):
         if nothing:
             write_error_junit(path, store.run_id, nothing)
@@ -291,9 +337,11 @@ def judge_night(history: History, store: RunStore, tree: dict[str, str], junit: 
 
 VERDICT_COLOURS = {"supported": "#e3f6e3", "contradicted": "#fbe3e3", "inconclusive": "#f6f3dc"}
 TREND_METRICS = (
-    ("fio_iops", "IOPS", 1.0), ("fio_clat_p99_us", "p99 completion latency (ms)", 1e-3),
-    ("map_failures", "failed DMA maps per cell", 1.0), ("hiwater_frac", "hiwater / nslabs", 1.0),
-)  # fmt: skip
+    ("fio_iops", "IOPS", 1.0),
+    ("fio_clat_p99_us", "p99 completion latency (ms)", 1e-3),
+    ("map_failures", "failed DMA maps per cell", 1.0),
+    ("hiwater_frac", "hiwater / nslabs", 1.0),
+)
 
 
 TREND_NOTE = (
@@ -318,12 +366,23 @@ def trend_points(cells: pd.DataFrame) -> pd.DataFrame:
     rows = []
     groups = cells.groupby(["night", "kernel", "workload"]).indices if not cells.empty else {}
     for (night, kernel, workload), index in sorted(groups.items()):
-        row: dict[str, object] = {"night": night, "kernel": kernel, "workload": workload, "n": len(index),
-                                  "observed": bool(seen[index].all())}  # fmt: skip
+        row: dict[str, object] = {
+            "night": night,
+            "kernel": kernel,
+            "workload": workload,
+            "n": len(index),
+            "observed": bool(seen[index].all()),
+        }
         for metric, _, _ in TREND_METRICS:
             summary = summarize(values[metric][index].tolist() if metric in values else [])
-            row.update({f"{metric}_median": summary.median, f"{metric}_mean": summary.mean,
-                        f"{metric}_low": summary.ci_low, f"{metric}_high": summary.ci_high})  # fmt: skip
+            row.update(
+                {
+                    f"{metric}_median": summary.median,
+                    f"{metric}_mean": summary.mean,
+                    f"{metric}_low": summary.ci_low,
+                    f"{metric}_high": summary.ci_high,
+                }
+            )
         rows.append(row)
     columns = ["night", "kernel", "workload", "n", "observed"] + [
         f"{m}_{what}" for m, _, _ in TREND_METRICS for what in ("median", "mean", "low", "high")
@@ -361,47 +420,73 @@ def build_trend(history: History, matrix_name: str, out: Path | None = None) -> 
     con = history.connect()
     ids = list(nights["run_id"])
     out = out or history.root / f"trend-{matrix_name}.html"
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>swiotlb-lab trend: {html.escape(matrix_name)}"
-             "</title><style>body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:"
-             "collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 5px}img{max-width:100%}</style></head>"
-             f"<body><h1>Nightly trend: {html.escape(matrix_name)}</h1><p>{len(ids)} nights.</p>"]  # fmt: skip
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>swiotlb-lab trend: {html.escape(matrix_name)}"
+        "</title><style>body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:"
+        "collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 5px}img{max-width:100%}</style></head>"
+        f"<body><h1>Nightly trend: {html.escape(matrix_name)}</h1><p>{len(ids)} nights.</p>"
+    ]
     if ids:
         revision = {r["run_id"]: (r["tree_describe"] or str(r["lab_revision"])[:12]) for _, r in nights.iterrows()}
         claims = _view(con, "claims")  # runs before per-host scopes have no `scope`
         claims = claims[claims["night"].isin(ids)] if "night" in claims else claims.iloc[0:0]
         claims = claims.assign(scope=claims["scope"].fillna("") if "scope" in claims else "")
-        table = (claims.pivot_table(index="night", columns=["scope", "claim"], values="verdict", aggfunc="first")
-                 if not claims.empty else pd.DataFrame())  # fmt: skip
+        table = (
+            claims.pivot_table(index="night", columns=["scope", "claim"], values="verdict", aggfunc="first")
+            if not claims.empty
+            else pd.DataFrame()
+        )
         head = "".join(f"<th>{html.escape(' '.join(str(x) for x in c if x))}</th>" for c in table.columns)
         rows = []
         for night in ids[::-1]:
             if night not in table.index:  # its report failed (report-error.txt in the run): say so, keep the row
-                rows.append(f"<tr><td>{html.escape(night)}</td><td>{html.escape(revision.get(night, ''))}</td>"
-                            f"<td colspan='{max(len(table.columns), 1)}'>no claims recorded</td></tr>")  # fmt: skip
+                rows.append(
+                    f"<tr><td>{html.escape(night)}</td><td>{html.escape(revision.get(night, ''))}</td>"
+                    f"<td colspan='{max(len(table.columns), 1)}'>no claims recorded</td></tr>"
+                )
                 continue
-            cells = "".join(f"<td style='background:{VERDICT_COLOURS.get(str(v), '#fff')}'>{html.escape(str(v))}</td>"
-                            for v in table.loc[night])  # fmt: skip
+            cells = "".join(
+                f"<td style='background:{VERDICT_COLOURS.get(str(v), '#fff')}'>{html.escape(str(v))}</td>"
+                for v in table.loc[night]
+            )
             rows.append(f"<tr><td>{html.escape(night)}</td><td>{html.escape(revision.get(night, ''))}</td>{cells}</tr>")
-        parts.append("<h2>Claims per night (newest first)</h2><table><tr><th>night</th><th>revision</th>"
-                     f"{head or '<th>claims</th>'}</tr>{''.join(rows)}</table>")  # fmt: skip
+        parts.append(
+            "<h2>Claims per night (newest first)</h2><table><tr><th>night</th><th>revision</th>"
+            f"{head or '<th>claims</th>'}</tr>{''.join(rows)}</table>"
+        )
         wanted = ["night", "kernel", "workload", "status", "observed", "sampler_samples"]
         ok = _view(con, "cells", wanted + [m for m, _, _ in TREND_METRICS])
         metrics = trend_points(ok[ok["night"].isin(ids)] if "night" in ok else ok)
         order = {night: i for i, night in enumerate(ids)}
         metrics["x"] = metrics["night"].map(order)
         workloads = sorted(set(metrics["workload"]))
-        fig, axes = plt.subplots(len(TREND_METRICS), max(len(workloads), 1), squeeze=False,
-                                 figsize=(5 * max(len(workloads), 1), 2.4 * len(TREND_METRICS)))  # fmt: skip
+        fig, axes = plt.subplots(
+            len(TREND_METRICS),
+            max(len(workloads), 1),
+            squeeze=False,
+            figsize=(5 * max(len(workloads), 1), 2.4 * len(TREND_METRICS)),
+        )
         for col, workload in enumerate(workloads):
             for row, (metric, label, scale) in enumerate(TREND_METRICS):
                 ax = axes[row, col]
                 for kernel, group in metrics[metrics["workload"] == workload].groupby("kernel"):
                     group = group.sort_values("x")
                     colour = variant_colour(kernel)
-                    ax.plot(group["x"], group[f"{metric}_median"] * scale, marker="." if len(group) < 60 else None,
-                            lw=1, color=colour, label=str(kernel))  # fmt: skip
-                    ax.fill_between(group["x"], group[f"{metric}_low"] * scale, group[f"{metric}_high"] * scale,
-                                    color=colour, alpha=0.15)  # fmt: skip
+                    ax.plot(
+                        group["x"],
+                        group[f"{metric}_median"] * scale,
+                        marker="." if len(group) < 60 else None,
+                        lw=1,
+                        color=colour,
+                        label=str(kernel),
+                    )
+                    ax.fill_between(
+                        group["x"],
+                        group[f"{metric}_low"] * scale,
+                        group[f"{metric}_high"] * scale,
+                        color=colour,
+                        alpha=0.15,
+                    )
                 ax.set_title(f"{workload}: {label}", fontsize=9, loc="left")
                 ticks = list(range(0, len(ids), max(1, len(ids) // 8)))
                 ax.set_xticks(ticks, [revision.get(ids[t], "")[:14] for t in ticks], rotation=30, fontsize=7)
@@ -414,8 +499,10 @@ def build_trend(history: History, matrix_name: str, out: Path | None = None) -> 
         plt.close(fig)
         only_observed = sorted(set(metrics.loc[metrics["observed"].astype(bool), "night"]))
         note = TREND_NOTE + (f" Plotted from observed cells: {', '.join(only_observed)}." if only_observed else "")
-        parts.append(f"<h2>Key metrics per night</h2><p>{html.escape(note)}</p><img alt='metrics per night' "
-                     f"src='data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}'>")  # fmt: skip
+        parts.append(
+            f"<h2>Key metrics per night</h2><p>{html.escape(note)}</p><img alt='metrics per night' "
+            f"src='data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}'>"
+        )
     parts.append("</body></html>")
     atomic_write_text(out, "\n".join(parts))
     return out

@@ -216,13 +216,18 @@ def parse_dmesg(text: str) -> DmesgSummary:
 # line the kernel prints for that report (kernel/locking/lockdep.c, kernel/sched/core.c,
 # kernel/hung_task.c, kernel/dma/debug.c, lib/bug.c).
 SPLAT_PATTERNS = (
-    ("lockdep", re.compile(r"WARNING: (possible (circular|recursive) locking|inconsistent lock state|"
-                           r"possible irq lock inversion|suspicious RCU usage)|BUG: Invalid wait context")),
+    (
+        "lockdep",
+        re.compile(
+            r"WARNING: (possible (circular|recursive) locking|inconsistent lock state|"
+            r"possible irq lock inversion|suspicious RCU usage)|BUG: Invalid wait context"
+        ),
+    ),
     ("sleep in atomic", re.compile(r"BUG: (sleeping function called from invalid context|scheduling while atomic)")),
     ("hung task", re.compile(r"INFO: task \S+ blocked for more than \d+ seconds")),
     ("dma-api", re.compile(r"DMA-API: \S+ \S+: ")),
     ("warning", re.compile(r"WARNING: CPU: \d+ PID: \d+ at ")),
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True)
@@ -331,21 +336,23 @@ def _fio_jobs(jobs: list[tuple[int, dict[str, Any]]], source: str, version: str)
             pct = {float(k): v for k, v in clat.get("percentile", {}).items()}
             for key, count in clat.get("bins", {}).items():
                 merged[int(key)] = merged.get(int(key), 0) + int(count)
-            rows.append({
-                "job": index,
-                "jobname": job.get("jobname", ""),
-                "direction": direction,
-                "error": int(job.get("error", 0)),
-                "iops": float(stats["iops"]),
-                "bw_bytes": float(stats["bw_bytes"]),
-                "io_bytes": int(stats["io_bytes"]),
-                "total_ios": int(stats["total_ios"]),
-                "short_ios": int(stats.get("short_ios", 0)),
-                "drop_ios": int(stats.get("drop_ios", 0)),
-                "runtime_ms": int(stats.get("runtime", 0)),
-                "clat_mean_us": float(clat.get("mean", math.nan)) / 1000.0,
-                **{f"clat_p{p:g}_us": float(pct.get(p, math.nan)) / 1000.0 for p in PERCENTILES},
-            })  # fmt: skip
+            rows.append(
+                {
+                    "job": index,
+                    "jobname": job.get("jobname", ""),
+                    "direction": direction,
+                    "error": int(job.get("error", 0)),
+                    "iops": float(stats["iops"]),
+                    "bw_bytes": float(stats["bw_bytes"]),
+                    "io_bytes": int(stats["io_bytes"]),
+                    "total_ios": int(stats["total_ios"]),
+                    "short_ios": int(stats.get("short_ios", 0)),
+                    "drop_ios": int(stats.get("drop_ios", 0)),
+                    "runtime_ms": int(stats.get("runtime", 0)),
+                    "clat_mean_us": float(clat.get("mean", math.nan)) / 1000.0,
+                    **{f"clat_p{p:g}_us": float(pct.get(p, math.nan)) / 1000.0 for p in PERCENTILES},
+                }
+            )
     frame = pd.DataFrame(rows)
     if frame.empty:
         raise ParseError("fio JSON", source, "no job did any I/O")

@@ -50,15 +50,26 @@ class SevSnpProfile(LaunchProfile):
 
     def machine_args(self, memory_mib: int, firmware: Path | None, cbitpos: int | None) -> list[str]:
         if firmware is None or cbitpos is None:
-            raise ConfigError("an SEV-SNP guest needs the host's OVMF AmdSev build and its C-bit position "
-                              "(CPUID 0x8000001f EBX[5:0]); see hosts.toml")  # fmt: skip
+            raise ConfigError(
+                "an SEV-SNP guest needs the host's OVMF AmdSev build and its C-bit position "
+                "(CPUID 0x8000001f EBX[5:0]); see hosts.toml"
+            )
         return [
-            "-machine", "q35,confidential-guest-support=sev0,memory-backend=ram0,smm=off",
-            "-accel", self.accel, "-cpu", self.cpu, "-m", f"{memory_mib}M",
-            "-object", f"memory-backend-memfd,id=ram0,size={memory_mib}M,share=true,reserve=false",
-            "-object", f"sev-snp-guest,id=sev0,cbitpos={cbitpos},reduced-phys-bits=1,kernel-hashes=on",
-            "-bios", _opt(firmware),
-        ]  # fmt: skip
+            "-machine",
+            "q35,confidential-guest-support=sev0,memory-backend=ram0,smm=off",
+            "-accel",
+            self.accel,
+            "-cpu",
+            self.cpu,
+            "-m",
+            f"{memory_mib}M",
+            "-object",
+            f"memory-backend-memfd,id=ram0,size={memory_mib}M,share=true,reserve=false",
+            "-object",
+            f"sev-snp-guest,id=sev0,cbitpos={cbitpos},reduced-phys-bits=1,kernel-hashes=on",
+            "-bios",
+            _opt(firmware),
+        ]
 
 
 @dataclass(frozen=True)
@@ -69,21 +80,31 @@ class TdxProfile(LaunchProfile):
         if firmware is None:
             raise ConfigError("a TDX guest needs the host's TDVF/OVMF build; see hosts.toml")
         return [
-            "-machine", "q35,confidential-guest-support=tdx0,kernel-irqchip=split,smm=off",
-            "-accel", self.accel, "-cpu", self.cpu, "-m", f"{memory_mib}M",
-            "-object", "tdx-guest,id=tdx0",
-            "-bios", _opt(firmware),
-        ]  # fmt: skip
+            "-machine",
+            "q35,confidential-guest-support=tdx0,kernel-irqchip=split,smm=off",
+            "-accel",
+            self.accel,
+            "-cpu",
+            self.cpu,
+            "-m",
+            f"{memory_mib}M",
+            "-object",
+            "tdx-guest,id=tdx0",
+            "-bios",
+            _opt(firmware),
+        ]
 
 
 PLATFORMS: dict[str, LaunchProfile] = {
     "tcg": LaunchProfile("tcg", "tcg,thread=multi,tb-size=256", "max"),
     "kvm": LaunchProfile("kvm", "kvm", "host", needs=("kvm",)),
-    "sev-snp": SevSnpProfile("sev-snp", "kvm", "host", min_qemu=(9, 1), needs=("kvm", "sev-snp"),
-                             encryption="SEV-SNP", needs_firmware=True),
-    "tdx": TdxProfile("tdx", "kvm", "host", min_qemu=(10, 1), needs=("kvm", "tdx"), encryption="TDX",
-                      needs_firmware=True),
-}  # fmt: skip
+    "sev-snp": SevSnpProfile(
+        "sev-snp", "kvm", "host", min_qemu=(9, 1), needs=("kvm", "sev-snp"), encryption="SEV-SNP", needs_firmware=True
+    ),
+    "tdx": TdxProfile(
+        "tdx", "kvm", "host", min_qemu=(10, 1), needs=("kvm", "tdx"), encryption="TDX", needs_firmware=True
+    ),
+}
 PLATFORM_NAMES = (AUTO, *PLATFORMS)
 
 

@@ -58,8 +58,9 @@ class HostSettings:
             try:
                 cbitpos = int(env[ENV_CBITPOS], 0)
             except ValueError:
-                raise ConfigError(f"{ENV_CBITPOS}={env[ENV_CBITPOS]!r} is not a number: give the SEV C-bit "
-                                  "position, e.g. 51") from None  # fmt: skip
+                raise ConfigError(
+                    f"{ENV_CBITPOS}={env[ENV_CBITPOS]!r} is not a number: give the SEV C-bit position, e.g. 51"
+                ) from None
         return cls(env.get(ENV_QEMU) or cls.qemu, firmware, cbitpos)
 
     def environment(self) -> dict[str, str]:
@@ -122,8 +123,9 @@ class LocalView:
 
     def run(self, argv: Sequence[str]) -> str | None:
         try:
-            proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=30, check=False,
-                                  stdin=subprocess.DEVNULL)  # fmt: skip
+            proc = subprocess.run(
+                list(argv), capture_output=True, text=True, timeout=30, check=False, stdin=subprocess.DEVNULL
+            )
         except (OSError, subprocess.TimeoutExpired):
             return None
         return proc.stdout if proc.returncode == 0 else None
@@ -198,12 +200,19 @@ def preflight(
     found = f"{qemu} {version[0]}.{version[1]}" if version else f"{qemu} not found or not working"
     has_qemu = check("QEMU", version is not None, found)
     objects = qemu_objects(view.run([qemu, "-object", "help"])) if has_qemu else set()
-    kvm = check("KVM device", view.accessible(KVM_DEVICE), f"{KVM_DEVICE} " + (
-        "readable and writable" if view.accessible(KVM_DEVICE) else "missing or not accessible"))  # fmt: skip
-    snp = check("SEV-SNP in KVM", param_enabled(view.read(SNP_PARAM)),
-                f"{SNP_PARAM} = {(view.read(SNP_PARAM) or 'absent').strip()}")  # fmt: skip
-    tdx = check("TDX in KVM", param_enabled(view.read(TDX_PARAM)),
-                f"{TDX_PARAM} = {(view.read(TDX_PARAM) or 'absent').strip()}")  # fmt: skip
+    kvm = check(
+        "KVM device",
+        view.accessible(KVM_DEVICE),
+        f"{KVM_DEVICE} " + ("readable and writable" if view.accessible(KVM_DEVICE) else "missing or not accessible"),
+    )
+    snp = check(
+        "SEV-SNP in KVM",
+        param_enabled(view.read(SNP_PARAM)),
+        f"{SNP_PARAM} = {(view.read(SNP_PARAM) or 'absent').strip()}",
+    )
+    tdx = check(
+        "TDX in KVM", param_enabled(view.read(TDX_PARAM)), f"{TDX_PARAM} = {(view.read(TDX_PARAM) or 'absent').strip()}"
+    )
     if cbitpos is None and snp:
         cbitpos = cbitpos_from_cpuid(view.run(["sh", "-c", CPUID_SEV_COMMAND]))
     enabled = {"kvm": kvm, "sev-snp": snp, "tdx": tdx}
@@ -214,8 +223,9 @@ def preflight(
         if not has_qemu:
             reasons.append(f"{qemu} not found")
         elif version is not None and version < launch.min_qemu:
-            reasons.append(f"needs QEMU >= {launch.min_qemu[0]}.{launch.min_qemu[1]}, host has "
-                           f"{version[0]}.{version[1]}")  # fmt: skip
+            reasons.append(
+                f"needs QEMU >= {launch.min_qemu[0]}.{launch.min_qemu[1]}, host has {version[0]}.{version[1]}"
+            )
         reasons += [f"{need} not enabled on the host" for need in launch.needs if not enabled[need]]
         if name == "sev-snp" and has_qemu and "sev-snp-guest" not in objects:
             reasons.append("QEMU lacks the sev-snp-guest object")
@@ -224,8 +234,9 @@ def preflight(
         if launch.needs_firmware:
             path = firmware.get(name)
             if not path:
-                reasons.append(f"no {name} firmware configured (hosts.toml firmware.{name}, or "
-                               f"{firmware_env(name)} on the host)")  # fmt: skip
+                reasons.append(
+                    f"no {name} firmware configured (hosts.toml firmware.{name}, or {firmware_env(name)} on the host)"
+                )
             elif not view.exists(path):
                 reasons.append(f"firmware {path} not found")
         if name == "sev-snp" and cbitpos is None and snp:
@@ -233,6 +244,8 @@ def preflight(
         offered[name] = "; ".join(reasons)
     for name, path in sorted(firmware.items()):
         check(f"firmware {name}", view.exists(path), path)
-    facts = {"qemu_version": f"{version[0]}.{version[1]}" if version else "",
-             "host_kernel": (view.run(["uname", "-r"]) or "").strip()}  # fmt: skip
+    facts = {
+        "qemu_version": f"{version[0]}.{version[1]}" if version else "",
+        "host_kernel": (view.run(["uname", "-r"]) or "").strip(),
+    }
     return Preflight(tuple(checks), offered, facts["qemu_version"], cbitpos, facts)

@@ -54,12 +54,15 @@ TRIGGERS = (
     # Failed scatterlists have no tracepoint that sees them: dma_map_sg_err fires only in a
     # WARN_ON_ONCE branch for unexpected error codes, never for a full pool's -EIO.  Only the
     # lab's counter (DMA_FAILURES_DEBUGFS/sg) counts them.
-    HistTrigger("map_page_failures", "dma/dma_map_page",
-                f"hist:keys=device:vals=hitcount,size if dma_addr == {DMA_MAPPING_ERROR}",
-                superseded_by=DMA_FAILURES_DEBUGFS),
+    HistTrigger(
+        "map_page_failures",
+        "dma/dma_map_page",
+        f"hist:keys=device:vals=hitcount,size if dma_addr == {DMA_MAPPING_ERROR}",
+        superseded_by=DMA_FAILURES_DEBUGFS,
+    ),
     # Counting every bounce costs guest CPU (bench sampler --observer triggers), and no verdict uses it.
     HistTrigger("bounces", "swiotlb/swiotlb_bounced", "hist:keys=dev_name:vals=hitcount,size", observed_only=True),
-)  # fmt: skip
+)
 TRIGGER_SETS = ("all", "failures", "none")  # what prepare/collect arm: every trigger, the failure counters, none
 
 
@@ -147,8 +150,14 @@ def fit_queue_lines(disk_name: str, pool_bytes: int, out: str, share: float, max
     ]
 
 
-def prepare(guest: Guest, files: WorkloadFiles, disk_name: str, knobs: dict[str, int] | None = None,
-            triggers: str = "all", queue_fit: tuple[int, float, int] | None = None) -> None:  # fmt: skip
+def prepare(
+    guest: Guest,
+    files: WorkloadFiles,
+    disk_name: str,
+    knobs: dict[str, int] | None = None,
+    triggers: str = "all",
+    queue_fit: tuple[int, float, int] | None = None,
+) -> None:
     """Before a workload: reset hiwater, apply throttle knobs, size the block queue to the pool
     (``queue_fit`` = pool bytes, share, max_sectors_kb), arm hist triggers (unless ``triggers`` is False:
     only to measure what they cost), snapshot state."""
@@ -209,8 +218,10 @@ def run_fio(guest: Guest, argv: list[str], files: WorkloadFiles, timeout_s: floa
     """Run fio; its JSON goes to a file (fio may print notes before the JSON on stdout).  The guest's
     CPU time counters (/proc/stat) are read right before and after it, for the CPU time per I/O."""
     stat = "head -n 1 /proc/stat > "
-    command = (f"{stat}{_q(files.path('stat_before.txt'))}; {quote_argv(argv)} 2> {_q(files.path('fio.stderr'))}; "
-               f"rc=$?; {stat}{_q(files.path('stat_after.txt'))}; exit $rc")  # fmt: skip
+    command = (
+        f"{stat}{_q(files.path('stat_before.txt'))}; {quote_argv(argv)} 2> {_q(files.path('fio.stderr'))}; "
+        f"rc=$?; {stat}{_q(files.path('stat_after.txt'))}; exit $rc"
+    )
     return guest.run(command, timeout_s=timeout_s, check=False).exitcode
 
 

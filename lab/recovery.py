@@ -61,8 +61,9 @@ class FaultInjector:
                 # deletes its queues, which holds QEMU's main loop (and QMP) until the throttled queue
                 # drains: the lift may wait that long.
                 self._throttle(iops=0, timeout_s=LIFT_TIMEOUT_S)
-                self.result["fault_detail"] = (f"backend at {FAULT_STALL_IOPS} IOPS for {FAULT_STALL_S} s, "
-                                               f"I/O timeout {FAULT_IO_TIMEOUT_MS} ms")  # fmt: skip
+                self.result["fault_detail"] = (
+                    f"backend at {FAULT_STALL_IOPS} IOPS for {FAULT_STALL_S} s, I/O timeout {FAULT_IO_TIMEOUT_MS} ms"
+                )
             elif self.workload.fault == "unplug":
                 self.vm.qmp("device_del", id=DEVICE_ID)
                 self.result["fault_detail"] = f"device_del {DEVICE_ID}"
@@ -86,8 +87,9 @@ class FaultInjector:
             if self._thread.is_alive():
                 self.result.setdefault("fault_error", f"the fault action did not end within {timeout_s:.0f} s")
             try:
-                seen = self.guest.run(f"test -e /sys/block/{self.disk_name} && echo present || echo gone",
-                                      timeout_s=15, check=False)  # fmt: skip
+                seen = self.guest.run(
+                    f"test -e /sys/block/{self.disk_name} && echo present || echo gone", timeout_s=15, check=False
+                )
                 self.result["device_after"] = seen.stdout.strip()
             except LabError as exc:
                 self.result["device_after"] = f"unknown ({exc})"[:200]

@@ -36,8 +36,14 @@ from lab.store import LOST, SKIPPED, load_cells, load_samples, write_parquet
 from lab.util import atomic_write_bytes, atomic_write_text
 from lab.vm import SLAB_BYTES
 
-VARIANT_COLOURS = {"static": "#d62728", "throttle": "#1f77b4", "dynamic": "#2ca02c", "throttle-dynamic": "#9467bd",
-                   "throttle-nopoll": "#17becf", "stock": "#7f7f7f"}  # fmt: skip
+VARIANT_COLOURS = {
+    "static": "#d62728",
+    "throttle": "#1f77b4",
+    "dynamic": "#2ca02c",
+    "throttle-dynamic": "#9467bd",
+    "throttle-nopoll": "#17becf",
+    "stock": "#7f7f7f",
+}
 OTHER_COLOURS = ("#ff7f0e", "#8c564b", "#e377c2", "#bcbd22", "#aec7e8", "#98df8a")
 
 
@@ -50,9 +56,13 @@ def variant_colour(kernel: object) -> str:
 
 
 COMPARED_METRICS = (
-    ("fio_iops", True), ("fio_clat_p50_us", False), ("fio_clat_p99_us", False), ("fio_clat_p999_us", False),
-    ("map_failures", False), ("hiwater_frac", False),
-)  # fmt: skip
+    ("fio_iops", True),
+    ("fio_clat_p50_us", False),
+    ("fio_clat_p99_us", False),
+    ("fio_clat_p999_us", False),
+    ("map_failures", False),
+    ("hiwater_frac", False),
+)
 
 
 def _fmt(value: Any, digits: int = 0) -> str:
@@ -83,17 +93,30 @@ SUMMARY_MAX_ROWS = 200  # above this, the summary shows one row per kernel/pool/
 def _grouped_summary(cells: pd.DataFrame) -> str:
     keys = ["kernel", "pool_slabs_requested", "device", "workload"]
     ok = cells[cells["status"] == "ok"]
-    table = ok.groupby(keys).agg(
-        cells=("cell_id", "size"), hiwater_frac=("hiwater_frac", "median"), map_failures=("map_failures", "median"),
-        fio_iops=("fio_iops", "median"), fio_clat_p99_us=("fio_clat_p99_us", "median"),
-        fio_errors=("fio_errors", "sum"),
-    ).reset_index()  # fmt: skip
+    table = (
+        ok.groupby(keys)
+        .agg(
+            cells=("cell_id", "size"),
+            hiwater_frac=("hiwater_frac", "median"),
+            map_failures=("map_failures", "median"),
+            fio_iops=("fio_iops", "median"),
+            fio_clat_p99_us=("fio_clat_p99_us", "median"),
+            fio_errors=("fio_errors", "sum"),
+        )
+        .reset_index()
+    )
     failed = cells[cells["status"] == "failed"].groupby(keys).size().rename("failed").reset_index()
     table = table.merge(failed, on=keys, how="outer").fillna({"failed": 0, "cells": 0})
-    header = "| kernel | pool (slabs) | device | workload | cells ok | failed | median hiwater/nslabs | median map " \
-             "failures | median IOPS | median p99 µs | fio errors |"  # fmt: skip
-    lines = [f"{len(cells)} cells, summarised per kernel/pool/device/workload (medians over ok cells):", "",
-             header, "|" + "---|" * 11]  # fmt: skip
+    header = (
+        "| kernel | pool (slabs) | device | workload | cells ok | failed | median hiwater/nslabs | median map "
+        "failures | median IOPS | median p99 µs | fio errors |"
+    )
+    lines = [
+        f"{len(cells)} cells, summarised per kernel/pool/device/workload (medians over ok cells):",
+        "",
+        header,
+        "|" + "---|" * 11,
+    ]
     for row in table.itertuples(index=False):
         lines.append(
             f"| {row.kernel} | {_fmt(row.pool_slabs_requested)} | {row.device} | {row.workload} | {int(row.cells)} | "
@@ -152,10 +175,22 @@ def summary_markdown(cells: pd.DataFrame, run_dir: str, manifest: dict[str, Any]
     failed = int((cells["status"] == "failed").sum())
     skipped = int((cells["status"] == SKIPPED).sum())
     lost = int((cells["status"] == LOST).sum())
-    lines += ["", f"{len(cells)} cells, {failed} failed" + (f", {skipped} skipped (platform not offered by this "
-                                                           "host: neither a failure nor a finding)" if skipped else "")
-              + (f", {lost} lost to the infrastructure (worker or host gone: neither a failure nor a finding; "
-                 "--resume runs them)" if lost else "") + "."]  # fmt: skip
+    lines += [
+        "",
+        f"{len(cells)} cells, {failed} failed"
+        + (
+            f", {skipped} skipped (platform not offered by this host: neither a failure nor a finding)"
+            if skipped
+            else ""
+        )
+        + (
+            f", {lost} lost to the infrastructure (worker or host gone: neither a failure nor a finding; "
+            "--resume runs them)"
+            if lost
+            else ""
+        )
+        + ".",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -174,12 +209,25 @@ def _png(fig: Any) -> bytes:
 PERFORMANCE_FIGURE = "performance.png"
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 # The figure that shows the evidence of each claim (linked from the claims table).
-CLAIM_FIGURES = {"C1": "failures_and_throttle.png", "C2": "hiwater_by_pool.png", "C3": "usage_over_time.png",
-                 "C4": "hiwater_by_pool.png", "C5": PERFORMANCE_FIGURE, "C6": PERFORMANCE_FIGURE,
-                 "C7": PERFORMANCE_FIGURE, "C2-v2": "hiwater_by_pool.png", "C5-v2": PERFORMANCE_FIGURE,
-                 "C6-v2": PERFORMANCE_FIGURE, "C7-plain": PERFORMANCE_FIGURE, "C9": "neighbour.png",
-                 "C9-v2": "neighbour.png", "C10": "failing_drivers.png", "C10-throttle": "failing_drivers.png",
-                 "C10-throttle-v2": "failing_drivers.png", "C13": "pool_search.png"}  # fmt: skip
+CLAIM_FIGURES = {
+    "C1": "failures_and_throttle.png",
+    "C2": "hiwater_by_pool.png",
+    "C3": "usage_over_time.png",
+    "C4": "hiwater_by_pool.png",
+    "C5": PERFORMANCE_FIGURE,
+    "C6": PERFORMANCE_FIGURE,
+    "C7": PERFORMANCE_FIGURE,
+    "C2-v2": "hiwater_by_pool.png",
+    "C5-v2": PERFORMANCE_FIGURE,
+    "C6-v2": PERFORMANCE_FIGURE,
+    "C7-plain": PERFORMANCE_FIGURE,
+    "C9": "neighbour.png",
+    "C9-v2": "neighbour.png",
+    "C10": "failing_drivers.png",
+    "C10-throttle": "failing_drivers.png",
+    "C10-throttle-v2": "failing_drivers.png",
+    "C13": "pool_search.png",
+}
 
 
 def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
@@ -194,31 +242,44 @@ def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[
     median = float(np.median(data))
     if data.size < 3 or np.all(data == data[0]):
         return median, (median if data.size >= 3 else math.nan), (median if data.size >= 3 else math.nan)
-    result = scipy_stats.bootstrap((data,), np.median, confidence_level=confidence, n_resamples=2000,
-                                   method="percentile", random_state=np.random.default_rng(0))  # fmt: skip
+    result = scipy_stats.bootstrap(
+        (data,),
+        np.median,
+        confidence_level=confidence,
+        n_resamples=2000,
+        method="percentile",
+        random_state=np.random.default_rng(0),
+    )
     low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
     return median, min(low, median), max(high, median)
 
 
 def _performance_figure(ok: pd.DataFrame, plt: Any) -> bytes | None:
-    metrics = [("fio_iops", "IOPS"), ("fio_clat_p99_us", "p99 completion latency"),
-               ("fio_clat_p999_us", "p99.9 completion latency")]  # fmt: skip
+    metrics = [
+        ("fio_iops", "IOPS"),
+        ("fio_clat_p99_us", "p99 completion latency"),
+        ("fio_clat_p999_us", "p99.9 completion latency"),
+    ]
     data = ok.dropna(subset=["fio_iops"])
     if data.empty:
         return None
     workloads = sorted(set(data["workload"]))
     kernels = sorted(set(data["kernel"]))
     pools = sorted(set(data["pool_slabs_requested"]))
-    fig, axes = plt.subplots(len(workloads), len(metrics), figsize=(4.4 * len(metrics), 2.9 * len(workloads)),
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        len(workloads), len(metrics), figsize=(4.4 * len(metrics), 2.9 * len(workloads)), squeeze=False
+    )
     width = 0.8 / max(len(kernels), 1)
     for row, workload in enumerate(workloads):
         cells = data[data["workload"] == workload]
         for col, (metric, label) in enumerate(metrics):
             ax = axes[row, col]
             # Latency in ms once µs would need four digits or more on the axis.
-            scale, unit = (1.0, "") if metric == "fio_iops" else (
-                (1e-3, " (ms)") if cells[metric].max() >= 1000 else (1.0, " (µs)"))  # fmt: skip
+            scale, unit = (
+                (1.0, "")
+                if metric == "fio_iops"
+                else ((1e-3, " (ms)") if cells[metric].max() >= 1000 else (1.0, " (µs)"))
+            )
             top = 0.0
             for k, kernel in enumerate(kernels):
                 xs, ys, lows, highs = [], [], [], []
@@ -238,8 +299,16 @@ def _performance_figure(ok: pd.DataFrame, plt: Any) -> bytes | None:
                     lows.append(median - low if pd.notna(low) else 0.0)
                     highs.append(high - median if pd.notna(high) else 0.0)
                 if xs:
-                    ax.errorbar(xs, ys, yerr=[lows, highs], fmt=MARKERS[k % len(MARKERS)], capsize=3, ms=5,
-                                color=variant_colour(kernel), label=kernel)  # fmt: skip
+                    ax.errorbar(
+                        xs,
+                        ys,
+                        yerr=[lows, highs],
+                        fmt=MARKERS[k % len(MARKERS)],
+                        capsize=3,
+                        ms=5,
+                        color=variant_colour(kernel),
+                        label=kernel,
+                    )
             ax.set_xticks(range(len(pools)), [_pool_label(int(pool)) for pool in pools])
             ax.set_xlim(-0.6, len(pools) - 0.4)
             ax.set_ylim(0, top * 1.12 or 1.0)
@@ -251,8 +320,14 @@ def _performance_figure(ok: pd.DataFrame, plt: Any) -> bytes | None:
     for ax in axes.flat:  # one legend for the figure: a variant may have cells in some workloads only
         for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(name, handle)
-    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=len(handles), fontsize=8,
-               bbox_to_anchor=(0.5, -0.02))  # fmt: skip
+    fig.legend(
+        list(handles.values()),
+        list(handles),
+        loc="lower center",
+        ncol=len(handles),
+        fontsize=8,
+        bbox_to_anchor=(0.5, -0.02),
+    )
     fig.suptitle(
         "Performance by variant: median (marker) with its 95% bootstrap interval, and each repetition (dots);"
         "\nrepetitions without the in-guest sampler where a group has two or more",
@@ -292,8 +367,7 @@ def figures(cells: pd.DataFrame, samples: pd.DataFrame) -> dict[str, bytes]:
                 picked.append((kernel, cell, series))
         if picked:
             # Own y scale per panel: a grown dynamic pool would flatten the fixed ones.
-            fig, axes = plt.subplots(len(picked), 1, figsize=(9, 1.2 + 1.9 * len(picked)), sharex=True,
-                                     squeeze=False)  # fmt: skip
+            fig, axes = plt.subplots(len(picked), 1, figsize=(9, 1.2 + 1.9 * len(picked)), sharex=True, squeeze=False)
             for ax, (kernel, cell, series) in zip(axes[:, 0], picked, strict=True):
                 ax.plot(series["t_s"], series["io_tlb_used"], color=variant_colour(kernel), lw=0.8, label="in use")
                 ax.axhline(cell["nslabs"], color="black", ls=":", lw=0.9, label="nslabs")
@@ -304,8 +378,11 @@ def figures(cells: pd.DataFrame, samples: pd.DataFrame) -> dict[str, bytes]:
                     ax.axhline(cell["high_throttle"], color="dimgrey", ls="--", lw=0.9, label="high_throttle")
                 if pd.notna(cell.get("low_throttle")):
                     ax.axhline(cell["low_throttle"], color="dimgrey", ls="-.", lw=0.7, label="low_throttle")
-                ax.set_title(f"{kernel}: {cell['workload']}, pool {int(cell['pool_slabs_requested'])} slabs "
-                             f"({cell['cell_id']})", fontsize=9, loc="left")  # fmt: skip
+                ax.set_title(
+                    f"{kernel}: {cell['workload']}, pool {int(cell['pool_slabs_requested'])} slabs ({cell['cell_id']})",
+                    fontsize=9,
+                    loc="left",
+                )
                 ax.set_ylabel("slabs in use", fontsize=8)
                 ax.set_ylim(bottom=0)  # the idle level (virtio-net's receive buffers) is not zero
                 ax.legend(fontsize=7, loc="upper right", ncol=2)
@@ -367,8 +444,10 @@ def _special_figures(cells: pd.DataFrame, ok: pd.DataFrame, plt: Any) -> dict[st
     ratios = {k: r for k, r in ratios.items() if not r.empty}
     if ratios:  # C9: what the neighbour costs the fast disk, per boot
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-        for ax, column, label in ((axes[0], "iops_ratio", "IOPS kept (with neighbour / alone)"),
-                                  (axes[1], "p99_ratio", "p99 with neighbour / alone")):  # fmt: skip
+        for ax, column, label in (
+            (axes[0], "iops_ratio", "IOPS kept (with neighbour / alone)"),
+            (axes[1], "p99_ratio", "p99 with neighbour / alone"),
+        ):
             for x, (kernel, frame) in enumerate(ratios.items()):
                 ax.scatter([x] * len(frame), frame[column], color=variant_colour(kernel), zorder=3)
                 ax.hlines(frame[column].median(), x - 0.3, x + 0.3, color="black", lw=1.5)
@@ -408,13 +487,22 @@ def _special_figures(cells: pd.DataFrame, ok: pd.DataFrame, plt: Any) -> dict[st
                 ax.barh(y, search.clean_used * SLAB_BYTES / 2**20, color=variant_colour(kernel))
             if search.used is not None:
                 resolved = search.ample_rsd_pct <= P99_SLACK * 100
-                ax.plot(search.used * SLAB_BYTES / 2**20, y, marker="x", ms=9, ls="",
-                        color="black" if resolved else "darkgrey")  # fmt: skip
+                ax.plot(
+                    search.used * SLAB_BYTES / 2**20,
+                    y,
+                    marker="x",
+                    ms=9,
+                    ls="",
+                    color="black" if resolved else "darkgrey",
+                )
         ax.set_yticks(range(len(found)), [f"{w} / {k}" for w, k, _ in found], fontsize=8)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("pool, MiB (a growing pool: what it grew to)")
-        ax.set_title("C13: bars, no failed map from this pool on; x, also p99 within 10% of the largest pool's "
-                     "(grey: p99 varies more than 10% there, not resolvable)", fontsize=8)  # fmt: skip
+        ax.set_title(
+            "C13: bars, no failed map from this pool on; x, also p99 within 10% of the largest pool's "
+            "(grey: p99 varies more than 10% there, not resolvable)",
+            fontsize=8,
+        )
         out["pool_search.png"] = _png(fig)
     return out
 
@@ -440,25 +528,50 @@ def _comparisons(ok: pd.DataFrame, baseline: str) -> list[dict[str, Any]]:
             base, cand, cells_used = like_with_like(
                 group[group["kernel"] == baseline], group[group["kernel"] == kernel]
             )
-            family = compare_family([Metric(m, base[m].tolist(), cand[m].tolist(), higher)
-                                     for m, higher in COMPARED_METRICS])  # fmt: skip
+            family = compare_family(
+                [Metric(m, base[m].tolist(), cand[m].tolist(), higher) for m, higher in COMPARED_METRICS]
+            )
             for c in family:
-                rows.append({
-                    "pool_slabs": pool, "workload": workload, "baseline": baseline, "variant": kernel,
-                    "metric": c.metric, "baseline_median": c.baseline.median, "baseline_rsd_pct": c.baseline.rsd_pct,
-                    "variant_median": c.candidate.median, "variant_rsd_pct": c.candidate.rsd_pct,
-                    "variant_ci95": f"[{c.candidate.ci_low:.4g}, {c.candidate.ci_high:.4g}]",
-                    "n": f"{c.baseline.n}/{c.candidate.n}", "change_pct": c.change_pct, "p_value": c.p_value,
-                    "p_raw": c.p_raw, "conclusion": c.conclusion, "reps_needed": c.reps_needed, "cells": cells_used,
-                })  # fmt: skip
+                rows.append(
+                    {
+                        "pool_slabs": pool,
+                        "workload": workload,
+                        "baseline": baseline,
+                        "variant": kernel,
+                        "metric": c.metric,
+                        "baseline_median": c.baseline.median,
+                        "baseline_rsd_pct": c.baseline.rsd_pct,
+                        "variant_median": c.candidate.median,
+                        "variant_rsd_pct": c.candidate.rsd_pct,
+                        "variant_ci95": f"[{c.candidate.ci_low:.4g}, {c.candidate.ci_high:.4g}]",
+                        "n": f"{c.baseline.n}/{c.candidate.n}",
+                        "change_pct": c.change_pct,
+                        "p_value": c.p_value,
+                        "p_raw": c.p_raw,
+                        "conclusion": c.conclusion,
+                        "reps_needed": c.reps_needed,
+                        "cells": cells_used,
+                    }
+                )
     return rows
 
 
 def claims_frame(verdicts: list[Verdict]) -> pd.DataFrame:
-    return pd.DataFrame([{
-        "claim": v.claim, "scope": v.scope, "text": v.text, "verdict": v.verdict, "metric": v.metric,
-        "threshold": v.threshold, "detail": v.detail, "evidence": " ".join(v.evidence),
-    } for v in verdicts])  # fmt: skip
+    return pd.DataFrame(
+        [
+            {
+                "claim": v.claim,
+                "scope": v.scope,
+                "text": v.text,
+                "verdict": v.verdict,
+                "metric": v.metric,
+                "threshold": v.threshold,
+                "detail": v.detail,
+                "evidence": " ".join(v.evidence),
+            }
+            for v in verdicts
+        ]
+    )
 
 
 # --- documents --------------------------------------------------------------------------------
@@ -469,8 +582,10 @@ def _md_table(frame: pd.DataFrame) -> str:
         return "_none_\n"
     header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
     rule = "|" + "---|" * len(frame.columns)
-    body = ["| " + " | ".join(_fmt(v, 2) if isinstance(v, float) else str(v) for v in row) + " |"
-            for row in frame.itertuples(index=False)]  # fmt: skip
+    body = [
+        "| " + " | ".join(_fmt(v, 2) if isinstance(v, float) else str(v) for v in row) + " |"
+        for row in frame.itertuples(index=False)
+    ]
     return "\n".join([header, rule, *body]) + "\n"
 
 
@@ -486,8 +601,17 @@ def _cell_link(cell_id: str) -> str:
     return f"[{cell_id}](cells/{cell_id}/cell.json)"
 
 
-HOST_COLUMNS = ("host_id", "platform", "cpu_model", "host_kernel", "host_cpus", "qemu_version", "coco_firmware",
-                "firmware_sev-snp", "firmware_tdx")  # fmt: skip
+HOST_COLUMNS = (
+    "host_id",
+    "platform",
+    "cpu_model",
+    "host_kernel",
+    "host_cpus",
+    "qemu_version",
+    "coco_firmware",
+    "firmware_sev-snp",
+    "firmware_tdx",
+)
 
 
 def hosts_table(cells: pd.DataFrame) -> pd.DataFrame:
@@ -506,8 +630,13 @@ def hosts_table(cells: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
-def report_markdown(manifest: dict[str, Any], cells: pd.DataFrame, verdicts: list[Verdict],
-                    comparison_rows: list[dict[str, Any]], figure_names: list[str]) -> str:  # fmt: skip
+def report_markdown(
+    manifest: dict[str, Any],
+    cells: pd.DataFrame,
+    verdicts: list[Verdict],
+    comparison_rows: list[dict[str, Any]],
+    figure_names: list[str],
+) -> str:
     hosts = hosts_table(cells)
     lines = [
         f"# swiotlb throttling: measured verdicts (run {manifest.get('run_id', '?')})",
@@ -533,8 +662,10 @@ def report_markdown(manifest: dict[str, Any], cells: pd.DataFrame, verdicts: lis
         figure = CLAIM_FIGURES.get(v.claim)
         shown = f"[{figure}](figures/{figure})" if figure in figure_names else "-"
         where = f" ({v.scope})" if v.scope else ""
-        lines.append(f"| **{v.claim}**{where} {v.text} | **{v.verdict}** | {v.metric} | {v.threshold} | {v.detail} | "
-                     f"{evidence or '-'} | {shown} |")  # fmt: skip
+        lines.append(
+            f"| **{v.claim}**{where} {v.text} | **{v.verdict}** | {v.metric} | {v.threshold} | {v.detail} | "
+            f"{evidence or '-'} | {shown} |"
+        )
     for title, note, table in series_tables(cells):
         lines += ["", f"## {title}", "", note, "", _md_table(table)]
     lines += ["", "## Statistics", "", THRESHOLDS_TEXT, ""]
@@ -548,10 +679,15 @@ def report_markdown(manifest: dict[str, Any], cells: pd.DataFrame, verdicts: lis
             lines.append(f"- {_cell_link(row['cell_id'])}: {row['failure_reason']}")
     retried = cells[cells["boot_retries"].fillna(0) > 0] if "boot_retries" in cells else cells.iloc[0:0]
     if not retried.empty:
-        lines += ["", "## Boots tried twice", "",
-                  "A boot that panicked or hung before SSH is tried once more (the emulator, not the kernel, "
-                  "can be at fault under TCG); these cells ran on the second boot. Each first boot's console "
-                  "is kept in the run's `boots/` directory.", ""]  # fmt: skip
+        lines += [
+            "",
+            "## Boots tried twice",
+            "",
+            "A boot that panicked or hung before SSH is tried once more (the emulator, not the kernel, "
+            "can be at fault under TCG); these cells ran on the second boot. Each first boot's console "
+            "is kept in the run's `boots/` directory.",
+            "",
+        ]
         for _, row in retried.iterrows():
             lines.append(f"- {_cell_link(row['cell_id'])} ({row['status']}): {row['boot_retry_reason']}")
     skipped = cells[cells["status"] == SKIPPED] if not cells.empty else cells
@@ -568,9 +704,14 @@ def report_markdown(manifest: dict[str, Any], cells: pd.DataFrame, verdicts: lis
             lines.append(f"- {len(group)} cell(s): {reason}")
     lost = cells[cells["status"] == LOST] if not cells.empty else cells
     if not lost.empty:
-        lines += ["", "## Lost cells (infrastructure)", "",
-                  "Their boot group was lost with its worker or host, or failed outside the guest; they are "
-                  "neither failures nor findings, and `--resume` runs them again.", ""]  # fmt: skip
+        lines += [
+            "",
+            "## Lost cells (infrastructure)",
+            "",
+            "Their boot group was lost with its worker or host, or failed outside the guest; they are "
+            "neither failures nor findings, and `--resume` runs them again.",
+            "",
+        ]
         for _, row in lost.iterrows():
             lines.append(f"- {_cell_link(row['cell_id'])}: {row['failure_detail']}")
     lines += ["", "## Figures", ""]
@@ -599,13 +740,19 @@ def _html_cell(value: Any) -> str:
 def _html_table(frame: pd.DataFrame) -> str:
     """A plain HTML table; pandas' to_html takes seconds for 10,000 rows."""
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
-    body = "\n".join("<tr>" + "".join(f"<td>{_html_cell(v)}</td>" for v in row) + "</tr>"
-                     for row in frame.itertuples(index=False))  # fmt: skip
+    body = "\n".join(
+        "<tr>" + "".join(f"<td>{_html_cell(v)}</td>" for v in row) + "</tr>" for row in frame.itertuples(index=False)
+    )
     return f"<table><tr>{head}</tr>\n{body}</table>"
 
 
-def report_html(manifest: dict[str, Any], cells: pd.DataFrame, verdicts: list[Verdict],
-                comparison_rows: list[dict[str, Any]], pngs: dict[str, bytes]) -> str:  # fmt: skip
+def report_html(
+    manifest: dict[str, Any],
+    cells: pd.DataFrame,
+    verdicts: list[Verdict],
+    comparison_rows: list[dict[str, Any]],
+    pngs: dict[str, bytes],
+) -> str:
     esc = html.escape
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
@@ -623,9 +770,11 @@ def report_html(manifest: dict[str, Any], cells: pd.DataFrame, verdicts: list[Ve
         figure = CLAIM_FIGURES.get(v.claim, "")
         shown = f"<a href='#fig-{esc(figure)}'>{esc(figure)}</a>" if figure in pngs else "-"
         where = f" ({esc(v.scope)})" if v.scope else ""
-        parts.append(f"<tr class='{esc(v.verdict)}'><td><b>{esc(v.claim)}</b>{where} {esc(v.text)}</td>"
-                     f"<td><b>{esc(v.verdict)}</b></td><td>{esc(v.metric)}</td><td>{esc(v.threshold)}</td>"
-                     f"<td>{esc(v.detail)}</td><td>{evidence or '-'}</td><td>{shown}</td></tr>")  # fmt: skip
+        parts.append(
+            f"<tr class='{esc(v.verdict)}'><td><b>{esc(v.claim)}</b>{where} {esc(v.text)}</td>"
+            f"<td><b>{esc(v.verdict)}</b></td><td>{esc(v.metric)}</td><td>{esc(v.threshold)}</td>"
+            f"<td>{esc(v.detail)}</td><td>{evidence or '-'}</td><td>{shown}</td></tr>"
+        )
     parts.append("</table>")
     for title, note, table in series_tables(cells):
         parts.append(f"<h2>{esc(title)}</h2><p>{esc(note)}</p>{_html_table(table)}")
@@ -635,12 +784,30 @@ def report_html(manifest: dict[str, Any], cells: pd.DataFrame, verdicts: list[Ve
     parts.append("<h2>Figures</h2>")
     for name, data in pngs.items():
         encoded = base64.b64encode(data).decode()
-        parts.append(f"<figure id='fig-{esc(name)}'><img alt='{esc(name)}' src='data:image/png;base64,{encoded}'>"
-                     f"<figcaption>{esc(name)}</figcaption></figure>")  # fmt: skip
+        parts.append(
+            f"<figure id='fig-{esc(name)}'><img alt='{esc(name)}' src='data:image/png;base64,{encoded}'>"
+            f"<figcaption>{esc(name)}</figcaption></figure>"
+        )
     parts.append("<h2>Cells</h2>")
-    columns = [c for c in ("cell_id", "status", "failure_reason", "kernel", "pool_slabs_requested", "nslabs",
-                           "workload", "hiwater", "map_failures", "high_throttle_count", "fio_iops",
-                           "fio_clat_p99_us", "fio_errors") if c in cells]  # fmt: skip
+    columns = [
+        c
+        for c in (
+            "cell_id",
+            "status",
+            "failure_reason",
+            "kernel",
+            "pool_slabs_requested",
+            "nslabs",
+            "workload",
+            "hiwater",
+            "map_failures",
+            "high_throttle_count",
+            "fio_iops",
+            "fio_clat_p99_us",
+            "fio_errors",
+        )
+        if c in cells
+    ]
     if not cells.empty:
         parts.append(_html_table(cells[columns]))
     parts.append("</body></html>")

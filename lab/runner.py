@@ -193,20 +193,35 @@ def base_row(ctx: LabContext, cell: Cell, store: RunStore) -> dict[str, Any]:
 
 def skipped_row(base: dict[str, Any], detail: str) -> dict[str, Any]:
     """A cell that could not run here: neither a failure nor a finding (``--resume`` retries it)."""
-    return {**base, "status": SKIPPED, "failure_reason": "platform not offered", "failure_detail": detail,
-            "cell_wall_s": 0.0}  # fmt: skip
+    return {
+        **base,
+        "status": SKIPPED,
+        "failure_reason": "platform not offered",
+        "failure_detail": detail,
+        "cell_wall_s": 0.0,
+    }
 
 
 def lost_row(base: dict[str, Any], detail: str) -> dict[str, Any]:
     """A cell whose boot group the infrastructure lost (worker or host gone, a task that failed outside the
     guest): neither a failure nor a finding (``--resume`` runs it again)."""
-    return {**base, "status": LOST, "failure_reason": "infrastructure", "failure_detail": detail[-4000:],
-            "cell_wall_s": 0.0}  # fmt: skip
+    return {
+        **base,
+        "status": LOST,
+        "failure_reason": "infrastructure",
+        "failure_detail": detail[-4000:],
+        "cell_wall_s": 0.0,
+    }
 
 
 def failed_row(base: dict[str, Any], reason: str, detail: str, started: float) -> dict[str, Any]:
-    return {**base, "status": "failed", "failure_reason": reason, "failure_detail": detail[-4000:],
-            "cell_wall_s": time.monotonic() - started}  # fmt: skip
+    return {
+        **base,
+        "status": "failed",
+        "failure_reason": reason,
+        "failure_detail": detail[-4000:],
+        "cell_wall_s": time.monotonic() - started,
+    }
 
 
 def default_jobs(vcpus: int, host_cpus: int | None = None) -> int:
@@ -322,13 +337,18 @@ def run_group(cells: list[Cell], store: RunStore, ctx: LabContext, reporter: Rep
                             console_tail=console_excerpt(vm.console_text()),
                         )
                     booted = True
-                    boot_info = {"accel": vm.accelerator, "boot_s": round(vm.boot_seconds, 3),
-                                 "ssh_connect_s": round(ssh_s, 3), "qemu_argv": " ".join(vm.argv),
-                                 "kernel_cmdline": spec.cmdline(), "boot_attempt": attempt,
-                                 "boot_retries": len(failed_boots),
-                                 "boot_retry_reason": "; ".join(failed_boots),
-                                 "guest_cpus": platform.cpus,
-                                 "memory_encryption": platform.memory_encryption}  # fmt: skip
+                    boot_info = {
+                        "accel": vm.accelerator,
+                        "boot_s": round(vm.boot_seconds, 3),
+                        "ssh_connect_s": round(ssh_s, 3),
+                        "qemu_argv": " ".join(vm.argv),
+                        "kernel_cmdline": spec.cmdline(),
+                        "boot_attempt": attempt,
+                        "boot_retries": len(failed_boots),
+                        "boot_retry_reason": "; ".join(failed_boots),
+                        "guest_cpus": platform.cpus,
+                        "memory_encryption": platform.memory_encryption,
+                    }
                     while remaining:
                         interrupt.check()
                         cell = remaining.pop(0)
@@ -385,8 +405,10 @@ def run_cell(
         triggers = base["triggers_armed"]
         share = queue_fit_share(cell.queue_limits)
         queue_fit = (cell.pool_slabs * SLAB_BYTES, share, QUEUE_FIT_MAX_SECTORS_KB) if share is not None else None
-        phase("preparing probes", lambda: probes.prepare(guest, files, disk.guest_name, dict(cell.knobs), triggers,
-                                                         queue_fit))  # fmt: skip
+        phase(
+            "preparing probes",
+            lambda: probes.prepare(guest, files, disk.guest_name, dict(cell.knobs), triggers, queue_fit),
+        )
         sampler = None
         if cell.observed:
             sampler = phase("starting sampler", lambda: probes.start_sampler(guest, files, cell.sample_hz))
@@ -395,8 +417,12 @@ def run_cell(
             job_file = files.path("job.fio")
             guest.put(cell.workload.job_file, job_file)
         neighbours = _neighbour_disks(cell)
-        argv = cell.workload.fio_argv(disk.guest_path, files.path("fio.json"), job_file,
-                                      neighbour=neighbours[0].guest_path if neighbours else None)  # fmt: skip
+        argv = cell.workload.fio_argv(
+            disk.guest_path,
+            files.path("fio.json"),
+            job_file,
+            neighbour=neighbours[0].guest_path if neighbours else None,
+        )
         if cell.net_load:
             phase("starting network load", lambda: probes.start_net_load(guest, files, netload.GUEST_PORT))
             load = netload.NetLoad(vm.forwarded(netload.GUEST_PORT))
@@ -406,8 +432,10 @@ def run_cell(
         fio_started = time.monotonic()
         fault.start()
         try:
-            fio_exit = phase(f"fio {cell.workload.name} ({cell.workload.runtime_s} s)",
-                             lambda: probes.run_fio(guest, argv, files, cell.workload.timeout_s))  # fmt: skip
+            fio_exit = phase(
+                f"fio {cell.workload.name} ({cell.workload.runtime_s} s)",
+                lambda: probes.run_fio(guest, argv, files, cell.workload.timeout_s),
+            )
         finally:
             if cell.workload.fault:
                 base.update(fault.finish())
@@ -459,13 +487,17 @@ def run_cell(
         return _store_failed(store, failed_row(base, "parse error", str(exc), started))
     row.update(fio_wall_s=fio_wall, cell_wall_s=time.monotonic() - started)
     if row["kernel_splat"]:  # the numbers are kept; the cell is not ok
-        row.update(status="failed", failure_reason=f"kernel {row['kernel_splat']}",
-                   failure_detail=row["kernel_splat_text"])  # fmt: skip
+        row.update(
+            status="failed", failure_reason=f"kernel {row['kernel_splat']}", failure_detail=row["kernel_splat_text"]
+        )
     elif cell.conversion_ns and row["conversion_ns_applied"] != cell.conversion_ns:
-        row.update(status="failed", failure_reason="no emulated conversion cost",
-                   failure_detail=f"asked for {cell.conversion_ns} ns per page; {probes.CONVERSION_PARAM} "
-                   f"reads {row['conversion_ns_applied']} (None: absent; the knob is in lab kernels with "
-                   "CONFIG_SWIOTLB_DYNAMIC, patches/swiotlb-emulate-conversion)")  # fmt: skip
+        row.update(
+            status="failed",
+            failure_reason="no emulated conversion cost",
+            failure_detail=f"asked for {cell.conversion_ns} ns per page; {probes.CONVERSION_PARAM} "
+            f"reads {row['conversion_ns_applied']} (None: absent; the knob is in lab kernels with "
+            "CONFIG_SWIOTLB_DYNAMIC, patches/swiotlb-emulate-conversion)",
+        )
     store.write_cell(row, samples, jobs)
     return row
 
@@ -505,8 +537,9 @@ def _delta(before: dict[str, int | None], after: dict[str, int | None], name: st
     return end - start if start is not None and end is not None else None
 
 
-def map_failures_from(before: dict[str, int | None], after: dict[str, int | None],
-                      page_hist: Hist | None) -> dict[str, Any]:  # fmt: skip
+def map_failures_from(
+    before: dict[str, int | None], after: dict[str, int | None], page_hist: Hist | None
+) -> dict[str, Any]:
     """The failed-map columns.  The lab's kernels count failed single mappings and scatterlists themselves
     (patches/dma-map-failure-counter: debugfs, no cost to a map that succeeds).  Elsewhere only the
     hist trigger's single mappings are known (``page_hist``, None if it was not armed): ``map_failures``
@@ -514,15 +547,28 @@ def map_failures_from(before: dict[str, int | None], after: dict[str, int | None
     every column is unknown (None), not zero."""
     page, sg = _delta(before, after, "page"), _delta(before, after, "sg")
     if page is not None and sg is not None:
-        return {"map_failures": page + sg, "map_page_failures": page,
-                "map_failure_bytes": _delta(before, after, "page_bytes"), "map_sg_errors": sg,
-                "map_failures_counted_by": "kernel counter"}  # fmt: skip
+        return {
+            "map_failures": page + sg,
+            "map_page_failures": page,
+            "map_failure_bytes": _delta(before, after, "page_bytes"),
+            "map_sg_errors": sg,
+            "map_failures_counted_by": "kernel counter",
+        }
     if page_hist is not None:
-        return {"map_failures": page_hist.hits, "map_page_failures": page_hist.hits,
-                "map_failure_bytes": page_hist.total("size"), "map_sg_errors": None,
-                "map_failures_counted_by": "hist trigger: single mappings only (a lower bound)"}  # fmt: skip
-    return {"map_failures": None, "map_page_failures": None, "map_failure_bytes": None, "map_sg_errors": None,
-            "map_failures_counted_by": ""}  # fmt: skip
+        return {
+            "map_failures": page_hist.hits,
+            "map_page_failures": page_hist.hits,
+            "map_failure_bytes": page_hist.total("size"),
+            "map_sg_errors": None,
+            "map_failures_counted_by": "hist trigger: single mappings only (a lower bound)",
+        }
+    return {
+        "map_failures": None,
+        "map_page_failures": None,
+        "map_failure_bytes": None,
+        "map_sg_errors": None,
+        "map_failures_counted_by": "",
+    }
 
 
 def build_row(base: dict[str, Any], local: Path, fio_exit: int) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
@@ -550,8 +596,10 @@ def build_row(base: dict[str, Any], local: Path, fio_exit: int) -> tuple[dict[st
     limits = parse_queue_limits(text("queue_limits.txt"), str(local / "queue_limits.txt"))
     cpu_s = None
     if text("stat_before.txt") and text("stat_after.txt"):
-        cpu_s = busy_cpu_seconds(parse_proc_stat(text("stat_before.txt"), str(local / "stat_before.txt")),
-                                 parse_proc_stat(text("stat_after.txt"), str(local / "stat_after.txt")))  # fmt: skip
+        cpu_s = busy_cpu_seconds(
+            parse_proc_stat(text("stat_before.txt"), str(local / "stat_before.txt")),
+            parse_proc_stat(text("stat_after.txt"), str(local / "stat_after.txt")),
+        )
     nslabs = before.get("io_tlb_nslabs")
     hiwater = after.get("io_tlb_used_hiwater")
     counted = {t.name for t in probes.armed(str(base.get("triggers_armed", "all")))}

@@ -147,8 +147,15 @@ class Session:
         settings = HostSettings.from_environment()  # this machine's QEMU, firmware and C-bit position
         hypervisor = LocalHypervisor(settings.qemu, dict(settings.firmware), settings.cbitpos)
         cache = cache_dir()
-        ctx = LabContext(hypervisor, image, client_key(), kernels, cache, accel=request.accel,
-                         firmware={k: Path(v) for k, v in settings.firmware.items()})  # fmt: skip
+        ctx = LabContext(
+            hypervisor,
+            image,
+            client_key(),
+            kernels,
+            cache,
+            accel=request.accel,
+            firmware={k: Path(v) for k, v in settings.firmware.items()},
+        )
         ctx.provenance = {**provenance(settings.qemu), **settings.describe()}
         # "auto" cells: KVM where a probe boot works, else TCG; CoCo platforms: what the preflight finds.
         # Remote runs: each host decides "auto" by its own probe and offers what its preflight finds, so
@@ -182,8 +189,10 @@ class Session:
         }
         if self.hosts:
             self.pool = SshWorkerPool(list(self.hosts.values()))
-            manifest["hosts"] = {h.name: {"address": h.address, "slots": h.slots, "platforms": list(h.platforms)}
-                                 for h in self.hosts.values()}  # fmt: skip
+            manifest["hosts"] = {
+                h.name: {"address": h.address, "slots": h.slots, "platforms": list(h.platforms)}
+                for h in self.hosts.values()
+            }
         elif request.scheduler:
             self.pool = DaskPool(scheduler=request.scheduler)
             manifest["scheduler"] = request.scheduler

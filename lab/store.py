@@ -71,9 +71,16 @@ def owner() -> dict[str, Any]:
     the digest of the process's exact argv tells it from any other process, whatever its path holds."""
     pid = os.getpid()
     own = _cmdline("self")
-    return {"pid": pid, "process_start": {"pid": pid, "ticks": _start_time(pid),
-                                          "cmdline_sha256": cmdline_digest(own) if own is not None else None},
-            "boot_id": _boot_id(), "controller": platform.node()}  # fmt: skip
+    return {
+        "pid": pid,
+        "process_start": {
+            "pid": pid,
+            "ticks": _start_time(pid),
+            "cmdline_sha256": cmdline_digest(own) if own is not None else None,
+        },
+        "boot_id": _boot_id(),
+        "controller": platform.node(),
+    }
 
 
 def liveness(manifest: dict[str, Any]) -> str:
@@ -172,8 +179,10 @@ class RunStore:
         previous = str(manifest.get("status", "?"))
         state = liveness(manifest)
         if state == "alive":
-            raise ConfigError(f"{self.root} is still being run by process {manifest.get('pid')} on this machine; "
-                              "stop it (Ctrl-C) before resuming")  # fmt: skip
+            raise ConfigError(
+                f"{self.root} is still being run by process {manifest.get('pid')} on this machine; "
+                "stop it (Ctrl-C) before resuming"
+            )
         changes: dict[str, Any] = {"status": "running", **owner()}
         if state == "dead":
             changes["died"] = f"its process {manifest.get('pid')} ended without marking the run (kill -9, crash)"
@@ -199,8 +208,12 @@ class RunStore:
 
     def write_phase(self, cell_id: str, phase: str) -> None:
         """What the run is doing now (``phase.json``), for operators, CI watchdogs and tests."""
-        record = {"cell_id": cell_id, "phase": phase, "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                  "pid": os.getpid()}  # fmt: skip
+        record = {
+            "cell_id": cell_id,
+            "phase": phase,
+            "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "pid": os.getpid(),
+        }
         atomic_write_text(self.root / PHASE, json.dumps(record, sort_keys=True) + "\n")
 
     # -- cells ----------------------------------------------------------------------
@@ -226,8 +239,11 @@ class RunStore:
         skipped because their platform was not offered, or lost with their worker or host, are never
         finished: a resume tries them again."""
         redo = (SKIPPED, LOST)
-        return {cid for cid, rec in self.completed_cells().items()
-                if rec.get("status") not in redo and (not retry_failed or rec.get("status") == "ok")}  # fmt: skip
+        return {
+            cid
+            for cid, rec in self.completed_cells().items()
+            if rec.get("status") not in redo and (not retry_failed or rec.get("status") == "ok")
+        }
 
     def write_cell(self, row: dict[str, Any], samples: pd.DataFrame | None, fio_jobs: pd.DataFrame | None) -> None:
         """Persist one finished cell (ok or failed); ``cell.json`` goes last and marks it complete."""

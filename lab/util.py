@@ -141,8 +141,17 @@ def run_process(
     interrupt.check()
     started = time.monotonic()
     with interrupt.deferred():  # the process must be ours to stop before any interrupt can unwind
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-                                start_new_session=True, text=True, errors="replace")  # fmt: skip
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+            text=True,
+            errors="replace",
+        )
     try:
         while True:
             try:
@@ -184,8 +193,9 @@ def run_host(
     args = [str(a) for a in argv]
     log.debug("running %s: %s", what, args)
     try:
-        code, stdout, stderr = run_process(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, env=env,
-                                           timeout_s=timeout_s)  # fmt: skip
+        code, stdout, stderr = run_process(
+            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, env=env, timeout_s=timeout_s
+        )
     except FileNotFoundError as exc:
         raise BuildError(f"{what}: command not found: {args[0]}") from exc
     except LabTimeout as exc:

@@ -136,23 +136,36 @@ def qemu_argv(
     extra_fwd = "".join(f",hostfwd=tcp:127.0.0.1:{host}-:{guest}" for guest, host in (forwards or {}).items())
     argv: list[str] = [
         qemu,
-        "-nodefaults", "-no-user-config", "-no-reboot",
+        "-nodefaults",
+        "-no-user-config",
+        "-no-reboot",
         *launch.machine_args(spec.memory_mib, spec.firmware, spec.cbitpos),
-        "-smp", str(spec.vcpus),
-        "-display", "none", "-vga", "none",
+        "-smp",
+        str(spec.vcpus),
+        "-display",
+        "none",
+        "-vga",
+        "none",
         # intel-iommu ahead of the PCI devices it translates for; without interrupt remapping,
         # which on q35 would need a split irqchip.
         *(("-device", "intel-iommu,intremap=off") if spec.iommu else ()),
-        "-kernel", _opt(spec.kernel),
-        "-initrd", _opt(spec.initrd),
-        "-append", spec.cmdline(),
-        "-serial", f"file:{_opt(console)}",
-        "-qmp", f"unix:{_opt(qmp)},server=on,wait=off",
+        "-kernel",
+        _opt(spec.kernel),
+        "-initrd",
+        _opt(spec.initrd),
+        "-append",
+        spec.cmdline(),
+        "-serial",
+        f"file:{_opt(console)}",
+        "-qmp",
+        f"unix:{_opt(qmp)},server=on,wait=off",
         # restrict=on: the guest reaches nothing; only the forwarded port reaches it.
-        "-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22{extra_fwd}",
+        "-netdev",
+        f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22{extra_fwd}",
         # iommu_platform=on makes virtio use the DMA API, so it bounces like in a CoCo VM.
-        "-device", "virtio-net-pci,netdev=net0,iommu_platform=on,disable-legacy=on,romfile=",
-    ]  # fmt: skip
+        "-device",
+        "virtio-net-pci,netdev=net0,iommu_platform=on,disable-legacy=on,romfile=",
+    ]
     for index, (disk, image) in enumerate(zip(spec.disks, disk_images, strict=True)):
         drive = f"dut{index}"
         throttle = f",throttling.bps-total={disk.bps_limit}" if disk.bps_limit else ""
@@ -344,8 +357,14 @@ class Machine:
         qemu_err = self.qemu_log.read_text(errors="replace").strip() if self.qemu_log.exists() else ""
         if qemu_err:
             message += f"\nQEMU said: {qemu_err[-2000:]}"
-        return cls(message, argv=self._argv, exitcode=code, log_path=self.console_log,
-                   console_tail=self.console_tail(), reason=reason)  # fmt: skip
+        return cls(
+            message,
+            argv=self._argv,
+            exitcode=code,
+            log_path=self.console_log,
+            console_tail=self.console_tail(),
+            reason=reason,
+        )
 
     def check_alive(self) -> None:
         """Raise if the guest panicked or QEMU exited."""
@@ -373,19 +392,28 @@ class Machine:
             self.console_log.unlink(missing_ok=True)
             self.qmp_socket.unlink(missing_ok=True)
             self._argv = qemu_argv(
-                self.spec, accel=self.accel, ssh_port=self._port, console=self.console_log,
-                qmp=self.qmp_socket, disk_images=tuple(images), qemu=self.qemu, forwards=self._forwards,
+                self.spec,
+                accel=self.accel,
+                ssh_port=self._port,
+                console=self.console_log,
+                qmp=self.qmp_socket,
+                disk_images=tuple(images),
+                qemu=self.qemu,
+                forwards=self._forwards,
                 trace=self.trace_log if doorbells.qemu_can_trace(self.qemu) else None,
-            )  # fmt: skip
+            )
             log.debug("QEMU argv: %s", self._argv)
             # No exception may land between QEMU's start and self._proc knowing it (interrupt.deferred);
             # a stop request is honoured right after, and __enter__ then stops this QEMU.
             with self.qemu_log.open("wb") as err, interrupt.deferred():
                 self._started = time.monotonic()
                 self._proc = subprocess.Popen(
-                    DIE_WITH_PARENT + self._argv, stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT,
+                    DIE_WITH_PARENT + self._argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=err,
+                    stderr=subprocess.STDOUT,
                     start_new_session=True,  # Ctrl-C goes to the lab, which then stops QEMU in order
-                )  # fmt: skip
+                )
             interrupt.sleep(0.05)
             if self._proc.poll() is None or "hostfwd" not in self.qemu_log.read_text(errors="replace"):
                 return
@@ -473,8 +501,9 @@ class LocalHypervisor:
 
     name = "local"
 
-    def __init__(self, qemu: str = "qemu-system-x86_64", firmware: dict[str, str] | None = None,
-                 cbitpos: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, qemu: str = "qemu-system-x86_64", firmware: dict[str, str] | None = None, cbitpos: int | None = None
+    ) -> None:
         self.qemu = qemu
         self.firmware = dict(firmware or {})  # platform -> OVMF image on this host (capabilities only)
         self.cbitpos = cbitpos
@@ -498,8 +527,13 @@ class LocalHypervisor:
         return len(running)
 
     def describe(self) -> dict[str, object]:
-        return {"hypervisor": self.name, "qemu": self.qemu, "qemu_version": qemu_version(self.qemu),
-                "host_cpus": os.cpu_count(), "kvm_probe": self.probe_note}  # fmt: skip
+        return {
+            "hypervisor": self.name,
+            "qemu": self.qemu,
+            "qemu_version": qemu_version(self.qemu),
+            "host_cpus": os.cpu_count(),
+            "kvm_probe": self.probe_note,
+        }
 
     def resolve_accel(self, spec: BootSpec, workdir: Path) -> str:
         if spec.accel != "auto":

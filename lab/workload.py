@@ -42,8 +42,9 @@ def check_job_file(path: Path) -> None:
     try:
         parser.read_string(path.read_text(), source=str(path))
     except configparser.MissingSectionHeaderError as exc:
-        raise ConfigError(f"{path}:{exc.lineno}: fio job file syntax error: {exc.line.strip()!r} comes before any "
-                          "[job] section") from exc  # fmt: skip
+        raise ConfigError(
+            f"{path}:{exc.lineno}: fio job file syntax error: {exc.line.strip()!r} comes before any [job] section"
+        ) from exc
     except configparser.ParsingError as exc:
         line, text = exc.errors[0] if exc.errors else (0, "")
         raise ConfigError(f"{path}:{line}: fio job file syntax error: {text.strip()!r} is not option=value") from exc
@@ -59,11 +60,15 @@ def check_job_file(path: Path) -> None:
         if target is None:
             raise ConfigError(f"{path}: [{job}] names no filename; the lab picks the disk: filename=${{LAB_DEVICE}}")
         if target.strip() not in JOB_TARGETS:
-            raise ConfigError(f"{path}: [{job}] filename={target} is not a disk the lab gives the job; use "
-                              "filename=${LAB_DEVICE} (the disk under test) or ${LAB_NEIGHBOUR}")  # fmt: skip
+            raise ConfigError(
+                f"{path}: [{job}] filename={target} is not a disk the lab gives the job; use "
+                "filename=${LAB_DEVICE} (the disk under test) or ${LAB_NEIGHBOUR}"
+            )
         if "runtime" not in options:
-            raise ConfigError(f"{path}: [{job}] has no runtime; the lab needs to know how long fio runs "
-                              "(runtime=10 with time_based=1)")  # fmt: skip
+            raise ConfigError(
+                f"{path}: [{job}] has no runtime; the lab needs to know how long fio runs "
+                "(runtime=10 with time_based=1)"
+            )
     _fio_parse_only(path)
 
 
@@ -78,8 +83,9 @@ def _fio_parse_only(path: Path) -> None:
         log.warning("fio is not installed on this host: %s checked by the lab's rules only", path)
         return
     env = {"PATH": "/usr/bin:/bin", **{name[2:-1]: "/dev/null" for name in JOB_TARGETS}}
-    result = subprocess.run([fio, "--parse-only", str(path)], env=env, capture_output=True, text=True, timeout=30,
-                            check=False)  # fmt: skip
+    result = subprocess.run(
+        [fio, "--parse-only", str(path)], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
     if result.returncode != 0:
         said = " ".join((result.stderr + result.stdout).split())
         raise ConfigError(f"{path}: fio refuses the job file: {said[:400]}")
@@ -110,8 +116,10 @@ class Workload:
         if self.fault and self.fault not in FAULTS:
             raise ConfigError(f"{where}: fault = {self.fault!r} is not one of {', '.join(FAULTS)}")
         if self.fault and not 0 < self.fault_after_s < self.runtime_s:
-            raise ConfigError(f"{where}: fault_after = {self.fault_after_s!r} must be seconds within the run time "
-                              f"(0 < fault_after < {self.runtime_s})")  # fmt: skip
+            raise ConfigError(
+                f"{where}: fault_after = {self.fault_after_s!r} must be seconds within the run time "
+                f"(0 < fault_after < {self.runtime_s})"
+            )
         if self.job_file is not None:
             if not self.job_file.is_file():
                 raise ConfigError(f"{where}: job_file {self.job_file.resolve()} does not exist")
@@ -137,8 +145,9 @@ class Workload:
         """How long fio may take before the lab gives up on it (a fault adds its recovery time)."""
         return self.runtime_s * 2 + 30 + (FAULT_STALL_S + 30 if self.fault else 0)
 
-    def fio_argv(self, device: str, output: str, job_file_in_guest: str | None = None,
-                 neighbour: str | None = None) -> list[str]:  # fmt: skip
+    def fio_argv(
+        self, device: str, output: str, job_file_in_guest: str | None = None, neighbour: str | None = None
+    ) -> list[str]:
         common = ["fio", f"--output-format={FIO_OUTPUT_FORMAT}", f"--output={output}"]
         if self.job_file is not None:
             # Job files name the device under test as ${LAB_DEVICE}, a slow neighbour disk as ${LAB_NEIGHBOUR}.
@@ -166,10 +175,16 @@ class Workload:
 
     def describe(self) -> dict[str, object]:
         return {
-            "workload": self.name, "rw": self.rw, "bs": self.bs, "iodepth": self.iodepth,
-            "numjobs": self.numjobs, "ioengine": self.ioengine, "runtime_s": self.runtime_s,
-            "size": self.size, "hipri": self.hipri,
+            "workload": self.name,
+            "rw": self.rw,
+            "bs": self.bs,
+            "iodepth": self.iodepth,
+            "numjobs": self.numjobs,
+            "ioengine": self.ioengine,
+            "runtime_s": self.runtime_s,
+            "size": self.size,
+            "hipri": self.hipri,
             "job_file": str(self.job_file) if self.job_file else "",
             # Only set when used, so the IDs of cells without a fault stay as they were.
             **({"fault": self.fault, "fault_after_s": self.fault_after_s} if self.fault else {}),
-        }  # fmt: skip
+        }

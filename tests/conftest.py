@@ -48,9 +48,14 @@ def kernels_built_in_the_background(request: pytest.FixtureRequest) -> Iterator[
         return
     log = cache_dir() / "prebuild.log"
     with log.open("w") as handle:
-        builder = subprocess.Popen([sys.executable, "-m", "tests.prebuild"], cwd=Path(__file__).parent.parent,
-                                   stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
-                                   start_new_session=True)  # fmt: skip
+        builder = subprocess.Popen(
+            [sys.executable, "-m", "tests.prebuild"],
+            cwd=Path(__file__).parent.parent,
+            stdin=subprocess.DEVNULL,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         yield
     finally:
@@ -95,8 +100,9 @@ def hypervisor() -> LocalHypervisor:
 
 @pytest.fixture
 def lab_ctx(guest_image: GuestImage, stock: KernelBuild, lab_key: KeyPair, hypervisor: LocalHypervisor) -> LabContext:
-    return LabContext(hypervisor, guest_image, lab_key, {"stock": stock}, cache_dir(),
-                      provenance={"lab_revision": "test"})  # fmt: skip
+    return LabContext(
+        hypervisor, guest_image, lab_key, {"stock": stock}, cache_dir(), provenance={"lab_revision": "test"}
+    )
 
 
 def pid_alive(pid: int) -> bool:
@@ -132,19 +138,23 @@ def local_sshd(tmp_path: Path) -> Iterator[LocalSshd]:
     if os.geteuid() != 0:
         pytest.skip("sshd with its own config needs root")
     for name in ("host", "client"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "lab-test", "-f", str(tmp_path / name)],
-                       check=True)  # fmt: skip
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "lab-test", "-f", str(tmp_path / name)], check=True
+        )
     authorized = tmp_path / "authorized_keys"
     shutil.copy(tmp_path / "client.pub", authorized)
     authorized.chmod(0o600)
     port = _free_port()
     config = tmp_path / "sshd_config"
-    config.write_text(f"Port {port}\nListenAddress 127.0.0.1\nHostKey {tmp_path / 'host'}\n"
-                      f"AuthorizedKeysFile {authorized}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-                      "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nPidFile none\n")  # fmt: skip
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {tmp_path / 'host'}\n"
+        f"AuthorizedKeysFile {authorized}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nPidFile none\n"
+    )
     Path("/run/sshd").mkdir(exist_ok=True)  # its privilege-separation directory
-    proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [str(SSHD), "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + 10
         while True:

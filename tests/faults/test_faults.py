@@ -60,8 +60,9 @@ def ctx(guest_image: GuestImage, lab_key: KeyPair) -> LabContext:
     # emulation faults under multi-threaded TCG (an int3 oops while tracepoints were switched on, a double
     # fault) that made these tests fail for reasons that are not theirs.
     kernel = build_kernel("static")
-    return LabContext(LocalHypervisor(), guest_image, lab_key, {"static": kernel}, cache_dir(),
-                      provenance={"lab_revision": "test"})  # fmt: skip
+    return LabContext(
+        LocalHypervisor(), guest_image, lab_key, {"static": kernel}, cache_dir(), provenance={"lab_revision": "test"}
+    )
 
 
 def run_with_fault(ctx: LabContext, tmp_path: Path, inject: Callable[[Machine], None]) -> list[dict[str, Any]]:
@@ -130,8 +131,9 @@ def test_qemu_killed_mid_cell_is_detected_within_seconds(ctx: LabContext, tmp_pa
     assert rows[0]["cell_wall_s"] < FIO.runtime_s + 30
 
 
-def test_corrupt_fio_json_fails_the_cell_with_the_parse_error(ctx: LabContext, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_corrupt_fio_json_fails_the_cell_with_the_parse_error(
+    ctx: LabContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real_fetch = probes.fetch
 
     def truncating_fetch(guest: Guest, files: probes.WorkloadFiles, local_dir: Path) -> list[Path]:
@@ -173,8 +175,9 @@ def test_kernel_build_failure_shows_the_compiler_error(tmp_path: Path) -> None:
 def test_patch_that_does_not_apply_names_the_patch_and_hunk(tmp_path: Path) -> None:
     base = load_variants()["static"]
     bad = tmp_path / "0001-stale.patch"
-    bad.write_text("--- a/kernel/dma/swiotlb.c\n+++ b/kernel/dma/swiotlb.c\n@@ -1,2 +1,2 @@\n-no such line\n+x\n"
-                   " nor this one\n")  # fmt: skip
+    bad.write_text(
+        "--- a/kernel/dma/swiotlb.c\n+++ b/kernel/dma/swiotlb.c\n@@ -1,2 +1,2 @@\n-no such line\n+x\n nor this one\n"
+    )
     with pytest.raises(BuildError, match=r"0001-stale\.patch does not apply"):
         build_kernel("static", variants={"static": Variant("static", "", base.fragments, (bad,))})
 
@@ -211,8 +214,11 @@ def test_full_results_disk_gives_a_clear_error_and_keeps_earlier_cells(tmp_path:
 def test_bad_input_exits_2_and_writes_nothing(tmp_path: Path, text: str, message: str) -> None:
     matrix = tmp_path / "bad.toml"
     matrix.write_text(text)
-    proc = subprocess.run([sys.executable, "-m", "lab", "run", "matrix", str(matrix), "--results",
-                           str(tmp_path / "out")], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "lab", "run", "matrix", str(matrix), "--results", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert proc.returncode == 2 and message in proc.stderr and str(matrix) in proc.stderr
     assert not (tmp_path / "out").exists()

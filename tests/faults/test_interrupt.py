@@ -96,9 +96,24 @@ def check_stopped_then_resume(results: Path, kept_before: list[Path], before_pid
     assert set(kept_before) <= set(kept) and min_kept <= len(kept) < len(manifest["cells"])
     walls = {p.parent.name: json.loads(p.read_text())["cell_wall_s"] for p in kept}
 
-    resumed = subprocess.run([sys.executable, "-m", "lab", "run", "matrix", manifest["matrix_source"],
-                              "--results", str(results), "--resume", str(run_dir)],
-                             cwd=REPO, capture_output=True, text=True, timeout=600)  # fmt: skip
+    resumed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lab",
+            "run",
+            "matrix",
+            manifest["matrix_source"],
+            "--results",
+            str(results),
+            "--resume",
+            str(run_dir),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     cells = pd.read_parquet(run_dir / "cells.parquet")
     assert sorted(cells["cell_id"]) == sorted(manifest["cells"])
@@ -128,8 +143,12 @@ def test_a_signal_during_fio_stops_the_run(tmp_path: Path, sig: signal.Signals) 
     before = qemu_pids()
     proc = start_run(matrix, results)
     # The second cell's fio: a guest command known to be running for seconds to come.
-    wait_for(lambda: finished_cells(results) and phase(results).get("phase", "").startswith("fio a"),
-             600, "fio of a second cell", proc)  # fmt: skip
+    wait_for(
+        lambda: finished_cells(results) and phase(results).get("phase", "").startswith("fio a"),
+        600,
+        "fio of a second cell",
+        proc,
+    )
     kept = finished_cells(results)
     time.sleep(1.0)  # fio has been running in the guest for a second; 5 s of it remain
     assert phase(results)["phase"].startswith("fio a")
@@ -147,8 +166,16 @@ def test_a_signal_during_a_boot_stops_the_run(tmp_path: Path, sig: signal.Signal
     before = qemu_pids()
     proc = start_run(matrix, results)
     # The second boot: two cells done, and a new QEMU that has not reached its readiness marker.
-    wait_for(lambda: len(finished_cells(results)) == 2 and phase(results).get("phase", "").startswith("booting")
-             and qemu_pids() - before, 600, "the second boot", proc)  # fmt: skip
+    wait_for(
+        lambda: (
+            len(finished_cells(results)) == 2
+            and phase(results).get("phase", "").startswith("booting")
+            and qemu_pids() - before
+        ),
+        600,
+        "the second boot",
+        proc,
+    )
     kept = finished_cells(results)
     time.sleep(0.5)
     assert phase(results)["phase"].startswith("booting"), "the boot finished before the signal: retry on a slower box"
@@ -170,8 +197,9 @@ def test_a_signal_during_an_artifact_transfer_stops_the_run(
     real_get = paramiko.SFTPClient.get
     sent: list[float] = []
 
-    def get_then_signal(self: paramiko.SFTPClient, remotepath: str, localpath: str, callback: Any = None,
-                        **kwargs: Any) -> None:  # fmt: skip
+    def get_then_signal(
+        self: paramiko.SFTPClient, remotepath: str, localpath: str, callback: Any = None, **kwargs: Any
+    ) -> None:
         def progress(done: int, total: int) -> None:
             if not sent and len(finished_cells(results)) == 1:
                 sent.append(time.monotonic())

@@ -72,8 +72,9 @@ def test_shell_metacharacters_in_arguments_run_literally(booted) -> None:  # typ
         assert not {"pwned", "pwned2", "pwned3"} & set(leftovers)
 
 
-def test_results_hold_no_private_key_material(guest_image: GuestImage, stock: KernelBuild, lab_key: KeyPair,
-                                              tmp_path: Path) -> None:  # fmt: skip
+def test_results_hold_no_private_key_material(
+    guest_image: GuestImage, stock: KernelBuild, lab_key: KeyPair, tmp_path: Path
+) -> None:
     ctx = LabContext(LocalHypervisor(), guest_image, lab_key, {"stock": stock}, cache_dir())
     store = RunStore.create(tmp_path, {"test": "secrets"})
     workload = Workload("w", rw="randread", bs="4k", iodepth=4, runtime_s=2, size="64M")

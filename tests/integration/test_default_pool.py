@@ -40,8 +40,13 @@ def test_a_default_pool_is_what_the_guest_kernel_chose(built_kernels: Callable[.
     matrix = tmp_path / "m.toml"
     matrix.write_text(MATRIX)
     before = qemu_pids()
-    proc = subprocess.run([sys.executable, "-m", "lab", "run", "matrix", str(matrix), "--results", str(tmp_path)],
-                          cwd=REPO, text=True, capture_output=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "lab", "run", "matrix", str(matrix), "--results", str(tmp_path)],
+        cwd=REPO,
+        text=True,
+        capture_output=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     [run] = [p for p in tmp_path.iterdir() if p.is_dir()]
     [row] = pd.read_parquet(run / "cells.parquet").to_dict("records")

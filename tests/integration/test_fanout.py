@@ -46,8 +46,13 @@ size = "64M"
 
 
 def lab(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "lab", "run", "matrix", *args], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "lab", "run", "matrix", *args],
+        cwd=REPO,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def layout(run: Path) -> set[str]:
@@ -78,9 +83,11 @@ def test_two_local_workers_give_the_same_run_directory_as_one_thread(tmp_path: P
 
 def hosts_file(tmp_path: Path, sshd: LocalSshd, extra: str = "") -> Path:
     hosts = tmp_path / "hosts.toml"
-    hosts.write_text(f'[hosts.loopback]\naddress = "127.0.0.1:{sshd.port}"\nkey = "{sshd.client_key}"\n'
-                     f'host_key = "{sshd.host_key_line}"\nslots = 1\ncache = "{tmp_path / "worker-cache"}"\n'
-                     f'python = "{sys.executable}"\nplatforms = ["tcg"]\n{extra}')  # fmt: skip
+    hosts.write_text(
+        f'[hosts.loopback]\naddress = "127.0.0.1:{sshd.port}"\nkey = "{sshd.client_key}"\n'
+        f'host_key = "{sshd.host_key_line}"\nslots = 1\ncache = "{tmp_path / "worker-cache"}"\n'
+        f'python = "{sys.executable}"\nplatforms = ["tcg"]\n{extra}'
+    )
     return hosts
 
 
@@ -100,8 +107,10 @@ def test_a_worker_over_ssh_runs_the_cells_and_the_results_come_home(local_sshd: 
     firmware.write_bytes(b"a TDVF image only this host has")
     extra = f'qemu = "{qemu}"\nfirmware = {{tdx = "{firmware}"}}\n'
     # A second host nobody listens for: the run goes on without it and says so.
-    extra += (f'[hosts.gone]\naddress = "127.0.0.1:1"\nkey = "{local_sshd.client_key}"\n'
-              f'host_key = "{local_sshd.host_key_line}"\nplatforms = ["tcg"]\n')  # fmt: skip
+    extra += (
+        f'[hosts.gone]\naddress = "127.0.0.1:1"\nkey = "{local_sshd.client_key}"\n'
+        f'host_key = "{local_sshd.host_key_line}"\nplatforms = ["tcg"]\n'
+    )
     hosts = hosts_file(tmp_path, local_sshd, extra)
     proc = lab(str(matrix), "--results", str(tmp_path / "results"), "--hosts", str(hosts))
     output, _ = proc.communicate(timeout=900)

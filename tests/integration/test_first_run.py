@@ -50,8 +50,15 @@ def test_short_fio_on_a_forced_bounce_guest_yields_real_swiotlb_numbers(lab_ctx:
     assert list(cells_table["cell_id"]) == [cells[0].cell_id]
     samples = load_samples(store.root)
     assert samples["io_tlb_used"].max() > 0
-    for artifact in ("fio.json", "samples.csv", "dmesg.txt", "console.log", "debugfs_after.txt",
-                     "hist_map_page_failures.txt", "cell.json"):  # fmt: skip
+    for artifact in (
+        "fio.json",
+        "samples.csv",
+        "dmesg.txt",
+        "console.log",
+        "debugfs_after.txt",
+        "hist_map_page_failures.txt",
+        "cell.json",
+    ):
         assert (store.root / "cells" / cells[0].cell_id / artifact).is_file(), artifact
 
 

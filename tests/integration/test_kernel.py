@@ -48,8 +48,9 @@ def kernels() -> dict[str, KernelBuild]:
 
 
 @pytest.fixture(scope="module")
-def ctx(kernels: dict[str, KernelBuild], guest_image: GuestImage, lab_key: KeyPair,
-        hypervisor: LocalHypervisor) -> LabContext:  # fmt: skip
+def ctx(
+    kernels: dict[str, KernelBuild], guest_image: GuestImage, lab_key: KeyPair, hypervisor: LocalHypervisor
+) -> LabContext:
     return LabContext(hypervisor, guest_image, lab_key, kernels, cache_dir(), provenance={"lab_revision": "test"})
 
 
@@ -75,8 +76,15 @@ def static_row(ctx: LabContext, store: RunStore) -> dict[str, Any]:
 def throttle_rows(ctx: LabContext, store: RunStore) -> tuple[dict[str, Any], dict[str, Any]]:
     """Default thresholds, then thresholds raised to the pool size (so nothing can throttle), one boot."""
     default = Cell("throttle", POOL, "nvme", HEAVY, vcpus=2, memory_mib=1024)
-    never = Cell("throttle", POOL, "nvme", HEAVY, vcpus=2, memory_mib=1024,
-                 knobs=(("high_throttle", POOL), ("low_throttle", POOL)))  # fmt: skip
+    never = Cell(
+        "throttle",
+        POOL,
+        "nvme",
+        HEAVY,
+        vcpus=2,
+        memory_mib=1024,
+        knobs=(("high_throttle", POOL), ("low_throttle", POOL)),
+    )
     first, second = run(ctx, store, default, never)
     return first, second
 
@@ -86,8 +94,13 @@ def test_every_patch_passes_checkpatch_strict() -> None:
     patches = sorted({patch for variant in load_variants().values() for patch in variant.patches})
     assert len(patches) >= 9
     for patch in patches:
-        result = subprocess.run(["perl", "scripts/checkpatch.pl", "--strict", "--no-summary", "--terse", patch],
-                                cwd=tree, capture_output=True, text=True, check=False)  # fmt: skip
+        result = subprocess.run(
+            ["perl", "scripts/checkpatch.pl", "--strict", "--no-summary", "--terse", patch],
+            cwd=tree,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         problems = [line for line in result.stdout.splitlines() if ": ERROR:" in line or ": WARNING:" in line]
         assert problems == [], f"{patch.name}:\n" + "\n".join(problems)
 
@@ -142,8 +155,9 @@ def test_the_kernel_counts_failed_maps_exactly_as_the_tracepoint_sees_them(ctx: 
 def test_the_kernels_own_dma_map_benchmark_bounces_every_map(ctx: LabContext, tmp_path: Path) -> None:
     """Claim C12's cross-check: kernel/dma/map_benchmark.c bound to QEMU's edu device, its user-space tool
     built from the same source; under swiotlb=force its maps must go through the pool."""
-    spec = replace(boot_spec(ctx, Cell("static", 32768, "nvme", Workload("idle"), vcpus=2, memory_mib=1024)),
-                   spare_pci=True)  # fmt: skip
+    spec = replace(
+        boot_spec(ctx, Cell("static", 32768, "nvme", Workload("idle"), vcpus=2, memory_mib=1024)), spare_pci=True
+    )
     tool = dmabench.build_tool(debian_source().tree, cache_dir())
     with ctx.hypervisor.boot(spec, tmp_path / "boot") as vm:
         guest = ctx.guest(vm.endpoint, ctx.client_key.private_path, ctx.image.host_key_blob)
@@ -217,8 +231,9 @@ def test_virtio_blk_opts_in_and_throttles_too(ctx: LabContext, store: RunStore) 
     assert row["fio_errors"] == 0 and row["fio_iops"] > 0
 
 
-POLLED = Workload("polled", rw="randread", bs="128k", iodepth=32, numjobs=2, ioengine="io_uring", hipri=True,
-                  runtime_s=8, size="512M")  # fmt: skip
+POLLED = Workload(
+    "polled", rw="randread", bs="128k", iodepth=32, numjobs=2, ioengine="io_uring", hipri=True, runtime_s=8, size="512M"
+)
 
 
 def test_polled_requests_exempt_from_the_throttle_complete(ctx: LabContext, store: RunStore) -> None:

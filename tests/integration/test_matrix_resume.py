@@ -50,8 +50,13 @@ size = "64M"
 
 
 def lab(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "lab", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "lab", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
 
 
 def test_interrupted_matrix_resumes_and_yields_every_cell_exactly_once(tmp_path: Path) -> None:

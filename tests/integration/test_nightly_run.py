@@ -66,8 +66,10 @@ def kernel_tree(tmp_path: Path, name: str, depth: int) -> Path:
     that a tree without git is still told apart from another by content."""
     tree = tmp_path / name
     subprocess.run(["cp", "-al", str(debian_source().tree), str(tree)], check=True)
-    for rel, old, new in (("drivers/nvme/host/pci.c", DEPTH, DEPTH.replace("1024", str(depth))),
-                          ("Makefile", "\nEXTRAVERSION =", f"\n# lab test tree {name}\nEXTRAVERSION =")):  # fmt: skip
+    for rel, old, new in (
+        ("drivers/nvme/host/pci.c", DEPTH, DEPTH.replace("1024", str(depth))),
+        ("Makefile", "\nEXTRAVERSION =", f"\n# lab test tree {name}\nEXTRAVERSION ="),
+    ):
         path = tree / rel
         text = path.read_text()
         assert old in text, f"{rel} no longer has {old!r}"
@@ -77,9 +79,26 @@ def kernel_tree(tmp_path: Path, name: str, depth: int) -> Path:
 
 
 def nightly(matrix: Path, history: Path, junit: Path, tree: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "lab", "nightly", "--matrix", str(matrix), "--history", str(history),
-                           "--junit", str(junit), "--kernel-tree", str(tree)], cwd=REPO, capture_output=True,
-                          text=True, timeout=1800)  # fmt: skip
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lab",
+            "nightly",
+            "--matrix",
+            str(matrix),
+            "--history",
+            str(history),
+            "--junit",
+            str(junit),
+            "--kernel-tree",
+            str(tree),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
 
 
 def test_a_night_whose_revision_fills_the_pool_is_a_regression(tmp_path: Path, own_kernels: None) -> None:
@@ -92,14 +111,19 @@ def test_a_night_whose_revision_fills_the_pool_is_a_regression(tmp_path: Path, o
 
     second = nightly(matrix, history, tmp_path / "second.xml", kernel_tree(tmp_path, "debian", 1024))
     assert second.returncode == 1, second.stdout + second.stderr
-    failures = {case.name: case.result[0] for suite in JUnitXml.fromfile(str(tmp_path / "second.xml"))
-                for case in suite if case.result and isinstance(case.result[0], Failure)}  # fmt: skip
+    failures = {
+        case.name: case.result[0]
+        for suite in JUnitXml.fromfile(str(tmp_path / "second.xml"))
+        for case in suite
+        if case.result and isinstance(case.result[0], Failure)
+    }
     assert "hiwater_frac static/2048/nvme/heavy" in failures, sorted(failures)
     assert "baseline" in failures["hiwater_frac static/2048/nvme/heavy"].message
     nights = History(history).nights()
     assert list(nights["status"]) == ["complete", "complete"] and list(nights["exit_code"]) == [0, 1]
-    trees = [json.loads((history / "runs" / r / "manifest.json").read_text())["nightly"]["tree"]
-             for r in nights["run_id"]]  # fmt: skip
+    trees = [
+        json.loads((history / "runs" / r / "manifest.json").read_text())["nightly"]["tree"] for r in nights["run_id"]
+    ]
     assert [Path(t).name for t in trees] == ["shallow", "debian"]  # each night records the tree it built
     trend = (history / "trend-tiny.html").read_text()
     assert all(run_id in trend for run_id in nights["run_id"])

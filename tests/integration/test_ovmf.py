@@ -50,13 +50,21 @@ def test_the_chosen_variants_cover_every_configuration() -> None:
 
 
 @pytest.mark.parametrize("variant", one_per_configuration())
-def test_a_lab_kernel_boots_through_ovmf(variant: str, guest_image: GuestImage, lab_key: KeyPair,
-                                         hypervisor: LocalHypervisor, tmp_path: Path) -> None:  # fmt: skip
+def test_a_lab_kernel_boots_through_ovmf(
+    variant: str, guest_image: GuestImage, lab_key: KeyPair, hypervisor: LocalHypervisor, tmp_path: Path
+) -> None:
     if not OVMF.exists():
         pytest.skip(f"{OVMF} missing: install the Debian package ovmf (make setup does)")
     kernel = build_kernel(variant)
-    spec = BootSpec(kernel.bzimage, initrd_for(guest_image, kernel.modules_dir, kernel.boot_modules, cache_dir()),
-                    lab_key.public_blob, swiotlb_nslabs=1024, accel="tcg", firmware=OVMF, disks=())  # fmt: skip
+    spec = BootSpec(
+        kernel.bzimage,
+        initrd_for(guest_image, kernel.modules_dir, kernel.boot_modules, cache_dir()),
+        lab_key.public_blob,
+        swiotlb_nslabs=1024,
+        accel="tcg",
+        firmware=OVMF,
+        disks=(),
+    )
     with hypervisor.boot(spec, tmp_path) as vm:
         assert "-bios" in vm.argv and str(OVMF) in vm.argv
         with Guest(vm.endpoint, lab_key.private_path, guest_image.host_key_blob) as guest:

@@ -26,11 +26,18 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_sev_snp_cells_are_skipped_here_with_their_reason(tmp_path: Path) -> None:
     matrix = tmp_path / "snp.toml"
-    matrix.write_text('[matrix]\nkernels = ["static"]\npools = ["2MiB"]\nworkloads = ["w"]\nplatforms = ["sev-snp"]\n'
-                      'repetitions = 2\n[workloads.w]\nruntime = "2s"\nsize = "64M"\n')  # fmt: skip
+    matrix.write_text(
+        '[matrix]\nkernels = ["static"]\npools = ["2MiB"]\nworkloads = ["w"]\nplatforms = ["sev-snp"]\n'
+        'repetitions = 2\n[workloads.w]\nruntime = "2s"\nsize = "64M"\n'
+    )
     before = qemu_pids()
-    proc = subprocess.run([sys.executable, "-m", "lab", "run", "matrix", str(matrix), "--results", str(tmp_path / "r")],
-                          cwd=REPO, capture_output=True, text=True, timeout=900)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "lab", "run", "matrix", str(matrix), "--results", str(tmp_path / "r")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "2 cells, 0 failed, 2 skipped (platform not offered" in proc.stdout
     assert "skipped: platform sev-snp not offered: needs QEMU >= 9.1" in proc.stdout
@@ -43,10 +50,30 @@ def test_sev_snp_cells_are_skipped_here_with_their_reason(tmp_path: Path) -> Non
 
 def test_bench_boot_builds_the_lab_kernel_its_matrix_names(tmp_path: Path) -> None:
     matrix = tmp_path / "static.toml"
-    matrix.write_text('[matrix]\nkernels = ["static"]\npools = ["2MiB"]\nworkloads = ["w"]\n'
-                      '[workloads.w]\nruntime = "2s"\nsize = "64M"\n')  # fmt: skip
-    proc = subprocess.run([sys.executable, "-m", "lab", "bench", "boot", "--matrix", str(matrix), "--boots", "1",
-                           "--cell-runtime", "2", "--results", str(tmp_path / "r")], cwd=REPO, capture_output=True,
-                          text=True, timeout=900)  # fmt: skip
+    matrix.write_text(
+        '[matrix]\nkernels = ["static"]\npools = ["2MiB"]\nworkloads = ["w"]\n'
+        '[workloads.w]\nruntime = "2s"\nsize = "64M"\n'
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lab",
+            "bench",
+            "boot",
+            "--matrix",
+            str(matrix),
+            "--boots",
+            "1",
+            "--cell-runtime",
+            "2",
+            "--results",
+            str(tmp_path / "r"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "kernel static 6.12" in proc.stdout and "boot-to-SSH over 1 boots" in proc.stdout

@@ -38,15 +38,21 @@ def heavy(name: str, **fault: Any) -> Workload:
     return Workload(name, rw="randread", bs="256k", iodepth=128, numjobs=4, runtime_s=10, size="512M", **fault)
 
 
-POLLED = Workload("polled", rw="randread", bs="128k", iodepth=32, numjobs=2, ioengine="io_uring", hipri=True,
-                  runtime_s=8, size="512M")  # fmt: skip
+POLLED = Workload(
+    "polled", rw="randread", bs="128k", iodepth=32, numjobs=2, ioengine="io_uring", hipri=True, runtime_s=8, size="512M"
+)
 
 
 @pytest.fixture(scope="module")
-def ctx(built_kernels: Callable[..., dict[str, KernelBuild]], guest_image: GuestImage, lab_key: KeyPair,
-        hypervisor: LocalHypervisor) -> LabContext:  # fmt: skip
-    return LabContext(hypervisor, guest_image, lab_key, built_kernels(KERNEL), cache_dir(),
-                      provenance={"lab_revision": "test"})  # fmt: skip
+def ctx(
+    built_kernels: Callable[..., dict[str, KernelBuild]],
+    guest_image: GuestImage,
+    lab_key: KeyPair,
+    hypervisor: LocalHypervisor,
+) -> LabContext:
+    return LabContext(
+        hypervisor, guest_image, lab_key, built_kernels(KERNEL), cache_dir(), provenance={"lab_revision": "test"}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -85,11 +91,13 @@ def test_devices_behind_an_iommu_keep_non_blocking_submission(ctx: LabContext, t
                 return guest.run(command, timeout_s=60).stdout
 
             iommus = sh("ls /sys/class/iommu").split()
-            groups = sh("for f in /sys/class/nvme/nvme0/device /sys/block/vda/device/..; "
-                        "do readlink $f/iommu_group; done")  # fmt: skip
+            groups = sh(
+                "for f in /sys/class/nvme/nvme0/device /sys/block/vda/device/..; do readlink $f/iommu_group; done"
+            )
             flags = sh("grep -H . /sys/kernel/debug/block/nvme0n1/hctx*/flags /sys/kernel/debug/block/vda/hctx*/flags")
-            io = sh("for d in nvme0n1 vda; do dd if=/dev/$d of=/dev/null bs=1M count=32 iflag=direct 2>&1 "
-                    "| tail -1; done")  # fmt: skip
+            io = sh(
+                "for d in nvme0n1 vda; do dd if=/dev/$d of=/dev/null bs=1M count=32 iflag=direct 2>&1 | tail -1; done"
+            )
             log = sh("dmesg")
         finally:
             guest.close()
@@ -108,8 +116,9 @@ def test_polled_io_on_virtio_blk_completes(ctx: LabContext, store: RunStore) -> 
 
 
 @pytest.mark.parametrize("fault", ["reset", "io-timeout", "unplug"])
-def test_error_recovery_with_mappings_asleep_on_the_throttle_finishes(ctx: LabContext, store: RunStore,
-                                                                      fault: str) -> None:  # fmt: skip
+def test_error_recovery_with_mappings_asleep_on_the_throttle_finishes(
+    ctx: LabContext, store: RunStore, fault: str
+) -> None:
     row = one(ctx, store, Cell(KERNEL, POOL, "nvme", heavy(f"heavy-{fault}", fault=fault), vcpus=2, memory_mib=1024))
     assert row["fault"] == fault and not row.get("fault_error"), row.get("fault_error")
     assert row["fault_at_s"] >= 3
@@ -131,8 +140,9 @@ def test_a_may_block_mapping_from_atomic_context_is_reported_at_once(ctx: LabCon
             guest.connect(alive=vm.check_alive)
             guest.run("dmesg -c > /dev/null", timeout_s=30)
             used = guest.run("cat /sys/kernel/debug/swiotlb/io_tlb_used", timeout_s=30).stdout.strip()
-            log = guest.run("echo 1 > /sys/kernel/debug/dma_may_block_selftest/atomic_map; dmesg -c",
-                            timeout_s=60).stdout  # fmt: skip
+            log = guest.run(
+                "echo 1 > /sys/kernel/debug/dma_may_block_selftest/atomic_map; dmesg -c", timeout_s=60
+            ).stdout
         finally:
             guest.close()
     splats = kernel_splats(log)
@@ -140,15 +150,20 @@ def test_a_may_block_mapping_from_atomic_context_is_reported_at_once(ctx: LabCon
     assert "dma_map_page_attrs" in splats[0].text and int(used) < POOL * 70 // 100  # far below the threshold
 
 
-def test_a_growing_pool_stops_at_its_limit(built_kernels: Callable[..., dict[str, KernelBuild]],
-                                           guest_image: GuestImage, lab_key: KeyPair, hypervisor: LocalHypervisor,
-                                           store: RunStore) -> None:  # fmt: skip
+def test_a_growing_pool_stops_at_its_limit(
+    built_kernels: Callable[..., dict[str, KernelBuild]],
+    guest_image: GuestImage,
+    lab_key: KeyPair,
+    hypervisor: LocalHypervisor,
+    store: RunStore,
+) -> None:
     """Patch 9: with waits that time out at once (timeout 0), the heavy load grows a dynamic pool; with
     io_tlb_max_nslabs = 2048 it stops growing at 2048 slots (the 1024-slot pool plus one step) and maps
     that find no slot fail and are requeued, as in a fixed pool."""
     kernel = "throttle-v2-dynamic"
-    ctx = LabContext(hypervisor, guest_image, lab_key, built_kernels(kernel), cache_dir(),
-                     provenance={"lab_revision": "test"})  # fmt: skip
+    ctx = LabContext(
+        hypervisor, guest_image, lab_key, built_kernels(kernel), cache_dir(), provenance={"lab_revision": "test"}
+    )
 
     def cell(name: str, *knobs: tuple[str, int]) -> Cell:
         knobs = (("throttle_timeout_ms", 0), *knobs)

@@ -63,8 +63,10 @@ def test_the_least_recently_used_workspaces_go_first(tmp_path: Path, monkeypatch
 
 
 def test_a_source_switch_replaces_only_what_differs_and_leaves_both_trees_intact(tmp_path: Path) -> None:
-    debian = tree(tmp_path / "debian", {"kernel/dma/swiotlb.c": "a\n", "drivers/nvme/host/pci.c": "depth 1024\n",
-                                        "old.c": "gone in the other tree\n"})  # fmt: skip
+    debian = tree(
+        tmp_path / "debian",
+        {"kernel/dma/swiotlb.c": "a\n", "drivers/nvme/host/pci.c": "depth 1024\n", "old.c": "gone in the other tree\n"},
+    )
     workspace = tmp_path / "ws"
     workspace.mkdir()
     built = _sync_tree(debian, variant("static"), workspace)
@@ -73,8 +75,10 @@ def test_a_source_switch_replaces_only_what_differs_and_leaves_both_trees_intact
     (workspace / "obj" / "swiotlb.o").write_text("object")
     kept = (built / "kernel/dma/swiotlb.c").stat()
 
-    other = tree(tmp_path / "other", {"kernel/dma/swiotlb.c": "a\n", "drivers/nvme/host/pci.c": "depth 4\n",
-                                      "new.c": "only here\n"})  # fmt: skip
+    other = tree(
+        tmp_path / "other",
+        {"kernel/dma/swiotlb.c": "a\n", "drivers/nvme/host/pci.c": "depth 4\n", "new.c": "only here\n"},
+    )
     assert _sync_tree(other, variant("static"), workspace) == built
     assert (built / "drivers/nvme/host/pci.c").read_text() == "depth 4\n"
     assert (built / "new.c").read_text() == "only here\n" and not (built / "old.c").exists()

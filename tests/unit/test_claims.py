@@ -136,8 +136,16 @@ def test_c7_plain_one_significant_regression_decides(cells: pd.DataFrame) -> Non
 
 # The verdicts the README publishes for the default matrix, pinned here and checked against the stored
 # cells of that run (tests/data/default-cells.parquet) and against the README's own text.
-PUBLISHED = {"C1": "supported", "C2": "contradicted", "C3": "supported", "C4": "contradicted",
-             "C5": "supported", "C6": "supported", "C7": "inconclusive", "C7-plain": "contradicted"}  # fmt: skip
+PUBLISHED = {
+    "C1": "supported",
+    "C2": "contradicted",
+    "C3": "supported",
+    "C4": "contradicted",
+    "C5": "supported",
+    "C6": "supported",
+    "C7": "inconclusive",
+    "C7-plain": "contradicted",
+}
 
 
 def test_the_published_verdicts_follow_from_the_stored_run(cells: pd.DataFrame) -> None:
@@ -228,13 +236,25 @@ def test_c11_a_queue_fitted_to_half_the_pool_does_what_throttling_does_on_the_st
 
 def _queue_cells(kernel: str, limits: str, failed: list[int], iops: list[float]) -> pd.DataFrame:
     """Heavy NVMe cells on a 2 MiB pool with the columns judge_c11 reads; latency moves inversely to IOPS."""
-    return pd.DataFrame({
-        "cell_id": [f"{kernel}-{limits}-r{i}" for i in range(len(iops))], "status": "ok", "kernel": kernel,
-        "device": "nvme", "pool_slabs_requested": 1024, "numjobs": 4, "iodepth": 128, "hipri": False,
-        "observed": False, "queue_limits": limits, "map_failures": failed, "fio_iops": iops,
-        "fio_clat_p50_us": [1e7 / v for v in iops], "fio_clat_p99_us": [3e7 / v for v in iops],
-        "fio_clat_p999_us": [5e7 / v for v in iops],
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "cell_id": [f"{kernel}-{limits}-r{i}" for i in range(len(iops))],
+            "status": "ok",
+            "kernel": kernel,
+            "device": "nvme",
+            "pool_slabs_requested": 1024,
+            "numjobs": 4,
+            "iodepth": 128,
+            "hipri": False,
+            "observed": False,
+            "queue_limits": limits,
+            "map_failures": failed,
+            "fio_iops": iops,
+            "fio_clat_p50_us": [1e7 / v for v in iops],
+            "fio_clat_p99_us": [3e7 / v for v in iops],
+            "fio_clat_p999_us": [5e7 / v for v in iops],
+        }
+    )
 
 
 V2_DEFAULT = _queue_cells("throttle-v2", "default", [0, 3, 0, 1, 0], [1000.0, 1010.0, 990.0, 1005.0, 995.0])
@@ -253,18 +273,31 @@ NOISY = [500.0, 1500.0, 900.0, 2000.0, 700.0]  # too noisy to decide against V2_
         # no failed map but a significant regression fails the share too
         pytest.param({"fit:50%": ([0] * 5, SLOW)}, "contradicted", ["fails (regressed)"], id="regressed"),
         # one share that holds is enough, and the detail names it next to the one that failed
-        pytest.param({"fit": ([9000] * 5, FAST), "fit:50%": ([0] * 5, FAST)}, "supported",
-                     ["fitted to 50% (", ") holds", "fitted to 75% (", "fails (maps fail)"], id="one-of-two"),
+        pytest.param(
+            {"fit": ([9000] * 5, FAST), "fit:50%": ([0] * 5, FAST)},
+            "supported",
+            ["fitted to 50% (", ") holds", "fitted to 75% (", "fails (maps fail)"],
+            id="one-of-two",
+        ),
         # every share failing, for either reason, contradicts
-        pytest.param({"fit": ([9000] * 5, FAST), "fit:50%": ([0] * 5, SLOW)}, "contradicted",
-                     ["fails (maps fail)", "fails (regressed)"], id="all-fail"),
+        pytest.param(
+            {"fit": ([9000] * 5, FAST), "fit:50%": ([0] * 5, SLOW)},
+            "contradicted",
+            ["fails (maps fail)", "fails (regressed)"],
+            id="all-fail",
+        ),
         # a share that could not be decided keeps the claim open when no other share holds
-        pytest.param({"fit": ([9000] * 5, FAST), "fit:50%": ([0] * 5, NOISY)}, "inconclusive",
-                     ["fails (maps fail)", "undecided"], id="undecided"),
+        pytest.param(
+            {"fit": ([9000] * 5, FAST), "fit:50%": ([0] * 5, NOISY)},
+            "inconclusive",
+            ["fails (maps fail)", "undecided"],
+            id="undecided",
+        ),
     ],
-)  # fmt: skip
-def test_c11_rule_per_share_at_its_boundaries(shares: dict[str, tuple[list[int], list[float]]], expected: str,
-                                              outcomes: list[str]) -> None:  # fmt: skip
+)
+def test_c11_rule_per_share_at_its_boundaries(
+    shares: dict[str, tuple[list[int], list[float]]], expected: str, outcomes: list[str]
+) -> None:
     fitted = [_queue_cells("static", limits, failed, iops) for limits, (failed, iops) in shares.items()]
     verdict = judge_c11(pd.concat([V2_DEFAULT, *fitted], ignore_index=True))
     assert verdict.verdict == expected, verdict.detail
@@ -319,8 +352,9 @@ def test_c13_on_the_stored_run_only_the_zero_failure_pools_are_decided() -> None
     # within 10% cannot be decided under TCG: the largest pool's p99 varies by up to 40% between repetitions.
     verdict = judge_c13(pd.read_parquet(CELLS.parent / "c13-cells.parquet"))
     assert verdict.verdict == "inconclusive"
-    assert ("heavy: the latency criterion cannot be decided: p99 on the largest pool varies by up to 40%"
-            in verdict.detail)  # fmt: skip
+    assert (
+        "heavy: the latency criterion cannot be decided: p99 on the largest pool varies by up to 40%" in verdict.detail
+    )
     assert "no failed map from static 64 MiB, dynamic 4 MiB (grew to 48 MiB), throttle 16 MiB, throttle-v2 4 MiB" in (
         verdict.detail
     )
@@ -329,12 +363,24 @@ def test_c13_on_the_stored_run_only_the_zero_failure_pools_are_decided() -> None
 
 def _failing_cells(kernel: str, failed: list[int], errors: list[int], device: str = "ahci") -> pd.DataFrame:
     """Cells as a failing-driver run writes them; only the columns the C10 judges read."""
-    return pd.DataFrame({
-        "cell_id": [f"{kernel}-{device}-r{i}" for i in range(len(failed))], "status": "ok", "kernel": kernel,
-        "device": device, "pool_slabs_requested": 1024, "numjobs": 4, "iodepth": 32, "hipri": False,
-        "map_failures": failed, "fio_errors": errors, "dmesg_io_errors": 0, "dmesg_ata_exceptions": 0,
-        "fio_iops": 250.0, "high_throttle_count": 0,
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "cell_id": [f"{kernel}-{device}-r{i}" for i in range(len(failed))],
+            "status": "ok",
+            "kernel": kernel,
+            "device": device,
+            "pool_slabs_requested": 1024,
+            "numjobs": 4,
+            "iodepth": 32,
+            "hipri": False,
+            "map_failures": failed,
+            "fio_errors": errors,
+            "dmesg_io_errors": 0,
+            "dmesg_ata_exceptions": 0,
+            "fio_iops": 250.0,
+            "high_throttle_count": 0,
+        }
+    )
 
 
 @pytest.mark.parametrize(
@@ -371,14 +417,27 @@ def test_c10_throttle_rows_answer_per_kernel() -> None:
 
 def _heavy(kernel: str, cost: int, iops: list[float], applied: int | None = None) -> pd.DataFrame:
     """Heavy-load cells with the columns the C7 judges read; latency moves inversely to IOPS."""
-    return pd.DataFrame({
-        "cell_id": [f"{kernel}-{cost}-r{i}" for i in range(len(iops))], "status": "ok", "kernel": kernel,
-        "device": "nvme", "pool_slabs_requested": 1024, "numjobs": 4, "iodepth": 128, "hipri": False,
-        "observed": False, "conversion_ns": cost, "conversion_ns_applied": cost if applied is None else applied,
-        "memory_encryption": "none", "nslabs_after": 4096, "fio_iops": iops,
-        "fio_clat_p50_us": [1e7 / v for v in iops], "fio_clat_p99_us": [3e7 / v for v in iops],
-        "fio_clat_p999_us": [5e7 / v for v in iops],
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "cell_id": [f"{kernel}-{cost}-r{i}" for i in range(len(iops))],
+            "status": "ok",
+            "kernel": kernel,
+            "device": "nvme",
+            "pool_slabs_requested": 1024,
+            "numjobs": 4,
+            "iodepth": 128,
+            "hipri": False,
+            "observed": False,
+            "conversion_ns": cost,
+            "conversion_ns_applied": cost if applied is None else applied,
+            "memory_encryption": "none",
+            "nslabs_after": 4096,
+            "fio_iops": iops,
+            "fio_clat_p50_us": [1e7 / v for v in iops],
+            "fio_clat_p99_us": [3e7 / v for v in iops],
+            "fio_clat_p999_us": [5e7 / v for v in iops],
+        }
+    )
 
 
 THROTTLE = _heavy("throttle", 0, [1000.0, 1010.0, 990.0, 1005.0])
@@ -433,10 +492,25 @@ POOLS = (2048, 8192, 32768, 131072)  # 4, 16, 64, 256 MiB in 2 KiB slabs
 
 def _sweep(kernel: str, failed: dict[int, int], p99: dict[int, float], grown: int = 0) -> pd.DataFrame:
     """Two heavy cells per pool, as a pool-search run writes them (only the columns C13 reads)."""
-    rows = [{"cell_id": f"{kernel}-{pool}-r{rep}", "status": "ok", "kernel": kernel, "device": "nvme",
-             "workload": "heavy", "pool_slabs_requested": pool, "map_failures": failed[pool], "fio_errors": 0,
-             "fio_clat_p99_us": p99[pool], "nslabs_after": max(pool, grown), "numjobs": 4, "iodepth": 128,
-             "hipri": False} for pool in POOLS for rep in range(2)]  # fmt: skip
+    rows = [
+        {
+            "cell_id": f"{kernel}-{pool}-r{rep}",
+            "status": "ok",
+            "kernel": kernel,
+            "device": "nvme",
+            "workload": "heavy",
+            "pool_slabs_requested": pool,
+            "map_failures": failed[pool],
+            "fio_errors": 0,
+            "fio_clat_p99_us": p99[pool],
+            "nslabs_after": max(pool, grown),
+            "numjobs": 4,
+            "iodepth": 128,
+            "hipri": False,
+        }
+        for pool in POOLS
+        for rep in range(2)
+    ]
     return pd.DataFrame(rows)
 
 
@@ -452,8 +526,11 @@ STATIC_SWEEP = _sweep("static", {2048: 9, 8192: 9, 32768: 9, 131072: 0}, dict.fr
 )
 def test_c13_smallest_pool_at_the_p99_boundary(p99_at_16mib: float, expected: str, smallest: str) -> None:
     # throttle: failed maps only on 4 MiB; from 16 MiB on clean, p99 at 64 and 256 MiB = the ample 100 us
-    throttle = _sweep("throttle", {2048: 3, 8192: 0, 32768: 0, 131072: 0},
-                      {2048: 500.0, 8192: p99_at_16mib, 32768: 100.0, 131072: 100.0})  # fmt: skip
+    throttle = _sweep(
+        "throttle",
+        {2048: 3, 8192: 0, 32768: 0, 131072: 0},
+        {2048: 500.0, 8192: p99_at_16mib, 32768: 100.0, 131072: 100.0},
+    )
     verdict = judge_c13(pd.concat([STATIC_SWEEP, throttle]))
     assert verdict.verdict == expected and "static 256 MiB" in verdict.detail and smallest in verdict.detail
 
@@ -475,17 +552,40 @@ def test_c13_a_growing_pool_counts_what_it_grew_to_and_needs_an_ample_largest_po
     assert "no ample pool" in judge_c13(pd.concat([never_ample, throttle])).detail
 
 
-def _neighbour_boots(kernel: str, alone: list[float], beside: list[float], p99_alone: float = 1000.0,
-                     p99_factor: float = 1.0) -> pd.DataFrame:  # fmt: skip
+def _neighbour_boots(
+    kernel: str, alone: list[float], beside: list[float], p99_alone: float = 1000.0, p99_factor: float = 1.0
+) -> pd.DataFrame:
     """Per boot, the fast disk alone and next to the neighbour (same boot: same repetition)."""
     rows = []
     for rep, (a, b) in enumerate(zip(alone, beside, strict=True)):
-        common = {"status": "ok", "kernel": kernel, "device": "nvme", "neighbour": "slow", "pool_slabs_requested": 1024,
-                  "vcpus": 2, "memory_mib": 1024, "repetition": rep}  # fmt: skip
-        rows.append({**common, "cell_id": f"{kernel}-alone-r{rep}", "fio_iops": a, "fio_clat_p99_us": p99_alone,
-                     "neighbour_iops": None})  # fmt: skip
-        rows.append({**common, "cell_id": f"{kernel}-beside-r{rep}", "fio_iops": b,
-                     "fio_clat_p99_us": p99_alone * p99_factor * (1 + rep / 100), "neighbour_iops": 256.0})  # fmt: skip
+        common = {
+            "status": "ok",
+            "kernel": kernel,
+            "device": "nvme",
+            "neighbour": "slow",
+            "pool_slabs_requested": 1024,
+            "vcpus": 2,
+            "memory_mib": 1024,
+            "repetition": rep,
+        }
+        rows.append(
+            {
+                **common,
+                "cell_id": f"{kernel}-alone-r{rep}",
+                "fio_iops": a,
+                "fio_clat_p99_us": p99_alone,
+                "neighbour_iops": None,
+            }
+        )
+        rows.append(
+            {
+                **common,
+                "cell_id": f"{kernel}-beside-r{rep}",
+                "fio_iops": b,
+                "fio_clat_p99_us": p99_alone * p99_factor * (1 + rep / 100),
+                "neighbour_iops": 256.0,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -506,8 +606,11 @@ def test_c9_compares_what_the_neighbour_costs_the_fast_disk_within_each_boot() -
 def test_c10_counts_cells_the_kernel_reported_in_with_their_numbers() -> None:
     lsi = _failing_cells("static", [5, 5, 5], [2, 0, 0], device="lsi")
     warned = "sym53c8xx 0000:00:02.0: Buffer overflow detected. Allocation size: 4096. Mapping size: 65536."
-    lsi = lsi.assign(status=["failed", "ok", "ok"], kernel_splat=["warning", "", ""],
-                     kernel_splat_text=[f"\n{warned}\nWARNING: CPU: 1 PID: 109 at swiotlb.c:963", "", ""])  # fmt: skip
+    lsi = lsi.assign(
+        status=["failed", "ok", "ok"],
+        kernel_splat=["warning", "", ""],
+        kernel_splat_text=[f"\n{warned}\nWARNING: CPU: 1 PID: 109 at swiotlb.c:963", "", ""],
+    )
     verdict = judge_c10(lsi)
     assert len(verdict.evidence) == 3 and f"kernel reports in 1 cells (first: {warned[:160]})" in verdict.detail
     lost = lsi.assign(fio_iops=[None, 250.0, 250.0])  # a cell with no numbers is not evidence

@@ -26,8 +26,9 @@ def test_unknown_matrix_key_exits_2_naming_file_and_key(tmp_path: Path, capsys: 
     assert not results.exists()
 
 
-def test_missing_qemu_exits_2_naming_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_missing_qemu_exits_2_naming_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # nothing is installed on this PATH
     results = tmp_path / "results"
     assert main(["run", "matrix", "--results", str(results)]) == 2
@@ -47,18 +48,21 @@ def test_missing_qemu_exits_2_naming_the_package(tmp_path: Path, monkeypatch: py
         pytest.param(["run", "matrix", "thread", "--dry-run", "--cores", "0"], "--cores 0", id="cores"),
     ],
 )
-def test_bad_bench_and_estimate_options_exit_2_naming_them(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                            argv: list[str], message: str) -> None:  # fmt: skip
+def test_bad_bench_and_estimate_options_exit_2_naming_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
     assert main([*argv, "--results", str(tmp_path / "r")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("jobs", ["0", "-3", "two", "1.5"])
-@pytest.mark.parametrize("command", [["run", "matrix", "stock", "--dry-run"], ["nightly"]],
-                         ids=["run-matrix", "nightly"])  # fmt: skip
-def test_a_job_count_below_one_exits_2_naming_the_option(command: list[str], jobs: str,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    "command", [["run", "matrix", "stock", "--dry-run"], ["nightly"]], ids=["run-matrix", "nightly"]
+)
+def test_a_job_count_below_one_exits_2_naming_the_option(
+    command: list[str], jobs: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as exit_:
         main([*command, "--jobs", jobs])
     assert exit_.value.code == 2

@@ -30,8 +30,11 @@ def test_systemd_accepts_the_unit(unit: Path) -> None:
         pytest.skip("systemd-analyze is not installed")
     proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, check=False)
     # The only complaint allowed here: the lab is not installed under /opt on this machine.
-    problems = [line for line in (proc.stdout + proc.stderr).splitlines()
-                if line.strip() and "/opt/swiotlb-lab/.venv/bin/python is not executable" not in line]  # fmt: skip
+    problems = [
+        line
+        for line in (proc.stdout + proc.stderr).splitlines()
+        if line.strip() and "/opt/swiotlb-lab/.venv/bin/python is not executable" not in line
+    ]
     assert not problems, problems
 
 

@@ -30,8 +30,10 @@ def test_the_hung_guest_lost_the_doorbell_of_its_io_queue() -> None:
 def test_find_lost_reads_the_pages_the_trace_names() -> None:
     pages = dumps()
     asked: list[str] = []
-    answers = {"0xb08000": [pages["event indexes"], pages["event indexes, 1 s later"]],
-               "0xb07000": [pages["shadow doorbells"]]}  # fmt: skip
+    answers = {
+        "0xb08000": [pages["event indexes"], pages["event indexes, 1 s later"]],
+        "0xb07000": [pages["shadow doorbells"]],
+    }
 
     def hmp(line: str) -> str:
         asked.append(line)

@@ -16,8 +16,13 @@ DATA = Path(__file__).resolve().parent.parent / "data"
 
 
 def row_of(cell: Path, triggers: str = "failures") -> dict[str, Any]:
-    base = {"kernel": "static", "pool_slabs_requested": 1024, "workload": "heavy", "repetition": 0,
-            "triggers_armed": triggers}  # fmt: skip
+    base = {
+        "kernel": "static",
+        "pool_slabs_requested": 1024,
+        "workload": "heavy",
+        "repetition": 0,
+        "triggers_armed": triggers,
+    }
     row, _, _ = build_row(base, cell, 0)
     return row
 
@@ -51,8 +56,9 @@ def test_without_the_counter_the_trigger_gives_a_lower_bound_and_scatterlists_st
         pytest.param("nvme", 13665, 0, 0, 0, id="nvme-requeues"),
     ],
 )
-def test_what_each_driver_does_with_a_failed_map(driver: str, failed: int, fio_errors: int, io_errors: int,
-                                                  ata_rounds: int) -> None:  # fmt: skip
+def test_what_each_driver_does_with_a_failed_map(
+    driver: str, failed: int, fio_errors: int, io_errors: int, ata_rounds: int
+) -> None:
     row = row_of(DATA / "failing-drivers" / driver)
     assert (row["map_failures"], row["fio_errors"], row["dmesg_io_errors"]) == (failed, fio_errors, io_errors)
     assert row["dmesg_ata_exceptions"] == ata_rounds

@@ -21,8 +21,16 @@ def task(tmp_path: Path, rep: int) -> GroupTask:
         (tmp_path / name).write_bytes(name.encode())
     cell = Cell("static", 1024, "nvme", Workload("w"), 2, 1024, rep, platform="tcg")
     bzimage, initrd = stage(tmp_path / "bzImage"), stage(tmp_path / "rootfs.cpio")
-    return GroupTask("r", (cell,), {}, {"static": bzimage}, {"static": initrd}, "ssh-ed25519 AAAAhost lab",
-                     stage(tmp_path / "key"), "ssh-ed25519 AAAAkey lab")  # fmt: skip
+    return GroupTask(
+        "r",
+        (cell,),
+        {},
+        {"static": bzimage},
+        {"static": initrd},
+        "ssh-ed25519 AAAAhost lab",
+        stage(tmp_path / "key"),
+        "ssh-ed25519 AAAAkey lab",
+    )
 
 
 def test_a_group_placed_on_a_host_that_never_has_a_worker_is_lost_not_waited_for(
@@ -64,9 +72,14 @@ def test_only_the_infrastructures_errors_are_infrastructure_failures() -> None:
 
     from distributed import KilledWorker
 
-    infra: list[Any] = [KilledWorker("group-x", "tcp://10.0.0.7:4242", 3), CancelledError(), ConnectionResetError(),
-                        TimeoutError(), HostError("host snp1 unreachable"),
-                        LabError("bzImage was not staged")]  # fmt: skip
+    infra: list[Any] = [
+        KilledWorker("group-x", "tcp://10.0.0.7:4242", 3),
+        CancelledError(),
+        ConnectionResetError(),
+        TimeoutError(),
+        HostError("host snp1 unreachable"),
+        LabError("bzImage was not staged"),
+    ]
     for exc in infra:
         assert infrastructure_failure(exc), exc
     for exc in (TypeError("a lab bug"), KeyError("static"), ZeroDivisionError()):
@@ -81,7 +94,10 @@ def test_hosts_that_cannot_be_reached_are_named_with_their_reason_and_none_left_
     key.write_text("not a key")
     pinned = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA lab"
     hosts = [Host(name, "127.0.0.1", port=1, key=key, host_key=pinned) for name in ("gone-a", "gone-b")]
-    with pytest.raises(HostError, match=r"no host could run a worker \(gone-a: could not start its worker over SSH: "
-                                        r".*; gone-b: could not start its worker over SSH: .*\)"):  # fmt: skip
+    with pytest.raises(
+        HostError,
+        match=r"no host could run a worker \(gone-a: could not start its worker over SSH: "
+        r".*; gone-b: could not start its worker over SSH: .*\)",
+    ):
         with SshWorkerPool(hosts, bind="127.0.0.1"):
             pass

@@ -23,29 +23,53 @@ def test_the_shipped_example_loads() -> None:
 GOOD = '[hosts.a]\naddress = "10.0.0.1"\nplatforms = ["kvm"]\n'
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    pytest.param(GOOD + 'colour = "red"\n', ":4: hosts.a.colour: unknown key 'colour'; valid keys: address",
-                 id="unknown-key"),
-    pytest.param('[hosts.a]\nuser = "x"\n', ":1: hosts.a: address is required", id="no-address"),
-    pytest.param('[hosts.a]\naddress = "h:99999"\n', ":2: hosts.a.address: 'h:99999' has no valid port", id="bad-port"),
-    pytest.param(GOOD + "slots = 0\n", ":4: hosts.a.slots: 0 must be an integer from 1 to 256", id="zero-slots"),
-    pytest.param('[hosts.a]\naddress = "h"\nplatforms = ["sev"]\n',
-                 ":3: hosts.a.platforms: unknown platform 'sev'; valid: tcg, kvm, sev-snp, tdx", id="bad-platform"),
-    pytest.param('[hosts.a]\naddress = "h"\nplatforms = ["sev-snp"]\n',
-                 ":3: hosts.a.platforms: platform 'sev-snp' needs firmware.sev-snp", id="snp-without-firmware"),
-    pytest.param(GOOD + "cbitpos = 7\n", ":4: hosts.a.cbitpos: 7 must be the C-bit position", id="bad-cbit"),
-    pytest.param("[hosts]\n", ": no hosts; add a [hosts.NAME] table", id="empty"),
-    pytest.param("[host.a]\n", ": unknown table [host]; valid: [hosts.NAME]", id="typo-table"),
-    pytest.param("[hosts.a\n", ": malformed TOML", id="malformed"),
-    pytest.param('[hosts.a]\naddress = "snp1 lab example"\n',
-                 ":2: hosts.a.address: 'snp1 lab example' is not a host name or IP address", id="address-with-spaces"),
-    pytest.param(GOOD + 'host_key = "not a key"\n', ":4: hosts.a.host_key: 'not a key' is not an SSH public key line",
-                 id="host-key-not-a-key"),
-    pytest.param(GOOD + 'host_key = "ssh-ed25519 AAAAC3NzaC1yc2E="\n',
-                 ":4: hosts.a.host_key: 'ssh-ed25519 AAAAC3NzaC1yc2E=' is not", id="host-key-of-another-type"),
-    pytest.param(GOOD + '[hosts.b]\naddress = "10.0.0.1:22"\n',
-                 ":5: hosts.b.address: 10.0.0.1:22 is hosts.a's too", id="one-address-twice"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param(
+            GOOD + 'colour = "red"\n', ":4: hosts.a.colour: unknown key 'colour'; valid keys: address", id="unknown-key"
+        ),
+        pytest.param('[hosts.a]\nuser = "x"\n', ":1: hosts.a: address is required", id="no-address"),
+        pytest.param(
+            '[hosts.a]\naddress = "h:99999"\n', ":2: hosts.a.address: 'h:99999' has no valid port", id="bad-port"
+        ),
+        pytest.param(GOOD + "slots = 0\n", ":4: hosts.a.slots: 0 must be an integer from 1 to 256", id="zero-slots"),
+        pytest.param(
+            '[hosts.a]\naddress = "h"\nplatforms = ["sev"]\n',
+            ":3: hosts.a.platforms: unknown platform 'sev'; valid: tcg, kvm, sev-snp, tdx",
+            id="bad-platform",
+        ),
+        pytest.param(
+            '[hosts.a]\naddress = "h"\nplatforms = ["sev-snp"]\n',
+            ":3: hosts.a.platforms: platform 'sev-snp' needs firmware.sev-snp",
+            id="snp-without-firmware",
+        ),
+        pytest.param(GOOD + "cbitpos = 7\n", ":4: hosts.a.cbitpos: 7 must be the C-bit position", id="bad-cbit"),
+        pytest.param("[hosts]\n", ": no hosts; add a [hosts.NAME] table", id="empty"),
+        pytest.param("[host.a]\n", ": unknown table [host]; valid: [hosts.NAME]", id="typo-table"),
+        pytest.param("[hosts.a\n", ": malformed TOML", id="malformed"),
+        pytest.param(
+            '[hosts.a]\naddress = "snp1 lab example"\n',
+            ":2: hosts.a.address: 'snp1 lab example' is not a host name or IP address",
+            id="address-with-spaces",
+        ),
+        pytest.param(
+            GOOD + 'host_key = "not a key"\n',
+            ":4: hosts.a.host_key: 'not a key' is not an SSH public key line",
+            id="host-key-not-a-key",
+        ),
+        pytest.param(
+            GOOD + 'host_key = "ssh-ed25519 AAAAC3NzaC1yc2E="\n',
+            ":4: hosts.a.host_key: 'ssh-ed25519 AAAAC3NzaC1yc2E=' is not",
+            id="host-key-of-another-type",
+        ),
+        pytest.param(
+            GOOD + '[hosts.b]\naddress = "10.0.0.1:22"\n',
+            ":5: hosts.b.address: 10.0.0.1:22 is hosts.a's too",
+            id="one-address-twice",
+        ),
+    ],
+)
 def test_bad_inventories_name_file_line_host_and_key(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "hosts.toml"
     path.write_text(text)

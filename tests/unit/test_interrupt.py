@@ -89,8 +89,9 @@ def test_a_stop_request_stops_a_host_command_and_everything_it_started(tmp_path:
 
 
 def test_run_process_returns_the_exit_code_and_output() -> None:
-    code, out, err = run_process(["sh", "-c", "echo out; echo err >&2; exit 3"], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE)  # fmt: skip
+    code, out, err = run_process(
+        ["sh", "-c", "echo out; echo err >&2; exit 3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     assert (code, out, err) == (3, "out\n", "err\n")
 
 

@@ -86,9 +86,19 @@ def test_shipped_variants_cover_the_four_kernels() -> None:
 
 def test_base_config_asks_for_what_the_probes_need() -> None:
     base = requested_options([CONFIG_DIR / "base.config"])
-    for option in ("CONFIG_DEBUG_FS", "CONFIG_HIST_TRIGGERS", "CONFIG_BLK_DEBUG_FS", "CONFIG_SYSVIPC",
-                   "CONFIG_IO_URING", "CONFIG_VIRTIO_PCI", "CONFIG_BLK_DEV_NVME", "CONFIG_MAGIC_SYSRQ",
-                   "CONFIG_SATA_AHCI", "CONFIG_SCSI_SYM53C8XX_2", "CONFIG_DMA_MAP_BENCHMARK"):  # fmt: skip
+    for option in (
+        "CONFIG_DEBUG_FS",
+        "CONFIG_HIST_TRIGGERS",
+        "CONFIG_BLK_DEBUG_FS",
+        "CONFIG_SYSVIPC",
+        "CONFIG_IO_URING",
+        "CONFIG_VIRTIO_PCI",
+        "CONFIG_BLK_DEV_NVME",
+        "CONFIG_MAGIC_SYSRQ",
+        "CONFIG_SATA_AHCI",
+        "CONFIG_SCSI_SYM53C8XX_2",
+        "CONFIG_DMA_MAP_BENCHMARK",
+    ):
         assert base[option] == "y", option
 
 

@@ -80,12 +80,19 @@ def test_cpu_model_is_read_from_cpuinfo() -> None:
     assert cpu_model("") == "unknown"
 
 
-@pytest.mark.parametrize(("dmesg", "expected"), [
-    pytest.param("[    7.1] ccp 0000:22:00.1: SEV-SNP API:1.55 build:21\n", "SEV-SNP API 1.55 build 21", id="snp"),
-    pytest.param("[    2.0] virt/tdx: TDX module: attributes 0x0, vendor_id 0x8086, major_version 1, minor_version 5, "
-                 "build_date 20240129, build_num 698\n", "TDX module 1.5 build 698", id="tdx"),
-    pytest.param("[    0.0] Linux version 6.12\n", "", id="neither"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("dmesg", "expected"),
+    [
+        pytest.param("[    7.1] ccp 0000:22:00.1: SEV-SNP API:1.55 build:21\n", "SEV-SNP API 1.55 build 21", id="snp"),
+        pytest.param(
+            "[    2.0] virt/tdx: TDX module: attributes 0x0, vendor_id 0x8086, major_version 1, minor_version 5, "
+            "build_date 20240129, build_num 698\n",
+            "TDX module 1.5 build 698",
+            id="tdx",
+        ),
+        pytest.param("[    0.0] Linux version 6.12\n", "", id="neither"),
+    ],
+)
 def test_coco_firmware_versions_are_read_from_the_host_kernel_log(dmesg: str, expected: str) -> None:
     # Line formats of drivers/crypto/ccp/sev-dev.c and arch/x86/virt/vmx/tdx/tdx.c (versions made up).
     from lab.host import coco_firmware

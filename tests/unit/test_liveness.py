@@ -68,15 +68,18 @@ def cmdline_sha256(pid: int) -> str:
     return hashlib.sha256(Path(f"/proc/{pid}/cmdline").read_bytes()).hexdigest()
 
 
-def running(pid: int, ticks: int | None = None, start_pid: int | None = None,
-            argv_sha256: str | None = None) -> dict[str, object]:  # fmt: skip
+def running(
+    pid: int, ticks: int | None = None, start_pid: int | None = None, argv_sha256: str | None = None
+) -> dict[str, object]:
     """A manifest saying ``running`` on this machine and boot; with ``ticks`` and/or ``argv_sha256``, the
     start time and argv digest recorded for ``start_pid`` (by default the recorded pid)."""
-    manifest: dict[str, object] = {"status": "running", "pid": pid, "boot_id": boot_id(),
-                                   "controller": platform.node()}  # fmt: skip
+    manifest: dict[str, object] = {"status": "running", "pid": pid, "boot_id": boot_id(), "controller": platform.node()}
     if ticks is not None or argv_sha256 is not None:
-        manifest["process_start"] = {"pid": pid if start_pid is None else start_pid, "ticks": ticks,
-                                     "cmdline_sha256": argv_sha256}  # fmt: skip
+        manifest["process_start"] = {
+            "pid": pid if start_pid is None else start_pid,
+            "ticks": ticks,
+            "cmdline_sha256": argv_sha256,
+        }
     return manifest
 
 
@@ -161,9 +164,19 @@ def utc(seconds_ago: float) -> str:
 def elsewhere(history: History, run_id: str, started: str, matrix: str = "nightly") -> Path:
     root = history.runs / run_id
     root.mkdir(parents=True)
-    (root / "manifest.json").write_text(json.dumps({"run_id": run_id, "matrix_name": matrix, "status": "running",
-                                                    "started_utc": started, "controller": "another-host",
-                                                    "pid": 1, "boot_id": "theirs"}))  # fmt: skip
+    (root / "manifest.json").write_text(
+        json.dumps(
+            {
+                "run_id": run_id,
+                "matrix_name": matrix,
+                "status": "running",
+                "started_utc": started,
+                "controller": "another-host",
+                "pid": 1,
+                "boot_id": "theirs",
+            }
+        )
+    )
     return root
 
 

@@ -223,8 +223,14 @@ def test_throttle_axis_include_and_exclude(tmp_path: Path) -> None:
     cells = load_matrix(write(tmp_path, RULES)).cells
     names = sorted((c.kernel, c.workload.name, dict(c.knobs).get("high_throttle", 0)) for c in cells)
     # threshold overrides only on the throttle kernel; static/b excluded, then included back once
-    assert names == [("static", "a", 0), ("static", "b", 0), ("throttle", "a", 0), ("throttle", "a", 512),
-                     ("throttle", "b", 0), ("throttle", "b", 512)]  # fmt: skip
+    assert names == [
+        ("static", "a", 0),
+        ("static", "b", 0),
+        ("throttle", "a", 0),
+        ("throttle", "a", 512),
+        ("throttle", "b", 0),
+        ("throttle", "b", 512),
+    ]
     knobs = {c.knobs for c in cells if c.knobs}
     assert knobs == {(("high_throttle", 512), ("low_throttle", 460))}
     assert len({c.cell_id for c in cells}) == len(cells)
@@ -293,8 +299,9 @@ def test_a_missing_job_file_is_named_by_the_path_it_was_looked_for_at(tmp_path: 
 
 
 def test_valid_fio_job_file_is_accepted(tmp_path: Path) -> None:
-    (tmp_path / "ok.fio").write_text("[global]\nfilename=${LAB_DEVICE}\nrw=randread\ndirect=1\nruntime=5\n"
-                                     "time_based=1\n[job1]\nbs=4k\n")  # fmt: skip
+    (tmp_path / "ok.fio").write_text(
+        "[global]\nfilename=${LAB_DEVICE}\nrw=randread\ndirect=1\nruntime=5\ntime_based=1\n[job1]\nbs=4k\n"
+    )
     text = '[matrix]\npools = [1024]\n[workloads.x]\njob_file = "ok.fio"\n'
     [cell] = load_matrix(write(tmp_path, text)).cells
     assert cell.workload.job_file == tmp_path / "ok.fio"
@@ -306,8 +313,9 @@ def test_by_default_only_the_first_repetition_runs_the_sampler(tmp_path: Path) -
     assert all(c.observed == (c.repetition == 0) for c in matrix.cells)
 
 
-@pytest.mark.parametrize(("observe", "rates"), [("all", {(0, 20.0), (1, 20.0)}), ("none", {(0, 0.0), (1, 0.0)})],
-                         ids=["all", "none"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("observe", "rates"), [("all", {(0, 20.0), (1, 20.0)}), ("none", {(0, 0.0), (1, 0.0)})], ids=["all", "none"]
+)
 def test_observe_all_or_none_at_the_given_rate(tmp_path: Path, observe: str, rates: set[tuple[int, float]]) -> None:
     text = GOOD.replace("repetitions = 2", f'repetitions = 2\nobserve = "{observe}"\nsample_hz = 20')
     assert {(c.repetition, c.sample_hz) for c in load_matrix(write(tmp_path, text)).cells} == rates
@@ -320,9 +328,14 @@ def test_observed_and_unobserved_cells_have_different_ids_but_share_a_boot(tmp_p
     assert [c.boot_key for c in observed.cells] == [c.boot_key for c in unobserved.cells]
 
 
-@pytest.mark.parametrize(("line", "message"), [('observe = "some"', "'some' must be one of 'first', 'all', 'none'"),
-                                               ("sample_hz = 0", "0 must be a number of samples per second")],
-                         ids=["observe", "sample_hz"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('observe = "some"', "'some' must be one of 'first', 'all', 'none'"),
+        ("sample_hz = 0", "0 must be a number of samples per second"),
+    ],
+    ids=["observe", "sample_hz"],
+)
 def test_bad_observe_settings_name_the_key(tmp_path: Path, line: str, message: str) -> None:
     path = write(tmp_path, GOOD.replace("repetitions = 2", f"repetitions = 2\n{line}"))
     with pytest.raises(ConfigError) as error:
@@ -346,8 +359,14 @@ def test_the_timeout_axis_applies_to_series_v2_kernels_only(tmp_path: Path) -> N
     cells = load_matrix(write(tmp_path, TIMEOUTS)).cells
     timeouts = sorted((c.kernel, dict(c.knobs).get("throttle_timeout_ms", -1)) for c in cells)
     # v1 has no wait bound: only its "default" cell; U32_MAX is the kernel's "no bound"
-    assert timeouts == [("throttle", -1), ("throttle-v2", -1), ("throttle-v2", 0), ("throttle-v2", 10),
-                        ("throttle-v2", 2000), ("throttle-v2", 4294967295)]  # fmt: skip
+    assert timeouts == [
+        ("throttle", -1),
+        ("throttle-v2", -1),
+        ("throttle-v2", 0),
+        ("throttle-v2", 10),
+        ("throttle-v2", 2000),
+        ("throttle-v2", 4294967295),
+    ]
     assert len({c.cell_id for c in cells}) == len(cells)
     default = next(c for c in cells if c.kernel == "throttle-v2" and not c.knobs)
     assert (
@@ -377,19 +396,28 @@ def test_bad_timeouts_are_refused(tmp_path: Path, line: str, message: str) -> No
 
 
 def test_the_grow_limit_axis_applies_to_growing_series_v2_kernels_only(tmp_path: Path) -> None:
-    text = ('[matrix]\nkernels = ["throttle-v2", "throttle-v2-dynamic", "dynamic"]\npools = ["2MiB"]\n'
-            'grow_limit = ["default", "4MiB", 4096]\n[workloads.a]\nrw = "read"\n')  # fmt: skip
+    text = (
+        '[matrix]\nkernels = ["throttle-v2", "throttle-v2-dynamic", "dynamic"]\npools = ["2MiB"]\n'
+        'grow_limit = ["default", "4MiB", 4096]\n[workloads.a]\nrw = "read"\n'
+    )
     cells = load_matrix(write(tmp_path, text)).cells
     limits = sorted((c.kernel, dict(c.knobs).get("io_tlb_max_nslabs", -1)) for c in cells)
     # "default" writes nothing; 4 MiB is 2048 slots of 2 KiB; a fixed pool or v1's dynamic kernel gets no limit
-    assert limits == [("dynamic", -1), ("throttle-v2", -1), ("throttle-v2-dynamic", -1),
-                      ("throttle-v2-dynamic", 2048), ("throttle-v2-dynamic", 4096)]  # fmt: skip
+    assert limits == [
+        ("dynamic", -1),
+        ("throttle-v2", -1),
+        ("throttle-v2-dynamic", -1),
+        ("throttle-v2-dynamic", 2048),
+        ("throttle-v2-dynamic", 4096),
+    ]
     assert all(c.solo for c in cells if c.kernel == "throttle-v2-dynamic")  # each grows from its own boot
 
 
 def test_a_fitted_queue_is_its_own_cell_and_its_own_boot(tmp_path: Path) -> None:
-    text = ('[matrix]\nkernels = ["static"]\npools = ["2MiB"]\nqueue_limits = ["default", "fit"]\n'
-            '[workloads.a]\nrw = "read"\n[workloads.b]\nrw = "randread"\n')  # fmt: skip
+    text = (
+        '[matrix]\nkernels = ["static"]\npools = ["2MiB"]\nqueue_limits = ["default", "fit"]\n'
+        '[workloads.a]\nrw = "read"\n[workloads.b]\nrw = "randread"\n'
+    )
     matrix = load_matrix(write(tmp_path, text))
     fitted = [c for c in matrix.cells if c.queue_limits == "fit"]
     plain = [c for c in matrix.cells if c.queue_limits == "default"]
@@ -405,8 +433,10 @@ def test_a_fitted_queue_is_its_own_cell_and_its_own_boot(tmp_path: Path) -> None
 
 
 def test_a_queue_fitted_to_another_share_is_its_own_boot_and_75_percent_is_plain_fit(tmp_path: Path) -> None:
-    text = ('[matrix]\nkernels = ["static"]\npools = ["2MiB"]\nqueue_limits = ["fit", "fit:50%"]\n'
-            '[workloads.a]\nrw = "read"\n')  # fmt: skip
+    text = (
+        '[matrix]\nkernels = ["static"]\npools = ["2MiB"]\nqueue_limits = ["fit", "fit:50%"]\n'
+        '[workloads.a]\nrw = "read"\n'
+    )
     matrix = load_matrix(write(tmp_path, text))
     assert sorted(c.queue_limits for c in matrix.cells) == ["fit", "fit:50%"]
     assert len(matrix.boot_groups()) == 2
@@ -423,14 +453,19 @@ def test_a_queue_fitted_to_another_share_is_its_own_boot_and_75_percent_is_plain
 @pytest.mark.parametrize("value", ["fit:0%", "fit:101%", "fit:50", "fit:12.5%", "fit: 50%"])
 def test_a_queue_share_outside_1_to_100_percent_is_refused(tmp_path: Path, value: str) -> None:
     text = f'[matrix]\nkernels = ["static"]\npools = ["2MiB"]\nqueue_limits = ["{value}"]\n[workloads.a]\nrw = "read"\n'
-    with pytest.raises(ConfigError, match=rf"matrix.queue_limits.*{re.escape(repr(value))} must be .*"
-                                          r"\"fit:N%\" with N a whole number from 1 to 100"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=rf"matrix.queue_limits.*{re.escape(repr(value))} must be .*"
+        r"\"fit:N%\" with N a whole number from 1 to 100",
+    ):
         load_matrix(write(tmp_path, text))
 
 
 def test_a_bad_grow_limit_names_the_key(tmp_path: Path) -> None:
-    text = ('[matrix]\nkernels = ["throttle-v2-dynamic"]\npools = [1024]\ngrow_limit = ["lots"]\n'
-            '[workloads.a]\nrw = "read"\n')  # fmt: skip
+    text = (
+        '[matrix]\nkernels = ["throttle-v2-dynamic"]\npools = [1024]\ngrow_limit = ["lots"]\n'
+        '[workloads.a]\nrw = "read"\n'
+    )
     with pytest.raises(ConfigError, match=r"grow_limit.*'lots' is not a pool size"):
         load_matrix(write(tmp_path, text))
 
@@ -477,8 +512,10 @@ def test_an_unplug_workload_boots_alone_behind_a_root_port(tmp_path: Path) -> No
     ],
 )
 def test_bad_faults_are_refused(tmp_path: Path, workload: str, message: str) -> None:
-    text = (f'[matrix]\nkernels = ["throttle-v2"]\npools = [1024]\ndevices = ["virtio-blk"]\n'
-            f'[workloads.a]\nrw = "read"\nruntime = "10s"\n{workload}\n')  # fmt: skip
+    text = (
+        f'[matrix]\nkernels = ["throttle-v2"]\npools = [1024]\ndevices = ["virtio-blk"]\n'
+        f'[workloads.a]\nrw = "read"\nruntime = "10s"\n{workload}\n'
+    )
     with pytest.raises(ConfigError, match=message):
         load_matrix(write(tmp_path, text))
 
@@ -518,8 +555,10 @@ def test_an_ahci_disk_is_a_device_but_cannot_poll(tmp_path: Path) -> None:
 
 
 def test_the_conversion_cost_axis_applies_to_growing_pools_only(tmp_path: Path) -> None:
-    text = ('[matrix]\nkernels = ["dynamic", "throttle"]\npools = [1024]\n'
-            'conversion_cost = [0, "500ns", "5us", "1ms"]\n[workloads.a]\nrw = "read"\n')  # fmt: skip
+    text = (
+        '[matrix]\nkernels = ["dynamic", "throttle"]\npools = [1024]\n'
+        'conversion_cost = [0, "500ns", "5us", "1ms"]\n[workloads.a]\nrw = "read"\n'
+    )
     matrix = load_matrix(write(tmp_path, text))
     costs = sorted((c.kernel, c.conversion_ns) for c in matrix.cells)
     # a fixed pool never converts pages: only its zero-cost cell stays
@@ -570,8 +609,16 @@ def test_a_neighbour_job_needs_a_neighbour_disk_next_to_nvme(tmp_path: Path) -> 
 
 
 def test_the_thread_suite_is_the_union_of_its_matrices() -> None:
-    names = ["default", "series-v2", "neighbour", "failing-driver", "queue-fit", "blocking", "pool-search",
-             "conversion"]  # fmt: skip
+    names = [
+        "default",
+        "series-v2",
+        "neighbour",
+        "failing-driver",
+        "queue-fit",
+        "blocking",
+        "pool-search",
+        "conversion",
+    ]
     suite = load_matrix("thread")
     members = [load_matrix(name) for name in names]
     every = {c.cell_id for m in members for c in m.cells}
@@ -602,8 +649,11 @@ def test_a_default_pool_leaves_the_size_to_the_guest_kernel_and_refuses_what_nee
     cells = load_matrix(write(tmp_path, text)).cells
     assert sorted(c.pool_slabs for c in cells) == [0, 0, 1024, 1024]
     assert sorted(c.cell_id.rsplit("-", 1)[0] for c in cells) == [
-        "static-1024-nvme-a-r0", "static-default-nvme-a-r0", "throttle-1024-nvme-a-r0", "throttle-default-nvme-a-r0"
-    ]  # fmt: skip
+        "static-1024-nvme-a-r0",
+        "static-default-nvme-a-r0",
+        "throttle-1024-nvme-a-r0",
+        "throttle-default-nvme-a-r0",
+    ]
     rule = 'pools = ["default", "2MiB"]\nexclude = [{pool = "default"}]\n'
     excluded = load_matrix(write(tmp_path, text.replace('pools = ["default", "2MiB"]\n', rule), "x.toml"))
     assert [c.pool_slabs for c in excluded.cells] == [1024, 1024]

@@ -27,8 +27,13 @@ RUN = Path(__file__).resolve().parent.parent / "data" / "run-small"
 CELLS = Path(__file__).resolve().parent.parent / "data" / "default-cells.parquet"
 
 
-def night(history: History, run_id: str, started: str, status: str = "complete",
-          change: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> RunStore:  # fmt: skip
+def night(
+    history: History,
+    run_id: str,
+    started: str,
+    status: str = "complete",
+    change: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+) -> RunStore:
     root = history.runs / run_id
     shutil.copytree(RUN, root)
     store = RunStore(root)
@@ -78,8 +83,12 @@ def test_a_regression_fails_the_night_and_junit_names_it_with_the_numbers(tmp_pa
     junit = tmp_path / "ci" / "junit.xml"
     code, summary = judge_night(history, second, {"tree_describe": "v6.12-rc1-42-gabc"}, junit)
     assert code == EXIT_REGRESSION and "regression(s) against 20261101T010000-aaaa" in summary
-    failures = {case.name: case.result[0] for suite in JUnitXml.fromfile(str(junit)) for case in suite
-                if case.result and isinstance(case.result[0], Failure)}  # fmt: skip
+    failures = {
+        case.name: case.result[0]
+        for suite in JUnitXml.fromfile(str(junit))
+        for case in suite
+        if case.result and isinstance(case.result[0], Failure)
+    }
     iops = failures["fio_iops throttle/1024/nvme/heavy"]
     assert "baseline" in iops.message and "change -50.0%" in iops.message and "p = " in iops.message
     assert "/cells/throttle-1024-nvme-heavy-r" in iops.text  # the evidence cells, linked
@@ -103,8 +112,13 @@ def boot_failed(cells: pd.DataFrame) -> pd.DataFrame:
     """Every boot failed: its cells are written without the boot's timings (runner.run_group), half of them
     a boot that never came up, half a boot that timed out before SSH."""
     first_half = cells.index < len(cells) // 2
-    return cells.assign(status="failed", failure_reason=["boot failed" if f else "timeout" for f in first_half],
-                        boot_s=float("nan"), boot_attempt=float("nan"), ssh_connect_s=float("nan"))  # fmt: skip
+    return cells.assign(
+        status="failed",
+        failure_reason=["boot failed" if f else "timeout" for f in first_half],
+        boot_s=float("nan"),
+        boot_attempt=float("nan"),
+        ssh_connect_s=float("nan"),
+    )
 
 
 def panicked_under_fio(cells: pd.DataFrame) -> pd.DataFrame:
@@ -138,11 +152,16 @@ def test_a_night_that_panics_in_every_cell_during_fio_is_a_regression_not_infras
     second = night(history, "20261102T010000-bbbb", "2026-11-02T01:00:00Z", change=panicked_under_fio)
     code, summary = judge_night(history, second, {})
     assert code == EXIT_REGRESSION and "regression(s) against 20261101T010000-aaaa" in summary
-    failures = {case.name: case.result[0] for suite in JUnitXml.fromfile(str(second.root / "junit.xml"))
-                for case in suite if case.result and isinstance(case.result[0], Failure)}  # fmt: skip
+    failures = {
+        case.name: case.result[0]
+        for suite in JUnitXml.fromfile(str(second.root / "junit.xml"))
+        for case in suite
+        if case.result and isinstance(case.result[0], Failure)
+    }
     heavy = failures["cells failed static/1024/nvme/heavy"]
-    assert heavy.message == ("cells failed static/1024/nvme/heavy: baseline 5 ok of 5, measured 5 failed of 5 "
-                             "(kernel panic: 5)")  # fmt: skip
+    assert heavy.message == (
+        "cells failed static/1024/nvme/heavy: baseline 5 ok of 5, measured 5 failed of 5 (kernel panic: 5)"
+    )
     assert "/cells/static-1024-nvme-heavy-r4-3e41edb9/cell.json" in heavy.text
     # throttle's polled cells timed out in the baseline too (5 of 5): as many fail now, no regression
     assert "cells failed throttle/1024/nvme/polled" not in failures
@@ -151,26 +170,47 @@ def test_a_night_that_panics_in_every_cell_during_fio_is_a_regression_not_infras
 @pytest.mark.parametrize(
     ("statuses", "reasons", "booted", "expected"),
     [
-        pytest.param(["failed", "lost", "skipped"], ["boot failed", "infrastructure", "platform not offered"],
-                     [False, False, False], "no cell ran its workload: 1 failed to boot (boot failed: 1), 1 lost, "
-                     "1 skipped", id="boot-failed-lost-skipped"),
-        pytest.param(["failed", "failed"], ["boot failed", "kernel panic"], [False, True], "",
-                     id="one-cell-reached-its-workload"),
-        pytest.param(["lost", "lost"], ["infrastructure", "infrastructure"], [False, False],
-                     "no cell ran its workload: 2 lost", id="all-lost"),
-        pytest.param(["skipped"], ["platform not offered"], [False],
-                     "every cell was skipped: no host offers the matrix's platforms", id="all-skipped"),
+        pytest.param(
+            ["failed", "lost", "skipped"],
+            ["boot failed", "infrastructure", "platform not offered"],
+            [False, False, False],
+            "no cell ran its workload: 1 failed to boot (boot failed: 1), 1 lost, 1 skipped",
+            id="boot-failed-lost-skipped",
+        ),
+        pytest.param(
+            ["failed", "failed"], ["boot failed", "kernel panic"], [False, True], "", id="one-cell-reached-its-workload"
+        ),
+        pytest.param(
+            ["lost", "lost"],
+            ["infrastructure", "infrastructure"],
+            [False, False],
+            "no cell ran its workload: 2 lost",
+            id="all-lost",
+        ),
+        pytest.param(
+            ["skipped"],
+            ["platform not offered"],
+            [False],
+            "every cell was skipped: no host offers the matrix's platforms",
+            id="all-skipped",
+        ),
         pytest.param(["ok", "lost"], ["", "infrastructure"], [True, False], "", id="one-ok"),
     ],
-)  # fmt: skip
+)
 def test_only_cells_that_never_reached_their_workload_make_a_night_unusable(
     statuses: list[str], reasons: list[str], booted: list[bool], expected: str
 ) -> None:
     from lab.nightly import no_usable_result
 
     boot_s = [3.5 if b else float("nan") for b in booted]
-    cells = pd.DataFrame({"cell_id": [f"c{i}" for i in range(len(statuses))], "status": statuses,
-                          "failure_reason": reasons, "boot_s": boot_s})  # fmt: skip
+    cells = pd.DataFrame(
+        {
+            "cell_id": [f"c{i}" for i in range(len(statuses))],
+            "status": statuses,
+            "failure_reason": reasons,
+            "boot_s": boot_s,
+        }
+    )
     assert no_usable_result(cells) == expected
 
 
@@ -219,8 +259,9 @@ def test_newly_failing_cells_of_a_group_are_a_regression_with_their_reasons_and_
     from lab.nightly import gate
 
     base = pd.read_parquet(CELLS)
-    now = with_reasons({"static-2048-nvme-heavy-r1-4f23c103": "kernel warning",
-                        "static-2048-nvme-heavy-r3-32b1f06b": "timeout"})(pd.read_parquet(CELLS))  # fmt: skip
+    now = with_reasons(
+        {"static-2048-nvme-heavy-r1-4f23c103": "kernel warning", "static-2048-nvme-heavy-r3-32b1f06b": "timeout"}
+    )(pd.read_parquet(CELLS))
     findings = {f.name: f for f in gate(base, now) if f.kind == "cells"}
     assert set(findings) == {"cells failed static/2048/nvme/heavy", "cells failed throttle/1024/nvme/polled"}
     polled = findings["cells failed throttle/1024/nvme/polled"]  # failed in both nights alike
@@ -284,13 +325,16 @@ def test_a_changed_matrix_establishes_a_new_baseline_and_says_so(tmp_path: Path)
     first = night(history, "20261101T010000-aaaa", "2026-11-01T01:00:00Z")
     first.update_manifest(cells=cell_ids(3))
     judge_night(history, first, {})
-    assert first.manifest()["nightly"]["matrix_hash"] == hashlib.sha256("\n".join(sorted(cell_ids(3))).encode()
-                                                                         ).hexdigest()[:16]  # fmt: skip
+    assert (
+        first.manifest()["nightly"]["matrix_hash"]
+        == hashlib.sha256("\n".join(sorted(cell_ids(3))).encode()).hexdigest()[:16]
+    )
     edited = night(history, "20261102T010000-bbbb", "2026-11-02T01:00:00Z", change=slower_throttle)
     edited.update_manifest(cells=cell_ids(4))  # a repetition more: another matrix
     code, summary = judge_night(history, edited, {})
-    assert code == EXIT_OK and summary.startswith("the matrix changed since the last night: this night is the "
-                                                  "new baseline (20261101T010000-aaaa ran other cells)")  # fmt: skip
+    assert code == EXIT_OK and summary.startswith(
+        "the matrix changed since the last night: this night is the new baseline (20261101T010000-aaaa ran other cells)"
+    )
     assert edited.manifest()["nightly"]["baseline"] == ""
     reverted = night(history, "20261103T010000-cccc", "2026-11-03T01:00:00Z")
     reverted.update_manifest(cells=cell_ids(3)[::-1])  # the same cells in another order: the same matrix
@@ -317,22 +361,31 @@ def test_retention_keeps_the_last_nights_and_always_the_baseline(tmp_path: Path)
     night(history, "20261104T010000-dddd", "2026-11-04T01:00:00Z", status="interrupted")
     removed = history.retain(2)
     assert removed == ["20261101T010000-aaaa"]  # bbbb is the newest complete night: the next baseline
-    assert sorted(history.nights()["run_id"]) == ["20261102T010000-bbbb", "20261103T010000-cccc",
-                                                  "20261104T010000-dddd"]  # fmt: skip
+    assert sorted(history.nights()["run_id"]) == [
+        "20261102T010000-bbbb",
+        "20261103T010000-cccc",
+        "20261104T010000-dddd",
+    ]
 
 
 def test_duckdb_answers_questions_across_nights(tmp_path: Path) -> None:
     history = History(tmp_path)
     night(history, "20261101T010000-aaaa", "2026-11-01T01:00:00Z")
     night(history, "20261102T010000-bbbb", "2026-11-02T01:00:00Z", change=slower_throttle)
-    per_night = history.query("SELECT night, median(fio_iops) AS iops FROM cells WHERE kernel = 'throttle' "
-                              "AND status = 'ok' GROUP BY night ORDER BY night")  # fmt: skip
+    per_night = history.query(
+        "SELECT night, median(fio_iops) AS iops FROM cells WHERE kernel = 'throttle' "
+        "AND status = 'ok' GROUP BY night ORDER BY night"
+    )
     assert list(per_night["night"]) == ["20261101T010000-aaaa", "20261102T010000-bbbb"]
     assert per_night["iops"][1] == pytest.approx(per_night["iops"][0] / 2)
     claims = history.query("SELECT count(*) AS n FROM claims")
     assert int(claims["n"][0]) == 28  # thirteen claims and C7-plain per night
-    cli = subprocess.run([sys.executable, "-m", "lab", "history", "nights", "--history", str(tmp_path)],
-                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+    cli = subprocess.run(
+        [sys.executable, "-m", "lab", "history", "nights", "--history", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert cli.returncode == 0 and "20261102T010000-bbbb" in cli.stdout
 
 
@@ -343,11 +396,18 @@ def test_the_trend_page_renders_both_nights(tmp_path: Path) -> None:
     second = night(history, "20261102T010000-bbbb", "2026-11-02T01:00:00Z", change=slower_throttle)
     second.update_manifest(nightly={"tree_describe": "v6.12-series-v2"})
     page = build_trend(history, "run-small")  # the copied manifests keep run-small's matrix name
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}"]  # fmt: skip
-    dom = subprocess.run(["chromium", *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True,
-                         timeout=120)  # fmt: skip
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    dom = subprocess.run(["chromium", *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert "20261101T010000-aaaa" in dom.stdout and "20261102T010000-bbbb" in dom.stdout
     assert "v6.12-series-v2" in dom.stdout and dom.stdout.count("<img") == 1
@@ -398,8 +458,10 @@ def test_failed_maps_are_compared_only_between_nights_that_counted_them_alike() 
 
 def test_the_trend_page_is_built_when_no_night_recorded_claims(tmp_path: Path) -> None:
     history = History(tmp_path)
-    for store in (night(history, "20261101T010000-aaaa", "2026-11-01T01:00:00Z"),
-                  night(history, "20261102T010000-bbbb", "2026-11-02T01:00:00Z")):  # fmt: skip
+    for store in (
+        night(history, "20261101T010000-aaaa", "2026-11-01T01:00:00Z"),
+        night(history, "20261102T010000-bbbb", "2026-11-02T01:00:00Z"),
+    ):
         (store.root / "claims.parquet").unlink()
     page = build_trend(history, "run-small").read_text()
     for run_id in ("20261101T010000-aaaa", "20261102T010000-bbbb"):
@@ -411,12 +473,31 @@ def test_the_trend_page_is_built_when_no_night_recorded_claims(tmp_path: Path) -
 def test_trend_points_use_unobserved_cells_and_the_t_interval_of_the_mean() -> None:
     from lab.nightly import trend_points
 
-    rows = [("n1", False, 100.0), ("n1", False, 110.0), ("n1", False, 120.0), ("n1", False, 130.0),
-            ("n1", True, 10.0),  # the sampler's cell: left out, the night has unobserved ones
-            ("n2", True, 50.0), ("n2", True, 60.0)]  # fmt: skip
-    cells = pd.DataFrame([{"night": n, "kernel": "static", "workload": "heavy", "status": "ok", "observed": o,
-                           "fio_iops": v, "fio_clat_p99_us": 1.0, "map_failures": 0.0, "hiwater_frac": 0.5}
-                          for n, o, v in rows])  # fmt: skip
+    rows = [
+        ("n1", False, 100.0),
+        ("n1", False, 110.0),
+        ("n1", False, 120.0),
+        ("n1", False, 130.0),
+        ("n1", True, 10.0),  # the sampler's cell: left out, the night has unobserved ones
+        ("n2", True, 50.0),
+        ("n2", True, 60.0),
+    ]
+    cells = pd.DataFrame(
+        [
+            {
+                "night": n,
+                "kernel": "static",
+                "workload": "heavy",
+                "status": "ok",
+                "observed": o,
+                "fio_iops": v,
+                "fio_clat_p99_us": 1.0,
+                "map_failures": 0.0,
+                "hiwater_frac": 0.5,
+            }
+            for n, o, v in rows
+        ]
+    )
     cells.loc[len(cells)] = {**cells.iloc[0].to_dict(), "status": "failed", "fio_iops": 1e9}  # never counted
     points = trend_points(cells).set_index("night")
     assert list(points["n"]) == [4, 2] and list(points["observed"]) == [False, True]
@@ -433,8 +514,12 @@ def test_trend_points_use_unobserved_cells_and_the_t_interval_of_the_mean() -> N
 def test_the_trend_page_says_which_cells_its_points_come_from(tmp_path: Path) -> None:
     history = History(tmp_path)
     night(history, "20261101T010000-aaaa", "2026-11-01T01:00:00Z", change=lambda c: c.assign(observed=True))
-    night(history, "20261102T010000-bbbb", "2026-11-02T01:00:00Z",
-          change=lambda c: c.assign(observed=c["repetition"] == 0))  # fmt: skip
+    night(
+        history,
+        "20261102T010000-bbbb",
+        "2026-11-02T01:00:00Z",
+        change=lambda c: c.assign(observed=c["repetition"] == 0),
+    )
     page = build_trend(history, "run-small").read_text()
     assert "only its cells that ran without the in-guest sampler (observed = false) when it has any" in page
     assert "Plotted from observed cells: 20261101T010000-aaaa." in page

@@ -14,12 +14,23 @@ from lab.stats import paired_cost
 
 def heavy(kernel: str, iops: list[float], observed: list[bool]) -> pd.DataFrame:
     n = len(iops)
-    return pd.DataFrame({
-        "cell_id": [f"{kernel}-{i}" for i in range(n)], "kernel": kernel, "status": "ok",
-        "pool_slabs_requested": 1024, "numjobs": 4, "iodepth": 128, "hipri": False, "observed": observed,
-        "fio_iops": iops, "fio_clat_p50_us": 1000.0, "fio_clat_p99_us": 5000.0, "fio_clat_p999_us": 9000.0,
-        "throttle_wait_ns": 0,
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "cell_id": [f"{kernel}-{i}" for i in range(n)],
+            "kernel": kernel,
+            "status": "ok",
+            "pool_slabs_requested": 1024,
+            "numjobs": 4,
+            "iodepth": 128,
+            "hipri": False,
+            "observed": observed,
+            "fio_iops": iops,
+            "fio_clat_p50_us": 1000.0,
+            "fio_clat_p99_us": 5000.0,
+            "fio_clat_p999_us": 9000.0,
+            "throttle_wait_ns": 0,
+        }
+    )
 
 
 def test_performance_judges_ignore_observed_cells_when_unobserved_ones_exist() -> None:
@@ -54,8 +65,10 @@ def test_paired_cost_by_hand() -> None:
     assert cost.pairs == 4
     assert cost.mean_pct == pytest.approx(4.72475, abs=1e-4)
     half = 3.182446 * 0.635665 / 2
-    assert (cost.ci_low_pct, cost.ci_high_pct) == (pytest.approx(4.72475 - half, abs=1e-3),
-                                                   pytest.approx(4.72475 + half, abs=1e-3))  # fmt: skip
+    assert (cost.ci_low_pct, cost.ci_high_pct) == (
+        pytest.approx(4.72475 - half, abs=1e-3),
+        pytest.approx(4.72475 + half, abs=1e-3),
+    )
     assert cost.noise_pct == pytest.approx(8.1650, abs=1e-3)  # SD 8.165 of 100, 110, 90, 100
     assert cost.verdict == "below the noise"  # the whole interval (3.7-5.7%) lies within 8.2%
 

@@ -186,13 +186,22 @@ SPLATS = Path(__file__).resolve().parent.parent / "data" / "splats"
 @pytest.mark.parametrize(
     ("fixture", "kind", "first_line", "count"),
     [
-        ("atomic-map.dmesg", "sleep in atomic",
-         "BUG: sleeping function called from invalid context at ../src/kernel/dma/mapping.c:164", 1),
+        (
+            "atomic-map.dmesg",
+            "sleep in atomic",
+            "BUG: sleeping function called from invalid context at ../src/kernel/dma/mapping.c:164",
+            1,
+        ),
         ("hung-task.dmesg", "hung task", "INFO: task dd:71 blocked for more than 10 seconds.", 2),
-        ("dma-api-segment.dmesg", "dma-api", "DMA-API: virtio-pci 0000:00:02.0: mapping sg segment longer than "
-         "device claims to support [len=131072] [max=65536]", 1),
+        (
+            "dma-api-segment.dmesg",
+            "dma-api",
+            "DMA-API: virtio-pci 0000:00:02.0: mapping sg segment longer than "
+            "device claims to support [len=131072] [max=65536]",
+            1,
+        ),
     ],
-)  # fmt: skip
+)
 def test_kernel_checker_reports_from_the_debug_kernel(fixture: str, kind: str, first_line: str, count: int) -> None:
     from lab.parse import kernel_splats
 
@@ -229,7 +238,10 @@ def test_a_line_that_is_not_procs_cpu_line_is_refused(text: str) -> None:
 
 def test_queue_limits_the_lab_set_are_read_back() -> None:
     assert parse_queue_limits("hw_queues=2 nr_requests=6 max_sectors_kb=128\n") == {
-        "hw_queues": 2, "nr_requests": 6, "max_sectors_kb": 128}  # fmt: skip
+        "hw_queues": 2,
+        "nr_requests": 6,
+        "max_sectors_kb": 128,
+    }
     assert parse_queue_limits("") == {}
     with pytest.raises(ParseError, match="KEY=NUMBER"):
         parse_queue_limits("nr_requests=lots")

@@ -59,8 +59,9 @@ def test_the_readme_shows_dry_runs() -> None:
 
 
 @pytest.mark.parametrize(("command", "shown"), DRY_RUNS, ids=[f"dry-run{i}" for i in range(len(DRY_RUNS))])
-def test_a_readme_dry_run_prints_what_the_readme_shows(command: str, shown: str,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_a_readme_dry_run_prints_what_the_readme_shows(
+    command: str, shown: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     args = command.split()[3:]  # after "python -m lab"
     assert main(args) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out.splitlines()

@@ -70,24 +70,37 @@ def test_report_writes_markdown_html_figures_and_tables(run_copy: Path) -> None:
     assert "id='claims'" in html and "C7" in html
     assert (run_copy / "report.md").read_text().startswith("# swiotlb throttling: measured verdicts")
     assert len(pd.read_parquet(run_copy / "claims.parquet")) == 14
-    assert {"usage_over_time.png", "hiwater_by_pool.png", "performance.png",
-            "failures_and_throttle.png"} <= set(written)  # fmt: skip
+    assert {"usage_over_time.png", "hiwater_by_pool.png", "performance.png", "failures_and_throttle.png"} <= set(
+        written
+    )
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (make setup installs it)")
 def test_report_renders_in_a_headless_browser_with_its_figures(run_copy: Path, tmp_path: Path) -> None:
     build_report(run_copy)
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}"]  # fmt: skip
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
     url = (run_copy / "report.html").as_uri()
     dom = subprocess.run(["chromium", *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert dom.stdout.count("<img") == 4
     assert '<table id="claims"' in dom.stdout or "id='claims'" in dom.stdout
     shot = tmp_path / "report.png"
-    subprocess.run(["chromium", *flags, "--window-size=1400,3000", f"--screenshot={shot}", url],
-                   capture_output=True, timeout=120, check=True)  # fmt: skip
+    subprocess.run(
+        ["chromium", *flags, "--window-size=1400,3000", f"--screenshot={shot}", url],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     assert shot.stat().st_size > 50_000  # a page with tables and four plots, not a blank one
 
 
@@ -100,8 +113,10 @@ def test_compare_two_runs_side_by_side(run_copy: Path, tmp_path: Path) -> None:
 def test_report_of_ten_thousand_cells_lists_every_cell(run_copy: Path) -> None:
     """Functional check; how long it takes is measured by `python -m lab bench matrix` (BENCHMARKS.md)."""
     cells = load_cells(run_copy)
-    copies = [cells.assign(cell_id=cells["cell_id"] + f"-x{i}", repetition=cells["repetition"] + 100 * i)
-              for i in range(10_000 // len(cells) + 1)]  # fmt: skip
+    copies = [
+        cells.assign(cell_id=cells["cell_id"] + f"-x{i}", repetition=cells["repetition"] + 100 * i)
+        for i in range(10_000 // len(cells) + 1)
+    ]
     pd.concat(copies).iloc[:10_000].to_parquet(run_copy / "cells.parquet", index=False)
     build_report(run_copy)
     html = (run_copy / "report.html").read_text()
@@ -188,16 +203,23 @@ def test_questions_of_their_own_get_figures_of_their_own() -> None:
 def test_the_hosts_table_has_a_row_per_host_and_platform_with_what_it_is_and_how_its_cells_ended() -> None:
     from lab.report import hosts_table
 
-    cells = pd.DataFrame({
-        "cell_id": list("abcdefg"),
-        "status": ["ok", "ok", "failed", "ok", "skipped", "lost", "ok"],
-        "host_id": ["snp1", "snp1", "snp1", "tdx1", "ctl", "snp1", "snp1"],
-        "platform": ["sev-snp", "sev-snp", "sev-snp", "tdx", "tdx", "sev-snp", "kvm"],
-        "cpu_model": ["EPYC 9654", "EPYC 9654", "EPYC 9654", "Xeon 8592+", "x", "EPYC 9654", "EPYC 9654"],
-    })  # fmt: skip
+    cells = pd.DataFrame(
+        {
+            "cell_id": list("abcdefg"),
+            "status": ["ok", "ok", "failed", "ok", "skipped", "lost", "ok"],
+            "host_id": ["snp1", "snp1", "snp1", "tdx1", "ctl", "snp1", "snp1"],
+            "platform": ["sev-snp", "sev-snp", "sev-snp", "tdx", "tdx", "sev-snp", "kvm"],
+            "cpu_model": ["EPYC 9654", "EPYC 9654", "EPYC 9654", "Xeon 8592+", "x", "EPYC 9654", "EPYC 9654"],
+        }
+    )
     table = hosts_table(cells)
-    rows = {(r["host_id"], r["platform"]): (r["cpu_model"], r["cells ok"], r["cells failed"])
-            for r in table.to_dict("records")}  # fmt: skip
+    rows = {
+        (r["host_id"], r["platform"]): (r["cpu_model"], r["cells ok"], r["cells failed"])
+        for r in table.to_dict("records")
+    }
     # skipped and lost cells ran nowhere: no row for the controller, and snp1 counts only what it ran
-    assert rows == {("snp1", "sev-snp"): ("EPYC 9654", 2, 1), ("snp1", "kvm"): ("EPYC 9654", 1, 0),
-                    ("tdx1", "tdx"): ("Xeon 8592+", 1, 0)}  # fmt: skip
+    assert rows == {
+        ("snp1", "sev-snp"): ("EPYC 9654", 2, 1),
+        ("snp1", "kvm"): ("EPYC 9654", 1, 0),
+        ("tdx1", "tdx"): ("Xeon 8592+", 1, 0),
+    }

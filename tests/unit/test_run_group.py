@@ -35,8 +35,17 @@ from lab.workload import Workload
 REAL_CELL = (
     Path(__file__).resolve().parent.parent / "data" / "run-small" / "cells" / "static-1024-nvme-heavy-r0-cded07f2"
 )
-ARTIFACTS = ("fio.json", "debugfs_before.txt", "debugfs_after.txt", "dmesg.txt", "hctx_flags.txt", "samples.csv",
-             "hist_bounces.txt", "hist_map_page_failures.txt", "hist_map_sg_errors.txt")  # fmt: skip
+ARTIFACTS = (
+    "fio.json",
+    "debugfs_before.txt",
+    "debugfs_after.txt",
+    "dmesg.txt",
+    "hctx_flags.txt",
+    "samples.csv",
+    "hist_bounces.txt",
+    "hist_map_page_failures.txt",
+    "hist_map_sg_errors.txt",
+)
 
 
 @dataclass
@@ -134,9 +143,14 @@ class FakeGuest:
 
 def run(tmp_path: Path, script: Script, count: int = 3) -> list[dict[str, Any]]:
     kernel = KernelBuild("static", "6.12.117", tmp_path / "bzImage", tmp_path / "config")
-    ctx = LabContext(FakeHypervisor(script), GuestImage(tmp_path / "rootfs.cpio", "ssh-ed25519 AAAAhost lab", "r"),  # type: ignore[arg-type]
-                     KeyPair(tmp_path / "key", "ssh-ed25519 AAAAkey lab"), {"static": kernel}, tmp_path,
-                     guest=lambda *args: FakeGuest(script))  # type: ignore[arg-type,return-value]  # fmt: skip
+    ctx = LabContext(
+        FakeHypervisor(script),
+        GuestImage(tmp_path / "rootfs.cpio", "ssh-ed25519 AAAAhost lab", "r"),  # type: ignore[arg-type]
+        KeyPair(tmp_path / "key", "ssh-ed25519 AAAAkey lab"),
+        {"static": kernel},
+        tmp_path,
+        guest=lambda *args: FakeGuest(script),
+    )  # type: ignore[arg-type,return-value]
     store = RunStore.create(tmp_path / "results", {"test": "run_group"}, run_id="r")
     workloads = [Workload(f"w{i}", runtime_s=1) for i in range(count)]
     return run_group([Cell("static", 1024, "nvme", w, 2, 1024) for w in workloads], store, ctx, SilentReporter())

@@ -45,8 +45,14 @@ class NoBoots:
 def context(tmp_path: Path) -> LabContext:
     kernel = KernelBuild("static", "6.12.117", tmp_path / "bzImage", tmp_path / "config")
     image = GuestImage(tmp_path / "rootfs.cpio", "ssh-ed25519 AAAAhost lab", "recipe")
-    return LabContext(NoBoots(), image, KeyPair(tmp_path / "key", "ssh-ed25519 AAAAkey lab"),  # type: ignore[arg-type]
-                      {"static": kernel}, tmp_path, offered={"tcg": "", "kvm": "", "sev-snp": REASON})  # fmt: skip
+    return LabContext(
+        NoBoots(),
+        image,
+        KeyPair(tmp_path / "key", "ssh-ed25519 AAAAkey lab"),  # type: ignore[arg-type]
+        {"static": kernel},
+        tmp_path,
+        offered={"tcg": "", "kvm": "", "sev-snp": REASON},
+    )
 
 
 def test_cells_on_a_platform_the_host_lacks_are_skipped_with_the_reason(tmp_path: Path) -> None:

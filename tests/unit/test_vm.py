@@ -19,8 +19,14 @@ def spec(**changes: object) -> BootSpec:
 
 
 def argv(s: BootSpec, accel: str = "tcg") -> tuple[str, ...]:
-    return qemu_argv(s, accel=accel, ssh_port=40022, console=Path("/w/console.log"), qmp=Path("/w/q.sock"),
-                     disk_images=tuple(Path(f"/w/disk{i}.raw") for i in range(len(s.disks))))  # fmt: skip
+    return qemu_argv(
+        s,
+        accel=accel,
+        ssh_port=40022,
+        console=Path("/w/console.log"),
+        qmp=Path("/w/q.sock"),
+        disk_images=tuple(Path(f"/w/disk{i}.raw") for i in range(len(s.disks))),
+    )
 
 
 def value_after(args: tuple[str, ...], flag: str) -> list[str]:
@@ -68,8 +74,14 @@ def test_qmp_socket_and_serial_file_and_no_reboot() -> None:
 
 
 def test_commas_in_paths_are_escaped_for_qemu() -> None:
-    args = qemu_argv(spec(kernel=Path("/a,b/bzImage")), accel="tcg", ssh_port=1, console=Path("/c"),
-                     qmp=Path("/q"), disk_images=(Path("/d"),))  # fmt: skip
+    args = qemu_argv(
+        spec(kernel=Path("/a,b/bzImage")),
+        accel="tcg",
+        ssh_port=1,
+        console=Path("/c"),
+        qmp=Path("/q"),
+        disk_images=(Path("/d"),),
+    )
     assert value_after(args, "-kernel") == ["/a,,b/bzImage"]
 
 
@@ -111,17 +123,36 @@ def test_a_hot_pluggable_device_sits_behind_a_pcie_root_port_with_a_qdev_id(kind
 def test_nvme_guests_trace_where_their_shadow_doorbells_live() -> None:
     def traced(kind: str) -> list[str]:
         s = spec(disks=(Disk(kind),))  # type: ignore[arg-type]
-        return value_after(qemu_argv(s, accel="tcg", ssh_port=1, console=Path("/w/c"), qmp=Path("/w/q"),
-                                     disk_images=(Path("/w/d0"),), trace=Path("/w/t,x")), "-trace")  # fmt: skip
+        return value_after(
+            qemu_argv(
+                s,
+                accel="tcg",
+                ssh_port=1,
+                console=Path("/w/c"),
+                qmp=Path("/w/q"),
+                disk_images=(Path("/w/d0"),),
+                trace=Path("/w/t,x"),
+            ),
+            "-trace",
+        )
 
     # QEMU's -trace syntax (docs/devel/tracing.rst): [enable=]PATTERN,file=FILE; commas doubled
     assert traced("nvme") == ["enable=pci_nvme_dbbuf_config,file=/w/t,,x"]
     assert traced("virtio-blk") == []
     assert "-trace" not in argv(spec())  # no trace path: no tracing
     more = spec(trace_events=("pci_nvme_mmio_doorbell_sq",))
-    assert value_after(qemu_argv(more, accel="tcg", ssh_port=1, console=Path("/w/c"), qmp=Path("/w/q"),
-                                 disk_images=(Path("/w/d0"),), trace=Path("/w/t")), "-trace") == [
-        "enable=pci_nvme_dbbuf_config,file=/w/t", "enable=pci_nvme_mmio_doorbell_sq,file=/w/t"]  # fmt: skip
+    assert value_after(
+        qemu_argv(
+            more,
+            accel="tcg",
+            ssh_port=1,
+            console=Path("/w/c"),
+            qmp=Path("/w/q"),
+            disk_images=(Path("/w/d0"),),
+            trace=Path("/w/t"),
+        ),
+        "-trace",
+    ) == ["enable=pci_nvme_dbbuf_config,file=/w/t", "enable=pci_nvme_mmio_doorbell_sq,file=/w/t"]
 
 
 def test_an_iommu_boot_puts_intel_iommu_before_every_other_device_and_turns_it_on() -> None:
