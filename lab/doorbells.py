@@ -18,18 +18,16 @@ index that did not move is a lost doorbell, and the cell says so instead of "tim
 from __future__ import annotations
 
 import re
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
 
 from lab import interrupt
+from lab.vm import NVME_DBBUF_EVENT as TRACE_EVENT
+from lab.vm import TRACE_FILE as TRACE_FILE
 
 FAILURE_REASON = "lost nvme doorbell"  # a cell's failure_reason when this diagnosis found one
 MMIO_EVENT = "pci_nvme_mmio_doorbell_sq"  # one per MMIO write of a submission queue doorbell (an exit)
 _MMIO_RE = re.compile(rf"{MMIO_EVENT} sqid (\d+) new_tail \d+")
-TRACE_EVENT = "pci_nvme_dbbuf_config"
-TRACE_FILE = "qemu-trace.log"
 _CONFIG_RE = re.compile(rf"{TRACE_EVENT} dbs_addr=(0x[0-9a-f]+) eis_addr=(0x[0-9a-f]+)")
 # Admin queue plus up to 15 I/O queues: more than the lab's guests have (one per vCPU, plus
 # virtio's and nvme's poll queues); unused queues read 0 in both pages.
@@ -50,16 +48,6 @@ class LostDoorbell:
             f"index {self.event_index} and not moving ({(self.shadow_tail - self.event_index) % 65536} "
             f"command(s) posted that the controller never read)"
         )
-
-
-@cache
-def qemu_can_trace(qemu: str) -> bool:
-    """Whether this QEMU build has the trace event (a build with the 'nop' trace backend has none)."""
-    try:
-        out = subprocess.run([qemu, "-trace", "help"], capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return TRACE_EVENT in out.stdout
 
 
 def io_doorbell_writes(trace_text: str) -> int:

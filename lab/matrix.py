@@ -13,8 +13,8 @@ from typing import Any
 
 from lab.errors import ConfigError
 from lab.platforms import PLATFORM_NAMES
+from lab.swiotlb import MIN_POOL_SLABS, SLAB_BYTES
 from lab.util import read_toml, unknown_key
-from lab.vm import MIN_POOL_SLABS, SLAB_BYTES
 from lab.workload import FAULT_DEVICES, Workload
 
 NEIGHBOURS = ("none", "slow")

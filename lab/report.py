@@ -33,8 +33,8 @@ from lab.claims import (
 from lab.matrix import DEFAULT_POOL
 from lab.stats import THRESHOLDS_TEXT, Metric, compare_family
 from lab.store import LOST, SKIPPED, load_cells, load_samples, write_parquet
+from lab.swiotlb import SLAB_BYTES
 from lab.util import atomic_write_bytes, atomic_write_text
-from lab.vm import SLAB_BYTES
 
 VARIANT_COLOURS = {
     "static": "#d62728",

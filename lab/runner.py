@@ -37,7 +37,8 @@ from lab.parse import (
 from lab.platforms import AUTO, encryption_matches, profile
 from lab.recovery import FaultInjector
 from lab.store import LOST, SKIPPED, RunStore
-from lab.vm import SLAB_BYTES, Accel, BootSpec, Disk, Endpoint, Hypervisor, RunningGuest, console_excerpt
+from lab.swiotlb import SLAB_BYTES
+from lab.vm import Accel, BootSpec, Disk, Endpoint, Hypervisor, RunningGuest, console_excerpt
 
 log = logging.getLogger(__name__)
 

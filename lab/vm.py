@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -22,18 +23,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Protocol
 
-from lab import doorbells, interrupt
+from lab import interrupt
 from lab.errors import BootError, ConfigError, HostError, KernelPanic, LabTimeout
 from lab.platforms import _opt, profile
+from lab.swiotlb import MIN_POOL_SLABS
 from lab.util import cache_dir, sha256_bytes, sha256_file, wait_until
 
 log = logging.getLogger(__name__)
 
 READY_MARKER = "LAB-READY"
+# QEMU's NVMe device model traces where the guest put its shadow doorbell pages (lab.doorbells reads the
+# trace of a hung cell); every NVMe guest's QEMU writes it, and benchmarks add events (BootSpec.trace_events).
+NVME_DBBUF_EVENT = "pci_nvme_dbbuf_config"
+TRACE_FILE = "qemu-trace.log"
 PANIC_RE = re.compile(r"Kernel panic - not syncing|BUG: kernel NULL pointer|Oops: ")
 KVM_FAILURE_RE = re.compile(r"KVM internal error|emulation failure|failed to initialize kvm|Could not access KVM")
-SLAB_BYTES = 2048
-MIN_POOL_SLABS = 512  # the kernel's minimum swiotlb pool is 1 MiB
 DiskKind = Literal["nvme", "virtio-blk", "ahci", "lsi"]
 SPARE_PCI_ID = "spare"  # qdev id of BootSpec.spare_pci's device (PCI vendor:device 1234:11e8)
 GUEST_DISKS = {"nvme": "/dev/nvme0n1", "virtio-blk": "/dev/vda", "ahci": "/dev/sda", "lsi": "/dev/sda"}
@@ -191,10 +195,20 @@ def qemu_argv(
     if spec.spare_pci:
         argv += ["-device", f"edu,id={SPARE_PCI_ID}"]
     if trace is not None and any(disk.kind == "nvme" for disk in spec.disks):
-        argv += ["-trace", f"enable={doorbells.TRACE_EVENT},file={_opt(trace)}"]
+        argv += ["-trace", f"enable={NVME_DBBUF_EVENT},file={_opt(trace)}"]
         for event in spec.trace_events:
             argv += ["-trace", f"enable={_opt(event)},file={_opt(trace)}"]  # each -trace sets the file
     return tuple(argv)
+
+
+@functools.cache
+def qemu_can_trace(qemu: str) -> bool:
+    """Whether this QEMU build has the NVMe trace event (a build with the 'nop' trace backend has none)."""
+    try:
+        out = subprocess.run([qemu, "-trace", "help"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return NVME_DBBUF_EVENT in out.stdout
 
 
 def free_port() -> int:
@@ -304,7 +318,7 @@ class Machine:
 
     @property
     def trace_log(self) -> Path:
-        return self.workdir / doorbells.TRACE_FILE
+        return self.workdir / TRACE_FILE
 
     @property
     def qmp_socket(self) -> Path:
@@ -400,7 +414,7 @@ class Machine:
                 disk_images=tuple(images),
                 qemu=self.qemu,
                 forwards=self._forwards,
-                trace=self.trace_log if doorbells.qemu_can_trace(self.qemu) else None,
+                trace=self.trace_log if qemu_can_trace(self.qemu) else None,
             )
             log.debug("QEMU argv: %s", self._argv)
             # No exception may land between QEMU's start and self._proc knowing it (interrupt.deferred);
