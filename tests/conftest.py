@@ -22,11 +22,28 @@ from lab.runner import LabContext
 from lab.util import cache_dir
 from lab.vm import LocalHypervisor
 
+# Every process this session starts inherits the token, QEMU included (the lab passes its environment on),
+# so a second test session on the machine (another checkout's suite) neither counts nor kills ours.
+SESSION_TOKEN = "SWIOTLB_LAB_TEST_SESSION"
+os.environ.setdefault(SESSION_TOKEN, f"{os.getpid()}-{time.time_ns()}")
+
+
+def _session_of(pid: int) -> str | None:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    prefix = f"{SESSION_TOKEN}=".encode()
+    return next((item[len(prefix) :].decode() for item in environ if item.startswith(prefix)), None)
+
 
 def qemu_pids() -> set[int]:
-    """Live QEMU processes (a zombie has exited; whether init has reaped it yet is not the lab's doing)."""
+    """Live QEMU processes of this session, or of no test session (a QEMU a worker over SSH started, whose
+    environment is sshd's; a lab run's); a zombie has exited, and whether init has reaped it is not the
+    lab's doing."""
     out = subprocess.run(["pgrep", "-f", "qemu-system"], capture_output=True, text=True, check=False).stdout
-    return {pid for pid in map(int, out.split()) if pid != os.getpid() and pid_alive(pid)}
+    ours = (None, os.environ[SESSION_TOKEN])
+    return {pid for pid in map(int, out.split()) if pid != os.getpid() and pid_alive(pid) and _session_of(pid) in ours}
 
 
 def boots_guests(item: pytest.Item) -> bool:

@@ -13,7 +13,9 @@ import logging
 import os
 import sys
 
+from lab import interrupt
 from lab.image import build_image
+from lab.interrupt import Interrupted
 from lab.kernel import build_kernel
 
 # In the order the suite first needs them (tests/unit runs first, then tests/faults, tests/integration).
@@ -23,11 +25,18 @@ SUITE_KERNELS = ("static", "dynamic", "throttle", "throttle-nopoll", "throttle-v
 def main(names: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="prebuild: %(message)s")
     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # inherited by make and every compiler
-    build_image()
-    logging.info("guest image ready")
-    for name in names or SUITE_KERNELS:
-        build_kernel(name)
-        logging.info("kernel %s ready", name)
+    # The lab's own stop handling: SIGTERM at the session's end stops the build in progress with its
+    # process group (make and its compilers run in one of their own), as a stopped lab run does.
+    with interrupt.handling_signals():
+        try:
+            build_image()
+            logging.info("guest image ready")
+            for name in names or SUITE_KERNELS:
+                build_kernel(name)
+                logging.info("kernel %s ready", name)
+        except Interrupted as stop:
+            logging.info("stopped (%s)", stop)
+            return 130
     return 0
 
 
