@@ -85,9 +85,20 @@ def test_commas_in_paths_are_escaped_for_qemu() -> None:
     assert value_after(args, "-kernel") == ["/a,,b/bzImage"]
 
 
-def test_argv_is_a_tuple_of_strings_never_a_shell_string() -> None:
-    args = argv(spec())
-    assert isinstance(args, tuple) and all(isinstance(a, str) for a in args)
+def test_paths_with_spaces_and_quotes_stay_single_arguments_never_shell_words() -> None:
+    """The argv goes to exec as it is (no shell): a path holding spaces or quotes is one element, unquoted."""
+    odd = Path('/my runs/it\'s "here"/bzImage')
+    args = qemu_argv(
+        spec(kernel=odd),
+        accel="tcg",
+        ssh_port=1,
+        console=Path("/w/console log"),
+        qmp=Path("/q"),
+        disk_images=(Path("/d"),),
+    )
+    assert value_after(args, "-kernel") == [str(odd)]
+    assert value_after(args, "-serial") == ["file:/w/console log"]
+    assert not any(a.startswith(("'", '"')) for a in args)
 
 
 def test_pool_below_kernel_minimum_is_refused() -> None:
