@@ -616,6 +616,33 @@ def place(cell: Cell, workers: Sequence[str]) -> str:
     return sorted(workers)[digest % len(workers)]
 
 
+# The engine's loggers (Dask's, its networking's, asyncssh's): their lines go to the run's engine.log.
+ENGINE_LOGGERS = ("distributed", "tornado", "asyncssh")
+ENGINE_LOG = "engine.log"
+
+
+@contextlib.contextmanager
+def engine_log(path: Path) -> Iterator[None]:
+    """Dask's own log lines (a scheduler's traceback when a worker is lost, a cluster's shutdown) go to
+    ``path`` in the run directory instead of the terminal: the run's summary and manifest say what the
+    infrastructure did, the log keeps the engine's words.  At -vv they also still reach the terminal."""
+    handler = logging.FileHandler(path, delay=True)  # no file for a run that never used the engine
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    debugging = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+    saved = []
+    for name in ENGINE_LOGGERS:
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.propagate, list(logger.handlers)))
+        logger.handlers = [*logger.handlers, handler] if debugging else [handler]
+        logger.propagate = debugging
+    try:
+        yield
+    finally:
+        for logger, propagate, handlers in saved:
+            logger.handlers, logger.propagate = handlers, propagate
+        handler.close()
+
+
 @contextlib.contextmanager
 def local_executor(jobs: int) -> Iterator[Executor]:
     """Where a run on this machine runs its boot groups: this thread for one at a time (phases reach the

@@ -205,17 +205,24 @@ class Session:
 
     def run(self, reporter: Reporter) -> None:
         """Run every cell still to do; the reporter hears each phase and finished cell."""
-        from lab.fanout import local_executor
+        from lab.fanout import ENGINE_LOG, engine_log, local_executor
         from lab.runner import PhaseRecorder, run_matrix
 
         if self.store is None or self.ctx is None:
             raise RuntimeError("Session.prepare() first")
         recorder = PhaseRecorder(self.store, reporter)
         skip = set(self.plan().skip)
-        if self.pool is None:
-            with local_executor(self.jobs) as executor:
-                run_matrix(self.matrix, self.store, self.ctx, recorder, skip, executor)
-            return
+        with engine_log(self.store.root / ENGINE_LOG):
+            if self.pool is None:
+                with local_executor(self.jobs) as executor:
+                    run_matrix(self.matrix, self.store, self.ctx, recorder, skip, executor)
+            else:
+                self._run_on_pool(recorder, skip)
+
+    def _run_on_pool(self, recorder: Reporter, skip: set[str]) -> None:
+        assert self.pool is not None and self.store is not None and self.ctx is not None
+        from lab.runner import run_matrix
+
         with self.pool:
             self.ctx.offered = self.pool.offered()  # what the workers offer, not this machine
             unreachable = getattr(self.pool, "unreachable", {})

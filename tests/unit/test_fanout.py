@@ -101,3 +101,23 @@ def test_hosts_that_cannot_be_reached_are_named_with_their_reason_and_none_left_
     ):
         with SshWorkerPool(hosts, bind="127.0.0.1"):
             pass
+
+
+def test_the_engines_log_lines_go_to_the_run_directory_not_the_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import logging
+
+    from lab.fanout import ENGINE_LOG, engine_log
+
+    scheduler = logging.getLogger("distributed.scheduler")
+    before = (list(logging.getLogger("distributed").handlers), logging.getLogger("distributed").propagate)
+    with engine_log(tmp_path / ENGINE_LOG):
+        scheduler.error("Error transitioning 'group-1' from 'processing' to 'erred': CancelledError")
+    assert "CancelledError" in (tmp_path / ENGINE_LOG).read_text()
+    captured = capsys.readouterr()
+    assert "CancelledError" not in captured.err + captured.out
+    with engine_log(tmp_path / "unused.log"):
+        pass
+    assert not (tmp_path / "unused.log").exists()  # a run that never used the engine gets no file
+    assert (logging.getLogger("distributed").handlers, logging.getLogger("distributed").propagate) == before
