@@ -41,6 +41,9 @@ MATRIX_KEYS = {
     "neighbour": 'list of "none" or "slow": a virtio-blk disk next to the NVMe one, throttled by QEMU to '
     f"{NEIGHBOUR_BPS >> 20} MiB/s, which fio jobs named neighbour* load through ${{LAB_NEIGHBOUR}} (claim C9)",
     "platforms": 'list of "auto" (kvm if it works, else tcg), "tcg", "kvm", "sev-snp", "tdx"',
+    "areas": 'list of swiotlb area counts: "default" (one per vCPU) or a number (the kernel rounds it up to a '
+    "power of two and to at most one per 128 slots of the pool)",
+    "cmdline": 'list of lists of extra kernel parameters, e.g. [[], ["nvme.io_queue_depth=64"]]',
     "observe": '"first" (the in-guest sampler runs in repetition 0 only), "all" or "none"',
     "sample_hz": "the in-guest sampler's rate in observed cells (default 50)",
     "include": 'list of tables of axis values to add, e.g. {kernel = "throttle", pool = "1MiB"}',
@@ -67,6 +70,49 @@ POLLED_DEVICES = ("nvme", "virtio-blk")  # drivers with poll queues
 POLL_QUEUES = 2  # NVMe poll queues booted for polled (hipri) workloads
 OBSERVE = ("first", "all", "none")
 DEFAULT_SAMPLE_HZ = 50.0
+
+
+# Kernel parameters the lab composes itself, and the matrix key (or the lab's part) that sets each: a
+# cmdline entry may not set them behind the lab's back (the row would say one thing and the guest another).
+COMPOSED_PARAMS = {
+    "swiotlb": "pools, areas (and swiotlb_force)",
+    "console": "the lab (the serial console it reads)",
+    "panic": "the lab (a panic ends the boot at once)",
+    "oops": "the lab (an oops panics)",
+    "loglevel": "the lab",
+    "lab.ssh_key": "the lab (its SSH key)",
+    "intel_iommu": "the lab (the platform's IOMMU)",
+    "nvme.poll_queues": "workloads (hipri = true)",
+    "virtio_blk.poll_queues": "workloads (hipri = true)",
+    "swiotlb.emulated_conversion_ns": "conversion_cost",
+    "initcall_blacklist": "the lab (the stock kernel's boot arguments)",
+}
+MAX_AREAS = 1024
+
+
+def _cmdline(value: object, where: str) -> tuple[str, ...]:
+    """One entry of matrix.cmdline: a list of kernel parameters, each one word."""
+    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+        raise ConfigError(f'{where}: {value!r} must be a list of kernel parameters, e.g. ["nvme.io_queue_depth=64"]')
+    for param in value:
+        if not param or any(c.isspace() or c in "\"'" for c in param):
+            raise ConfigError(f"{where}: {param!r} is not one kernel parameter (no spaces or quotes)")
+        name = param.split("=", 1)[0]
+        if name in COMPOSED_PARAMS:
+            raise ConfigError(f"{where}: {param!r} is set by {COMPOSED_PARAMS[name]}, not by cmdline")
+    if len({p.split("=", 1)[0] for p in value}) != len(value):
+        raise ConfigError(f"{where}: {value!r} sets a parameter twice")
+    return tuple(value)
+
+
+def _areas(value: object, where: str) -> int:
+    """ "default" (0: one per vCPU, the kernel's choice) or a count from 1 to MAX_AREAS."""
+    if value == "default":
+        return 0
+    count = int(value) if isinstance(value, str) and value.isdigit() else value
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_AREAS:
+        raise ConfigError(f'{where}: {value!r} must be "default" or a number of areas from 1 to {MAX_AREAS}')
+    return count
 
 
 def known_kernels() -> tuple[str, ...]:
@@ -108,8 +154,9 @@ GUEST_IMAGE_MIB = 256
 # kernel, pool slabs, device, vCPUs, memory MiB, repetition, swiotlb force, poll queues, net load, platform,
 # alone ("", or what makes a cell boot alone: its error-recovery fault, which leaves the device reset,
 # stalled or gone; or its own ID on a kernel whose pool grows)
-# plus queue limits, emulated conversion cost (ns per page) and neighbour disk
-BootKey = tuple[str, int, str, int, int, int, bool, int, bool, str, str, str, int, str]
+# plus queue limits, emulated conversion cost (ns per page), swiotlb areas, extra kernel parameters and
+# neighbour disk
+BootKey = tuple[str, int, str, int, int, int, bool, int, bool, str, str, str, int, int, tuple[str, ...], str]
 # "fit" / "fit:N%": the device's block queue is limited so that what it can have in flight fits in this
 # share of the pool (claim C11: can drivers limit what they have in flight, instead of throttling?).  The
 # rest is left to virtio-net and to what alignment wastes.  Plain "fit" is 75% (the share of the first
@@ -138,6 +185,8 @@ class Cell:
     queue_limits: str = "default"  # "fit" or "fit:N%" sizes the device's block queue to the pool (C11)
     conversion_ns: int = 0  # emulated cost per page a growing pool converts (swiotlb.emulated_conversion_ns)
     neighbour: str = "none"  # NEIGHBOURS: "slow" boots a throttled virtio-blk disk next to the NVMe one (C9)
+    areas: int = 0  # swiotlb areas asked for on the command line; 0: the kernel's default (one per vCPU)
+    cmdline: tuple[str, ...] = ()  # further kernel parameters (matrix.cmdline)
     # Boots alone: a growing pool (CONFIG_SWIOTLB_DYNAMIC) keeps what an earlier workload of the same
     # boot grew it to, so a later workload would start from another pool.  Not part of the cell's
     # content: it says how the cell is run, not what it measures.
@@ -177,6 +226,10 @@ class Cell:
             content["conversion_ns"] = self.conversion_ns
         if self.neighbour != "none":
             content["neighbour"] = self.neighbour
+        if self.areas:
+            content["areas"] = self.areas
+        if self.cmdline:
+            content["cmdline"] = list(self.cmdline)
         return content
 
     @property
@@ -213,6 +266,8 @@ class Cell:
             self.workload.fault or (self.cell_id if self.solo else ""),
             self.queue_limits,  # sysfs queue limits stay set for the rest of a boot
             self.conversion_ns,
+            self.areas,
+            self.cmdline,
             self.neighbour,
         )
 
@@ -435,6 +490,10 @@ def _rule(rule: object, where: str, axes: dict[str, list[Any]], kind: str) -> di
             value = parse_size_bytes(value, where) >> 20
         elif axis == "queue_limits":
             value = _queue_limits_knob(value, where)
+        elif axis == "areas":
+            value = _areas(value, where)
+        elif axis == "cmdline":
+            value = _cmdline(value, where)
         if value not in axes[axis]:
             raise ConfigError(f"{where}: {kind} names {axis} = {rule[axis]!r}, which is not in matrix.{axis}s")
         normalised[axis] = value
@@ -575,6 +634,8 @@ def parse_matrix(
     for value in neighbours:
         if value not in NEIGHBOURS:
             raise ConfigError(f"{where('neighbour')}: {value!r} must be one of {', '.join(map(repr, NEIGHBOURS))}")
+    areas = [_areas(v, where("areas")) for v in _list(section, "areas", ["default"], where("areas"))]
+    cmdlines = [_cmdline(v, where("cmdline")) for v in _list(section, "cmdline", [[]], where("cmdline"))]
     platforms = [str(p) for p in _list(section, "platforms", ["auto"], where("platforms"))]
     for name in platforms:
         if name not in PLATFORM_NAMES:
@@ -605,6 +666,8 @@ def parse_matrix(
         "platform": platforms,
         "conversion_cost": costs,
         "neighbour": neighbours,
+        "areas": areas,
+        "cmdline": cmdlines,
     }
     for axis, values in axes.items():  # a value listed twice would make two cells with one cell ID
         seen: list[Any] = []
@@ -708,6 +771,8 @@ def parse_matrix(
             queue_limits=c["queue_limits"],
             conversion_ns=c["conversion_cost"],
             neighbour=c["neighbour"],
+            areas=c["areas"],
+            cmdline=c["cmdline"],
             solo=c["kernel"] in growing,
         )
         for rep in range(repetitions)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lab.errors import ParseError
 from lab.guest import Guest, quote_argv
+from lab.swiotlb import MAX_MAPPING_SLABS
 
 SWIOTLB_DEBUGFS = "/sys/kernel/debug/swiotlb"
 # The lab's instrument patch (patches/dma-map-failure-counter): failed single mappings (page, and
@@ -120,18 +121,41 @@ class Platform:
 
     cpus: int
     memory_encryption: str  # e.g. "AMD SEV SEV-ES SEV-SNP" or "Intel TDX"; "none" if the kernel reports none
+    swiotlb_areas: int | None = None  # "software IO TLB: area num N." (after rounding to a power of two)
+
+
+AREAS_LINE = r"software IO TLB: area num \([0-9]*\)\."
 
 
 def read_platform(guest: Guest) -> Platform:
-    """Online CPUs and memory encryption, read right after boot (before any workload clears dmesg)."""
-    banner = _q(f"s/.*{ENCRYPTION_BANNER}//p")
-    lines = guest.run(f"nproc; dmesg | sed -n {banner} | head -n 1", timeout_s=30).stdout.splitlines()
+    """Online CPUs, memory encryption and swiotlb's area count, read right after boot (before any workload
+    clears dmesg)."""
+    banner = _q(f"s/.*{ENCRYPTION_BANNER}/encryption=/p")
+    areas = _q(f"s/.*{AREAS_LINE}.*/areas=\\1/p")
+    command = f"nproc; dmesg | sed -n {banner} | head -n 1; dmesg | sed -n {areas} | head -n 1"
+    return parse_platform(guest.run(command, timeout_s=30).stdout)
+
+
+def parse_platform(text: str) -> Platform:
+    """The output of read_platform's command: the CPU count, then ``encryption=...`` and ``areas=N`` lines
+    when the kernel printed them."""
+    lines = text.splitlines()
     try:
         cpus = int(lines[0].strip())
     except (IndexError, ValueError) as exc:
         raise ParseError("the CPU count", "guest nproc", f"printed {lines[:1]!r}") from exc
-    encryption = lines[1].strip() if len(lines) > 1 and lines[1].strip() else "none"
-    return Platform(cpus, encryption)
+    fields = dict(line.strip().split("=", 1) for line in lines[1:] if "=" in line)
+    encryption = fields.get("encryption", "").strip() or "none"
+    areas = fields.get("areas", "").strip()
+    return Platform(cpus, encryption, int(areas) if areas.isdigit() else None)
+
+
+def areas_in_use(logged: int | None, nslabs: int | None) -> int | None:
+    """The areas the default pool has: the count the kernel logged, limited as limit_nareas() does to one
+    per 128-slot segment of the pool it allocated (kernel/dma/swiotlb.c, 6.12)."""
+    if logged is None or nslabs is None:
+        return None
+    return min(logged, max(1, nslabs // MAX_MAPPING_SLABS))
 
 
 def fit_queue_lines(disk_name: str, pool_bytes: int, out: str, share: float, max_sectors_kb: int) -> list[str]:

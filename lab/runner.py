@@ -126,11 +126,12 @@ def boot_spec(ctx: LabContext, cell: Cell) -> BootSpec:
         or initrd_for(ctx.image, kernel.modules_dir, kernel.boot_modules, ctx.cache),
         ssh_key_blob=ctx.client_key.public_blob,
         swiotlb_nslabs=None if cell.pool_slabs == DEFAULT_POOL else cell.pool_slabs,
+        swiotlb_areas=cell.areas or None,
         swiotlb_force=cell.swiotlb_force,
         vcpus=cell.vcpus,
         memory_mib=cell.memory_mib,
         disks=(Disk(cell.device, hotplug=cell.hotplug), *_neighbour_disks(cell)),  # type: ignore[arg-type]
-        extra_cmdline=kernel.boot_args + _poll_args(cell) + _conversion_args(cell),
+        extra_cmdline=kernel.boot_args + _poll_args(cell) + _conversion_args(cell) + cell.cmdline,
         forwards=(netload.GUEST_PORT,) if cell.net_load else (),
         accel=platform,  # type: ignore[arg-type]
         firmware=ctx.firmware.get(platform),
@@ -177,6 +178,8 @@ def base_row(ctx: LabContext, cell: Cell, store: RunStore) -> dict[str, Any]:
         "queue_limits": cell.queue_limits,
         "conversion_ns": cell.conversion_ns,  # requested; conversion_ns_applied is what the kernel took
         "neighbour": cell.neighbour,
+        "swiotlb_areas_requested": cell.areas or None,  # None: the kernel's default (one per vCPU)
+        "cmdline_extra": " ".join(cell.cmdline),
         # Whether the in-guest sampler ran during fio, and at what rate: performance judges compare
         # like with like, and prefer unobserved cells (the sampler competes with fio for the vCPUs).
         "observed": cell.observed,
@@ -349,6 +352,7 @@ def run_group(cells: list[Cell], store: RunStore, ctx: LabContext, reporter: Rep
                         "boot_retry_reason": "; ".join(failed_boots),
                         "guest_cpus": platform.cpus,
                         "memory_encryption": platform.memory_encryption,
+                        "swiotlb_areas_logged": platform.swiotlb_areas,
                     }
                     while remaining:
                         interrupt.check()
@@ -612,6 +616,8 @@ def build_row(base: dict[str, Any], local: Path, fio_exit: int) -> tuple[dict[st
         "failure_reason": "",
         "failure_detail": "",
         "nslabs": nslabs,
+        # The areas the default pool has: the count the kernel logged at boot, limited to one per 128 slots
+        "swiotlb_areas": probes.areas_in_use(base.get("swiotlb_areas_logged"), nslabs),
         "nslabs_after": after.get("io_tlb_nslabs"),
         "transient_nslabs_after": after.get("io_tlb_transient_nslabs"),
         "used_before": before.get("io_tlb_used"),

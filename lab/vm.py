@@ -82,6 +82,7 @@ class BootSpec:
     initrd: Path
     ssh_key_blob: str  # the client's public key, passed to the guest on the command line
     swiotlb_nslabs: int | None = None
+    swiotlb_areas: int | None = None  # swiotlb's second field; None: the kernel's default (one per CPU)
     swiotlb_force: bool = True
     vcpus: int = 2
     memory_mib: int = 1024
@@ -107,10 +108,13 @@ class BootSpec:
 
     def cmdline(self) -> str:
         args = ["console=ttyS0", "panic=-1", "oops=panic", "loglevel=6"]
-        if self.swiotlb_nslabs is not None or self.swiotlb_force:
+        if self.swiotlb_nslabs is not None or self.swiotlb_force or self.swiotlb_areas is not None:
             # Without a size the kernel keeps its default, and only then may an SEV-SNP or TDX guest enlarge
-            # it (swiotlb_adjust_size); "0" would be taken as a size, and rounded to no pool at all.
+            # it (swiotlb_adjust_size); "0" would be taken as a size, and rounded to no pool at all.  The
+            # syntax is swiotlb=[nslabs][,nareas][,force]: an empty size before the areas keeps the default.
             parts = [str(self.swiotlb_nslabs)] if self.swiotlb_nslabs is not None else []
+            if self.swiotlb_areas is not None:
+                parts = [parts[0] if parts else "", str(self.swiotlb_areas)]
             if self.swiotlb_force:
                 parts.append("force")
             args.append("swiotlb=" + ",".join(parts))

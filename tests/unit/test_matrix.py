@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lab.errors import ConfigError
-from lab.matrix import load_matrix, parse_pool_slabs, queue_fit_share
+from lab.matrix import Cell, load_matrix, parse_pool_slabs, queue_fit_share
 
 GOOD = """
 [matrix]
@@ -696,3 +696,55 @@ def test_an_unknown_key_is_named_with_the_closest_valid_one(tmp_path: Path, line
     message = str(error.value)
     assert f"m.toml:3: {expected}" in message
     assert len(message) < 400 + len(str(tmp_path))  # names, not a paragraph per key
+
+
+AREAS_AND_CMDLINE = """
+[matrix]
+kernels = ["static"]
+pools = ["2MiB"]
+areas = ["1", "default"]
+cmdline = [[], ["nvme.io_queue_depth=64"]]
+
+[workloads.w]
+"""
+
+
+def test_areas_and_extra_kernel_parameters_are_axes_of_their_own(tmp_path: Path) -> None:
+    matrix = load_matrix(write(tmp_path, AREAS_AND_CMDLINE))
+    assert sorted((c.areas, c.cmdline) for c in matrix.cells) == [
+        (0, ()),
+        (0, ("nvme.io_queue_depth=64",)),
+        (1, ()),
+        (1, ("nvme.io_queue_depth=64",)),
+    ]
+    assert len({c.cell_id for c in matrix.cells}) == 4 and len(matrix.boot_groups()) == 4  # a boot each
+    default = next(c for c in matrix.cells if not c.areas and not c.cmdline)
+    plain = Cell("static", 1024, "nvme", default.workload, 2, 1024, sample_hz=default.sample_hz)
+    assert default.cell_id == plain.cell_id  # the defaults keep the IDs cells had before the axes
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('cmdline = [["swiotlb=512,force"]]', r"'swiotlb=512,force' is set by pools, areas \(and swiotlb_force\)"),
+        ('cmdline = [["console=ttyS1"]]', r"'console=ttyS1' is set by the lab \(the serial console it reads\)"),
+        ('cmdline = [["nvme.poll_queues=4"]]', r"'nvme.poll_queues=4' is set by workloads \(hipri = true\)"),
+        ('cmdline = [["a=1 b=2"]]', r"'a=1 b=2' is not one kernel parameter"),
+        ('cmdline = ["mitigations=off"]', r"'mitigations=off' must be a list of kernel parameters"),
+        ('cmdline = [["iommu.strict=1", "iommu.strict=0"]]', r"sets a parameter twice"),
+        ('areas = ["0"]', r"matrix\.areas: '0' must be \"default\" or a number of areas from 1 to 1024"),
+        ("areas = [2048]", r"2048 must be \"default\" or a number of areas"),
+        ('areas = ["many"]', r"'many' must be"),
+        ('areas = ["2", 2]', r"matrix\.areas: 2 is listed twice"),
+    ],
+    ids=["swiotlb", "console", "poll-queues", "two-words", "not-a-list", "twice", "zero", "too-many", "word", "dup"],
+)
+def test_bad_areas_and_kernel_parameters_name_the_key_that_owns_them(tmp_path: Path, line: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_matrix(write(tmp_path, f"[matrix]\npools = [1024]\n{line}\n[workloads.w]\n"))
+
+
+def test_exclude_names_an_area_count_and_a_parameter_list(tmp_path: Path) -> None:
+    text = AREAS_AND_CMDLINE.replace("[workloads.w]", 'exclude = [{areas = "1", cmdline = []}]\n[workloads.w]')
+    matrix = load_matrix(write(tmp_path, text))
+    assert (1, ()) not in {(c.areas, c.cmdline) for c in matrix.cells} and len(matrix.cells) == 3

@@ -245,3 +245,22 @@ def test_queue_limits_the_lab_set_are_read_back() -> None:
     assert parse_queue_limits("") == {}
     with pytest.raises(ParseError, match="KEY=NUMBER"):
         parse_queue_limits("nr_requests=lots")
+
+
+def test_the_platform_line_parser_reads_cpus_encryption_and_areas() -> None:
+    from lab.probes import Platform, parse_platform
+
+    assert parse_platform("2\nencryption=AMD SEV SEV-ES SEV-SNP\nareas=4\n") == Platform(2, "AMD SEV SEV-ES SEV-SNP", 4)
+    assert parse_platform("1\n") == Platform(1, "none", None)  # an older kernel logs no area count
+
+
+@pytest.mark.parametrize(
+    ("logged", "nslabs", "expected"),
+    [(4, 1024, 4), (16, 1024, 8), (8, 1024, 8), (1, 512, 1), (2, None, None), (None, 1024, None)],
+)
+def test_the_areas_in_use_are_limited_to_one_per_128_slots(
+    logged: int | None, nslabs: int | None, expected: int | None
+) -> None:
+    from lab.probes import areas_in_use
+
+    assert areas_in_use(logged, nslabs) == expected

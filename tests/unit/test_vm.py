@@ -217,3 +217,20 @@ def test_without_a_pool_size_the_command_line_forces_bouncing_and_names_no_size(
     spec = BootSpec(tmp_path / "bzImage", tmp_path / "rootfs.cpio", "ssh-ed25519 AAAAkey lab", swiotlb_nslabs=None)
     assert " swiotlb=force " in f" {spec.cmdline()} "
     assert " swiotlb=1024,force " in f" {replace(spec, swiotlb_nslabs=1024).cmdline()} "
+
+
+@pytest.mark.parametrize(
+    ("nslabs", "areas", "force", "expected"),
+    [
+        (1024, None, True, "swiotlb=1024,force"),
+        (1024, 4, True, "swiotlb=1024,4,force"),
+        (None, 4, True, "swiotlb=,4,force"),  # an empty size keeps the kernel's default pool
+        (None, 1, False, "swiotlb=,1"),
+        (2048, 2, False, "swiotlb=2048,2"),
+    ],
+)
+def test_the_area_count_is_swiotlbs_second_field(
+    nslabs: int | None, areas: int | None, force: bool, expected: str
+) -> None:
+    words = spec(swiotlb_nslabs=nslabs, swiotlb_areas=areas, swiotlb_force=force).cmdline().split()
+    assert [w for w in words if w.startswith("swiotlb=")] == [expected]
