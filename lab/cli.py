@@ -216,7 +216,15 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
     plan = session.plan()
     if args.dry_run:
         for cell in session.matrix.cells:
-            print(("done  " if cell.cell_id in plan.skip else "todo  ") + cell.cell_id)
+            if cell.cell_id in plan.unrunnable:
+                print(f"skip  {cell.cell_id}  ({plan.unrunnable[cell.cell_id]})")
+            else:
+                print(("done  " if cell.cell_id in plan.skip else "todo  ") + cell.cell_id)
+        if plan.unrunnable:
+            print(
+                f"{len(plan.unrunnable)} cells will be skipped here (recorded as skipped, not failed; left out of "
+                "the estimate)"
+            )
         print(f"{len(plan.todo)} cells to run in {plan.boots} boots, estimated {plan.estimate_s / 60:.1f} min")
         if args.cores:
             from lab.runner import default_jobs

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from lab import __version__, interrupt
 from lab.errors import ConfigError
 from lab.matrix import Cell, Matrix, load_matrix
+from lab.platforms import AUTO
 from lab.runner import Reporter, boot_estimate_s, cell_estimate_s, default_jobs
 from lab.store import LOST, SKIPPED, RunStore
 from lab.vm import Accel
@@ -53,10 +54,11 @@ class RunRequest:
 
 @dataclass(frozen=True)
 class Plan:
-    todo: tuple[Cell, ...]
-    skip: frozenset[str]
+    todo: tuple[Cell, ...]  # cells to run, without those no host offers the platform of
+    skip: frozenset[str]  # cells done before (a resume)
     boots: int
     estimate_s: float  # for one boot at a time
+    unrunnable: dict[str, str] = field(default_factory=dict)  # cell ID -> why it will be skipped here
 
 
 @dataclass
@@ -114,12 +116,39 @@ class Session:
             self.store = RunStore.open(Path(self.request.resume))
 
     def plan(self) -> Plan:
+        """What the run will do: the cells left, the boots and time they take, and the cells it will skip
+        because no host offers their platform (the same reason the run records, found without booting)."""
         skip = (
             frozenset(self.store.cells_to_skip(retry_failed=self.request.retry_failed)) if self.store else frozenset()
         )
-        estimate_s, boots = estimate(self.matrix, skip)
-        todo = tuple(c for c in self.matrix.cells if c.cell_id not in skip)
-        return Plan(todo, skip, boots, estimate_s)
+        why_not = self.platforms_not_offered()
+        unrunnable = {
+            c.cell_id: f"platform {c.platform} not offered: {why_not[c.platform]}"
+            for c in self.matrix.cells
+            if c.cell_id not in skip and why_not.get(c.platform)
+        }
+        estimate_s, boots = estimate(self.matrix, skip | set(unrunnable))
+        todo = tuple(c for c in self.matrix.cells if c.cell_id not in skip and c.cell_id not in unrunnable)
+        return Plan(todo, skip, boots, estimate_s, unrunnable)
+
+    def platforms_not_offered(self) -> dict[str, str]:
+        """Per platform the matrix names (besides "auto"), why no host of this run offers it ("" if one
+        does): this machine's preflight (no boot; whether KVM really boots is the run's probe), or what the
+        inventory's hosts list (their own preflight runs when the run starts), or nothing known of a
+        scheduler's workers."""
+        named = sorted({c.platform for c in self.matrix.cells} - {AUTO})
+        if not named or self.request.scheduler:
+            return {}
+        if self.hosts:
+            where = self.request.hosts
+            return {
+                p: "" if any(p in h.platforms for h in self.hosts.values()) else f"no host in {where} lists it"
+                for p in named
+            }
+        from lab.preflight import HostSettings, local_preflight
+
+        offered = local_preflight(HostSettings.from_environment()).offered
+        return {p: offered.get(p, "") for p in named}
 
     def prepare(self) -> None:
         """Check the host, build or load kernels and the image, probe the platforms, write the manifest."""

@@ -78,3 +78,31 @@ def test_a_dry_run_reads_its_inventory_too(tmp_path: Path, capsys: pytest.Captur
     missing = tmp_path / "nonexistent.toml"
     assert main(["run", "matrix", "stock", "--dry-run", "--hosts", str(missing)]) == 2
     assert f"{missing}: cannot read hosts file" in capsys.readouterr().err
+
+
+SNP_MATRIX = '[matrix]\nkernels = ["static"]\npools = ["2MiB"]\nplatforms = ["sev-snp", "auto"]\n[workloads.w]\n'
+
+
+def test_a_dry_run_marks_the_cells_this_machine_cannot_run_and_leaves_them_out_of_the_estimate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    matrix = tmp_path / "snp.toml"
+    matrix.write_text(SNP_MATRIX)
+    monkeypatch.setenv("SWIOTLB_LAB_QEMU", "/nonexistent/qemu-system-x86_64")  # a machine with no usable QEMU
+    assert main(["run", "matrix", str(matrix), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    [skip] = [line for line in out.splitlines() if line.startswith("skip  ")]
+    assert "static-1024-nvme-w-r0-" in skip and "(platform sev-snp not offered: " in skip
+    assert "/nonexistent/qemu-system-x86_64 not found" in skip
+    assert "1 cells will be skipped here" in out and "1 cells to run in 1 boots" in out  # "auto" always runs
+
+
+def test_a_dry_run_over_an_inventory_names_the_platform_no_host_lists(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    matrix, hosts = tmp_path / "snp.toml", tmp_path / "hosts.toml"
+    matrix.write_text(SNP_MATRIX)
+    hosts.write_text('[hosts.a]\naddress = "10.0.0.1"\nplatforms = ["tcg"]\n')
+    assert main(["run", "matrix", str(matrix), "--dry-run", "--hosts", str(hosts)]) == 0
+    out = capsys.readouterr().out
+    assert f"(platform sev-snp not offered: no host in {hosts} lists it)" in out
