@@ -270,12 +270,12 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
             console.print(
                 f"interrupted ({interrupt.reason() or 'KeyboardInterrupt'}): no report; finish the run "
                 f"with --resume {root}, or build a report of the kept cells with "
-                f"python -m lab report {root}"
+                f"python -m lab report --in-place {root}"
             )
         elif outcome.report_error is not None:
             console.print(
                 f"[red]the report could not be built[/red] (traceback in {outcome.report_error}); "
-                f"every cell is stored, rebuild with: python -m lab report {root}"
+                f"every cell is stored, rebuild with: python -m lab report --in-place {root}"
             )
         elif outcome.report is not None:
             console.print(f"report: {outcome.report}")
@@ -348,7 +348,7 @@ def cmd_nightly(args: argparse.Namespace) -> int:
         console.print(
             f"[red]the report could not be built[/red] (traceback in {outcome.report_error}); the "
             "gate and JUnit used the stored cells; rebuild with: "
-            f"python -m lab report {outcome.store.root}"
+            f"python -m lab report --in-place {outcome.store.root}"
         )
     else:
         print(f"report: {outcome.report}")
@@ -851,8 +851,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     from lab.store import RunStore
 
     store = RunStore.open(Path(args.run))
+    if args.in_place:
+        output = store.root
+    else:  # a stored run is the record of what ran: its report is rewritten only when asked
+        output = Path(args.output) if args.output else Path(f"report-{store.root.name}")
+        if output.resolve() == store.root.resolve():
+            raise ConfigError(f"--output {output} is the run directory itself; say --in-place to rewrite its report")
     started = time.monotonic()
-    written = build_report(store.root)
+    written = build_report(store.root, output)
     print(f"{written['html']}\n{written['md']} ({time.monotonic() - started:.1f} s)")
     return 0
 
@@ -1092,12 +1098,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="write report.html/report.md with the claims table for a run")
     report.add_argument("run", help="results/<run-id> directory")
+    report_where = report.add_mutually_exclusive_group()
+    report_where.add_argument("--output", metavar="DIR", help="where to write it (default: ./report-<run-id>)")
+    report_where.add_argument("--in-place", action="store_true", help="rewrite the run's own report in its directory")
     report.set_defaults(func=cmd_report)
 
     compare_cmd = sub.add_parser("compare", help="two runs side by side (e.g. two revisions of the series)")
     compare_cmd.add_argument("a", help="baseline run directory")
     compare_cmd.add_argument("b", help="candidate run directory")
-    compare_cmd.add_argument("--output", help="Markdown file to write (default: B/compare-<A>.md)")
+    compare_cmd.add_argument("--output", help="Markdown file to write (default: ./compare-<A>-vs-<B>.md)")
     compare_cmd.set_defaults(func=cmd_compare)
 
     build = sub.add_parser("build", help="build things")

@@ -64,6 +64,6 @@ def compare_runs(a: Path, b: Path, output: Path | None = None) -> Path:
             _md_table(pd.DataFrame(rows)),
         ]
     )
-    out = output or b / f"compare-{a.name}.md"
+    out = output or Path(f"compare-{a.name}-vs-{b.name}.md")  # never into a stored run unless asked
     atomic_write_text(out, text)
     return out

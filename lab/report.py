@@ -814,21 +814,23 @@ def report_html(
     return "\n".join(parts)
 
 
-def build_report(run_dir: Path) -> dict[str, Path]:
-    """Write report.md, report.html, figures/*.png and the tables they came from into ``run_dir``."""
+def build_report(run_dir: Path, output: Path | None = None) -> dict[str, Path]:
+    """Write report.md, report.html, figures/*.png and the tables they came from into ``output`` (by
+    default ``run_dir``: the run's own report, as a run writes it at its end)."""
     manifest = json.loads((run_dir / "manifest.json").read_text())
     cells = load_cells(run_dir)
     samples = load_samples(run_dir)
     verdicts = judge_all(cells) if not cells.empty else []
     comparison_rows = comparisons(cells) if not cells.empty else []
     pngs = figures(cells, samples) if not cells.empty else {}
+    out = output or run_dir
     written: dict[str, Path] = {}
     for name, data in pngs.items():
-        atomic_write_bytes(run_dir / "figures" / name, data)
-        written[name] = run_dir / "figures" / name
-    write_parquet(run_dir / "claims.parquet", claims_frame(verdicts))
-    write_parquet(run_dir / "comparisons.parquet", pd.DataFrame(comparison_rows))
-    atomic_write_text(run_dir / "report.md", report_markdown(manifest, cells, verdicts, comparison_rows, list(pngs)))
-    atomic_write_text(run_dir / "report.html", report_html(manifest, cells, verdicts, comparison_rows, pngs))
-    written.update(md=run_dir / "report.md", html=run_dir / "report.html")
+        atomic_write_bytes(out / "figures" / name, data)
+        written[name] = out / "figures" / name
+    write_parquet(out / "claims.parquet", claims_frame(verdicts))
+    write_parquet(out / "comparisons.parquet", pd.DataFrame(comparison_rows))
+    atomic_write_text(out / "report.md", report_markdown(manifest, cells, verdicts, comparison_rows, list(pngs)))
+    atomic_write_text(out / "report.html", report_html(manifest, cells, verdicts, comparison_rows, pngs))
+    written.update(md=out / "report.md", html=out / "report.html")
     return written

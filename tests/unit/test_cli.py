@@ -106,3 +106,22 @@ def test_a_dry_run_over_an_inventory_names_the_platform_no_host_lists(
     assert main(["run", "matrix", str(matrix), "--dry-run", "--hosts", str(hosts)]) == 0
     out = capsys.readouterr().out
     assert f"(platform sev-snp not offered: no host in {hosts} lists it)" in out
+
+
+def test_report_writes_beside_a_stored_run_unless_asked_to_rewrite_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    run = tmp_path / "run-small"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "data" / "run-small", run)
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", str(run)]) == 0
+    assert (tmp_path / "report-run-small" / "report.html").is_file()
+    assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # untouched
+    assert main(["report", str(run), "--output", str(run)]) == 2
+    assert "say --in-place to rewrite its report" in capsys.readouterr().err
+    assert not (run / "report.html").exists()  # the stored sample run has none
+    assert main(["report", str(run), "--in-place"]) == 0
+    assert (run / "report.html").is_file() and (run / "figures").is_dir()
