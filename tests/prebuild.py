@@ -23,7 +23,7 @@ SUITE_KERNELS = ("static", "dynamic", "throttle", "throttle-nopoll", "throttle-v
 
 
 def main(names: list[str]) -> int:
-    logging.basicConfig(level=logging.INFO, format="prebuild: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s prebuild: %(message)s")
     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # inherited by make and every compiler
     # The lab's own stop handling: SIGTERM at the session's end stops the build in progress with its
     # process group (make and its compilers run in one of their own), as a stopped lab run does.
