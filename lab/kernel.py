@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lab.errors import BuildError, ConfigError, HostError, PatchError
 from lab.util import atomic_write_text, cache_dir, run_host, run_process, sha256_file
@@ -172,6 +173,11 @@ class Variant:
     patches: tuple[Path, ...]  # patch files, in application order
     problem: str = ""  # why this variant cannot be built (reported only when it is asked for)
 
+    @property
+    def config_files(self) -> tuple[Path, ...]:
+        """What its configuration is merged from, in order: the base config, then its fragments."""
+        return (CONFIG_DIR / "base.config", *self.fragments)
+
 
 def debian_source(cache: Path | None = None) -> KernelSource:
     """Debian's linux-source-6.12, fetched with apt and extracted once into the cache (one process at a
@@ -324,9 +330,21 @@ def compiler_version() -> str:
 def build_key(source: KernelSource, variant: Variant) -> str:
     digest = hashlib.sha256()
     digest.update(f"{BUILD_FORMAT}|{source.label}|{source.digest}|{compiler_version()}".encode())
-    for path in (CONFIG_DIR / "base.config", *variant.fragments, *variant.patches):
-        digest.update(b"\0" + path.name.encode() + b"\0" + path.read_bytes())
+    _digest_files(digest, (*variant.config_files, *variant.patches))
     return digest.hexdigest()[:16]
+
+
+def _digest_files(digest: Any, paths: Sequence[Path]) -> None:
+    """Each file's name and content into ``digest``, separated so that no two lists give the same bytes."""
+    for path in paths:
+        digest.update(b"\0" + path.name.encode() + b"\0" + path.read_bytes())
+
+
+def variants_asking_for(option: str) -> frozenset[str]:
+    """The variants whose configuration files ask for ``option`` = y (e.g. CONFIG_SWIOTLB_DYNAMIC)."""
+    return frozenset(
+        name for name, v in load_variants().items() if requested_options(v.config_files).get(option) == "y"
+    )
 
 
 def _built(final: Path, variant: Variant) -> KernelBuild:
@@ -457,8 +475,7 @@ def source_version(tree: Path) -> str:
 def config_key(variant: Variant) -> str:
     """What a variant's configuration is made of: the base config and its fragments, by content."""
     digest = hashlib.sha256()
-    for path in (CONFIG_DIR / "base.config", *variant.fragments):
-        digest.update(b"\0" + path.name.encode() + b"\0" + path.read_bytes())
+    _digest_files(digest, variant.config_files)
     return digest.hexdigest()[:12]
 
 
@@ -590,7 +607,7 @@ def build_errors(log_text: str, limit: int = 25) -> str:
 def _configure(tree: Path, build: Path, variant: Variant, log_path: Path) -> None:
     build.mkdir(parents=True, exist_ok=True)
     log_path.write_text("")
-    fragments = [CONFIG_DIR / "base.config", *variant.fragments]
+    fragments = variant.config_files
     # merge_config.sh splits its file list on spaces: hand it copies in the build tree, whose path has
     # none (checked), wherever the checkout lives.
     staged = build / "lab-fragments"

@@ -124,25 +124,17 @@ def known_kernels() -> tuple[str, ...]:
 
 def growing_kernels() -> frozenset[str]:
     """Variants built with CONFIG_SWIOTLB_DYNAMIC=y: their pool keeps what it grew for the rest of a boot."""
-    from lab.kernel import CONFIG_DIR, load_variants, requested_options
+    from lab.kernel import variants_asking_for
 
-    return frozenset(
-        name
-        for name, variant in load_variants().items()
-        if requested_options((CONFIG_DIR / "base.config", *variant.fragments)).get("CONFIG_SWIOTLB_DYNAMIC") == "y"
-    )
+    return variants_asking_for("CONFIG_SWIOTLB_DYNAMIC")
 
 
 def hotplug_kernels() -> frozenset[str]:
     """Kernels that can take a PCIe hot-unplug (CONFIG_HOTPLUG_PCI_PCIE=y): Debian's stock kernel has it; of
     the lab's variants, those whose fragments ask for it.  The unplug fault needs one."""
-    from lab.kernel import CONFIG_DIR, load_variants, requested_options
+    from lab.kernel import variants_asking_for
 
-    return frozenset({"stock"}) | frozenset(
-        name
-        for name, variant in load_variants().items()
-        if requested_options((CONFIG_DIR / "base.config", *variant.fragments)).get("CONFIG_HOTPLUG_PCI_PCIE") == "y"
-    )
+    return frozenset({"stock"}) | variants_asking_for("CONFIG_HOTPLUG_PCI_PCIE")
 
 
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|TiB|slabs?)?\s*$", re.I)

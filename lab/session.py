@@ -118,9 +118,7 @@ class Session:
     def plan(self) -> Plan:
         """What the run will do: the cells left, the boots and time they take, and the cells it will skip
         because no host offers their platform (the same reason the run records, found without booting)."""
-        skip = (
-            frozenset(self.store.cells_to_skip(retry_failed=self.request.retry_failed)) if self.store else frozenset()
-        )
+        skip = self._done()
         why_not = self.platforms_not_offered()
         unrunnable = {
             c.cell_id: f"platform {c.platform} not offered: {why_not[c.platform]}"
@@ -130,6 +128,12 @@ class Session:
         estimate_s, boots = estimate(self.matrix, skip | set(unrunnable))
         todo = tuple(c for c in self.matrix.cells if c.cell_id not in skip and c.cell_id not in unrunnable)
         return Plan(todo, skip, boots, estimate_s, unrunnable)
+
+    def _done(self) -> frozenset[str]:
+        """The cells a resumed run keeps (none for a new run)."""
+        if self.store is None:
+            return frozenset()
+        return frozenset(self.store.cells_to_skip(retry_failed=self.request.retry_failed))
 
     def platforms_not_offered(self) -> dict[str, str]:
         """Per platform the matrix names (besides "auto"), why no host of this run offers it ("" if one
@@ -240,7 +244,7 @@ class Session:
         if self.store is None or self.ctx is None:
             raise RuntimeError("Session.prepare() first")
         recorder = PhaseRecorder(self.store, reporter)
-        skip = set(self.plan().skip)
+        skip = set(self._done())  # cells of platforms nobody offers run_matrix records as skipped itself
         with engine_log(self.store.root / ENGINE_LOG):
             if self.pool is None:
                 with local_executor(self.jobs) as executor:
