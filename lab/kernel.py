@@ -473,10 +473,35 @@ def source_version(tree: Path) -> str:
 
 
 def config_key(variant: Variant) -> str:
-    """What a variant's configuration is made of: the base config and its fragments, by content."""
+    """What a variant's workspace configuration is made of: the base config and its workspace fragments."""
     digest = hashlib.sha256()
-    _digest_files(digest, variant.config_files)
+    _digest_files(digest, (CONFIG_DIR / "base.config", *workspace_fragments(variant)))
     return digest.hexdigest()[:12]
+
+
+_KCONFIG_ENTRY = re.compile(r"^\+\s*(?:menu)?config\s+([A-Za-z0-9_]+)\s*$")
+
+
+def introduced_options(patches: Sequence[Path]) -> frozenset[str]:
+    """The Kconfig options a series adds (``+config NAME`` in a Kconfig file), as CONFIG_NAME."""
+    names: set[str] = set()
+    for patch in patches:
+        current = ""
+        for line in patch.read_text(errors="replace").splitlines():
+            if line.startswith("+++ "):
+                current = line[4:].split("\t")[0].strip()
+            elif Path(current).name.startswith("Kconfig"):
+                match = _KCONFIG_ENTRY.match(line)
+                if match:
+                    names.add(f"CONFIG_{match.group(1)}")
+    return frozenset(names)
+
+
+def workspace_fragments(variant: Variant) -> tuple[Path, ...]:
+    """The fragments that decide a variant's build workspace: all but those that set only options its own
+    patches introduce (throttle.config's SWIOTLB_THROTTLE), which the pristine tree does not know."""
+    own = introduced_options(variant.patches)
+    return tuple(f for f in variant.fragments if not set(requested_options([f])) <= own)
 
 
 def _workspace(root: Path, source: KernelSource, variant: Variant) -> Path:
@@ -486,10 +511,13 @@ def _workspace(root: Path, source: KernelSource, variant: Variant) -> Path:
     switching between them recompiles only the files their patches touch; a variant of another
     configuration has its own, so building static, dynamic, static again never recompiles a world
     (a Kconfig symbol like SWIOTLB_DYNAMIC sits in struct device: it touches almost every object).
-    Sources of one version share it too (a developer's tree, the nightly's revisions): only files whose
-    content differs are recompiled.  The caller holds the workspace lock.
+    An option a series brings along does not count as another configuration: throttle builds in
+    static's workspace, and Kbuild's per-option dependencies recompile only what the series and
+    SWIOTLB_THROTTLE touch (~370 of 1,600 objects) instead of preprocessing every object again in a
+    workspace of its own.  Sources of one version share it too (a developer's tree, the nightly's
+    revisions): only files whose content differs are recompiled.  The caller holds the workspace lock.
     """
-    stem = "+".join(f.stem for f in variant.fragments) or "base"
+    stem = "+".join(f.stem for f in workspace_fragments(variant)) or "base"
     workspace = root / ".workspaces" / f"{source_version(source.tree)}-{stem}-{config_key(variant)}"
     workspace.mkdir(parents=True, exist_ok=True)
     (workspace / "used").touch()

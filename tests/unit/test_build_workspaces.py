@@ -9,7 +9,18 @@ from pathlib import Path
 import pytest
 
 from lab.errors import BuildError
-from lab.kernel import CONFIG_DIR, KernelSource, Variant, _sync_tree, _workspace, load_variants, source_version
+from lab.kernel import (
+    CONFIG_DIR,
+    PATCH_DIR,
+    KernelSource,
+    Variant,
+    _sync_tree,
+    _workspace,
+    introduced_options,
+    load_variants,
+    source_version,
+    workspace_fragments,
+)
 
 MAKEFILE = "# SPDX\nVERSION = 6\nPATCHLEVEL = 12\nSUBLEVEL = 117\nEXTRAVERSION =\nNAME = Baby Opossum Posse\n"
 
@@ -21,8 +32,11 @@ def tree(root: Path, files: dict[str, str]) -> KernelSource:
     return KernelSource(root, f"tree:{root.name}", root.name)
 
 
-def variant(name: str, *fragments: str) -> Variant:
-    return Variant(name, "", tuple(CONFIG_DIR / f for f in fragments), ())
+def variant(name: str, *fragments: str, patches: tuple[Path, ...] = ()) -> Variant:
+    return Variant(name, "", tuple(CONFIG_DIR / f for f in fragments), patches)
+
+
+THROTTLE_V2 = tuple(sorted((PATCH_DIR / "swiotlb-throttle-v2").glob("*.patch")))
 
 
 def test_the_version_comes_from_the_top_makefile(tmp_path: Path) -> None:
@@ -39,15 +53,48 @@ def test_variants_of_one_configuration_share_a_workspace_and_others_do_not(tmp_p
     assert _workspace(root, source, variant("throttle-v2", "static.config", "throttle.config")) == throttle
     dynamic = _workspace(root, source, variant("dynamic", "dynamic.config"))
     assert dynamic != throttle and dynamic.name.startswith("6.12.117-dynamic-")
+    debug = _workspace(root, source, variant("debug", "static.config", "throttle.config", "debug.config"))
+    assert debug not in (throttle, dynamic)
     (source.tree / "Makefile").write_text(MAKEFILE.replace("SUBLEVEL = 117", "SUBLEVEL = 118"))
     assert _workspace(root, source, variant("dynamic", "dynamic.config")) != dynamic  # another version
 
 
-def test_the_shipped_variants_need_one_workspace_per_set_of_fragments(tmp_path: Path) -> None:
+def test_an_option_the_series_brings_along_builds_in_the_workspace_of_the_tree_without_it(tmp_path: Path) -> None:
+    source = tree(tmp_path / "linux", {})
+    root = tmp_path / "kernels"
+    static = _workspace(root, source, variant("static", "static.config"))
+    throttle = variant("throttle-v2", "static.config", "throttle.config", patches=THROTTLE_V2)
+    assert workspace_fragments(throttle) == (CONFIG_DIR / "static.config",)
+    assert _workspace(root, source, throttle) == static
+    dynamic = _workspace(root, source, variant("dynamic", "dynamic.config"))
+    v2_dynamic = variant("throttle-v2-dynamic", "dynamic.config", "throttle.config", patches=THROTTLE_V2)
+    assert _workspace(root, source, v2_dynamic) == dynamic
+    # Without the series that defines it, SWIOTLB_THROTTLE is just another option: its own workspace.
+    assert _workspace(root, source, variant("odd", "static.config", "throttle.config")) != static
+    # debug.config sets lockdep (in the pristine tree) beside the selftest's own option: its own workspace.
+    selftest = tuple(sorted((PATCH_DIR / "dma-may-block-selftest").glob("*.patch")))
+    debug = variant("debug", "static.config", "throttle.config", "debug.config", patches=THROTTLE_V2 + selftest)
+    assert workspace_fragments(debug) == (CONFIG_DIR / "static.config", CONFIG_DIR / "debug.config")
+
+
+def test_only_config_entries_of_kconfig_files_count_as_introduced(tmp_path: Path) -> None:
+    assert introduced_options(THROTTLE_V2) == {"CONFIG_SWIOTLB_THROTTLE"}
+    patch = tmp_path / "0001-x.patch"
+    patch.write_text(
+        "--- a/kernel/dma/Kconfig\n+++ b/kernel/dma/Kconfig\n@@ -1,0 +1,3 @@\n+menuconfig LAB_MENU\n"
+        '+config LAB_ONE\n+\tbool "one"\n config EXISTING\n'
+        "--- a/kernel/dma/notes.c\n+++ b/kernel/dma/notes.c\n@@ -1,0 +1,1 @@\n+config LAB_NOT_KCONFIG\n"
+        "--- a/arch/x86/Kconfig.debug\n+++ b/arch/x86/Kconfig.debug\n@@ -1,0 +1,1 @@\n+  config LAB_TWO\n"
+    )
+    assert introduced_options([patch]) == {"CONFIG_LAB_MENU", "CONFIG_LAB_ONE", "CONFIG_LAB_TWO"}
+
+
+def test_the_shipped_variants_need_one_workspace_per_configuration_of_the_pristine_tree(tmp_path: Path) -> None:
     source = tree(tmp_path / "linux", {})
     variants = load_variants().values()
     workspaces = {_workspace(tmp_path / "kernels", source, v) for v in variants}
-    assert len(workspaces) == len({v.fragments for v in variants})
+    # static, dynamic and the debug world: throttle.config's one option comes with the series.
+    assert len(workspaces) == len({workspace_fragments(v) for v in variants}) == 3
 
 
 def test_the_least_recently_used_workspaces_go_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
