@@ -484,11 +484,18 @@ def _bench_workloads(args: argparse.Namespace) -> tuple[list[str], dict[str, Cel
 def _paired_bench_arguments(parser: argparse.ArgumentParser, pairs: int, pairs_help: str, matrix: str) -> None:
     """The options of a bench that pairs runs with and without an instrument (what _bench_workloads reads)."""
     parser.add_argument("--pairs", type=int, default=pairs, help=pairs_help)
-    parser.add_argument("--runtime", type=int, default=10)
+    parser.add_argument("--runtime", type=int, default=10, help="fio runtime per run in seconds (default 10)")
     parser.add_argument("--workloads", default="light,heavy", help="comma-separated workloads of the matrix")
-    parser.add_argument("--matrix", default=matrix)
-    parser.add_argument("--results", default="results")
-    parser.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    parser.add_argument(
+        "--matrix", default=matrix, help=f"matrix whose workloads are run (name or TOML path; default {matrix})"
+    )
+    parser.add_argument("--results", default="results", help="results directory (default: ./results)")
+    parser.add_argument(
+        "--accel",
+        choices=("auto", "kvm", "tcg"),
+        default="auto",
+        help="auto: KVM if a probe boot works, else TCG (default auto)",
+    )
 
 
 def cmd_bench_sampler(args: argparse.Namespace) -> int:
@@ -1013,7 +1020,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit 1 if any cell failed (default: failed cells are findings; exit 1 only if the "
         "run did not finish or measured nothing)",
     )
-    matrix.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    matrix.add_argument(
+        "--accel",
+        choices=("auto", "kvm", "tcg"),
+        default="auto",
+        help="auto: KVM if a probe boot works, else TCG (default auto)",
+    )
     matrix.add_argument(
         "--jobs",
         type=at_least_one,
@@ -1044,15 +1056,31 @@ def build_parser() -> argparse.ArgumentParser:
     nightly.add_argument(
         "--jobs", type=at_least_one, default=0, help="guests at once (default: host CPUs // (vCPUs + 1), at least 1)"
     )
-    nightly.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    nightly.add_argument(
+        "--accel",
+        choices=("auto", "kvm", "tcg"),
+        default="auto",
+        help="auto: KVM if a probe boot works, else TCG (default auto)",
+    )
     nightly_where = nightly.add_mutually_exclusive_group()
-    nightly_where.add_argument("--hosts", metavar="HOSTS.toml")
-    nightly_where.add_argument("--scheduler", metavar="ADDRESS")
+    nightly_where.add_argument(
+        "--hosts", metavar="HOSTS.toml", help="run on the hosts of an inventory, as `run matrix --hosts`"
+    )
+    nightly_where.add_argument(
+        "--scheduler", metavar="ADDRESS", help="run on a running Dask cluster, as `run matrix --scheduler`"
+    )
     nightly.set_defaults(func=cmd_nightly)
 
     history = sub.add_parser("history", help="questions about the nights (DuckDB over their Parquet tables)")
-    history.add_argument("question", choices=("nights", "claims", "metric", "sql", "trend"))
-    history.add_argument("--history", default="results/nightly")
+    history.add_argument(
+        "question",
+        choices=("nights", "claims", "metric", "sql", "trend"),
+        help="nights: one row per night; claims: verdicts per night; metric: a column's median per night, "
+        "kernel and workload; sql: your own query; trend: write the trend page and print its path",
+    )
+    history.add_argument(
+        "--history", default="results/nightly", help="the directory given to `nightly --history` (default: %(default)s)"
+    )
     history.add_argument("--metric", default="fio_iops", help="for `metric`: a cells column, e.g. fio_clat_p99_us")
     history.add_argument("--sql", default="SELECT * FROM nights", help="for `sql`: views nights, cells, claims")
     history.add_argument("--matrix", default="nightly", help="for `trend`: the matrix name")
@@ -1061,11 +1089,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="what", required=True)
     boot = bench_sub.add_parser("boot", help="boot-to-SSH time and per-cell overhead")
-    boot.add_argument("--boots", type=int, default=5)
+    boot.add_argument("--boots", type=int, default=5, help="boots to time (default 5)")
     boot.add_argument("--cell-runtime", type=int, default=5, help="fio runtime of the overhead cells (s)")
-    boot.add_argument("--matrix", default="stock")
-    boot.add_argument("--results", default="results")
-    boot.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    boot.add_argument("--matrix", default="stock", help="matrix whose first cell is booted (default stock)")
+    boot.add_argument("--results", default="results", help="results directory (default: ./results)")
+    boot.add_argument(
+        "--accel",
+        choices=("auto", "kvm", "tcg"),
+        default="auto",
+        help="auto: KVM if a probe boot works, else TCG (default auto)",
+    )
     boot.set_defaults(func=cmd_bench_boot)
 
     sampler = bench_sub.add_parser("sampler", help="what an instrument (the sampler, or the hist triggers) costs fio")
@@ -1075,7 +1108,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="sampler",
         help="the instrument to measure (default: the in-guest sampler)",
     )
-    sampler.add_argument("--hz", type=float, default=50.0)
+    sampler.add_argument("--hz", type=float, default=50.0, help="the sampler's rate (default 50)")
     _paired_bench_arguments(sampler, 8, "ABBA pairs per workload (default 8)", "stock")
     sampler.set_defaults(func=cmd_bench_sampler)
 
@@ -1091,9 +1124,14 @@ def build_parser() -> argparse.ArgumentParser:
     dmamap.add_argument("--rounds", type=int, default=3, help="rounds over the thread counts per kernel")
     dmamap.add_argument("--granule", type=int, default=1, help="pages per map (default 1)")
     dmamap.add_argument("--pool", default="64MiB", help="swiotlb pool (default 64MiB: far from full)")
-    dmamap.add_argument("--vcpus", type=int, default=2)
-    dmamap.add_argument("--results", default="results")
-    dmamap.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    dmamap.add_argument("--vcpus", type=int, default=2, help="the guest's vCPUs (default 2)")
+    dmamap.add_argument("--results", default="results", help="results directory (default: ./results)")
+    dmamap.add_argument(
+        "--accel",
+        choices=("auto", "kvm", "tcg"),
+        default="auto",
+        help="auto: KVM if a probe boot works, else TCG (default auto)",
+    )
     dmamap.set_defaults(func=cmd_bench_dmamap)
 
     report = sub.add_parser("report", help="write report.html/report.md with the claims table for a run")
@@ -1112,7 +1150,7 @@ def build_parser() -> argparse.ArgumentParser:
     build = sub.add_parser("build", help="build things")
     build_sub = build.add_subparsers(dest="what", required=True)
     build_kernel = build_sub.add_parser("kernel", help="build a kernel variant (kernel-configs/variants.toml)")
-    build_kernel.add_argument("variant")
+    build_kernel.add_argument("variant", help="a variant of kernel-configs/variants.toml, e.g. throttle")
     build_kernel.add_argument("--kernel-tree", metavar="PATH", help="build from this tree instead of Debian's source")
     build_kernel.add_argument("--jobs", type=at_least_one, default=None, help="make -j (default: CPUs + 1)")
     build_kernel.set_defaults(func=cmd_build_kernel)
@@ -1121,35 +1159,49 @@ def build_parser() -> argparse.ArgumentParser:
     doorbells.add_argument("--kernels", default="static,throttle,throttle-v2", help="comma-separated variants")
     doorbells.add_argument("--reps", type=int, default=3, help="fio runs per kernel, in one boot")
     doorbells.add_argument("--pool", default="64MiB", help="swiotlb pool (far from full: nothing waits)")
-    doorbells.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="auto")
-    doorbells.add_argument("--results", default="results")
+    doorbells.add_argument(
+        "--accel",
+        choices=["auto", "kvm", "tcg"],
+        default="auto",
+        help="auto: KVM if a probe boot works, else TCG (default auto)",
+    )
+    doorbells.add_argument("--results", default="results", help="results directory (default: ./results)")
     doorbells.set_defaults(func=cmd_bench_doorbells)
 
     bench_kernel = bench_sub.add_parser("kernel", help="kernel build times (cache hit, patch-only rebuild, cold)")
-    bench_kernel.add_argument("--variant", default="static")
+    bench_kernel.add_argument("--variant", default="static", help="the variant to time (default static)")
     bench_kernel.add_argument("--cold", action="store_true", help="also time a cold build into an empty cache")
     bench_kernel.set_defaults(func=cmd_bench_kernel)
 
     trend = bench_sub.add_parser("trend", help="time to build the nightly trend page for N nights")
-    trend.add_argument("--nights", type=int, default=365)
+    trend.add_argument("--nights", type=int, default=365, help="nights to make up (default 365)")
     trend.add_argument(
-        "--cells", default=str(Path(__file__).resolve().parent.parent / "tests/data/default-cells.parquet")
+        "--cells",
+        default=str(Path(__file__).resolve().parent.parent / "tests/data/default-cells.parquet"),
+        help="the cells.parquet every made-up night holds (default: the stored default-matrix run in tests/data)",
     )
     trend.set_defaults(func=cmd_bench_trend)
 
     dispatch = bench_sub.add_parser("dispatch", help="Dask's overhead per boot group; --jobs 1 vs 2 throughput")
-    dispatch.add_argument("--matrix", default="stock")
-    dispatch.add_argument("--results", default="results")
-    dispatch.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    dispatch.add_argument("--matrix", default="stock", help="matrix whose boot groups are run (default stock)")
+    dispatch.add_argument("--results", default="results", help="results directory (default: ./results)")
+    dispatch.add_argument(
+        "--accel",
+        choices=("auto", "kvm", "tcg"),
+        default="auto",
+        help="auto: KVM if a probe boot works, else TCG (default auto)",
+    )
     dispatch.add_argument("--hosts", metavar="FILE", help="also measure through a worker per host of this inventory")
     dispatch.set_defaults(func=cmd_bench_dispatch)
 
     bench_matrix = bench_sub.add_parser("matrix", help="cells/hour and boots saved of a run; report time at scale")
     bench_matrix.add_argument("--run", help="a finished results/<run-id> to measure")
     bench_matrix.add_argument(
-        "--sample-run", default=str(Path(__file__).resolve().parent.parent / "tests/data/run-small")
+        "--sample-run",
+        default=str(Path(__file__).resolve().parent.parent / "tests/data/run-small"),
+        help="a run whose cells are copied up to --cells to time the report (default: tests/data/run-small)",
     )
-    bench_matrix.add_argument("--cells", type=int, default=10_000)
+    bench_matrix.add_argument("--cells", type=int, default=10_000, help="cells in the timed report (default 10000)")
     bench_matrix.set_defaults(func=cmd_bench_matrix)
 
     image = sub.add_parser("image", help="guest image")
