@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from lab.errors import ConfigError
-from lab.store import LOST, MANIFEST, PHASE, SKIPPED, liveness, load_cells
+from lab.store import LOST, MANIFEST, PHASE, SKIPPED, UPGRADE_COLUMNS, liveness, load_cells
 
 NIGHT_COLUMNS = (
     "run_id",
@@ -114,6 +114,14 @@ def _status(manifest: dict[str, Any], run_dir: Path, now: float) -> str:
         seen = last_sign_of_life(manifest, run_dir)
         return "unknown" if seen is not None and now - seen < UNKNOWN_FOR_S else "dead"
     return state
+
+
+def upgraded(con: Any, table: str, source: str) -> str:
+    """The columns today's runs have that none of the stored tables in ``source`` has, as typed nulls (for a
+    SELECT list after ``*``): nights stored before a column existed are read as not having recorded it."""
+    have = {str(row[0]) for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+    missing = {name: kind for name, kind in UPGRADE_COLUMNS.get(table, {}).items() if name not in have}
+    return "".join(f", CAST(NULL AS {kind}) AS {name}" for name, kind in missing.items())
 
 
 @dataclass(frozen=True)
@@ -224,9 +232,10 @@ class History:
             files = sorted(str(p) for p in self.runs.glob(f"*/{table}.parquet"))
             if files:
                 listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+                source = f"read_parquet([{listed}], union_by_name = true, filename = true)"
                 con.execute(
-                    f"CREATE VIEW {table} AS SELECT *, regexp_extract(filename, 'runs/([^/]+)/', 1) AS night "
-                    f"FROM read_parquet([{listed}], union_by_name = true, filename = true)"
+                    f"CREATE VIEW {table} AS SELECT *{upgraded(con, table, source)}, "
+                    f"regexp_extract(filename, 'runs/([^/]+)/', 1) AS night FROM {source}"
                 )
         return con
 

@@ -30,6 +30,55 @@ SKIPPED = "skipped"  # status of a cell whose platform the host does not offer: 
 # outside the guest): not a finding either; a resume runs it again
 LOST = "lost"
 
+# Columns of the run tables that runs stored before them lack, with their SQL types.  The history reads
+# every stored run through them (lab.history's views give a night that lacks one a typed null), so a
+# question about the nights can name today's columns: an old night answers "not recorded", not a binder
+# error.  Pandas readers (load_cells) get a run's tables as stored: there a column's absence is itself
+# information (a run from before it existed) that the claims' judges test for, and a null host_id or
+# platform would drop the row from every comparison grouped by them.
+UPGRADE_COLUMNS: dict[str, dict[str, str]] = {
+    "cells": {
+        # what the cell asked for (lab.runner.base_row)
+        "platform": "VARCHAR",
+        "observed": "BOOLEAN",
+        "sample_hz_requested": "DOUBLE",
+        "triggers_armed": "VARCHAR",
+        "queue_limits": "VARCHAR",
+        "conversion_ns": "BIGINT",
+        "neighbour": "VARCHAR",
+        "swiotlb_areas_requested": "DOUBLE",
+        "cmdline_extra": "VARCHAR",
+        # where it ran (lab.host.host_facts)
+        "host_id": "VARCHAR",
+        "cpu_model": "VARCHAR",
+        "coco_firmware": "VARCHAR",
+        # its boot (lab.runner)
+        "boot_retries": "BIGINT",
+        "boot_retry_reason": "VARCHAR",
+        "swiotlb_areas_logged": "BIGINT",
+        # what it measured (lab.runner.build_row); counters a cell may lack are DOUBLE, as pandas stores them
+        "swiotlb_areas": "DOUBLE",
+        "throttle_timeouts": "DOUBLE",
+        "throttle_timeout_ms": "DOUBLE",
+        "grow_limit_slabs": "DOUBLE",
+        "map_failures_counted_by": "VARCHAR",
+        "guest_cpu_s": "DOUBLE",
+        "guest_cpu_us_per_io": "DOUBLE",
+        "queue_nr_requests": "DOUBLE",
+        "queue_max_sectors_kb": "DOUBLE",
+        "neighbour_iops": "DOUBLE",
+        "neighbour_clat_p99_us": "DOUBLE",
+        "conversion_ns_applied": "DOUBLE",
+        "dmesg_ata_exceptions": "DOUBLE",
+        "kernel_splat": "VARCHAR",
+        "kernel_splat_text": "VARCHAR",
+        "kernel_splats": "DOUBLE",
+        "hung_tasks": "DOUBLE",
+    },
+    # a run over several hosts or platforms judges each claim within one (lab.claims.Verdict.scope)
+    "claims": {"scope": "VARCHAR"},
+}
+
 
 def _boot_id() -> str:
     try:
