@@ -2,7 +2,10 @@
 
 Each judge takes the run's cells table and returns a ``Verdict``: supported,
 contradicted or inconclusive, with the metric, the threshold and the cells it
-rests on.  A judge that lacks the cells it needs says so; it never guesses.
+rests on; "not tested" when the matrix had none of the cells the claim needs
+(whatever became of them), and inconclusive when it had them but too few
+succeeded to decide.  A judge that lacks the cells it needs says so; it never
+guesses.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ PERF_METRICS = (("fio_iops", True), ("fio_clat_p50_us", False), ("fio_clat_p99_u
 class Verdict:
     claim: str
     text: str
-    verdict: str  # "supported" | "contradicted" | "inconclusive"
+    verdict: str  # one of VERDICTS
     metric: str
     threshold: str
     evidence: tuple[str, ...]
@@ -35,6 +38,9 @@ class Verdict:
     comparisons: tuple[Comparison, ...] = ()
     scope: str = ""  # "host X, platform Y" when a run spans several: every verdict is judged within one
 
+
+NOT_TESTED = "not tested"  # the matrix had none of the cells the claim needs: neither a finding nor undecided
+VERDICTS = ("supported", "contradicted", "inconclusive", NOT_TESTED)
 
 FAILING_DRIVERS = ("ahci", "lsi")  # devices whose driver fails a request when its map fails (claim C10)
 
@@ -110,8 +116,29 @@ def _ids(*frames: pd.DataFrame) -> tuple[str, ...]:
     return tuple(cid for frame in frames for cid in frame["cell_id"])
 
 
-def _missing(claim: str, text: str, metric: str, threshold: str, need: str) -> Verdict:
-    return Verdict(claim, text, "inconclusive", metric, threshold, (), f"no usable cells: this run lacks {need}")
+def _ran(cells: pd.DataFrame, kernel: str, kind: str, *, plain: bool = True) -> pd.DataFrame:
+    """The cells of a kernel and workload kind the matrix had, whatever became of them (ok, failed, lost; not
+    skipped, whose platform was not offered): whether a claim was tested at all, not whether it can be judged.
+    ``plain``: leave out the cells that ask a question of their own, as ``_ok`` does."""
+    if cells.empty or "status" not in cells:
+        return cells.iloc[0:0]
+    ran = cells[cells["status"] != SKIPPED]
+    if plain and not ran.empty:
+        ran = ran[~special_cells(ran)]
+    return _select(ran, kernel, kind)
+
+
+def _ran_all(cells: pd.DataFrame, kernels: Sequence[str], kind: str) -> bool:
+    return all(not _ran(cells, kernel, kind).empty for kernel in kernels)
+
+
+def _missing(claim: str, text: str, metric: str, threshold: str, need: str, *, tested: bool) -> Verdict:
+    """A claim the cells cannot judge: "not tested" if the matrix had none of the cells it needs (``need``
+    names them), inconclusive if it had them but too few succeeded (on a common pool) to decide."""
+    if not tested:
+        return Verdict(claim, text, NOT_TESTED, metric, threshold, (), f"not tested by this matrix: it has no {need}")
+    detail = f"no usable cells: the matrix has {need}, but too few of them succeeded (on a common pool) to judge"
+    return Verdict(claim, text, "inconclusive", metric, threshold, (), detail)
 
 
 def judge_c1(cells: pd.DataFrame) -> Verdict:
@@ -120,7 +147,8 @@ def judge_c1(cells: pd.DataFrame) -> Verdict:
     threshold = f"every cell: map failures > 0 and hiwater >= nslabs - {MAX_MAPPING_SLABS}"
     pool = _smallest_common_pool(cells, ("static",), "heavy")
     if pool is None:
-        return _missing("C1", text, metric, threshold, "successful `static` cells with a heavy workload")
+        need, tested = "`static` cells with a heavy workload", _ran_all(cells, ("static",), "heavy")
+        return _missing("C1", text, metric, threshold, need, tested=tested)
     chosen = _select(_ok(cells), "static", "heavy", pool)
     failing = (chosen["map_failures"] > 0) & (chosen["hiwater"] >= chosen["nslabs"] - MAX_MAPPING_SLABS)
     detail = (
@@ -147,7 +175,8 @@ def judge_c2(cells: pd.DataFrame, kernel: str = "throttle") -> Verdict:
     )
     usable = _select(_ok(cells), kernel, "heavy")
     if usable.empty:
-        return _missing("C2", text, metric, threshold, f"successful `{kernel}` cells with a heavy workload")
+        need, tested = f"`{kernel}` cells with a heavy workload", _ran_all(cells, (kernel,), "heavy")
+        return _missing("C2", text, metric, threshold, need, tested=tested)
     parts, outcomes, evidence = [], [], []
     for pool in sorted(set(usable["pool_slabs_requested"])):
         chosen = _select(usable, kernel, "heavy", pool)
@@ -179,7 +208,8 @@ def judge_c3(cells: pd.DataFrame) -> Verdict:
     threshold = "every cell: nslabs after > requested (growth factor reported; no upper limit can be proven)"
     pool = _smallest_common_pool(cells, ("dynamic",), "heavy")
     if pool is None:
-        return _missing("C3", text, metric, threshold, "successful `dynamic` cells with a heavy workload")
+        need, tested = "`dynamic` cells with a heavy workload", _ran_all(cells, ("dynamic",), "heavy")
+        return _missing("C3", text, metric, threshold, need, tested=tested)
     chosen = _select(_ok(cells), "dynamic", "heavy", pool)
     growth = chosen["nslabs_after"] / chosen["pool_slabs_requested"]
     detail = (
@@ -206,7 +236,9 @@ def judge_c4(cells: pd.DataFrame) -> Verdict:
     )
     static, throttle, pool = _pair(cells, "static", "throttle", "single-queue")
     if pool is None:
-        return _missing("C4", text, metric, threshold, "`static` and `throttle` cells with one deep-queue job")
+        tested = _ran_all(cells, ("static", "throttle"), "single-queue")
+        need = "`static` and `throttle` cells with one deep-queue job"
+        return _missing("C4", text, metric, threshold, need, tested=tested)
     comparisons = compare_family(
         [
             Metric("hiwater", static["hiwater"].tolist(), throttle["hiwater"].tolist(), False),
@@ -307,7 +339,8 @@ def judge_c5(cells: pd.DataFrame, kernel: str = "throttle") -> Verdict:
     pool = _smallest_common_pool(cells, ("static",), "polled")
     all_throttle = _select(cells, kernel, "polled", pool) if pool is not None else cells.iloc[0:0]
     if pool is None or all_throttle.empty:
-        return _missing("C5", text, metric, threshold, f"`static` and `{kernel}` cells with polled I/O")
+        need, tested = f"`static` and `{kernel}` cells with polled I/O", _ran_all(cells, ("static", kernel), "polled")
+        return _missing("C5", text, metric, threshold, need, tested=tested)
     static = _select(_ok(cells), "static", "polled", pool)
     throttle = _select(_ok(cells), kernel, "polled", pool)
     exempt_text, exempt_cells = _exempt_polled(cells, static, pool) if kernel == "throttle" else ("", static.iloc[0:0])
@@ -358,7 +391,8 @@ def judge_c6(cells: pd.DataFrame, kernel: str = "throttle") -> Verdict:
     threshold = "supported if any of them regresses significantly; contradicted if none does"
     static, throttle, pool = _pair(cells, "static", kernel, "heavy")
     if pool is None:
-        return _missing("C6", text, metric, threshold, f"`static` and `{kernel}` cells with a heavy workload")
+        need = f"`static` and `{kernel}` cells with a heavy workload"
+        return _missing("C6", text, metric, threshold, need, tested=_ran_all(cells, ("static", kernel), "heavy"))
     comparisons = _perf(static, throttle)
     wait_ms = throttle["throttle_wait_ns"].fillna(0).median() / 1e6 if "throttle_wait_ns" in throttle else 0.0
     detail = f"pool {pool}: {_describe(comparisons, static, throttle)}; median throttle wait {wait_ms:.0f} ms per cell"
@@ -402,7 +436,11 @@ def judge_c7(cells: pd.DataFrame) -> Verdict:
     report what a plain host measured."""
     measured = _c7_measured(cells)
     if measured is None:
-        return _missing("C7", C7_TEXT, C7_METRIC, C7_THRESHOLD, "`dynamic` and `throttle` cells with a heavy workload")
+        need, tested = (
+            "`dynamic` and `throttle` cells with a heavy workload",
+            _ran_all(cells, ("dynamic", "throttle"), "heavy"),
+        )
+        return _missing("C7", C7_TEXT, C7_METRIC, C7_THRESHOLD, need, tested=tested)
     verdict, coco = measured
     if coco:
         return verdict
@@ -467,6 +505,7 @@ def judge_c7_emulated(cells: pd.DataFrame) -> list[Verdict]:
                 metric,
                 threshold,
                 "`throttle` heavy cells and `dynamic` heavy cells with a conversion cost on one pool",
+                tested=_ran_all(cells, ("throttle",), "heavy"),  # dynamic's conversion cells ran: see above
             )
         ]
     pool = min(pools)
@@ -518,21 +557,20 @@ def judge_c8(cells: pd.DataFrame) -> Verdict:
         "contradicted if the bounded wait regresses any of them significantly (Holm within the family); "
         "supported if none regresses and every metric is decided"
     )
-    if cells.empty or "throttle_timeout_ms" not in cells:
-        return _missing("C8", text, metric, threshold, "throttle-v2 cells with a timeout sweep")
+    need = f'`{SERIES_V2}` heavy cells with the default bound and with throttle_timeout = "none"'
+    ran = _ran(cells, SERIES_V2, "heavy")
+    if ran.empty or "throttle_timeout_ms" not in ran:
+        return _missing("C8", text, metric, threshold, need, tested=False)
     v2 = _select(_ok(cells), SERIES_V2, "heavy")
     v2 = v2[v2["throttle_timeout_ms"].notna()]
     bounded = v2[v2["throttle_timeout_ms"] == DEFAULT_TIMEOUT_MS]
     unbounded = v2[v2["throttle_timeout_ms"] >= THROTTLE_FOREVER_MS]
     pools = set(bounded["pool_slabs_requested"]) & set(unbounded["pool_slabs_requested"])
     if not pools:
-        return _missing(
-            "C8",
-            text,
-            metric,
-            threshold,
-            f'`{SERIES_V2}` heavy cells with the default bound and with throttle_timeout = "none"',
-        )
+        tested = (ran["throttle_timeout_ms"] == DEFAULT_TIMEOUT_MS).any() and (
+            ran["throttle_timeout_ms"] >= THROTTLE_FOREVER_MS
+        ).any()
+        return _missing("C8", text, metric, threshold, need, tested=bool(tested))
     pool = min(pools)
     bounded = bounded[bounded["pool_slabs_requested"] == pool]
     unbounded = unbounded[unbounded["pool_slabs_requested"] == pool]
@@ -588,7 +626,9 @@ def judge_c11(cells: pd.DataFrame, kernel: str = SERIES_V2) -> Verdict:
         need = (
             f'`static` heavy cells with queue_limits = "fit" (or "fit:N%") and `{kernel}` heavy cells on the same pool'
         )
-        return _missing("C11", text, metric, threshold, need)
+        ran_static, ran_kernel = _ran(cells, "static", "heavy"), _ran(cells, kernel, "heavy")
+        tested = (_queue_limits(ran_static) != "default").any() and (_queue_limits(ran_kernel) == "default").any()
+        return _missing("C11", text, metric, threshold, need, tested=bool(tested))
     pool = min(pools)
     fitted_pool, throttled = _select(fitted_all, "static", "heavy", pool), _select(plain, kernel, "heavy", pool)
     outcomes: list[str] = []
@@ -631,6 +671,15 @@ def judge_c11(cells: pd.DataFrame, kernel: str = SERIES_V2) -> Verdict:
 def _largest_common_pool(cells: pd.DataFrame, kernels: tuple[str, ...], kind: str) -> int | None:
     pools = _common_pools(cells, kernels, kind)
     return max(pools) if pools else None
+
+
+def _tested_c12(cells: pd.DataFrame, kernel: str) -> bool:
+    """Whether the matrix had `static` and ``kernel`` cells of 4 KiB reads at QD1, or at QD32."""
+    for kind in ("qd1", "single-queue"):
+        both = [_ran(cells, k, kind) for k in ("static", kernel)]
+        if all("bs" in f and f["bs"].astype(str).str.lower().isin(("4k", "4096")).any() for f in both):
+            return True
+    return False
 
 
 def judge_c12(cells: pd.DataFrame, kernel: str = SERIES_V2) -> Verdict:
@@ -681,7 +730,8 @@ def judge_c12(cells: pd.DataFrame, kernel: str = SERIES_V2) -> Verdict:
         evidence += [static, cand]
         notes.append(f"{label} on pool {pool} ({len(base)} vs {len(other)} {like})")
     if not metrics:
-        return _missing("C12", text, metric, threshold, f"`static` and `{kernel}` cells of 4 KiB reads at QD1 or QD32")
+        need = f"`static` and `{kernel}` cells of 4 KiB reads at QD1 or QD32"
+        return _missing("C12", text, metric, threshold, need, tested=_tested_c12(cells, kernel))
     comparisons = compare_family(metrics)
     verdict = _regression_verdict(comparisons, if_regressed="supported", otherwise="contradicted")
     detail = "; ".join(notes) + ": " + _describe(comparisons)
@@ -710,6 +760,14 @@ def neighbour_ratios(cells: pd.DataFrame, kernel: str) -> pd.DataFrame:
     return pairs
 
 
+def _tested_c9(cells: pd.DataFrame, kernel: str) -> bool:
+    """Whether the matrix had `static` and ``kernel`` cells next to a slow neighbour, whatever became of them."""
+    if cells.empty or "neighbour" not in cells:
+        return False
+    ran = cells[(cells["status"] != SKIPPED) & (cells["neighbour"].fillna("none") != "none")]
+    return all((ran["kernel"] == k).any() for k in ("static", kernel))
+
+
 def judge_c9(cells: pd.DataFrame, kernel: str = "throttle") -> Verdict:
     text = (
         "A global throttle lets a slow device hold up a fast one (Petr Tesařík): the fast device suffers more "
@@ -730,14 +788,11 @@ def judge_c9(cells: pd.DataFrame, kernel: str = "throttle") -> Verdict:
         else set()
     )
     if not pools:
-        return _missing(
-            "C9",
-            text,
-            metric,
-            threshold,
+        need = (
             f'`static` and `{kernel}` boots with neighbour = "slow" running the fast device alone and '
-            "next to the neighbour",
+            "next to the neighbour"
         )
+        return _missing("C9", text, metric, threshold, need, tested=_tested_c9(cells, kernel))
     pool = min(pools)
     static, cand = (f[f["pool_slabs_requested"] == pool] for f in (static, cand))
     comparisons = compare_family(
@@ -818,6 +873,20 @@ def smallest_sufficient(group: pd.DataFrame) -> PoolSearch:
     return PoolSearch(*memory(smallest), clean_note, rsd, grew)
 
 
+def _tested_c13(cells: pd.DataFrame) -> bool:
+    """Whether the matrix swept `static` and a throttle kernel over MIN_POOLS or more pools of one workload,
+    whatever became of the cells."""
+    if cells.empty or "status" not in cells:
+        return False
+    ran = cells[cells["status"] != SKIPPED]
+    ran = ran[~special_cells(ran)]
+    for _, workload in ran.groupby("workload") if not ran.empty else ():
+        swept = {k for k, g in workload.groupby("kernel") if g["pool_slabs_requested"].nunique() >= MIN_POOLS}
+        if "static" in swept and any("throttle" in k for k in swept):
+            return True
+    return False
+
+
 def judge_c13(cells: pd.DataFrame) -> Verdict:
     text = (
         "Pools are sized for the worst case and waste hundreds of MiB (the RFC's motivation): throttling "
@@ -872,8 +941,8 @@ def judge_c13(cells: pd.DataFrame) -> Verdict:
             answers.append("supported" if smaller else "contradicted")
     if not answers:
         need = f"`static` and throttle cells on {MIN_POOLS} or more pool sizes of one workload, the largest ample"
-        detail = f"no usable cells: this run lacks {need}" + (f" ({'; '.join(notes)})" if notes else "")
-        return Verdict("C13", text, "inconclusive", metric, threshold, (), detail)
+        untested = _missing("C13", text, metric, threshold, need, tested=_tested_c13(cells))
+        return replace(untested, detail=untested.detail + (f" ({'; '.join(notes)})" if notes else ""))
     decided = [a for a in answers if a != "inconclusive"]
     if "supported" in decided:
         verdict = "supported"
@@ -936,6 +1005,12 @@ def _combine(verdicts: list[str]) -> str:
     return "contradicted" if verdicts and set(verdicts) == {"contradicted"} else "inconclusive"
 
 
+def _tested_c10(cells: pd.DataFrame, kernel: str) -> bool:
+    """Whether the matrix had ``kernel``'s heavy cells on a failing driver's disk, whatever became of them."""
+    ran = _ran(cells, kernel, "heavy", plain=False)
+    return "device" in ran and bool(ran["device"].isin(FAILING_DRIVERS).any())
+
+
 def judge_c10(cells: pd.DataFrame) -> Verdict:
     text = (
         "The RFC's motivation: an exhausted pool means I/O errors (on a driver that fails a request whose map "
@@ -954,7 +1029,8 @@ def judge_c10(cells: pd.DataFrame) -> Verdict:
     )
     by_device = failing_driver_cells(cells, "static")
     if not by_device:
-        return _missing("C10", text, metric, threshold, "`static` heavy cells on an AHCI or LSI disk")
+        need = "`static` heavy cells on an AHCI or LSI disk"
+        return _missing("C10", text, metric, threshold, need, tested=_tested_c10(cells, "static"))
     answers, notes = [], []
     for device, chosen in sorted(by_device.items()):
         errors = cell_io_errors(chosen)
@@ -1003,6 +1079,7 @@ def judge_c10_throttle(cells: pd.DataFrame) -> list[Verdict]:
                     metric,
                     threshold,
                     f"`static` and `{kernel}` cells on one failing driver's disk and pool",
+                    tested=_tested_c10(cells, "static"),
                 )
             )
             continue
