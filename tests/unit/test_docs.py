@@ -181,6 +181,18 @@ def test_the_readme_quotes_the_default_and_stock_matrices_sizes() -> None:
     assert {"default", "stock"} <= quoted
 
 
+def test_docs_matrices_lists_every_shipped_matrix_with_its_description() -> None:
+    from lab.matrix import load_matrix
+
+    page = REPO / "docs" / "matrices.md"
+    rows = dict(re.findall(r"^\| `lab/matrices/([\w-]+)\.toml` \([^)]*\) \| (.*) \|$", page.read_text(), re.M))
+    quoted = {name for where, name, *_ in QUOTES if where == page}
+    shipped = {p.stem for p in (REPO / "lab" / "matrices").glob("*.toml")}
+    assert shipped == quoted == set(rows), (shipped ^ quoted) | (shipped ^ set(rows))
+    for name, description in rows.items():
+        assert description == load_matrix(name).description, name
+
+
 def test_make_matrix_runs_the_default_matrix() -> None:
     # the README's "make matrix runs lab/matrices/default.toml" holds only while the Makefile passes no matrix
     # and the command's default is "default"
