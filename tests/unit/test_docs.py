@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -144,6 +145,54 @@ def test_the_global_options_are_in_the_readme() -> None:
     globals_ = [o for a in build_parser()._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
     assert globals_ and all(f"`{o}" in readme or f"{o}`" in readme for o in globals_ if o != "--verbose")
     assert "-vv" in readme
+
+
+# --- commands shown in the pages ---------------------------------------------------------------------------
+
+
+def code_blocks(text: str) -> list[tuple[str, str]]:
+    """The fenced blocks of a Markdown text: (info string, body)."""
+    blocks: list[tuple[str, str]] = []
+    body: list[str] = []
+    info, inside = "", False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            if inside:
+                blocks.append((info, "\n".join(body)))
+            inside, info, body = not inside, line[3:].strip(), []
+        elif inside:
+            body.append(line)
+    return blocks
+
+
+def shown_commands(page: Path) -> list[str]:
+    """Every `python -m lab ...` a page shows, in a shell or plain block (comments cut) or inline."""
+    text = page.read_text()
+    found = [
+        line.split("  #")[0].strip()
+        for info, body in code_blocks(text)
+        if info in ("", "sh")
+        for line in body.splitlines()
+        if line.startswith("python -m lab ")
+    ]
+    return found + [" ".join(c.split()) for c in re.findall(r"`(python -m lab [^`]+)`", FENCE.sub("", text))]
+
+
+SYNOPSIS = re.compile(r"[\[|]|\.\.\.")  # "[--cold]", "nights|claims": a synopsis, not a command line
+SHOWN = [(page, c) for page in (README, *DOCS) for c in shown_commands(page) if not SYNOPSIS.search(c)]
+
+
+def test_the_pages_show_commands() -> None:
+    assert any(page == README and "report tests/data/run-small" in c for page, c in SHOWN)
+    assert any(page.name == "coco-hosts.md" and "--hosts hosts.toml" in c for page, c in SHOWN)
+
+
+@pytest.mark.parametrize(("page", "command"), SHOWN, ids=[f"{p.name}:{c[14:]}" for p, c in SHOWN])
+def test_a_command_the_pages_show_is_one_the_program_accepts(page: Path, command: str) -> None:
+    try:
+        build_parser().parse_args(shlex.split(command)[3:])  # after "python -m lab"
+    except SystemExit as exc:
+        pytest.fail(f"{page.name}: `{command}` is refused by the parser (exit {exc.code})")
 
 
 # --- matrix keys -------------------------------------------------------------------------------------------
