@@ -48,18 +48,19 @@ def test_claims_table_is_filled_from_real_cells() -> None:
         "C7-plain",
     ]
     for verdict in verdicts.values():
-        assert verdict.verdict in ("supported", "contradicted", "inconclusive")
+        assert verdict.verdict in ("supported", "contradicted", "inconclusive", "not tested")
         assert verdict.metric and verdict.threshold and verdict.detail
     # C1 rests on static cells that really failed maps
     assert verdicts["C1"].evidence and all(c.startswith("static-") for c in verdicts["C1"].evidence)
 
 
-def test_claims_without_the_needed_cells_are_inconclusive_not_guessed() -> None:
+def test_claims_without_the_needed_cells_are_not_tested_not_guessed() -> None:
     cells = load_cells(RUN)
     only_static = cells[cells["kernel"] == "static"]
     verdicts = {v.claim: v for v in judge_all(only_static)}
     for claim in ("C2", "C3", "C4", "C5", "C6", "C7"):
-        assert verdicts[claim].verdict == "inconclusive", claim
+        assert verdicts[claim].verdict == "not tested", claim
+        assert verdicts[claim].detail.startswith("not tested by this matrix: it has no "), claim
         assert verdicts[claim].evidence == ()
 
 
