@@ -510,6 +510,10 @@ class DaskPool:
         return list(result.rows)
 
 
+# Environment variables a worker started over SSH inherits from its controller (besides the host's settings).
+FORWARDED_ENV = ("SWIOTLB_LAB_TEST_SESSION",)
+
+
 class SshWorkerPool(DaskPool):
     """A scheduler in this process and one Dask worker per host of a hosts.toml, started over SSH (the
     host's own ``python -m distributed.cli.dask_worker``, with a nanny that restarts a lost worker).
@@ -553,6 +557,9 @@ class SshWorkerPool(DaskPool):
         ]
         # the host's own QEMU, firmware and C-bit position: its worker reads them from its environment
         env = {"SWIOTLB_LAB_CACHE": host.cache, **host.settings.environment()}
+        # A marker the controller carries (the test suite's session token) reaches the worker and its QEMUs,
+        # so a QEMU started over SSH is known as this session's, not as anyone's.
+        env.update({k: v for k, v in os.environ.items() if k in FORWARDED_ENV})
         command = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + f" exec {shlex.join(argv)}"
         self._promises.append(conn.run(command, hide=True, warn=True, in_stream=False, asynchronous=True))
 

@@ -38,12 +38,12 @@ def _session_of(pid: int) -> str | None:
 
 
 def qemu_pids() -> set[int]:
-    """Live QEMU processes of this session, or of no test session (a QEMU a worker over SSH started, whose
-    environment is sshd's; a lab run's); a zombie has exited, and whether init has reaped it is not the
-    lab's doing."""
+    """Live QEMU processes of this session (workers over SSH get the token too: lab.fanout.FORWARDED_ENV);
+    a QEMU without the token is another suite's SSH worker's or a user's run, and never ours to kill.  A
+    zombie has exited, and whether init has reaped it is not the lab's doing."""
     out = subprocess.run(["pgrep", "-f", "qemu-system"], capture_output=True, text=True, check=False).stdout
-    ours = (None, os.environ[SESSION_TOKEN])
-    return {pid for pid in map(int, out.split()) if pid != os.getpid() and pid_alive(pid) and _session_of(pid) in ours}
+    token = os.environ[SESSION_TOKEN]
+    return {pid for pid in map(int, out.split()) if pid != os.getpid() and pid_alive(pid) and _session_of(pid) == token}
 
 
 def boots_guests(item: pytest.Item) -> bool:
