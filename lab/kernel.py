@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import logging
@@ -10,7 +11,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -388,12 +389,11 @@ def build_kernel(
             "handle: set SWIOTLB_LAB_CACHE to a path without spaces"
         )
     log_path = root / f"{variant.name}-{key}.build.log"
-    # The lock serialises builds (they need every core anyway) and guards the workspaces.
-    with (root / ".workspace.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    # One build per workspace at a time; builds in different workspaces may overlap (a test's build
+    # need not wait for the suite's idle-priority background build of another configuration).
+    with _workspace_lock(root, source, variant) as workspace:
         if (final / "identity.txt").exists():  # built by another process while we waited
             return _built(final, variant)
-        workspace = _workspace(root, source, variant)
         tree = _sync_tree(source, variant, workspace)
         build = workspace / "obj"
         _configure(tree, build, variant, log_path)
@@ -515,21 +515,50 @@ def _workspace(root: Path, source: KernelSource, variant: Variant) -> Path:
     static's workspace, and Kbuild's per-option dependencies recompile only what the series and
     SWIOTLB_THROTTLE touch (~370 of 1,600 objects) instead of preprocessing every object again in a
     workspace of its own.  Sources of one version share it too (a developer's tree, the nightly's
-    revisions): only files whose content differs are recompiled.  The caller holds the workspace lock.
+    revisions): only files whose content differs are recompiled.  Least recently used workspaces
+    beyond WORKSPACES_KEPT are removed, unless a build holds them.  The caller holds the cache's
+    workspace lock (briefly: to choose and evict, not to build).
     """
     stem = "+".join(f.stem for f in workspace_fragments(variant)) or "base"
-    workspace = root / ".workspaces" / f"{source_version(source.tree)}-{stem}-{config_key(variant)}"
+    workspaces = root / ".workspaces"
+    workspace = workspaces / f"{source_version(source.tree)}-{stem}-{config_key(variant)}"
     workspace.mkdir(parents=True, exist_ok=True)
     (workspace / "used").touch()
     shutil.rmtree(root / ".workspace", ignore_errors=True)  # the one shared workspace of earlier versions
     others = sorted(
-        (w for w in (root / ".workspaces").iterdir() if w != workspace),
+        (w for w in workspaces.iterdir() if w.is_dir() and w != workspace),
         key=lambda w: (w / "used").stat().st_mtime if (w / "used").exists() else 0.0,
     )
     for stale in others[: max(0, len(others) + 1 - WORKSPACES_KEPT)]:
-        log.info("removing the least recently used build workspace %s", stale.name)
-        shutil.rmtree(stale, ignore_errors=True)
+        with _workspace_lock_file(stale) as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("keeping the least recently used build workspace %s: a build is using it", stale.name)
+                continue
+            log.info("removing the least recently used build workspace %s", stale.name)
+            shutil.rmtree(stale, ignore_errors=True)
     return workspace
+
+
+@contextlib.contextmanager
+def _workspace_lock_file(workspace: Path) -> Iterator[Any]:
+    """The lock file of a workspace: beside it, so it outlives the workspace's removal."""
+    with workspace.with_name(f"{workspace.name}.lock").open("w") as handle:
+        yield handle
+
+
+@contextlib.contextmanager
+def _workspace_lock(root: Path, source: KernelSource, variant: Variant) -> Iterator[Path]:
+    """This variant's workspace, held for a build: chosen under the cache's lock, then locked on its own."""
+    with (root / ".workspace.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        workspace = _workspace(root, source, variant)
+    with _workspace_lock_file(workspace) as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        workspace.mkdir(parents=True, exist_ok=True)  # removed while we waited: start it again
+        (workspace / "used").touch()
+        yield workspace
 
 
 def _sync_source(source: KernelSource, tree: Path) -> None:

@@ -3,8 +3,10 @@
 Started by ``tests/conftest.py`` when a session runs tests that boot guests.  Under ``SCHED_IDLE`` it
 takes only CPU that nothing else wants: on a 2-core machine the suite's guests leave about a third of it
 idle (measured on tests/integration/test_kernel.py), and a cold first run has ~25 minutes of kernel
-builds to fit in.  A test that needs a kernel still builds it itself if it comes first: builds serialise
-on the cache's workspace lock, and a build finished by either process is found by the other.
+builds to fit in.  A test that needs a kernel still builds it itself if it comes first: builds in one
+workspace serialise on its lock (a test waits for the builder's build of the kernel it needs), builds in
+different workspaces overlap (a test's failing build in static's does not wait for the builder's dynamic),
+and a build finished by either process is found by the other.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from lab.kernel import (
     Variant,
     _sync_tree,
     _workspace,
+    _workspace_lock,
     introduced_options,
     load_variants,
     source_version,
@@ -106,7 +107,45 @@ def test_the_least_recently_used_workspaces_go_first(tmp_path: Path, monkeypatch
     os.utime(static / "used", (1, 1))  # static was used long before dynamic
     os.utime(dynamic / "used", (2, 2))
     debug = _workspace(root, source, variant("debug", "static.config", "debug.config"))
-    assert sorted((root / ".workspaces").iterdir()) == sorted([dynamic, debug])
+    assert sorted(w for w in (root / ".workspaces").iterdir() if w.is_dir()) == sorted([dynamic, debug])
+
+
+def test_a_workspace_a_build_holds_is_never_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fcntl
+
+    monkeypatch.setattr("lab.kernel.WORKSPACES_KEPT", 1)
+    source = tree(tmp_path / "linux", {})
+    root = tmp_path / "kernels"
+    static = _workspace(root, source, variant("static", "static.config"))
+    with static.with_name(f"{static.name}.lock").open("w") as held:  # another process building in it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        dynamic = _workspace(root, source, variant("dynamic", "dynamic.config"))
+        assert static.is_dir() and dynamic.is_dir()
+    _workspace(root, source, variant("dynamic", "dynamic.config"))  # the build is over: now it goes
+    assert not static.exists() and dynamic.is_dir()
+
+
+def test_builds_in_two_workspaces_overlap_and_builds_in_one_wait(tmp_path: Path) -> None:
+    import threading
+
+    source = tree(tmp_path / "linux", {})
+    root = tmp_path / "kernels"
+    root.mkdir()
+    static, dynamic = variant("static", "static.config"), variant("dynamic", "dynamic.config")
+    with _workspace_lock(root, source, static):
+        with _workspace_lock(root, source, dynamic) as other:  # not blocked by the build in static's
+            assert other.name.startswith("6.12.117-dynamic-")
+        entered = threading.Event()
+
+        def second_static_build() -> None:
+            with _workspace_lock(root, source, static):
+                entered.set()
+
+        waiter = threading.Thread(target=second_static_build)
+        waiter.start()
+        assert not entered.wait(0.5)  # the same workspace: it waits for the first build
+    waiter.join(5)
+    assert entered.is_set()
 
 
 def test_a_source_switch_replaces_only_what_differs_and_leaves_both_trees_intact(tmp_path: Path) -> None:
