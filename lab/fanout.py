@@ -235,6 +235,7 @@ def run_group_task(task: GroupTask, in_process: bool) -> GroupResult:
         cbitpos=cbitpos,
         initrds=initrds,
     )
+    worker.update(dask_worker_identity())  # after the context: where the group ran is not a row column
     worker["task_started"] = time.time()
     with tempfile.TemporaryDirectory(prefix="swiotlb-lab-group-") as scratch, _stop_watch(task.run_id):
         store = RunStore.create(Path(scratch), {"worker": worker}, run_id=task.run_id)
@@ -255,6 +256,39 @@ def run_group_task(task: GroupTask, in_process: bool) -> GroupResult:
         rows = list(store.completed_cells().values())
     worker["task_ended"] = time.time()
     return GroupResult(rows, files, worker, stopped)
+
+
+STARTED_TOPIC = "swiotlb-lab-group-started"  # a worker's event: this group began here (not only queued)
+
+
+def start_group(function: Callable[[GroupTask, bool], GroupResult], task: GroupTask, in_process: bool) -> GroupResult:
+    """What a worker runs for a group: tell the scheduler the group began on this worker (so a worker lost
+    mid-group is told from one that only had it queued), then run it."""
+    from distributed import get_worker
+
+    with contextlib.suppress(ValueError):
+        worker = get_worker()
+        event = {"key": str(worker.get_current_task()), "worker": str(worker.address)}
+        # through the worker's client, which waits for the scheduler: the worker's own log_event is batched,
+        # and a worker killed within milliseconds of starting the group would never have sent it
+        worker.client.log_event(STARTED_TOPIC, event)
+    return function(task, in_process)
+
+
+def dask_worker_identity() -> dict[str, str]:
+    """The Dask worker running the current task: its name (a remote host's hosts.toml entry, an index for an
+    in-process worker) and address; empty outside a worker."""
+    from distributed import get_worker
+
+    try:
+        worker = get_worker()
+    except ValueError:
+        return {}
+    return {"dask_worker": str(worker.name), "dask_address": str(worker.address)}
+
+
+def _utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 def import_result(store: RunStore, result: GroupResult) -> None:
@@ -300,8 +334,15 @@ class DaskPool:
     stage: bool = False  # send kernels and initrds as bytes (workers without the controller's filesystem)
     in_process: bool = False  # the workers are threads of this process (share its files and stop flag)
     overheads: list[float] = field(default_factory=list)  # per group: wall time minus the task's own
+    # What the engine did in the last run (lab.session writes it into the manifest and the summary): the
+    # workers it lost, the groups it ran again elsewhere, the groups it gave up.
+    account: dict[str, Any] = field(default_factory=dict)
+    # The function a worker runs for a group (a test gives one that needs no guest).
+    group_function: Callable[[GroupTask, bool], GroupResult] = run_group_task
     client: Any = None
     cluster: Any = None
+    _names: dict[str, str] = field(default_factory=dict)  # worker address -> name, as seen during the run
+    _ended: dict[str, dict[str, Any]] = field(default_factory=dict)  # group key -> where and how it ended
 
     def __enter__(self) -> DaskPool:
         from distributed import Client, LocalCluster
@@ -393,6 +434,9 @@ class DaskPool:
 
         stop = Event(f"lab-stop-{store.run_id}", client=self.client)
         stop.clear()
+        started = time.time()
+        self._ended, self.account = {}, {}
+        self._note_workers()
         futures = {}
         placed: dict[Any, str] = {}  # future -> the host it must run on
         submitted: dict[Any, float] = {}
@@ -406,7 +450,8 @@ class DaskPool:
                 if eligible:
                     placement = {"workers": [place(task.cells[0], eligible)], "allow_other_workers": False}
             future = self.client.submit(
-                run_group_task,
+                start_group,
+                self.group_function,
                 task,
                 self.in_process,
                 resources=resources,
@@ -431,6 +476,7 @@ class DaskPool:
                     interrupt.sleep(RESULT_POLL_S)
                     if time.monotonic() - checked >= 1.0:
                         checked = time.monotonic()
+                        self._note_workers()  # a worker lost later is named by its name, not only its address
                         batch = gone = self._hosts_gone(placed, handled, gone_since)
                 for future in batch:
                     handled.add(future)
@@ -452,7 +498,85 @@ class DaskPool:
             for future in futures:
                 future.cancel()
             raise
+        finally:
+            try:
+                self.account = self._account(futures, started)
+            except Exception as exc:  # the rows are what matters; say why the account is missing
+                self.account = {"engine": self._engine(), "error": f"could not read the scheduler's events: {exc!r}"}
         return rows
+
+    def _engine(self) -> str:
+        if self.in_process:
+            return f"Dask, {self.jobs} workers in this process"
+        return f"Dask scheduler {self.scheduler}" if self.scheduler else "Dask, a worker per host over SSH"
+
+    def _note_workers(self) -> None:
+        for address, worker in self.client.scheduler_info()["workers"].items():
+            self._names[str(address)] = str(worker.get("name", address))
+
+    def _account(self, futures: dict[Any, GroupTask], since: float) -> dict[str, Any]:
+        """What the engine did since ``since``: from the scheduler's own events, the workers that left without
+        being asked to (killed, unreachable; a nanny may have started another in their place) and the groups
+        they held, which Dask ran again on another worker (``to``) or which ended lost; with the groups the
+        lab gave up itself (``groups_lost``)."""
+        tasks = {str(f.key): t for f, t in futures.items()}
+        began = {
+            (str(event.get("key")), str(event.get("worker")))
+            for when, event in self.client.get_events(STARTED_TOPIC)
+            if when >= since and isinstance(event, dict)
+        }
+        workers_lost: list[dict[str, Any]] = []
+        held_by: dict[str, list[str]] = {}  # group key -> the workers lost while running it, in order
+        for when, event in self.client.get_events("all"):
+            if when < since or not isinstance(event, dict) or event.get("action") != "remove-worker":
+                continue
+            if event.get("expected"):  # retired at the end of the run, not lost
+                continue
+            address = str(event.get("worker", "?"))
+            name = self._names.get(address, address)
+            # Dask hands a worker more groups than it runs at once (they wait there for its slots): the ones
+            # that began there are lost mid-group and run again; the others are only placed again.
+            held = sorted(str(k) for k in event.get("processing-tasks", ()) if str(k) in tasks)
+            running = [k for k in held if (k, address) in began]
+            workers_lost.append(
+                {
+                    "worker": name,
+                    "address": address,
+                    "utc": _utc(when),
+                    "groups": [tasks[k].cells[0].cell_id for k in running],
+                    "queued": [tasks[k].cells[0].cell_id for k in held if k not in running],
+                }
+            )
+            for key in running:
+                held_by.setdefault(key, []).append(name)
+        groups_rerun = []
+        for key, losers in held_by.items():
+            ended = self._ended.get(key, {})
+            final = ended.get("worker") or ""
+            for i, loser in enumerate(losers):
+                last = i == len(losers) - 1
+                groups_rerun.append(
+                    {
+                        "group": tasks[key].cells[0].cell_id,
+                        "cells": len(tasks[key].cells),
+                        "from": loser,
+                        "to": losers[i + 1] if not last else final,
+                        "outcome": "lost again" if not last else ended.get("outcome", "not finished"),
+                    }
+                )
+        groups_lost = [
+            {"group": tasks[k].cells[0].cell_id, "cells": len(tasks[k].cells), "host": e.get("host"), "why": e["why"]}
+            for k, e in self._ended.items()
+            if e.get("outcome") == "lost" and k in tasks
+        ]
+        workers = sorted(set(self._names.values()))
+        return {
+            "engine": self._engine(),
+            "workers": workers,
+            "workers_lost": workers_lost,
+            "groups_rerun": groups_rerun,
+            "groups_lost": groups_lost,
+        }
 
     def _hosts_gone(self, placed: dict[Any, str], handled: set[Any], gone_since: dict[str, float]) -> list[Any]:
         """Groups waiting for a host that has had no worker for HOST_GONE_S: cancelled, to be recorded lost
@@ -495,7 +619,14 @@ class DaskPool:
             if not infrastructure_failure(exc):
                 raise
             log.warning("boot group of %s lost: %r", task.cells[0].cell_id, exc)
+            self._ended[str(future.key)] = {"outcome": "lost", "host": placed, "why": f"{type(exc).__name__}: {exc}"}
             result = lost(task, exc, placed)
+        else:
+            statuses = [str(row.get("status")) for row in result.rows]
+            self._ended[str(future.key)] = {
+                "outcome": ", ".join(f"{statuses.count(s)} {s}" for s in sorted(set(statuses))) or "no rows",
+                "worker": result.worker.get("dask_worker", ""),
+            }
         if result.interrupted:
             interrupt.request_stop(result.interrupted)
             interrupt.check()
@@ -624,8 +755,20 @@ def place(cell: Cell, workers: Sequence[str]) -> str:
 
 
 # The engine's loggers (Dask's, its networking's, asyncssh's): their lines go to the run's engine.log.
-ENGINE_LOGGERS = ("distributed", "tornado", "asyncssh")
-ENGINE_LOG = "engine.log"
+ENGINE_LOGGERS = ("distributed", "tornado", "asyncssh", "bokeh")
+
+
+def _engine_loggers() -> list[logging.Logger]:
+    """The engine's top loggers, and those of their children that have handlers of their own: Dask, imported
+    before the root logger has a handler (a notebook, a test, any library use), gives ``distributed.client``,
+    ``distributed.gc`` and ``tornado.application`` their own stderr handler and stops them propagating, so
+    redirecting ``distributed`` alone leaves their lines on the terminal."""
+    names = set(ENGINE_LOGGERS)
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        top = name.split(".", 1)[0]
+        if top in ENGINE_LOGGERS and isinstance(logger, logging.Logger) and logger.handlers:
+            names.add(name)
+    return [logging.getLogger(name) for name in sorted(names)]
 
 
 @contextlib.contextmanager
@@ -637,11 +780,10 @@ def engine_log(path: Path) -> Iterator[None]:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     debugging = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
     saved = []
-    for name in ENGINE_LOGGERS:
-        logger = logging.getLogger(name)
+    for logger in _engine_loggers():
         saved.append((logger, logger.propagate, list(logger.handlers)))
         logger.handlers = [*logger.handlers, handler] if debugging else [handler]
-        logger.propagate = debugging
+        logger.propagate = debugging and not logger.handlers[:-1]  # at -vv: Dask's own handler, or the root's
     try:
         yield
     finally:

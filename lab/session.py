@@ -23,7 +23,7 @@ from lab.errors import ConfigError
 from lab.matrix import Cell, Matrix, load_matrix
 from lab.platforms import AUTO
 from lab.runner import Reporter, boot_estimate_s, cell_estimate_s, default_jobs
-from lab.store import LOST, SKIPPED, RunStore
+from lab.store import ENGINE_LOG, LOST, SKIPPED, RunStore
 from lab.vm import Accel
 
 if TYPE_CHECKING:
@@ -34,6 +34,44 @@ if TYPE_CHECKING:
     from lab.runner import LabContext
 
 EXIT_NOTHING_RAN = 3  # every cell skipped (no host offers its platform), or cells lost to the infrastructure
+
+
+def _cells(count: int) -> str:
+    return f"{count} cell" if count == 1 else f"{count} cells"
+
+
+def infrastructure_markdown(manifest: dict[str, Any]) -> str:
+    """The run summary's account of what the infrastructure did ("" for a run without Dask): the workers
+    lost and the boot groups they held, where each group ran again, the groups given up, and the hosts left
+    out at the start.  The details (addresses, times) are in the manifest's ``infrastructure``."""
+    account = manifest.get("infrastructure")
+    if not isinstance(account, dict):
+        return ""
+    lines = ["", "## Infrastructure", ""]
+    workers = account.get("workers", [])
+    lines.append(f"- {account.get('engine', 'Dask')}; workers: {', '.join(workers) or 'none'}")
+    if account.get("error"):
+        lines.append(f"- {account['error']}")
+    for lost in account.get("workers_lost", []):
+        held = ", ".join(lost.get("groups", [])) or "no boot group"
+        queued = len(lost.get("queued", []))
+        waiting = f" ({queued} more waiting there, placed again)" if queued else ""
+        lines.append(f"- worker {lost['worker']} ({lost['address']}) lost at {lost['utc']}, running {held}{waiting}")
+    for rerun in account.get("groups_rerun", []):
+        to = f"ran again on {rerun['to']}" if rerun.get("to") else "did not run again"
+        lines.append(
+            f"- boot group {rerun['group']} ({_cells(rerun['cells'])}) {to} after {rerun['from']} was lost: "
+            f"{rerun['outcome']}"
+        )
+    for lost in account.get("groups_lost", []):
+        where = f" on {lost['host']}" if lost.get("host") else ""
+        lines.append(f"- boot group {lost['group']} ({_cells(lost['cells'])}) lost{where}: {lost['why']}")
+    for host, why in sorted(account.get("hosts_left_out", {}).items()):
+        lines.append(f"- host {host} left out at the start: {why}")
+    if not (account.get("workers_lost") or account.get("groups_lost") or account.get("hosts_left_out")):
+        lines.append("- no worker lost, no boot group run again or given up, no host left out")
+    lines.append(f"- the engine's own log lines: {account.get('engine_log', ENGINE_LOG)}")
+    return "\n".join(lines) + "\n"
 
 
 @dataclass(frozen=True)
@@ -238,7 +276,7 @@ class Session:
 
     def run(self, reporter: Reporter) -> None:
         """Run every cell still to do; the reporter hears each phase and finished cell."""
-        from lab.fanout import ENGINE_LOG, engine_log, local_executor
+        from lab.fanout import engine_log, local_executor
         from lab.runner import PhaseRecorder, run_matrix
 
         if self.store is None or self.ctx is None:
@@ -248,7 +286,10 @@ class Session:
         with engine_log(self.store.root / ENGINE_LOG):
             if self.pool is None:
                 with local_executor(self.jobs) as executor:
-                    run_matrix(self.matrix, self.store, self.ctx, recorder, skip, executor)
+                    try:
+                        run_matrix(self.matrix, self.store, self.ctx, recorder, skip, executor)
+                    finally:
+                        self._record_infrastructure(getattr(executor, "account", None))
             else:
                 self._run_on_pool(recorder, skip)
 
@@ -261,7 +302,25 @@ class Session:
             unreachable = getattr(self.pool, "unreachable", {})
             if unreachable:  # the run went on without them: say which and why, where the results are
                 self.store.update_manifest(hosts_unreachable=unreachable)
-            run_matrix(self.matrix, self.store, self.ctx, recorder, skip, self.pool)
+            try:
+                run_matrix(self.matrix, self.store, self.ctx, recorder, skip, self.pool)
+            finally:
+                self._record_infrastructure(self.pool.account, unreachable)
+
+    def _record_infrastructure(self, account: dict[str, Any] | None, left_out: dict[str, str] | None = None) -> None:
+        """The manifest's ``infrastructure``: what the engine did (lab.fanout.DaskPool.account) and the hosts
+        left out at the start; a resumed run adds to what its earlier parts recorded."""
+        if account is None or self.store is None:  # one boot at a time in this thread: no engine
+            return
+        with contextlib.suppress(OSError):  # the cells are on disk; a missing account must not lose them
+            earlier = self.store.manifest().get("infrastructure") or {}
+            merged: dict[str, Any] = {**earlier, **account}
+            for key in ("workers_lost", "groups_rerun", "groups_lost"):
+                merged[key] = [*earlier.get(key, []), *account.get(key, [])]
+            merged["workers"] = sorted({*earlier.get("workers", []), *account.get("workers", [])})
+            merged["hosts_left_out"] = {**earlier.get("hosts_left_out", {}), **(left_out or {})}
+            merged["engine_log"] = ENGINE_LOG
+            self.store.update_manifest(infrastructure=merged)
 
     def finish(self, status: str, *, report: bool = True) -> Outcome:
         """Rebuild the run tables, mark the manifest, write the summary and (unless interrupted) the report."""
@@ -280,7 +339,9 @@ class Session:
             if status == "complete" and not all(c.cell_id in finished for c in self.matrix.cells):
                 status = "partial"
             store.update_manifest(status=status, finished_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-            atomic_write_text(store.root / "summary.md", summary_markdown(cells, str(store.root), store.manifest()))
+            manifest = store.manifest()
+            summary = summary_markdown(cells, str(store.root), manifest)
+            atomic_write_text(store.root / "summary.md", summary + infrastructure_markdown(manifest))
         outcome = Outcome(store, cells, status, run_exit_code(cells, status, strict=self.request.strict))
         if report and status != "interrupted" and not cells.empty:
             try:

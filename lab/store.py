@@ -25,6 +25,7 @@ from lab.util import atomic_write_bytes, atomic_write_text
 MANIFEST = "manifest.json"
 CELL_RECORD = "cell.json"
 PHASE = "phase.json"
+ENGINE_LOG = "engine.log"  # the engine's (Dask's) own log lines, kept off the terminal (lab.fanout.engine_log)
 SKIPPED = "skipped"  # status of a cell whose platform the host does not offer: not a failure, not a finding
 # status of a cell whose boot group was lost to infrastructure (its worker or host gone, a task that failed
 # outside the guest): not a finding either; a resume runs it again

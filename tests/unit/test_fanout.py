@@ -108,7 +108,8 @@ def test_the_engines_log_lines_go_to_the_run_directory_not_the_terminal(
 ) -> None:
     import logging
 
-    from lab.fanout import ENGINE_LOG, engine_log
+    from lab.fanout import engine_log
+    from lab.store import ENGINE_LOG
 
     scheduler = logging.getLogger("distributed.scheduler")
     before = (list(logging.getLogger("distributed").handlers), logging.getLogger("distributed").propagate)
@@ -121,3 +122,33 @@ def test_the_engines_log_lines_go_to_the_run_directory_not_the_terminal(
         pass
     assert not (tmp_path / "unused.log").exists()  # a run that never used the engine gets no file
     assert (logging.getLogger("distributed").handlers, logging.getLogger("distributed").propagate) == before
+
+
+def test_dask_loggers_with_handlers_of_their_own_go_to_the_engine_log_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Dask imported before the root logger has a handler (a notebook, any library use) gives some of its
+    loggers a stderr handler of their own and stops them propagating, as distributed.config does."""
+    import logging
+    import sys
+
+    from lab.fanout import engine_log
+
+    own = logging.StreamHandler(sys.stderr)
+    client, application = logging.getLogger("distributed.client"), logging.getLogger("tornado.application")
+    saved = [(lg, list(lg.handlers), lg.propagate) for lg in (client, application)]
+    try:
+        for logger in (client, application):
+            logger.handlers, logger.propagate = [own], False
+        with engine_log(tmp_path / "engine.log"):
+            client.warning("Couldn't gather 1 keys, rescheduling ('group-r-static',)")
+            application.error("Exception in callback: CancelledError")
+        assert client.handlers == [own] and application.handlers == [own]  # as Dask left them
+    finally:
+        for logger, handlers, propagate in saved:
+            logger.handlers, logger.propagate = handlers, propagate
+    logged = (tmp_path / "engine.log").read_text()
+    assert "WARNING distributed.client: Couldn't gather 1 keys" in logged
+    assert "ERROR tornado.application: Exception in callback: CancelledError" in logged
+    captured = capsys.readouterr()
+    assert captured.err == captured.out == ""
