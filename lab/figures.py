@@ -144,11 +144,10 @@ def draw(cells: pd.DataFrame, samples: pd.DataFrame) -> list[Figure]:
     ran = cells[~cells["status"].isin((SKIPPED, LOST))]
     plain = ran[~special_cells(ran)]
     if not plain[plain["status"] == "ok"].empty:
-        out.append(_hiwater_figure(plain, plt))
-        performance = _performance_figure(plain, plt)
-        if performance is not None:
-            out.append(performance)
-        out.append(_failures_figure(plain, plt))
+        for make in (_hiwater_figure, _performance_figure, _failures_figure):
+            figure = make(plain, plt)
+            if figure is not None:
+                out.append(figure)
     out += _special_figures(cells, ok, plt)
     return out
 
@@ -201,10 +200,14 @@ def _usage_figure(ok: pd.DataFrame, samples: pd.DataFrame, plt: Any) -> Figure |
     return Figure("usage_over_time.png", caption, _png(fig))
 
 
-def _hiwater_figure(plain: pd.DataFrame, plt: Any) -> Figure:
+def _hiwater_figure(plain: pd.DataFrame, plt: Any) -> Figure | None:
     """Per workload: each cell's high-water mark as a share of the pool it asked for (a grown pool can exceed
     100%), what a growing pool grew to, and the throttle thresholds where the rows carry them."""
+    if "hiwater" not in plain:
+        return None
     ok = plain[(plain["status"] == "ok") & plain["hiwater"].notna()]
+    if ok.empty:
+        return None
     workloads = sorted(set(ok["workload"]))
     kernels = sorted(set(ok["kernel"]))
     share = ok["hiwater"] / ok["pool_slabs_requested"] * 100
@@ -446,9 +449,11 @@ def _performance_figure(plain: pd.DataFrame, plt: Any) -> Figure | None:
     return Figure(PERFORMANCE_FIGURE, caption, _png(fig))
 
 
-def _failures_figure(plain: pd.DataFrame, plt: Any) -> Figure:
+def _failures_figure(plain: pd.DataFrame, plt: Any) -> Figure | None:
     """Failed DMA maps and throttle activity per cell (per group of cells above 60), on symmetric log axes:
     throttle's handful of failed maps stays visible next to static's thousands."""
+    if "map_failures" not in plain:
+        return None
     cells = plain[plain["status"].isin(("ok", "failed"))]
     per_cell = len(cells) <= 60
     if per_cell:
