@@ -335,7 +335,12 @@ def judge_night(history: History, store: RunStore, tree: dict[str, str], junit: 
 
 # --- the trend page ------------------------------------------------------------------------------
 
-VERDICT_COLOURS = {"supported": "#e3f6e3", "contradicted": "#fbe3e3", "inconclusive": "#f6f3dc"}
+VERDICT_COLOURS = {
+    "supported": "#e3f6e3",
+    "contradicted": "#fbe3e3",
+    "inconclusive": "#f6f3dc",
+    "not tested": "#ececec",
+}
 TREND_METRICS = (
     ("fio_iops", "IOPS", 1.0),
     ("fio_clat_p99_us", "p99 completion latency (ms)", 1e-3),
