@@ -51,13 +51,16 @@ DEPTH = "static unsigned int io_queue_depth = 1024;"
 
 
 @pytest.fixture
-def own_kernels() -> Iterator[None]:
-    """The kernels these nights build from their trees are this test's alone: removed from the cache after."""
-    kernels = cache_dir() / "kernels"
-    before = set(kernels.iterdir()) if kernels.is_dir() else set()
+def own_kernels(tmp_path: Path) -> Iterator[None]:
+    """The kernels these nights build from their trees (under tmp_path) are this test's alone: removed from
+    the cache after, with their build logs.  Nothing else goes: the suite's background builder may finish
+    another kernel meanwhile."""
     yield
-    for path in set(kernels.iterdir()) - before if kernels.is_dir() else ():
-        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    kernels = cache_dir() / "kernels"
+    for identity in kernels.glob("*/identity.txt") if kernels.is_dir() else ():
+        if f"kernel_source=tree:{tmp_path}/" in identity.read_text():
+            shutil.rmtree(identity.parent, ignore_errors=True)
+            identity.parent.with_name(f"{identity.parent.name}.build.log").unlink(missing_ok=True)
 
 
 def kernel_tree(tmp_path: Path, name: str, depth: int) -> Path:
