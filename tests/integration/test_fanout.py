@@ -165,6 +165,19 @@ def test_a_worker_killed_mid_cell_is_replaced_and_the_run_completes(local_sshd: 
     cells = pd.read_parquet(run / "cells.parquet")
     assert len(cells) == 2 and (cells["status"] == "ok").all(), cells[["cell_id", "status", "failure_reason"]]
     assert qemu_pids() - before == set()
+    # The run says what happened: the worker lost (the nanny started another on the same host) and the group
+    # it held, run again there; the engine's own lines are in engine.log, not on the terminal.
+    account = json.loads((run / "manifest.json").read_text())["infrastructure"]
+    [lost] = account["workers_lost"]
+    assert lost["worker"] == "loopback" and len(lost["groups"]) == 1 and lost["groups"][0] in set(cells["cell_id"])
+    assert account["groups_rerun"] == [
+        {"group": lost["groups"][0], "cells": 1, "from": "loopback", "to": "loopback", "outcome": "1 ok"}
+    ]
+    assert account["groups_lost"] == [] and account["hosts_left_out"] == {}
+    assert f"- worker loopback ({lost['address']}) lost at {lost['utc']}, running {lost['groups'][0]}" in output
+    assert f"- boot group {lost['groups'][0]} (1 cell) ran again on loopback after loopback was lost" in output
+    for noise in ("distributed.", "Traceback", "CancelledError"):
+        assert noise not in output, output
 
 
 def test_a_run_over_ssh_stopped_after_a_cell_resumes_over_ssh_and_keeps_that_cell(
