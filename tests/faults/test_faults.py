@@ -65,9 +65,11 @@ def ctx(guest_image: GuestImage, lab_key: KeyPair) -> LabContext:
     )
 
 
-def run_with_fault(ctx: LabContext, tmp_path: Path, inject: Callable[[Machine], None]) -> list[dict[str, Any]]:
+def run_with_fault(
+    ctx: LabContext, tmp_path: Path, inject: Callable[[Machine], None], first: Workload = FIO
+) -> list[dict[str, Any]]:
     store = RunStore.create(tmp_path, {"test": "fault"})
-    cells = [Cell("static", 1024, "nvme", FIO, 2, 1024), Cell("static", 1024, "nvme", NEXT, 2, 1024)]
+    cells = [Cell("static", 1024, "nvme", first, 2, 1024), Cell("static", 1024, "nvme", NEXT, 2, 1024)]
     reporter = InjectDuringFio(ctx.hypervisor, inject)  # type: ignore[arg-type]
     before = qemu_pids()
     rows = run_group(cells, store, ctx, reporter)
@@ -113,7 +115,10 @@ def test_hung_guest_times_out_and_its_qemu_is_killed(ctx: LabContext, tmp_path: 
 def test_dropped_ssh_session_fails_the_cell_after_bounded_retries(ctx: LabContext, tmp_path: Path) -> None:
     # Every sshd, listener and sessions alike (sessions rename themselves "sshd: root@notty").
     kill_sshd = 'for p in /proc/[0-9]*; do [ "$(cat $p/comm 2>/dev/null)" = sshd ] && kill -9 ${p#/proc/}; done'
-    rows = run_with_fault(ctx, tmp_path, lambda m: guest_shell(m, ctx, kill_sshd))
+    # The kill needs an SSH session of its own, which a loaded machine can take seconds to open: fio runs
+    # long enough that the kill lands before the cell's results are fetched.
+    long_fio = Workload("w", rw="randread", bs="64k", iodepth=16, numjobs=2, runtime_s=20, size="64M")
+    rows = run_with_fault(ctx, tmp_path, lambda m: guest_shell(m, ctx, kill_sshd), long_fio)
     assert rows[0]["status"] == "failed"
     assert rows[0]["failure_reason"] in ("ssh failure", "timeout")
     assert rows[0]["failure_detail"]

@@ -414,23 +414,6 @@ def test_the_trend_page_renders_both_nights(tmp_path: Path) -> None:
     assert json.loads((second.root / "manifest.json").read_text())["nightly"]["tree_describe"] == "v6.12-series-v2"
 
 
-def test_the_trends_notebook_runs_its_sql_over_the_history(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import nbformat
-    from nbclient import NotebookClient
-
-    history = History(tmp_path)
-    night(history, "20261101T010000-aaaa", "2026-11-01T01:00:00Z")
-    night(history, "20261102T010000-bbbb", "2026-11-02T01:00:00Z", change=slower_throttle)
-    monkeypatch.setenv("LAB_HISTORY", str(tmp_path))
-    analysis = Path(__file__).resolve().parents[2] / "analysis"
-    book = nbformat.read(analysis / "trends.ipynb", as_version=4)
-    NotebookClient(book, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(analysis)}}).execute()
-    outputs = [o for cell in book.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
-    assert not [o for o in outputs if o.get("output_type") == "error"]
-    text = json.dumps(outputs)
-    assert "20261101T010000-aaaa" in text and "20261102T010000-bbbb" in text
-
-
 def test_a_night_whose_report_failed_still_has_its_row_in_the_trend(tmp_path: Path) -> None:
     """A night's report can fail after its cells are stored (it did in CI, 2026-11-27: a negative error bar):
     the night is complete and gated, only claims.parquet is missing; the trend says so instead of dropping it."""
