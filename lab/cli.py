@@ -481,6 +481,16 @@ def _bench_workloads(args: argparse.Namespace) -> tuple[list[str], dict[str, Cel
     return names, by_name
 
 
+def add_accel_argument(parser: argparse.ArgumentParser) -> None:
+    """--accel, as every command that boots guests takes it."""
+    parser.add_argument(
+        "--accel",
+        choices=("auto", "kvm", "tcg"),
+        default="auto",
+        help="auto: KVM if a probe boot works, else TCG (default auto)",
+    )
+
+
 def _paired_bench_arguments(parser: argparse.ArgumentParser, pairs: int, pairs_help: str, matrix: str) -> None:
     """The options of a bench that pairs runs with and without an instrument (what _bench_workloads reads)."""
     parser.add_argument("--pairs", type=int, default=pairs, help=pairs_help)
@@ -490,12 +500,7 @@ def _paired_bench_arguments(parser: argparse.ArgumentParser, pairs: int, pairs_h
         "--matrix", default=matrix, help=f"matrix whose workloads are run (name or TOML path; default {matrix})"
     )
     parser.add_argument("--results", default="results", help="results directory (default: ./results)")
-    parser.add_argument(
-        "--accel",
-        choices=("auto", "kvm", "tcg"),
-        default="auto",
-        help="auto: KVM if a probe boot works, else TCG (default auto)",
-    )
+    add_accel_argument(parser)
 
 
 def cmd_bench_sampler(args: argparse.Namespace) -> int:
@@ -1020,12 +1025,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit 1 if any cell failed (default: failed cells are findings; exit 1 only if the "
         "run did not finish or measured nothing)",
     )
-    matrix.add_argument(
-        "--accel",
-        choices=("auto", "kvm", "tcg"),
-        default="auto",
-        help="auto: KVM if a probe boot works, else TCG (default auto)",
-    )
+    add_accel_argument(matrix)
     matrix.add_argument(
         "--jobs",
         type=at_least_one,
@@ -1056,12 +1056,7 @@ def build_parser() -> argparse.ArgumentParser:
     nightly.add_argument(
         "--jobs", type=at_least_one, default=0, help="guests at once (default: host CPUs // (vCPUs + 1), at least 1)"
     )
-    nightly.add_argument(
-        "--accel",
-        choices=("auto", "kvm", "tcg"),
-        default="auto",
-        help="auto: KVM if a probe boot works, else TCG (default auto)",
-    )
+    add_accel_argument(nightly)
     nightly_where = nightly.add_mutually_exclusive_group()
     nightly_where.add_argument(
         "--hosts", metavar="HOSTS.toml", help="run on the hosts of an inventory, as `run matrix --hosts`"
@@ -1093,12 +1088,7 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--cell-runtime", type=int, default=5, help="fio runtime of the overhead cells (s)")
     boot.add_argument("--matrix", default="stock", help="matrix whose first cell is booted (default stock)")
     boot.add_argument("--results", default="results", help="results directory (default: ./results)")
-    boot.add_argument(
-        "--accel",
-        choices=("auto", "kvm", "tcg"),
-        default="auto",
-        help="auto: KVM if a probe boot works, else TCG (default auto)",
-    )
+    add_accel_argument(boot)
     boot.set_defaults(func=cmd_bench_boot)
 
     sampler = bench_sub.add_parser("sampler", help="what an instrument (the sampler, or the hist triggers) costs fio")
@@ -1126,12 +1116,7 @@ def build_parser() -> argparse.ArgumentParser:
     dmamap.add_argument("--pool", default="64MiB", help="swiotlb pool (default 64MiB: far from full)")
     dmamap.add_argument("--vcpus", type=int, default=2, help="the guest's vCPUs (default 2)")
     dmamap.add_argument("--results", default="results", help="results directory (default: ./results)")
-    dmamap.add_argument(
-        "--accel",
-        choices=("auto", "kvm", "tcg"),
-        default="auto",
-        help="auto: KVM if a probe boot works, else TCG (default auto)",
-    )
+    add_accel_argument(dmamap)
     dmamap.set_defaults(func=cmd_bench_dmamap)
 
     report = sub.add_parser("report", help="write report.html/report.md with the claims table for a run")
@@ -1159,12 +1144,7 @@ def build_parser() -> argparse.ArgumentParser:
     doorbells.add_argument("--kernels", default="static,throttle,throttle-v2", help="comma-separated variants")
     doorbells.add_argument("--reps", type=int, default=3, help="fio runs per kernel, in one boot")
     doorbells.add_argument("--pool", default="64MiB", help="swiotlb pool (far from full: nothing waits)")
-    doorbells.add_argument(
-        "--accel",
-        choices=["auto", "kvm", "tcg"],
-        default="auto",
-        help="auto: KVM if a probe boot works, else TCG (default auto)",
-    )
+    add_accel_argument(doorbells)
     doorbells.add_argument("--results", default="results", help="results directory (default: ./results)")
     doorbells.set_defaults(func=cmd_bench_doorbells)
 
@@ -1185,12 +1165,7 @@ def build_parser() -> argparse.ArgumentParser:
     dispatch = bench_sub.add_parser("dispatch", help="Dask's overhead per boot group; --jobs 1 vs 2 throughput")
     dispatch.add_argument("--matrix", default="stock", help="matrix whose boot groups are run (default stock)")
     dispatch.add_argument("--results", default="results", help="results directory (default: ./results)")
-    dispatch.add_argument(
-        "--accel",
-        choices=("auto", "kvm", "tcg"),
-        default="auto",
-        help="auto: KVM if a probe boot works, else TCG (default auto)",
-    )
+    add_accel_argument(dispatch)
     dispatch.add_argument("--hosts", metavar="FILE", help="also measure through a worker per host of this inventory")
     dispatch.set_defaults(func=cmd_bench_dispatch)
 
