@@ -283,18 +283,7 @@ def _hiwater_figure(plain: pd.DataFrame, plt: Any) -> Figure | None:
         ax.set_ylabel("high-water mark, % of requested pool", fontsize=8)
     for ax in list(axes.flat)[len(workloads) :]:
         ax.set_visible(False)
-    handles: dict[str, Any] = {}
-    for ax in axes.flat:
-        for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
-            handles.setdefault(name, handle)
-    fig.legend(
-        list(handles.values()),
-        list(handles),
-        loc="lower center",
-        ncol=min(len(handles), 6),
-        fontsize=8,
-        bbox_to_anchor=(0.5, -0.06),
-    )
+    _figure_legend(fig, axes, columns=6, below=0.06)
     fig.suptitle("Pool high-water mark per workload, as a share of the pool each cell asked for", fontsize=10)
     fig.tight_layout()
     failed = int((plain["status"] != "ok").sum())
@@ -406,18 +395,7 @@ def _performance_figure(plain: pd.DataFrame, plt: Any) -> Figure | None:
             ax.set_ylabel(label.split()[0] + unit, fontsize=8)
             if row == len(workloads) - 1:
                 ax.set_xlabel("swiotlb pool")
-    handles: dict[str, Any] = {}
-    for ax in axes.flat:  # one legend for the figure: a variant may have cells in some workloads only
-        for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
-            handles.setdefault(name, handle)
-    fig.legend(
-        list(handles.values()),
-        list(handles),
-        loc="lower center",
-        ncol=len(handles),
-        fontsize=8,
-        bbox_to_anchor=(0.5, -0.02),
-    )
+    _figure_legend(fig, axes, columns=None, below=0.02)
     groups = with_interval + without_interval
     if without_interval == 0:
         interval = "with its 95% bootstrap interval"
@@ -603,3 +581,20 @@ def _special_figures(cells: pd.DataFrame, ok: pd.DataFrame, plt: Any) -> list[Fi
         )
         out.append(Figure("pool_search.png", caption, _png(fig)))
     return out
+
+
+def _figure_legend(fig: Any, axes: Any, columns: int | None, below: float) -> None:
+    """One legend for the whole figure, under it: every panel's entries once (a variant may have cells in
+    some panels only), in at most ``columns`` columns (all in one row if None)."""
+    handles: dict[str, Any] = {}
+    for ax in axes.flat:
+        for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(name, handle)
+    fig.legend(
+        list(handles.values()),
+        list(handles),
+        loc="lower center",
+        ncol=len(handles) if columns is None else min(len(handles), columns),
+        fontsize=8,
+        bbox_to_anchor=(0.5, -below),
+    )
