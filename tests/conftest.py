@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -21,6 +22,7 @@ from lab.keys import KeyPair, client_key
 from lab.runner import LabContext
 from lab.util import cache_dir
 from lab.vm import LocalHypervisor
+from tests.prebuild import SUITE_KERNELS
 
 # Every process this session starts inherits the token, QEMU included (the lab passes its environment on),
 # so a second test session on the machine (another checkout's suite) neither counts nor kills ours.
@@ -50,9 +52,67 @@ def boots_guests(item: pytest.Item) -> bool:
     return "tests/unit/" not in item.path.as_posix()
 
 
+CPU_LEDGER = "SWIOTLB_LAB_TEST_CPU"
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process and of every descendant it has reaped: the lab's QEMUs, `python -m lab`
+    runs and local Dask workers; not the background builder (reaped at the session's end) nor workers
+    started over SSH (sshd's children)."""
+    own, reaped = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds the whole machine has been busy (/proc/stat: all but idle and iowait)."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    """With SWIOTLB_LAB_TEST_CPU=<file>: one line per test appended to it (CPU s of the session and what it
+    reaped, CPU s the whole machine was busy, wall s, node id): the split BENCHMARKS.md quotes.  On 2 cores
+    a fresh clone's suite is bound by the CPU work of its tests and builds (issue 18); run it with
+    SWIOTLB_LAB_PREBUILD=0 on a warm cache and an otherwise idle machine for the machine column to be the
+    test's own (workers over SSH included)."""
+    ledger = os.environ.get(CPU_LEDGER)
+    cpu, busy, wall = _cpu_s(), _machine_busy_s(), time.monotonic()
+    yield
+    if ledger:
+        with open(ledger, "a") as handle:
+            handle.write(
+                f"{_cpu_s() - cpu:.1f}\t{_machine_busy_s() - busy:.1f}\t{time.monotonic() - wall:.1f}\t{item.nodeid}\n"
+            )
+
+
+def marked_kernels(item: pytest.Item) -> tuple[str, ...]:
+    """The lab kernels a test declares with ``@pytest.mark.kernels(...)`` (module, class and test marks)."""
+    return tuple(dict.fromkeys(name for mark in item.iter_markers("kernels") for name in mark.args))
+
+
+def ready_order(item: pytest.Item) -> int:
+    """When tests/prebuild.py has this test's kernels: the place of the last of them in its build order."""
+    return max((SUITE_KERNELS.index(name) for name in marked_kernels(item) if name in SUITE_KERNELS), default=0)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Unit tests first (stable otherwise): they need no kernel, so the background builder has their time."""
-    items.sort(key=boots_guests)
+    """Unit tests first: they need no kernel, so the background builder has their time.  Then the tests that
+    boot guests in the order the builder finishes their kernels (stable otherwise): on 2 cores a fresh
+    clone's suite is bound by CPU work, and the builder at idle priority takes what the tests leave, so the
+    only time lost is the tail after its last build, which is then the few tests of that last kernel."""
+    items.sort(key=lambda item: (boots_guests(item), ready_order(item)))
+
+
+@pytest.fixture(autouse=True)
+def declared_kernels_built_first(request: pytest.FixtureRequest) -> None:
+    """Build (or load) the kernels a test declares before it starts its clock: on a fresh machine a cold
+    build takes minutes, which must not count against a bound the test puts on the lab's own behaviour."""
+    if isinstance(request.node, pytest.Item) and marked_kernels(request.node):
+        from lab.kernel import build_kernel
+
+        for name in marked_kernels(request.node):
+            build_kernel(name)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -35,8 +34,8 @@ size = "64M"
 """
 
 
-def test_a_default_pool_is_what_the_guest_kernel_chose(built_kernels: Callable[..., object], tmp_path: Path) -> None:
-    built_kernels("static")
+@pytest.mark.kernels("static")
+def test_a_default_pool_is_what_the_guest_kernel_chose(tmp_path: Path) -> None:
     matrix = tmp_path / "m.toml"
     matrix.write_text(MATRIX)
     before = qemu_pids()

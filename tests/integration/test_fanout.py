@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -19,12 +18,7 @@ import pytest
 
 from tests.conftest import LocalSshd, pid_alive, qemu_pids
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-def kernels_built_first(built_kernels: Callable[..., object]) -> None:
-    built_kernels("static")
+pytestmark = [pytest.mark.integration, pytest.mark.kernels("static")]
 
 
 REPO = Path(__file__).resolve().parents[2]

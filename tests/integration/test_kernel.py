@@ -26,7 +26,7 @@ from lab.util import cache_dir
 from lab.vm import LocalHypervisor
 from lab.workload import Workload
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kernels("static", "dynamic", "throttle")]
 
 POOL = 1024  # slabs: the heavy workload exhausts it
 MAX_MAPPING_SLABS = 128  # the largest single bounce mapping (256 KiB)
@@ -236,6 +236,7 @@ POLLED = Workload(
 )
 
 
+@pytest.mark.kernels("throttle-nopoll")
 def test_polled_requests_exempt_from_the_throttle_complete(ctx: LabContext, store: RunStore) -> None:
     # On `throttle` this load hangs until the fio timeout (claim C5, judged by the report);
     # `throttle-nopoll` maps polled requests without DMA_ATTR_MAY_BLOCK, so none of them sleeps.

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -15,12 +14,7 @@ import pytest
 from lab.store import load_cells
 from tests.unit.test_notebooks import REPO, errors, execute, figures, notebook_tables, outputs, printed, report_tables
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-def kernels_built_first(built_kernels: Callable[..., object]) -> None:
-    built_kernels("static", "throttle")
+pytestmark = [pytest.mark.integration, pytest.mark.kernels("static", "throttle")]
 
 
 # Three repetitions: the first observed (the sampler runs), the other two not, so each variant has two unobserved

@@ -49,7 +49,7 @@ def test_the_chosen_variants_cover_every_configuration() -> None:
     assert {"static", "dynamic", "throttle", "throttle-v2-dynamic", "throttle-v2-debug"} == set(one_per_configuration())
 
 
-@pytest.mark.parametrize("variant", one_per_configuration())
+@pytest.mark.parametrize("variant", [pytest.param(v, marks=pytest.mark.kernels(v)) for v in one_per_configuration()])
 def test_a_lab_kernel_boots_through_ovmf(
     variant: str, guest_image: GuestImage, lab_key: KeyPair, hypervisor: LocalHypervisor, tmp_path: Path
 ) -> None:

@@ -6,19 +6,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import qemu_pids
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-def kernels_built_first(built_kernels: Callable[..., object]) -> None:
-    built_kernels("static")
+pytestmark = [pytest.mark.integration, pytest.mark.kernels("static")]
 
 
 REPO = Path(__file__).resolve().parents[2]

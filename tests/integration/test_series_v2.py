@@ -28,7 +28,7 @@ from lab.vm import Disk, LocalHypervisor
 from lab.workload import Workload
 from tests.integration.test_kernel import Quiet
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kernels("throttle-v2-debug")]
 
 POOL = 1024  # 2 MiB: the heavy load keeps it at the throttle's threshold
 KERNEL = "throttle-v2-debug"
@@ -150,6 +150,7 @@ def test_a_may_block_mapping_from_atomic_context_is_reported_at_once(ctx: LabCon
     assert "dma_map_page_attrs" in splats[0].text and int(used) < POOL * 70 // 100  # far below the threshold
 
 
+@pytest.mark.kernels("throttle-v2-dynamic")
 def test_a_growing_pool_stops_at_its_limit(
     built_kernels: Callable[..., dict[str, KernelBuild]],
     guest_image: GuestImage,
