@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 
 import pandas as pd
@@ -38,11 +39,17 @@ def night(
     shutil.copytree(RUN, root)
     store = RunStore(root)
     store.update_manifest(run_id=run_id, started_utc=started, status=status)
-    cells = pd.read_parquet(CELLS)
-    cells = change(cells) if change is not None else cells
+    cells = change(pd.read_parquet(CELLS)) if change is not None else pd.read_parquet(CELLS)
     cells.to_parquet(root / "cells.parquet", index=False)
-    claims_frame(judge_all(cells)).to_parquet(root / "claims.parquet", index=False)
+    claims = claims_frame(judge_all(cells)) if change is not None else unchanged_claims()
+    claims.to_parquet(root / "claims.parquet", index=False)
     return store
+
+
+@cache
+def unchanged_claims() -> pd.DataFrame:
+    """The claims of the stored cells as they are, judged once for the module (most nights are unchanged)."""
+    return claims_frame(judge_all(pd.read_parquet(CELLS)))
 
 
 def slower_throttle(cells: pd.DataFrame) -> pd.DataFrame:
