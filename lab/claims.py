@@ -231,8 +231,10 @@ def judge_c4(cells: pd.DataFrame) -> Verdict:
     text = "If one CPU can queue enough requests to fill the pool, throttling does nothing"
     metric = "hiwater and failed maps, static vs throttle, one fio job with a deep queue"
     threshold = (
-        "premise: static fills the pool (map failures > 0 or hiwater >= nslabs - 128); contradicted if "
-        "throttle lowers hiwater or map failures significantly; supported if neither differs"
+        "premise: at least one static cell fills the pool (map failures > 0 or hiwater >= nslabs - "
+        f"{MAX_MAPPING_SLABS}), else inconclusive; contradicted if throttle lowers hiwater or map failures "
+        "significantly (Holm over the two); supported if it lowers neither and both are decided; "
+        "inconclusive otherwise"
     )
     static, throttle, pool = _pair(cells, "static", "throttle", "single-queue")
     if pool is None:
@@ -287,15 +289,33 @@ def observed(cells: pd.DataFrame) -> pd.Series:
     return cells.get("sampler_samples", pd.Series(0, index=cells.index)).fillna(0) > 0
 
 
+def crowded(cells: pd.DataFrame) -> pd.Series:
+    """Whether each cell ran beside more guests than its host has cores for (lab.runner.oversubscription;
+    rows from before the column: not known to, so no)."""
+    if "host_oversubscribed" in cells:
+        return cells["host_oversubscribed"].astype("boolean").fillna(False).astype(bool)
+    return pd.Series(False, index=cells.index)
+
+
 def like_with_like(base: pd.DataFrame, cand: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, str]:
-    """The cells a performance comparison may use: both groups unobserved (the sampler competes with fio
-    for the vCPUs, and not equally on every kernel), else both observed, each with at least 2 cells;
-    only when neither exists, all of them, and the detail says so."""
+    """The cells a performance comparison may use.  First the same contention: both groups' cells that had
+    their host's cores to themselves, else both groups' crowded ones, each with at least 2 cells (mixed only
+    when neither exists).  Then both groups unobserved (the sampler competes with fio for the vCPUs, and
+    not equally on every kernel), else both observed, each with at least 2 cells; only when neither exists,
+    all of them.  The label says which."""
+    note = ""
+    base_crowded, cand_crowded = crowded(base), crowded(cand)
+    if base_crowded.any() or cand_crowded.any():
+        note = ", some beside other guests on too few host cores"
+        for kind, text in ((False, ""), (True, ", all beside other guests on too few host cores")):
+            if (base_crowded == kind).sum() >= 2 and (cand_crowded == kind).sum() >= 2:
+                base, cand, note = base[base_crowded == kind], cand[cand_crowded == kind], text
+                break
     for kind, label in ((False, "unobserved cells"), (True, "observed cells (sampler running)")):
         b, c = base[observed(base) == kind], cand[observed(cand) == kind]
         if len(b) >= 2 and len(c) >= 2:
-            return b, c, label
-    return base, cand, "observed and unobserved cells mixed (the sampler's cost is not excluded)"
+            return b, c, label + note
+    return base, cand, "observed and unobserved cells mixed (the sampler's cost is not excluded)" + note
 
 
 def _perf(base: pd.DataFrame, cand: pd.DataFrame) -> tuple[Comparison, ...]:
@@ -333,8 +353,9 @@ def judge_c5(cells: pd.DataFrame, kernel: str = "throttle") -> Verdict:
     text = "A thread stuck on the throttle while it should poll completions can make things worse (poll queues)"
     metric = "polled I/O (hipri) IOPS and completion latency, throttle vs static; failed cells"
     threshold = (
-        "supported if throttle regresses IOPS or a latency percentile, or its cells fail (hang, timeout); "
-        "inconclusive if its only failures are lost NVMe doorbells"
+        "supported if throttle's cells fail (hang, timeout) or it regresses IOPS or a latency percentile "
+        "significantly (Holm within the family); inconclusive if its only failures are lost NVMe doorbells; "
+        "contradicted if neither and every metric is decided; inconclusive otherwise"
     )
     pool = _smallest_common_pool(cells, ("static",), "polled")
     all_throttle = _select(cells, kernel, "polled", pool) if pool is not None else cells.iloc[0:0]
@@ -388,7 +409,10 @@ def _exempt_polled(cells: pd.DataFrame, static: pd.DataFrame, pool: int) -> tupl
 def judge_c6(cells: pd.DataFrame, kernel: str = "throttle") -> Verdict:
     text = "Throttling costs some throughput/latency above the threshold"
     metric = "IOPS, p50/p99/p99.9 completion latency, throttle vs static (heavy load, smallest pool)"
-    threshold = "supported if any of them regresses significantly; contradicted if none does"
+    threshold = (
+        "supported if any of them regresses significantly (Holm within the family); contradicted if none does "
+        "and every metric is decided; inconclusive otherwise"
+    )
     static, throttle, pool = _pair(cells, "static", kernel, "heavy")
     if pool is None:
         need = f"`static` and `{kernel}` cells with a heavy workload"

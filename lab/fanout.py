@@ -222,6 +222,7 @@ def run_group_task(task: GroupTask, in_process: bool) -> GroupResult:
     if not in_process:
         with contextlib.suppress(ValueError):  # a remote worker is named after its hosts.toml entry
             worker["host_id"] = str(get_worker().name)
+            worker["host_guest_slots"] = get_worker().state.nthreads  # its hosts.toml slots
     ctx = LabContext(
         hypervisor,
         image,

@@ -274,6 +274,29 @@ class FioResult:
     # Jobs named "neighbour*" load a second disk (claim C9), not the device under test: they are kept
     # apart from the figures above, here.
     neighbour: FioResult | None = None
+    # What the device's jobs ran with, as fio reports it (a job file's options, not the matrix's defaults):
+    # rw, bs and ioengine (values that differ between jobs joined by ","), the deepest iodepth, and numjobs,
+    # the job processes that ran.
+    options: dict[str, str | int] = field(default_factory=dict)
+
+
+# fio's own defaults for what a job file may leave out (fio(1), 3.x)
+FIO_DEFAULTS = {"rw": "read", "bs": "4k", "iodepth": "1", "ioengine": "psync"}
+
+
+def fio_options(jobs: list[dict[str, Any]], global_options: dict[str, Any]) -> dict[str, str | int]:
+    """The options ``jobs`` (fio JSON job entries) ran with: each job's own, else the global section's, else
+    fio's default; ``numjobs`` counts the processes (one entry each, or numjobs each with group_reporting)."""
+    merged = [{**FIO_DEFAULTS, **global_options, **job.get("job options", {})} for job in jobs]
+    options: dict[str, str | int] = {
+        key: ",".join(dict.fromkeys(str(opts[key]) for opts in merged)) for key in ("rw", "bs", "ioengine")
+    }
+    options["iodepth"] = max(int(opts["iodepth"]) for opts in merged)
+    options["numjobs"] = sum(
+        int(opts.get("numjobs", 1)) if str(opts.get("group_reporting", "0")) != "0" else 1  # a bare flag: ""
+        for opts in merged
+    )
+    return options
 
 
 NEIGHBOUR_JOB_PREFIX = "neighbour"
@@ -318,7 +341,8 @@ def parse_fio(text: str, source: str = "fio.json") -> FioResult:
         raise ParseError("fio JSON", source, f"every job is a {NEIGHBOUR_JOB_PREFIX}* job: none ran on the device")
     version = str(data.get("fio version", ""))
     neighbour = _fio_jobs(others, source, version) if others else None
-    return replace(_fio_jobs(dut, source, version), neighbour=neighbour)
+    options = fio_options([j for _, j in dut], data.get("global options") or {})
+    return replace(_fio_jobs(dut, source, version), neighbour=neighbour, options=options)
 
 
 def _fio_jobs(jobs: list[tuple[int, dict[str, Any]]], source: str, version: str) -> FioResult:

@@ -595,6 +595,13 @@ def report_model(
         f"{manifest.get('status', '?')}.",
         summary_line(cells),
     ]
+    crowded = cells["host_oversubscribed"].astype("boolean").fillna(False) if "host_oversubscribed" in cells else None
+    if crowded is not None and crowded.any():
+        intro.append(
+            f"**Warning: {int(crowded.sum())} of {len(cells)} cells ran with more guests at once than their "
+            f"host has cores** ({manifest.get('contention') or 'see host_guest_slots and host_cpus in their rows'}); "
+            "their IOPS and latencies measure the host's scheduler too."
+        )
     sections: list[Section] = []
     hosts = hosts_table(cells)
     sections.append(

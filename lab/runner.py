@@ -192,6 +192,11 @@ def base_row(ctx: LabContext, cell: Cell, store: RunStore) -> dict[str, Any]:
         **cell.workload.describe(),
         **kernel.describe(),
         **ctx.provenance,
+        # How many guests the host that ran this cell ran at once, and whether they fit its cores.
+        "host_oversubscribed": oversubscription(
+            int(ctx.provenance.get("host_guest_slots") or 1), cell.vcpus, ctx.provenance.get("host_cpus")
+        )
+        is not None,
     }
 
 
@@ -236,6 +241,20 @@ def default_jobs(vcpus: int, host_cpus: int | None = None) -> int:
     scheduler.  On a 2-core machine this is 1.
     """
     return max(1, (host_cpus or os.cpu_count() or 1) // (vcpus + 1))
+
+
+def oversubscription(slots: int, vcpus: int, host_cpus: int | None) -> str | None:
+    """What is wrong with running ``slots`` guests of ``vcpus`` at once on ``host_cpus`` cores, or None if
+    that is no more than ``default_jobs`` allows (one guest is always allowed: it has the host to itself).
+    Such a run's cells are valid, but its performance numbers measure the host's scheduler as much as the
+    guests (rows: ``host_oversubscribed``)."""
+    if not host_cpus or slots <= default_jobs(vcpus, host_cpus):
+        return None
+    return (
+        f"{slots} guests at once x ({vcpus} vCPUs + 1) = {slots * (vcpus + 1)} > {host_cpus} host CPUs: guests "
+        "compete for cores, so this run's IOPS and latencies are lower than one guest at a time would measure "
+        f"and not comparable with a run of {default_jobs(vcpus, host_cpus)} at a time"
+    )
 
 
 class Executor(Protocol):
@@ -610,8 +629,11 @@ def build_row(base: dict[str, Any], local: Path, fio_exit: int) -> tuple[dict[st
     counted = {t.name for t in probes.armed(str(base.get("triggers_armed", "all")))}
     conversion_text = text("conversion_ns.txt").strip()
     conversion = int(conversion_text) if conversion_text.isdigit() else None  # None: the kernel has no knob
+    # A job file's workload ran what the file says, not the matrix defaults its Workload carries.
+    ran = {k: fio.options[k] for k in ("rw", "bs", "iodepth", "numjobs", "ioengine")} if base.get("job_file") else {}
     row: dict[str, Any] = {
         **base,
+        **ran,
         "status": "ok",
         "failure_reason": "",
         "failure_detail": "",

@@ -10,6 +10,7 @@ what the exit code is.  Nothing here prints or exits.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import traceback
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from lab import __version__, interrupt
 from lab.errors import ConfigError
 from lab.matrix import Cell, Matrix, load_matrix
 from lab.platforms import AUTO
-from lab.runner import Reporter, boot_estimate_s, cell_estimate_s, default_jobs
+from lab.runner import Reporter, boot_estimate_s, cell_estimate_s, default_jobs, oversubscription
 from lab.store import ENGINE_LOG, LOST, SKIPPED, RunStore
 from lab.vm import Accel
 
@@ -141,6 +142,7 @@ class Session:
     pool: DaskPool | None = field(default=None, init=False)
     hosts: dict[str, Host] | None = field(default=None, init=False)
     jobs: int = field(default=1, init=False)
+    contention: str | None = field(default=None, init=False)  # lab.runner.oversubscription, local runs
 
     def __post_init__(self) -> None:
         from lab.hosts import load_hosts
@@ -227,7 +229,7 @@ class Session:
             accel=request.accel,
             firmware={k: Path(v) for k, v in settings.firmware.items()},
         )
-        ctx.provenance = {**provenance(settings.qemu), **settings.describe()}
+        ctx.provenance = {**provenance(settings.qemu), **settings.describe(), "host_guest_slots": self.jobs}
         # "auto" cells: KVM where a probe boot works, else TCG; CoCo platforms: what the preflight finds.
         # Remote runs: each host decides "auto" by its own probe and offers what its preflight finds, so
         # the controller boots nothing here.
@@ -244,6 +246,8 @@ class Session:
         ctx.offered, ctx.cbitpos = hypervisor.capabilities(), local_preflight(settings).cbitpos
         if not remote and hypervisor.probe_note and accel != "kvm":
             ctx.offered["kvm"] = f"a KVM boot probe failed on this host ({hypervisor.probe_note})"
+        vcpus = max(c.vcpus for c in matrix.cells)
+        self.contention = None if remote else oversubscription(self.jobs, vcpus, os.cpu_count())
         manifest = {
             **ctx.provenance,
             "lab_version": __version__,
@@ -256,6 +260,8 @@ class Session:
             "kernels": {name: k.describe() for name, k in kernels.items()},
             "image_recipe_hash": image.recipe_hash,
             "jobs": self.jobs,
+            # Guests that share one host's cores (each host's own for workers elsewhere: rows say it).
+            "contention": self.contention,
             "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         if self.hosts:

@@ -71,7 +71,16 @@ def test_two_local_workers_give_the_same_run_directory_as_one_thread(tmp_path: P
     one, two = (pd.read_parquet(runs[j] / "cells.parquet") for j in ("1", "2"))
     assert sorted(one["cell_id"]) == sorted(two["cell_id"]) and (two["status"] == "ok").all()
     assert (two["hiwater"] > 0).all() and (two["bounces"] > 0).all()  # real bouncing, measured by the workers
-    assert json.loads((runs["2"] / "manifest.json").read_text())["jobs"] == 2
+    manifest = json.loads((runs["2"] / "manifest.json").read_text())
+    assert manifest["jobs"] == 2
+    # Two guests at once fit this host only with a core per vCPU plus one for each QEMU: on a 2-core machine
+    # they do not, and the run, its rows and its report say so; one guest at a time never competes.
+    vcpus, cores = int(two["vcpus"].iloc[0]), os.cpu_count() or 1
+    crowded = 2 * (vcpus + 1) > cores
+    assert list(two["host_guest_slots"].unique()) == [2] and list(one["host_guest_slots"].unique()) == [1]
+    assert two["host_oversubscribed"].eq(crowded).all() and not one["host_oversubscribed"].any()
+    assert (manifest["contention"] is not None) == crowded
+    assert ("more guests at once" in (runs["2"] / "report.md").read_text()) == crowded
     assert qemu_pids() - before == set()
 
 

@@ -83,6 +83,19 @@ def test_c4_premise_unmet_is_inconclusive(cells: pd.DataFrame) -> None:
     assert verdict.verdict == "inconclusive" and "premise is not met" in verdict.detail
 
 
+def test_c4_premise_holds_when_one_static_cell_fills_the_pool(cells: pd.DataFrame) -> None:
+    # "If one CPU can queue enough": one repetition that fills the pool shows it can.  Every other static cell
+    # quiet, one at nslabs - 128 exactly (the threshold's edge), then one slab short of it.
+    single = cells.index[(cells["kernel"] == "static") & (cells["workload"] == "single-queue")]
+    edge = cells.copy()
+    edge.loc[single, "map_failures"] = 0
+    edge.loc[single, "hiwater"] = 100
+    edge.loc[single[0], "hiwater"] = edge.loc[single[0], "nslabs"] - 128
+    assert "premise is not met" not in judge_c4(edge).detail
+    edge.loc[single[0], "hiwater"] = edge.loc[single[0], "nslabs"] - 129
+    assert judge_c4(edge).verdict == "inconclusive" and "premise is not met" in judge_c4(edge).detail
+
+
 def test_c4_contradicted_when_throttle_lowers_hiwater(cells: pd.DataFrame) -> None:
     # Stored cells: hiwater static 961-1021 vs throttle 751-757, a drop no test of any kind would miss.
     verdict = judge_c4(cells)
@@ -647,3 +660,27 @@ def test_cells_whose_pool_the_guest_kernel_chose_stay_out_of_the_claims_groups()
 
     cells = pd.DataFrame({"pool_slabs_requested": [0, 1024, 32768], "device": "nvme"})
     assert special_cells(cells).tolist() == [True, False, False]
+
+
+def test_performance_compares_cells_of_the_same_contention() -> None:
+    from lab.claims import like_with_like
+
+    def group(iops: list[float], crowded: list[bool | None]) -> pd.DataFrame:
+        return pd.DataFrame({"fio_iops": iops, "observed": False, "host_oversubscribed": crowded})
+
+    # Two of each group had their host to themselves, two ran beside another guest (--jobs 2 on 2 cores):
+    # the comparison takes the first two against the first two.
+    base, cand = (
+        group([100, 101, 50, 51], [False, False, True, True]),
+        group([90, 91, 40, 41], [False, None, True, True]),
+    )
+    b, c, label = like_with_like(base, cand)
+    assert list(b["fio_iops"]) == [100, 101] and list(c["fio_iops"]) == [90, 91] and label == "unobserved cells"
+    # Only the crowded cells are two a side: those, and the label says so.
+    b, c, label = like_with_like(group([100, 50, 51], [False, True, True]), group([90, 40, 41], [False, True, True]))
+    assert (
+        list(b["fio_iops"]) == [50, 51] and label == "unobserved cells, all beside other guests on too few host cores"
+    )
+    # Neither: every cell, and the label says they are mixed.
+    b, c, label = like_with_like(group([100, 50], [False, True]), group([90, 40], [False, True]))
+    assert len(b) == 2 and label.endswith(", some beside other guests on too few host cores")

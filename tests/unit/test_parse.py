@@ -148,6 +148,17 @@ def test_fio_parses_every_job_not_just_the_first() -> None:
     assert 4.0 < result.runtime_s < 8.0
 
 
+def test_fio_says_what_its_jobs_ran_with() -> None:
+    # The lab's own command line (stock-1024-heavy): the options it passed.
+    lab_argv = {"rw": "randread", "bs": "256k", "ioengine": "libaio", "iodepth": 128, "numjobs": 4}
+    assert parse_fio(read("fio.json")).options == lab_argv
+    # A job file (lab/jobs/cheetah.fio, run by a real guest: tests/data/README.md): rw, bs and ioengine from
+    # its [global] section, iodepth 32 and numjobs 2 from its job, none of them the matrix's defaults.
+    cheetah = parse_fio((DATA.parent / "jobfile-cheetah" / "fio.json").read_text())
+    assert cheetah.options == {"rw": "randread", "bs": "64k", "ioengine": "libaio", "iodepth": 32, "numjobs": 2}
+    assert len(cheetah.jobs) == 2 and cheetah.bw_bytes == pytest.approx(cheetah.iops * 64 * 1024, rel=0.01)
+
+
 def test_fio_merged_percentiles_lie_within_the_per_job_range() -> None:
     result = parse_fio(read("fio.json"))
     for p in (50.0, 99.0, 99.9):

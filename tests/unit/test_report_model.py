@@ -16,7 +16,7 @@ import pytest
 
 from lab.claims import judge_c1, judge_c4, judge_c5
 from lab.figures import draw
-from lab.report import build_report, inline_html
+from lab.report import build_report, inline_html, report_model
 from lab.store import load_cells, load_samples
 
 RUN = Path(__file__).resolve().parent.parent / "data" / "run-small"
@@ -313,3 +313,17 @@ def test_every_table_fits_a_1400_pixel_page(report: tuple[str, str, Path], tmp_p
         check=True,
     )
     assert shot.stat().st_size > 50_000  # a page with tables and figures, not a blank one
+
+
+def test_a_run_with_more_guests_than_cores_says_so_at_the_top() -> None:
+    """`--jobs 2` of 2-vCPU guests on 2 cores: the rows record it (lab.runner) and the report warns."""
+    cells = load_cells(RUN)
+    manifest = json.loads((RUN / "manifest.json").read_text())
+    quiet = report_model(manifest, cells, [], [], [])
+    assert not any("more guests at once" in str(block) for block in quiet.intro)
+    crowded = cells.assign(host_oversubscribed=[True, *[False] * (len(cells) - 1)])
+    model = report_model(
+        {**manifest, "contention": "2 guests at once x (2 vCPUs + 1) = 6 > 2 host CPUs"}, crowded, [], [], []
+    )
+    [warning] = [block for block in model.intro if "more guests at once" in str(block)]
+    assert f"1 of {len(cells)} cells" in warning and "6 > 2 host CPUs" in warning

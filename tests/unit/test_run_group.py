@@ -27,7 +27,7 @@ from lab.image import GuestImage
 from lab.kernel import KernelBuild
 from lab.keys import KeyPair
 from lab.matrix import Cell
-from lab.runner import LabContext, SilentReporter, run_group
+from lab.runner import LabContext, SilentReporter, oversubscription, run_group
 from lab.store import RunStore
 from lab.vm import BootSpec, Endpoint
 from lab.workload import Workload
@@ -214,3 +214,21 @@ def test_a_stop_request_ends_the_group_and_records_nothing_for_the_interrupted_c
     with pytest.raises(interrupt.Interrupted):
         run(tmp_path, script)
     assert not list((tmp_path / "results").glob("*/cells/*/cell.json"))
+
+
+@pytest.mark.parametrize(
+    ("slots", "vcpus", "host_cpus", "crowded"),
+    [
+        pytest.param(1, 2, 2, False, id="one-guest-has-the-host-to-itself"),  # 3 > 2, but nothing competes
+        pytest.param(2, 1, 4, False, id="two-1-vcpu-guests-on-4-cores"),  # 2 x 2 = 4: fits exactly
+        pytest.param(2, 2, 2, True, id="two-2-vcpu-guests-on-2-cores"),  # the issue's --jobs 2 here
+        pytest.param(2, 2, 6, False, id="two-2-vcpu-guests-on-6-cores"),  # 2 x 3 = 6: fits exactly
+        pytest.param(2, 2, 5, True, id="two-2-vcpu-guests-on-5-cores"),
+        pytest.param(2, 2, None, False, id="cores-unknown"),
+    ],
+)
+def test_guests_that_share_cores_are_named(slots: int, vcpus: int, host_cpus: int | None, crowded: bool) -> None:
+    said = oversubscription(slots, vcpus, host_cpus)
+    assert (said is not None) == crowded
+    if said:
+        assert f"{slots * (vcpus + 1)} > {host_cpus} host CPUs" in said

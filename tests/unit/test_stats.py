@@ -70,6 +70,25 @@ def test_a_large_significant_change_in_noisy_data_is_decided_when_the_rank_test_
     assert c.p_value == pytest.approx(0.0119, abs=1e-4)  # the rank test's p (5 vs 5, no ties), the larger one
 
 
+def test_holm_acts_on_the_rank_test_p_of_a_noisy_metric() -> None:
+    # Four against four, every candidate below every baseline value, both groups noisy (RSD ~32%): the rank
+    # test's exact two-sided p is 2 / C(8, 4) = 2/70 = 0.0286, larger than Welch's, so it is the metric's p.
+    base, cand = [100, 140, 180, 220], [20, 28, 36, 44]
+    alone = compare("a", base, cand, True)
+    assert alone.noisy and alone.p_raw == pytest.approx(2 / 70) and alone.p_value == pytest.approx(2 / 70)
+    assert alone.conclusion == "regressed"
+    # Two such metrics in one family: Holm doubles the smaller p, 4/70 = 0.057 >= 0.05, and neither is decided
+    # (the rank test cannot clear a family of two at four per group).
+    pair = compare_family([Metric("a", base, cand, True), Metric("b", base, cand, True)])
+    assert [c.p_value for c in pair] == [pytest.approx(4 / 70)] * 2
+    assert [c.conclusion for c in pair] == ["too noisy", "too noisy"]
+    # Five against five: 2 / C(10, 5) = 2/252, doubled 0.016: both decided.
+    base5, cand5 = [*base, 260], [*cand, 52]
+    pair5 = compare_family([Metric("a", base5, cand5, True), Metric("b", base5, cand5, True)])
+    assert [c.p_value for c in pair5] == [pytest.approx(4 / 252)] * 2
+    assert [c.conclusion for c in pair5] == ["regressed", "regressed"]
+
+
 def test_rsd_of_exactly_15_percent_is_not_noisy_and_just_above_it_is() -> None:
     # [85, 100, 115]: mean 100, SD 15 -> RSD 15.0%, not above the limit: Welch alone decides.
     assert compare("m", [85, 100, 115], [50, 50.5, 49.5], True).conclusion == "regressed"
