@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
-import statistics
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import replace
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,15 +16,12 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 
 from lab import __version__, interrupt
 from lab.errors import ConfigError, HostError, LabError
-from lab.host import require_host
 from lab.matrix import Cell, load_matrix
 from lab.store import LOST, SKIPPED
 from lab.vm import LocalHypervisor
 
 if TYPE_CHECKING:
-    from lab.guest import Guest
     from lab.runner import LabContext
-    from lab.vm import BootSpec, Machine
 
 log = logging.getLogger("lab")
 console = Console(stderr=True, soft_wrap=True)
@@ -177,23 +171,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def _stock_context(hypervisor: LocalHypervisor, accel: str = "auto") -> LabContext:
     """A lab context on Debian's stock kernel (doctor needs no kernel build)."""
-    return _bench_context(hypervisor, ("stock",), accel)
+    from lab.bench import lab_context
 
-
-def _bench_context(hypervisor: LocalHypervisor, kernel_names: Sequence[str], accel: str = "auto") -> LabContext:
-    """A lab context with the kernels a matrix names: Debian's stock kernel is fetched, the lab's
-    variants are built (or loaded from the cache), anything else was rejected by the matrix loader."""
-    from lab.image import build_image
-    from lab.kernel import KernelBuild, build_kernel, stock_kernel
-    from lab.keys import client_key
-    from lab.runner import LabContext
-    from lab.util import cache_dir
-
-    kernels: dict[str, KernelBuild] = {}
-    for name in sorted(set(kernel_names)):
-        with console.status(f"kernel {name}: {'fetching' if name == 'stock' else 'building'} or loading from cache"):
-            kernels[name] = stock_kernel() if name == "stock" else build_kernel(name)
-    return LabContext(hypervisor, build_image(), client_key(), kernels, cache_dir(), accel=accel)  # type: ignore[arg-type]
+    return lab_context(hypervisor, ("stock",), accel, busy=console.status)
 
 
 def cmd_run_matrix(args: argparse.Namespace) -> int:
@@ -237,6 +217,8 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
             )
         return 0
     session.prepare()
+    if session.contention:
+        console.print(f"[yellow]warning[/yellow]: {session.contention} (the manifest and every row say so)")
     estimate_s = plan.estimate_s / min(session.jobs, max(plan.boots, 1))
     console.print(
         f"matrix [bold]{session.matrix.name}[/bold]: {len(plan.todo)} cells in {plan.boots} boots, "
@@ -386,101 +368,6 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
-@contextlib.contextmanager
-def _bench_guest(
-    ctx: LabContext, hypervisor: LocalHypervisor, spec: BootSpec, workdir: Path
-) -> Iterator[tuple[Machine, Guest]]:
-    """One bench boot: the accelerator resolved (and kept in ``ctx`` for the rows), the guest booted and
-    connected; QEMU is stopped when the block ends.  A boot that panics or times out before SSH is tried
-    once more, as in a matrix run (lab.runner.BOOT_TRIES)."""
-    from lab.guest import Guest
-    from lab.runner import BOOT_TRIES, TRANSIENT_BOOT_FAILURES, failure_reason
-
-    ctx.accel = hypervisor.resolve_accel(spec, ctx.cache / "probe-work")  # type: ignore[assignment]
-    for attempt in range(1, BOOT_TRIES + 1):
-        stack = contextlib.ExitStack()
-        try:
-            where = workdir if attempt == 1 else workdir.with_name(f"{workdir.name}-try{attempt}")
-            vm = stack.enter_context(hypervisor.boot(replace(spec, accel=ctx.accel), where))
-            guest = stack.enter_context(Guest(vm.endpoint, ctx.client_key.private_path, ctx.image.host_key_blob))
-            guest.connect(alive=vm.check_alive)
-        except LabError as exc:
-            stack.close()
-            reason = failure_reason(exc)
-            if reason not in TRANSIENT_BOOT_FAILURES or attempt == BOOT_TRIES:
-                raise
-            console.print(f"boot {attempt} failed ({reason}); trying once more")
-            continue
-        except BaseException:  # Ctrl-C, SIGTERM: QEMU is stopped all the same
-            stack.close()
-            raise
-        with stack:
-            yield vm, guest
-        return
-
-
-def _bench_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A bench cell's row, or the error that stops the bench: a failed cell has no number to give."""
-    if row["status"] != "ok":
-        raise LabError(f"bench cell failed: {row['failure_reason']}: {row['failure_detail']}")
-    return row
-
-
-def cmd_bench_boot(args: argparse.Namespace) -> int:
-    from lab.guest import Guest
-    from lab.runner import boot_spec, run_group
-    from lab.store import RunStore
-    from lab.vm import Machine
-
-    matrix = load_matrix(args.matrix)
-    require_host()
-    hypervisor = LocalHypervisor()
-    cell = matrix.cells[0]
-    ctx = _bench_context(hypervisor, (cell.kernel,), args.accel)
-    image, key, cache = ctx.image, ctx.client_key, ctx.cache
-    spec = boot_spec(ctx, cell)
-    accel = hypervisor.resolve_accel(spec, cache / "probe-work")
-    spec = replace(spec, accel=accel)  # type: ignore[arg-type]
-    work = Path(args.results) / f"bench-boot-{time.strftime('%Y%m%dT%H%M%S')}"
-    times = []
-    for index in range(args.boots):
-        started = time.monotonic()
-        with Machine(spec, work / f"boot{index}", accel=accel) as machine:
-            machine.wait_ready()
-            with Guest(machine.endpoint, key.private_path, image.host_key_blob) as guest:
-                guest.connect(alive=machine.check_alive)
-                guest.run("true")
-                times.append(time.monotonic() - started)
-        console.print(f"boot {index + 1}/{args.boots}: {times[-1]:.2f} s to first SSH command")
-    ctx.accel = accel  # type: ignore[assignment]
-    ctx.provenance = {"accel": accel}
-    store = RunStore.create(work, {"bench": "boot"}, run_id="cells")
-    short = [replace(c, workload=replace(c.workload, runtime_s=args.cell_runtime)) for c in matrix.boot_groups()[0]]
-    rows = run_group(short, store, ctx, _QuietReporter())
-    overheads = [r["cell_wall_s"] - r["fio_runtime_s"] for r in rows if r["status"] == "ok"]
-    print(f"\nboot-to-SSH over {len(times)} boots ({accel}, kernel {cell.kernel} {ctx.kernels[cell.kernel].release}):")
-    print(f"  min {min(times):.2f} s, median {statistics.median(times):.2f} s, max {max(times):.2f} s")
-    if overheads:
-        print(f"per-cell overhead (cell wall time minus fio runtime) over {len(overheads)} cells:")
-        print(f"  min {min(overheads):.2f} s, median {statistics.median(overheads):.2f} s, max {max(overheads):.2f} s")
-    return 0
-
-
-def _bench_workloads(args: argparse.Namespace) -> tuple[list[str], dict[str, Cell]]:
-    """``--workloads`` of ``--matrix``, each as the matrix's repetition-0 cell; ``--pairs`` checked."""
-    matrix = load_matrix(args.matrix)
-    names = [n.strip() for n in args.workloads.split(",") if n.strip()]
-    by_name = {c.workload.name: c for c in reversed(matrix.cells)}  # repetition 0 of each workload
-    unknown = [n for n in names if n not in by_name]
-    if unknown:
-        raise ConfigError(
-            f"--workloads: {', '.join(unknown)} not in matrix {matrix.source}; valid: {', '.join(sorted(by_name))}"
-        )
-    if args.pairs < 2:
-        raise ConfigError(f"--pairs {args.pairs}: a confidence interval needs at least 2 pairs")
-    return names, by_name
-
-
 def add_accel_argument(parser: argparse.ArgumentParser) -> None:
     """--accel, as every command that boots guests takes it."""
     parser.add_argument(
@@ -492,7 +379,7 @@ def add_accel_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def _paired_bench_arguments(parser: argparse.ArgumentParser, pairs: int, pairs_help: str, matrix: str) -> None:
-    """The options of a bench that pairs runs with and without an instrument (what _bench_workloads reads)."""
+    """The options of a bench that pairs runs with and without an instrument (what lab.bench.bench_workloads reads)."""
     parser.add_argument("--pairs", type=int, default=pairs, help=pairs_help)
     parser.add_argument("--runtime", type=int, default=10, help="fio runtime per run in seconds (default 10)")
     parser.add_argument("--workloads", default="light,heavy", help="comma-separated workloads of the matrix")
@@ -503,351 +390,115 @@ def _paired_bench_arguments(parser: argparse.ArgumentParser, pairs: int, pairs_h
     add_accel_argument(parser)
 
 
-def cmd_bench_sampler(args: argparse.Namespace) -> int:
-    """What an instrument costs fio: runs with and without it, in ABBA order in one boot per workload,
-    so that drifts cancel; the cost gets a confidence interval over the pairs."""
-    from lab import probes
-    from lab.runner import boot_spec, run_cell
-    from lab.stats import paired_cost
-    from lab.store import RunStore
+def _bench_reporter() -> Any:
+    from lab.bench import CellPrinter
 
-    names, by_name = _bench_workloads(args)
-    require_host()
-    hypervisor = LocalHypervisor()
-    ctx = _bench_context(hypervisor, sorted({by_name[n].kernel for n in names}), args.accel)
-    work = Path(args.results) / f"bench-{args.observer}-{time.strftime('%Y%m%dT%H%M%S')}"
-    store = RunStore.create(work, {"bench": args.observer}, run_id="cells")
-    results = []
-    counter = False  # whether the kernel counts failed page maps itself (the lab's instrument patch)
-    for name in names:
-        base = by_name[name]
-        base = replace(base, workload=replace(base.workload, runtime_s=args.runtime), sample_hz=0.0)
-        iops: dict[bool, list[float]] = {True: [], False: []}
-        started = time.monotonic()
-        with _bench_guest(ctx, hypervisor, boot_spec(ctx, base), store.boot_dir(f"boot-{name}")) as (vm, guest):
-            boot_to_ssh = time.monotonic() - started
-            boot_info = {"accel": vm.accelerator}
-            counter = guest.run(f"test -d {probes.DMA_FAILURES_DEBUGFS}", timeout_s=30, check=False).exitcode == 0
-            for index in range(2 * args.pairs):
-                on = (index % 4) in (0, 3)  # ABBA: each pair has one run of each, and drifts cancel
-                cell = replace(base, repetition=index, sample_hz=args.hz if on and args.observer == "sampler" else 0.0)
-                ctx.arm_triggers = not (args.observer == "triggers" and not on)
-                row = _bench_row(run_cell(cell, vm, guest, store, ctx, _QuietReporter(), boot_info))
-                iops[on].append(float(row["fio_iops"]))
-        ctx.arm_triggers = True
-        cost = paired_cost(iops[False], iops[True])
-        results.append((name, cost, iops, boot_to_ssh))
-    if args.observer == "sampler":
-        what = f"the sampler at {args.hz:g} Hz"
-    else:
-        armed = [t.event for t in probes.armed("failures") if not (counter and t.superseded_by)]
-        what = f"the hist triggers of an unobserved cell ({', '.join(armed) or 'none on this kernel'})"
-        if counter:
-            what += (
-                "; failed maps counted by the kernel's own counter, present in both arms "
-                "(its cost: python -m lab bench counter)"
-            )
-    print(
-        f"\ncost of {what} in fio IOPS ({ctx.accel}, {os.cpu_count()} host CPUs, {args.pairs} ABBA pairs of "
-        f"{args.runtime} s per workload; positive = slower with it):"
+    return CellPrinter(console.print, one_line)
+
+
+def cmd_bench_boot(args: argparse.Namespace) -> int:
+    from lab.bench import bench_boot
+
+    result = bench_boot(
+        args.matrix, args.boots, args.cell_runtime, args.accel, Path(args.results), _bench_reporter(), console.print
     )
-    for name, cost, iops, boot_to_ssh in results:
-        print(
-            f"  {name}: {cost.mean_pct:+.2f}% (95% CI {cost.ci_low_pct:+.2f}% to {cost.ci_high_pct:+.2f}%), "
-            f"run-to-run spread without it {cost.noise_pct:.2f}% SD: {cost.verdict}"
-        )
-        print(f"    without: {', '.join(f'{v:.0f}' for v in iops[False])}")
-        print(f"    with:    {', '.join(f'{v:.0f}' for v in iops[True])}")
-        print(f"    this machine's speed: boot to SSH {boot_to_ssh:.2f} s ({by_name[name].kernel} kernel)")
+    print(result.text())
+    return 0
+
+
+def cmd_bench_sampler(args: argparse.Namespace) -> int:
+    from lab.bench import bench_observer
+
+    result = bench_observer(
+        args.observer,
+        args.hz,
+        args.matrix,
+        args.workloads,
+        args.pairs,
+        args.runtime,
+        args.accel,
+        Path(args.results),
+        _bench_reporter(),
+        console.print,
+    )
+    print(result.text())
     return 0
 
 
 def cmd_bench_counter(args: argparse.Namespace) -> int:
-    """What the lab's failed-map counter (patches/dma-map-failure-counter, compiled into every lab kernel)
-    costs fio: the kernel against the same kernel built without the instruments, one boot each per arm,
-    alternating ABBA over the pairs; both arms arm no tracefs trigger and run no sampler, as the cells that
-    decide performance claims."""
-    from lab.kernel import load_variants
-    from lab.runner import boot_spec, run_cell
-    from lab.stats import paired_cost
-    from lab.store import RunStore
+    from lab.bench import bench_counter
 
-    names, by_name = _bench_workloads(args)
-    kernel, bare = args.kernel, args.kernel + "-bare"
-    twins = sorted(v.removesuffix("-bare") for v in load_variants() if v.endswith("-bare"))
-    if kernel not in twins:
-        raise ConfigError(
-            f"--kernel {kernel!r} has no {bare!r} twin in kernel-configs/variants.toml; valid: {', '.join(twins)}"
-        )
-    require_host()
-    hypervisor = LocalHypervisor()
-    ctx = _bench_context(hypervisor, (kernel, bare), args.accel)
-    ctx.arm_triggers = False
-    work = Path(args.results) / f"bench-counter-{time.strftime('%Y%m%dT%H%M%S')}"
-    store = RunStore.create(work, {"bench": "counter"}, run_id="cells")
-    iops: dict[str, dict[str, list[float]]] = {n: {kernel: [], bare: []} for n in names}
-    for pair in range(args.pairs):
-        for arm in (bare, kernel) if pair % 2 == 0 else (kernel, bare):  # ABBA: drifts cancel
-            first = replace(by_name[names[0]], kernel=arm, sample_hz=0.0, repetition=pair)
-            with _bench_guest(ctx, hypervisor, boot_spec(ctx, first), store.boot_dir(f"{arm}-p{pair}")) as (vm, guest):
-                for name in names:
-                    cell = replace(
-                        by_name[name],
-                        kernel=arm,
-                        sample_hz=0.0,
-                        repetition=pair,
-                        workload=replace(by_name[name].workload, runtime_s=args.runtime),
-                    )
-                    row = _bench_row(run_cell(cell, vm, guest, store, ctx, _QuietReporter(), {"accel": vm.accelerator}))
-                    iops[name][arm].append(float(row["fio_iops"]))
-            console.print(
-                f"pair {pair + 1}/{args.pairs} {arm}: " + ", ".join(f"{n} {iops[n][arm][-1]:.0f} IOPS" for n in names)
-            )
-    print(
-        f"\ncost of the failed-map counter in fio IOPS: `{kernel}` vs `{bare}` ({ctx.accel}, {os.cpu_count()} host "
-        f"CPUs, {args.pairs} ABBA pairs of boots, {args.runtime} s per workload; positive = slower with it):"
+    result = bench_counter(
+        args.kernel,
+        args.matrix,
+        args.workloads,
+        args.pairs,
+        args.runtime,
+        args.accel,
+        Path(args.results),
+        _bench_reporter(),
+        console.print,
     )
-    for name in names:
-        cost = paired_cost(iops[name][bare], iops[name][kernel])
-        print(
-            f"  {name}: {cost.mean_pct:+.2f}% (95% CI {cost.ci_low_pct:+.2f}% to {cost.ci_high_pct:+.2f}%), "
-            f"run-to-run spread without it {cost.noise_pct:.2f}% SD: {cost.verdict}"
-        )
-        print(f"    without: {', '.join(f'{v:.0f}' for v in iops[name][bare])}")
-        print(f"    with:    {', '.join(f'{v:.0f}' for v in iops[name][kernel])}")
-    print(f"results: {store.root}")
+    print(result.text())
     return 0
 
 
 def cmd_bench_doorbells(args: argparse.Namespace) -> int:
-    """MMIO doorbell writes per NVMe command (each one an exit in a CoCo guest) for each kernel, on
-    batched submissions to a pool far from full: what the series' flush before a may-block mapping costs.
+    from lab.bench import bench_doorbells
 
-    QEMU traces each MMIO doorbell write (the same tracing for every kernel: an observer on the doorbell
-    path, which is why this is a benchmark and not a cell metric); the guest's fio counts the commands."""
-    from lab.doorbells import MMIO_EVENT, io_doorbell_writes, shadow_pages
-    from lab.matrix import parse_pool_slabs
-    from lab.runner import boot_spec, run_cell
-    from lab.store import RunStore
-    from lab.workload import Workload
-
-    kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
-    if not kernels or args.reps < 1:
-        raise ConfigError(f"--kernels {args.kernels!r} --reps {args.reps}: need at least one kernel and repetition")
-    pool = parse_pool_slabs(args.pool, "--pool")
-    require_host()
-    hypervisor = LocalHypervisor()
-    ctx = _bench_context(hypervisor, kernels, args.accel)
-    workload = Workload("batched", runtime_s=10, job_file=Path(__file__).parent / "jobs" / "batched.fio")
-    work = Path(args.results) / f"bench-doorbells-{time.strftime('%Y%m%dT%H%M%S')}"
-    store = RunStore.create(work, {"bench": "doorbells"}, run_id="cells")
-    results: dict[str, list[tuple[int, int, float]]] = {}
-    for kernel in kernels:
-        base = Cell(kernel, pool, "nvme", workload, vcpus=2, memory_mib=1024, sample_hz=0.0)
-        spec = replace(boot_spec(ctx, base), trace_events=(MMIO_EVENT,))
-        with _bench_guest(ctx, hypervisor, spec, store.boot_dir(f"boot-{kernel}")) as (vm, guest):
-            if shadow_pages(vm.qemu_trace_text()) is None:  # proves QEMU traces into the file at all
-                raise LabError(
-                    f"QEMU wrote no trace to {vm.trace_log}: its build may lack the 'log' trace "
-                    "backend, and a count of 0 doorbells would be a lie"
-                )
-            for rep in range(args.reps):
-                before = io_doorbell_writes(vm.qemu_trace_text())
-                row = _bench_row(
-                    run_cell(
-                        replace(base, repetition=rep),
-                        vm,
-                        guest,
-                        store,
-                        ctx,
-                        _QuietReporter(),
-                        {"accel": vm.accelerator},
-                    )
-                )
-                interrupt.sleep(1.0)  # QEMU's trace file is written line by line; let the last lines land
-                writes = io_doorbell_writes(vm.qemu_trace_text()) - before
-                results.setdefault(kernel, []).append((writes, int(row["fio_total_ios"]), float(row["fio_iops"])))
-    print(
-        f"\nMMIO doorbell writes per NVMe command ({ctx.accel}, {os.cpu_count()} host CPUs, pool {args.pool}, "
-        "fio lab/jobs/batched.fio: 4 KiB randread, io_uring, QD32, batches of 16, 10 s; "
-        f"{args.reps} runs each):"
+    result = bench_doorbells(
+        args.kernels, args.reps, args.pool, args.accel, Path(args.results), _bench_reporter(), console.print
     )
-    for kernel, runs in results.items():
-        ratios = [w / max(ios, 1) for w, ios, _ in runs]
-        print(
-            f"  {kernel}: {statistics.median(ratios):.3f} per command (runs: "
-            + ", ".join(f"{w:,}/{ios:,} = {w / max(ios, 1):.3f} at {iops:,.0f} IOPS" for w, ios, iops in runs)
-            + ")"
-        )
-    print(f"results: {store.root}")
+    print(result.text())
     return 0
 
 
 def cmd_bench_dmamap(args: argparse.Namespace) -> int:
-    """The kernel's own DMA map benchmark on each kernel: map/unmap latency by thread count, with a pool far
-    from full (the throttle never engages), so what differs is the map path itself (claim C12)."""
-    import pandas as pd
+    from lab.bench import bench_dmamap
 
-    from lab import dmabench
-    from lab.kernel import debian_source
-    from lab.matrix import parse_pool_slabs
-    from lab.runner import boot_spec
-    from lab.workload import Workload
-
-    kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
-    try:
-        threads = [int(t) for t in args.threads.split(",") if t.strip()]
-    except ValueError as exc:
-        raise ConfigError(f"--threads {args.threads!r}: a comma-separated list of thread counts, e.g. 1,2,4") from exc
-    if not kernels or not threads or min(threads) < 1 or args.rounds < 1 or not 1 <= args.seconds <= 300:
-        raise ConfigError(
-            f"--kernels {args.kernels!r} --threads {args.threads!r} --rounds {args.rounds} --seconds "
-            f"{args.seconds}: need kernels, thread counts >= 1, rounds >= 1, 1-300 s"
-        )
-    pool = parse_pool_slabs(args.pool, "--pool")
-    require_host()
-    hypervisor = LocalHypervisor()
-    ctx = _bench_context(hypervisor, kernels, args.accel)
-    tool = dmabench.build_tool(debian_source().tree, ctx.cache)
-    work = Path(args.results) / f"bench-dmamap-{time.strftime('%Y%m%dT%H%M%S')}"
-    work.mkdir(parents=True)
-    rows = []
-    for kernel in kernels:
-        base = Cell(kernel, pool, "nvme", Workload("idle"), vcpus=args.vcpus, memory_mib=1024, sample_hz=0.0)
-        spec = replace(boot_spec(ctx, base), spare_pci=True)
-        with _bench_guest(ctx, hypervisor, spec, work / f"boot-{kernel}") as (vm, guest):
-            bdf = dmabench.install(guest, tool)
-            for round_ in range(args.rounds):
-                for count in threads:
-                    interrupt.check()
-                    result = dmabench.run(guest, count, args.seconds, args.granule)
-                    with (work / "dma_map_benchmark.log").open("a") as raw:
-                        raw.write(f"# {kernel} round {round_}, {count} thread(s)\n{result.output}")
-                    rows.append(
-                        {
-                            "kernel": kernel,
-                            "round": round_,
-                            "pci": bdf,
-                            "accel": vm.accelerator,
-                            "host_cpus": os.cpu_count(),
-                            "pool_slabs": pool,
-                            **{k: v for k, v in vars(result).items() if k != "output"},
-                        }
-                    )
-                    console.print(
-                        f"{kernel} round {round_ + 1}, {count} thread(s): map {result.map_us:.1f} us, "
-                        f"unmap {result.unmap_us:.1f} us"
-                    )
-    frame = pd.DataFrame(rows)
-    frame.to_csv(work / "dmamap.csv", index=False)
-    table = frame.groupby(["threads", "kernel"])[["map_us", "unmap_us"]].median().unstack("kernel")
-    print(
-        f"\nDMA map benchmark (kernel/dma/map_benchmark.c), median of {args.rounds} rounds of {args.seconds} s, "
-        f"{args.granule} page(s) per map, pool {args.pool}, {ctx.accel}, {args.vcpus} vCPUs, {os.cpu_count()} "
-        "host CPUs; latency in us:"
+    result = bench_dmamap(
+        args.kernels,
+        args.threads,
+        args.rounds,
+        args.seconds,
+        args.granule,
+        args.vcpus,
+        args.pool,
+        args.accel,
+        Path(args.results),
+        console.print,
     )
-    print(table.round(2).to_string())
-    print(f"results: {work}")
+    print(result.text())
     return 0
 
 
 def cmd_bench_trend(args: argparse.Namespace) -> int:
-    """Time to build the trend page for N nights (nights made of one stored run's cells and claims)."""
-    import json
-    import tempfile
+    from lab.bench import bench_trend
 
-    import pandas as pd
-
-    from lab.claims import judge_all
-    from lab.history import History
-    from lab.nightly import build_trend
-    from lab.report import claims_frame
-
-    cells = pd.read_parquet(args.cells)
-    claims = claims_frame(judge_all(cells))
-    with tempfile.TemporaryDirectory(prefix="swiotlb-lab-trend-") as tmp:
-        history = History(Path(tmp))
-        for index in range(args.nights):
-            run_id = f"night{index:04d}"
-            root = history.runs / run_id
-            root.mkdir(parents=True)
-            day = time.strftime("%Y-%m-%dT01:00:00Z", time.gmtime(1_700_000_000 + index * 86400))
-            (root / "manifest.json").write_text(
-                json.dumps({"run_id": run_id, "matrix_name": "nightly", "status": "complete", "started_utc": day})
-            )
-            cells.assign(fio_iops=cells["fio_iops"] * (1 + 0.001 * index)).to_parquet(root / "cells.parquet")
-            claims.to_parquet(root / "claims.parquet")
-        started = time.monotonic()
-        page = build_trend(history, "nightly")
-        seconds = time.monotonic() - started
-        print(
-            f"trend page for {args.nights} nights of {len(cells)} cells: {seconds:.2f} s "
-            f"({page.stat().st_size / 1e6:.1f} MB)"
-        )
+    print(bench_trend(Path(args.cells), args.nights))
     return 0
 
 
 def cmd_bench_dispatch(args: argparse.Namespace) -> int:
-    """What Dask adds per boot group (wall time minus the group's own, one group at a time), and the
-    throughput of one local boot at a time against ``--jobs 2`` on an in-process cluster."""
-    from lab.fanout import DaskPool, local_executor
-    from lab.runner import boot_spec, run_matrix
-    from lab.store import RunStore
+    from lab.bench import bench_dispatch
 
-    matrix = load_matrix(args.matrix)
-    require_host()
-    hypervisor = LocalHypervisor()
-    ctx = _bench_context(hypervisor, sorted({c.kernel for c in matrix.cells}), args.accel)
-    ctx.accel = hypervisor.resolve_accel(boot_spec(ctx, matrix.cells[0]), ctx.cache / "probe-work")  # type: ignore[assignment]
-    work = Path(args.results) / f"bench-dispatch-{time.strftime('%Y%m%dT%H%M%S')}"
-    groups = matrix.boot_groups()
-    # One group at a time on an in-process cluster; with --hosts, on each host's worker over SSH as well
-    # (staging by content hash, and every artifact coming home as bytes).
-    pools: dict[str, Any] = {"in-process cluster": lambda: DaskPool(jobs=1)}
-    if args.hosts:
-        from lab.fanout import SshWorkerPool
-        from lab.hosts import load_hosts
-
-        hosts = list(load_hosts(Path(args.hosts)).values())
-        pools[f"workers over SSH ({', '.join(h.name for h in hosts)})"] = lambda: SshWorkerPool(hosts)
-    overheads: dict[str, list[float]] = {}
-    for label, make in pools.items():
-        with make() as pool:
-            store = RunStore.create(work, {"bench": "dispatch"}, run_id=f"dask-one-by-one-{len(overheads)}")
-            for group in groups:
-                one = replace(matrix, cells=tuple(group))
-                run_matrix(one, store, ctx, _QuietReporter(), executor=pool)
-            overheads[label] = list(pool.overheads)
-    walls = {}
-    for jobs in (1, 2):
-        store = RunStore.create(work, {"bench": "dispatch"}, run_id=f"jobs{jobs}")
-        started = time.monotonic()
-        with local_executor(jobs) as executor:
-            rows = run_matrix(matrix, store, ctx, _QuietReporter(), executor=executor)
-        walls[jobs] = time.monotonic() - started
-        if not all(r["status"] == "ok" for r in rows):
-            raise LabError(f"bench dispatch: a cell failed with --jobs {jobs}; see {store.root}")
-    cells = len(matrix.cells)
-    for label, times in overheads.items():
-        spread = f"median {statistics.median(times):.3f} s, max {max(times):.3f} s"
-        print(
-            f"\nDask dispatch overhead per boot group ({len(times)} groups, {label}, {ctx.accel}, "
-            f"{os.cpu_count()} host CPUs): {spread}"
-        )
-    for jobs, wall in walls.items():
-        print(
-            f"--jobs {jobs}: {cells} cells in {wall:.1f} s = {cells / wall * 3600:.0f} cells/hour"
-            + ("" if jobs == 1 else f" ({walls[1] / wall:.2f}x the throughput of --jobs 1)")
-        )
+    hosts = Path(args.hosts) if args.hosts else None
+    print(bench_dispatch(args.matrix, hosts, args.accel, Path(args.results), _bench_reporter()).text())
     return 0
 
 
-class _QuietReporter:
-    def phase(self, cell: Cell | None, text: str) -> None:
-        pass
+def cmd_bench_kernel(args: argparse.Namespace) -> int:
+    from lab.bench import bench_kernel
 
-    def cell_done(self, cell: Cell, row: dict[str, Any], estimate_s: float) -> None:
-        console.print(one_line(row))
+    print(bench_kernel(args.variant, args.cold))
+    return 0
+
+
+def cmd_bench_matrix(args: argparse.Namespace) -> int:
+    from lab.bench import bench_matrix
+
+    print(bench_matrix(Path(args.run) if args.run else None, Path(args.sample_run), args.cells))
+    return 0
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
@@ -894,94 +545,6 @@ def cmd_build_kernel(args: argparse.Namespace) -> int:
     print(f"{kernel.name}: {kernel.bzimage} ({kernel.release}) in {time.monotonic() - started:.1f} s")
     for key, value in kernel.identity.items():
         print(f"  {key}: {value}")
-    return 0
-
-
-def cmd_bench_kernel(args: argparse.Namespace) -> int:
-    """Kernel build times: cache hit, rebuild after a one-line patch change, optionally a cold build."""
-    import shutil
-    import tempfile
-
-    from lab.kernel import Variant, build_kernel, load_variants
-
-    variants = load_variants()
-    results: list[tuple[str, float]] = []
-    if args.cold:
-        with tempfile.TemporaryDirectory(prefix="swiotlb-lab-cold-") as cold_cache:
-            started = time.monotonic()
-            build_kernel(args.variant, cache=Path(cold_cache), variants=variants)
-            results.append((f"cold build of {args.variant} (empty cache and ccache)", time.monotonic() - started))
-    build_kernel(args.variant, variants=variants)  # make sure it is cached
-    started = time.monotonic()
-    build_kernel(args.variant, variants=variants)
-    results.append((f"cache hit for {args.variant}", time.monotonic() - started))
-
-    series = variants["throttle"]
-    build_kernel("throttle", variants=variants)
-    with tempfile.TemporaryDirectory(prefix="swiotlb-lab-patch-") as tmp:
-        changed: list[str] = []
-        for patch in series.patches:
-            copy = Path(tmp) / patch.name
-            text = patch.read_text()
-            if not changed and "+ * A request that may block waits" in text:
-                text = text.replace(
-                    "+ * A request that may block waits", "+ * A request that may block always waits", 1
-                )
-                changed.append(patch.name)
-            copy.write_text(text)
-        if not changed:
-            raise LabError("bench kernel: could not find the comment line to change in the throttle series")
-        edited = Variant(
-            "throttle", series.description, series.fragments, tuple(Path(tmp) / p.name for p in series.patches)
-        )
-        started = time.monotonic()
-        rebuilt = build_kernel("throttle", variants={"throttle": edited})
-        results.append((f"rebuild of throttle after a one-line change in {changed[0]}", time.monotonic() - started))
-        shutil.rmtree(rebuilt.bzimage.parent, ignore_errors=True)  # not a real variant: keep the cache clean
-    build_kernel("throttle", variants=variants)  # leave the workspace on the real series
-    for label, seconds in results:
-        print(f"{label}: {seconds:.1f} s")
-    return 0
-
-
-def cmd_bench_matrix(args: argparse.Namespace) -> int:
-    """Throughput of a finished run (cells/hour, boots saved by grouping) and report time for 10,000 cells."""
-    import json
-    import shutil
-    import tempfile
-
-    import pandas as pd
-
-    from lab.report import build_report
-    from lab.store import load_cells
-
-    if args.run:
-        run = Path(args.run)
-        manifest = json.loads((run / "manifest.json").read_text())
-        cells = load_cells(run)
-        matrix = load_matrix(manifest["matrix_source"])
-        started = time.mktime(time.strptime(manifest["started_utc"], "%Y-%m-%dT%H:%M:%SZ"))
-        finished = time.mktime(time.strptime(manifest["finished_utc"], "%Y-%m-%dT%H:%M:%SZ"))
-        hours = (finished - started) / 3600.0
-        boots = len(matrix.boot_groups())
-        print(
-            f"run {run.name}: {len(cells)} cells in {hours * 60:.1f} min = {len(cells) / hours:.0f} cells/hour "
-            f"({manifest.get('accel')}, jobs {manifest.get('jobs', 1)})"
-        )
-        print(f"boots: {boots} for {len(matrix.cells)} cells; grouping saved {len(matrix.cells) - boots} boots")
-    sample = Path(args.sample_run)
-    with tempfile.TemporaryDirectory(prefix="swiotlb-lab-bench-") as tmp:
-        copy = Path(tmp) / sample.name
-        shutil.copytree(sample, copy)
-        cells = load_cells(copy)
-        copies = [
-            cells.assign(cell_id=cells["cell_id"] + f"-x{i}", repetition=cells["repetition"] + 100 * i)
-            for i in range(args.cells // len(cells) + 1)
-        ]
-        pd.concat(copies).iloc[: args.cells].to_parquet(copy / "cells.parquet", index=False)
-        started_s = time.monotonic()
-        build_report(copy)
-        print(f"report for {args.cells} cells: {time.monotonic() - started_s:.2f} s")
     return 0
 
 
