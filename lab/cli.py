@@ -526,6 +526,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replicate(args: argparse.Namespace) -> int:
+    from lab.replicate import replicate_runs
+
+    _, out = replicate_runs(Path(args.a), Path(args.b), Path(args.output) if args.output else None)
+    print(out.read_text())
+    print(f"written to {out}")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from lab.compare import compare_runs
 
@@ -694,6 +703,12 @@ def build_parser() -> argparse.ArgumentParser:
     compare_cmd.add_argument("b", help="candidate run directory")
     compare_cmd.add_argument("--output", help="Markdown file to write (default: ./compare-<A>-vs-<B>.md)")
     compare_cmd.set_defaults(func=cmd_compare)
+
+    replicate = sub.add_parser("replicate", help="did a run's verdicts replicate in another (two machines or days)?")
+    replicate.add_argument("a", help="one run directory")
+    replicate.add_argument("b", help="the other run directory, of the same matrix")
+    replicate.add_argument("--output", help="Markdown file to write (default: ./replicate-<A>-vs-<B>.md)")
+    replicate.set_defaults(func=cmd_replicate)
 
     build = sub.add_parser("build", help="build things")
     build_sub = build.add_subparsers(dest="what", required=True)

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from lab.claims import judge_all, like_with_like
+from lab.claims import like_with_like
 from lab.errors import ConfigError
+from lab.replicate import replicate
 from lab.report import COMPARED_METRICS, _md_table
 from lab.stats import THRESHOLDS_TEXT, Metric, compare_family
 from lab.store import RunStore, load_cells
@@ -44,12 +45,8 @@ def compare_runs(a: Path, b: Path, output: Path | None = None) -> Path:
                     "reps_needed": c.reps_needed,
                 }
             )
-    verdicts = pd.DataFrame(
-        [
-            {"claim": va.claim, "A": va.verdict, "B": vb.verdict}
-            for va, vb in zip(judge_all(cells_a), judge_all(cells_b), strict=True)
-        ]
-    )
+    # Aligned by claim (two runs of different matrices judge different claims), with lab replicate's outcome.
+    verdicts = replicate(cells_a, cells_b).claims
     text = "\n".join(
         [
             f"# Compare {a.name} (A) with {b.name} (B)",
