@@ -21,6 +21,7 @@ from lab import interrupt
 from lab.errors import ConfigError, LabError
 from lab.host import require_host
 from lab.matrix import Cell, Matrix, load_matrix
+from lab.stats import EQUIVALENCE_MARGIN_PCT
 from lab.vm import LocalHypervisor
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from lab.vm import BootSpec, Machine
 
 Say = Callable[[str], None]
+FREE = f"free if its 95% interval lies within ±{EQUIVALENCE_MARGIN_PCT:g}%"
 
 
 def quiet(text: str) -> None:
@@ -299,7 +301,7 @@ def bench_observer(
             )
     title = (
         f"\ncost of {what} in fio IOPS ({ctx.accel}, {_host()}, {pairs} ABBA pairs of "
-        f"{runtime} s per workload; positive = slower with it):"
+        f"{runtime} s per workload; positive = slower with it; {FREE}):"
     )
     return CostBench(title, runs)
 
@@ -356,7 +358,7 @@ def bench_counter(
         say(f"pair {pair + 1}/{pairs} {arm}: " + ", ".join(f"{n} {iops[n][arm][-1]:.0f} IOPS" for n in names))
     title = (
         f"\ncost of the failed-map counter in fio IOPS: `{kernel}` vs `{bare}` ({ctx.accel}, {_host()}, "
-        f"{pairs} ABBA pairs of boots, {runtime} s per workload; positive = slower with it):"
+        f"{pairs} ABBA pairs of boots, {runtime} s per workload; positive = slower with it; {FREE}):"
     )
     runs = [PairedRuns(n, paired_cost(iops[n][bare], iops[n][kernel]), iops[n][bare], iops[n][kernel]) for n in names]
     return CostBench(title, runs, store.root)

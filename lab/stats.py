@@ -14,6 +14,8 @@ ALPHA = 0.05  # significance level, after the Holm-Bonferroni correction within 
 NOISY_RSD_PCT = 15.0  # relative SD above which a metric is noisy: a rank test must agree
 NEGLIGIBLE_PCT = 2.0  # relative change below which a significant difference is negligible
 POWER = 0.8  # the power "repetitions needed" is computed for
+# What an instrument may cost and still count as free (PairedCost.verdict): declared here, before any bench.
+EQUIVALENCE_MARGIN_PCT = 5.0
 
 THRESHOLDS_TEXT = (
     "Each metric is compared over repetitions with Welch's t-test. Where a claim or a table row compares "
@@ -209,15 +211,20 @@ class PairedCost:
 
     @property
     def verdict(self) -> str:
-        """'no measurable cost' if the interval contains 0; 'below the noise' if the whole interval lies
-        within the run-to-run spread; otherwise 'costs up to X%' (the interval's far end)."""
+        """An equivalence test, not "no effect seen": 'equivalent within ±M%' if the whole 95% interval lies
+        inside the declared margin (EQUIVALENCE_MARGIN_PCT; two one-sided tests at 2.5% each); 'costs up to
+        X%' (the interval's far end) if the interval excludes 0 and is not inside the margin; otherwise
+        'inconclusive': the interval holds 0 but reaches past the margin, so a cost that matters is not
+        ruled out."""
         if self.pairs < 2 or math.isnan(self.ci_low_pct):
             return "undecided (fewer than 2 pairs)"
-        if self.ci_low_pct <= 0 <= self.ci_high_pct:
-            return "no measurable cost"
-        if max(abs(self.ci_low_pct), abs(self.ci_high_pct)) < self.noise_pct:
-            return "below the noise"
-        return f"costs up to {max(abs(self.ci_low_pct), abs(self.ci_high_pct)):.1f}%"
+        margin = EQUIVALENCE_MARGIN_PCT
+        far = max(abs(self.ci_low_pct), abs(self.ci_high_pct))
+        if -margin < self.ci_low_pct and self.ci_high_pct < margin:
+            return f"equivalent within ±{margin:g}%"
+        if self.ci_low_pct > 0 or self.ci_high_pct < 0:
+            return f"costs up to {far:.1f}%"
+        return f"inconclusive (the interval reaches {far:.1f}%, past the ±{margin:g}% margin)"
 
 
 def paired_cost(without: Sequence[float], with_instrument: Sequence[float]) -> PairedCost:
