@@ -18,7 +18,7 @@ import pandas as pd
 
 from lab.doorbells import FAILURE_REASON
 from lab.matrix import DEFAULT_POOL, THROTTLE_FOREVER_MS, queue_fit_share, timeout_label
-from lab.stats import UNDECIDED, Comparison, Metric, compare_family
+from lab.stats import UNDECIDED, Comparison, Metric, PairedMetric, compare_family, compare_paired_family
 from lab.store import SKIPPED
 
 MAX_MAPPING_SLABS = 128  # largest single bounce mapping: 256 KiB
@@ -568,6 +568,36 @@ DEFAULT_TIMEOUT_MS = 100  # series v2's default bound
 SERIES_V2 = "throttle-v2"
 
 
+# What puts two cells in one boot: the run, the host, and the boot group's own key (lab.matrix.Cell.boot_key).
+BOOT_COLUMNS = ("run_id", "host_id", "kernel", "pool_slabs_requested", "device", "vcpus", "memory_mib", "repetition")
+
+
+def boot_pairs(base: pd.DataFrame, cand: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """One row per boot that ran both arms (``base`` and ``cand`` cells, one of each), metrics suffixed
+    ``_base`` and ``_cand``: the unobserved boots if there are 2, else the observed ones (like_with_like).
+    Also the label of the boots used."""
+    keys = [c for c in BOOT_COLUMNS if c in base and c in cand]
+    merged = base.assign(_seen=observed(base)).merge(
+        cand.assign(_seen=observed(cand)), on=keys, suffixes=("_base", "_cand")
+    )
+    merged = merged[merged["_seen_base"] == merged["_seen_cand"]]
+    for kind, label in ((False, "unobserved boots"), (True, "observed boots (sampler running)")):
+        chosen = merged[merged["_seen_base"] == kind]
+        if len(chosen) >= 2:
+            return chosen, label
+    return merged.iloc[0:0], "no two boots ran both"
+
+
+def _paired_perf(pairs: pd.DataFrame) -> tuple[Comparison, ...]:
+    """The performance family within the boots of ``pairs`` (stats.PAIRED_TEXT)."""
+    return compare_paired_family(
+        [
+            PairedMetric(m, list(zip(pairs[f"{m}_base"], pairs[f"{m}_cand"], strict=True)), higher)
+            for m, higher in PERF_METRICS
+        ]
+    )
+
+
 def judge_c8(cells: pd.DataFrame) -> Verdict:
     text = (
         "The wait should be bounded (wait with a timeout, then fail or grow): series v2's default bound "
@@ -578,8 +608,9 @@ def judge_c8(cells: pd.DataFrame) -> Verdict:
         "(throttle_timeout_ms = U32_MAX), heavy load, smallest common pool; the sweep's medians"
     )
     threshold = (
-        "contradicted if the bounded wait regresses any of them significantly (Holm within the family); "
-        "supported if none regresses and every metric is decided"
+        "compared within the boots that ran both bounds (per-boot ratios, paired t-test on their logarithms; "
+        "unpaired only where fewer than 2 boots ran both); contradicted if the bounded wait regresses any of "
+        "them significantly (Holm within the family); supported if none regresses and every metric is decided"
     )
     need = f'`{SERIES_V2}` heavy cells with the default bound and with throttle_timeout = "none"'
     ran = _ran(cells, SERIES_V2, "heavy")
@@ -598,7 +629,15 @@ def judge_c8(cells: pd.DataFrame) -> Verdict:
     pool = min(pools)
     bounded = bounded[bounded["pool_slabs_requested"] == pool]
     unbounded = unbounded[unbounded["pool_slabs_requested"] == pool]
-    comparisons = _perf(unbounded, bounded)
+    pairs, boots = boot_pairs(unbounded, bounded)
+    if len(pairs) >= 2:
+        comparisons = _paired_perf(pairs)
+        ratios = ", ".join(f"{r:.2f}" for r in pairs["fio_iops_cand"] / pairs["fio_iops_base"])
+        described = _describe(comparisons).replace("repetitions per group", "boots with both bounds")
+        how = f"{described} [within {len(pairs)} {boots}; IOPS ratio per boot {ratios}]"
+    else:
+        comparisons = _perf(unbounded, bounded)
+        how = f"{_describe(comparisons, unbounded, bounded)} (unpaired: {boots})"
     sweep = []
     for kernel in (SERIES_V2, f"{SERIES_V2}-dynamic"):
         part = _select(_ok(cells), kernel, "heavy", pool)
@@ -611,7 +650,7 @@ def judge_c8(cells: pd.DataFrame) -> Verdict:
                 f"{_span(group['map_failures'])}, timeouts {_span(group['throttle_timeouts'])}"
                 + (f", grew {int(grown)} slabs" if kernel.endswith("dynamic") else "")
             )
-    detail = f"pool {pool}: {DEFAULT_TIMEOUT_MS} ms vs none: {_describe(comparisons, unbounded, bounded)}"
+    detail = f"pool {pool}: {DEFAULT_TIMEOUT_MS} ms vs none: {how}"
     if sweep:
         detail += "; sweep (medians): " + "; ".join(sweep)
     verdict = _regression_verdict(comparisons, if_regressed="contradicted", otherwise="supported")
@@ -760,9 +799,6 @@ def judge_c12(cells: pd.DataFrame, kernel: str = SERIES_V2) -> Verdict:
     verdict = _regression_verdict(comparisons, if_regressed="supported", otherwise="contradicted")
     detail = "; ".join(notes) + ": " + _describe(comparisons)
     return Verdict("C12", text, verdict, metric, threshold, _ids(*evidence), detail, comparisons)
-
-
-BOOT_COLUMNS = ("kernel", "pool_slabs_requested", "vcpus", "memory_mib", "repetition")
 
 
 def neighbour_ratios(cells: pd.DataFrame, kernel: str) -> pd.DataFrame:

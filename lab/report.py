@@ -30,7 +30,7 @@ from lab.figures import Figure, draw
 from lab.figures import median_interval as median_interval
 from lab.figures import variant_colour as variant_colour
 from lab.matrix import DEFAULT_POOL
-from lab.stats import THRESHOLDS_TEXT, Metric, compare_family
+from lab.stats import PAIRED_TEXT, THRESHOLDS_TEXT, Metric, compare_family
 from lab.store import LOST, SKIPPED, load_cells, load_samples, write_parquet
 from lab.util import atomic_write_bytes, atomic_write_text
 
@@ -626,7 +626,10 @@ def report_model(
     for title, note, table in series_tables(cells):
         sections.append(Section(title, (note, frame_table(table))))
     sections.append(
-        Section("Statistics", (THRESHOLDS_TEXT, _statistics_table(comparison_rows) if comparison_rows else NONE))
+        Section(
+            "Statistics",
+            (THRESHOLDS_TEXT, PAIRED_TEXT, _statistics_table(comparison_rows) if comparison_rows else NONE),
+        )
     )
     failed = cells[status == "failed"]
     sections.append(

@@ -194,6 +194,85 @@ def compare_family(metrics: Sequence[Metric]) -> tuple[Comparison, ...]:
     return tuple(out)
 
 
+PAIRED_TEXT = (
+    "Where both arms of a comparison ran in the same boot (C8's bounds), each metric is compared within the "
+    "boots: the change is the geometric mean of the per-boot ratios candidate / baseline, the p-value a "
+    "one-sample t-test of their logarithms against 0, Holm-adjusted across the family as above; boot-to-boot "
+    "differences cancel. A change that is not significant is *not significant* only if the 95% interval of "
+    f"the change lies within ±{NEGLIGIBLE_PCT:g}% (nothing that matters was missed), else *too noisy*. Fewer "
+    "than 2 boots with both arms is *invalid data*; `reps_needed` is counted in boots."
+)
+
+
+@dataclass(frozen=True)
+class PairedMetric:
+    """One metric of two arms measured in the same boots: (baseline, candidate) per boot."""
+
+    name: str
+    pairs: Sequence[tuple[float, float]]
+    higher_is_better: bool
+
+
+def _paired_reps_needed(logs: Sequence[float], family: int, limit: int = 10_000) -> int | None:
+    """Boots that would detect the observed mean log ratio with POWER at the family's Bonferroni level
+    (one-sample t-test, noncentral t); None without an effect or beyond ``limit``."""
+    n = len(logs)
+    mean = sum(logs) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in logs) / (n - 1))
+    if not mean or not sd:
+        return None
+    alpha, effect = ALPHA / max(family, 1), abs(mean) / sd
+    boots = 2
+    while True:
+        crit = float(scipy_stats.t.ppf(1 - alpha / 2, boots - 1))
+        nc = effect * math.sqrt(boots)
+        power = float(scipy_stats.nct.sf(crit, boots - 1, nc) + scipy_stats.nct.cdf(-crit, boots - 1, nc))
+        if power >= POWER:
+            return boots
+        boots = boots + 1 if boots < 64 else boots * 2
+        if boots > limit:
+            return None
+
+
+def compare_paired_family(metrics: Sequence[PairedMetric]) -> tuple[Comparison, ...]:
+    """Compare several metrics of two arms within the boots both ran in (PAIRED_TEXT)."""
+    prepared: list[tuple[PairedMetric, Summary, Summary, float, float, list[float]]] = []
+    for m in metrics:
+        pairs = [(float(b), float(c)) for b, c in m.pairs if b > 0 and c > 0]  # NaN compares False: dropped too
+        base, cand = summarize([b for b, _ in pairs]), summarize([c for _, c in pairs])
+        if len(pairs) < 2:
+            prepared.append((m, base, cand, math.nan, math.nan, []))
+            continue
+        logs = [math.log(c / b) for b, c in pairs]
+        change = (math.exp(sum(logs) / len(logs)) - 1.0) * 100.0
+        exact = 1.0 if logs[0] == 0 else 0.0  # every boot the same ratio: no variance to test against
+        p = exact if len(set(logs)) == 1 else float(scipy_stats.ttest_1samp(logs, 0.0).pvalue)
+        prepared.append((m, base, cand, change, p, logs))
+    raw = [p for *_, p, _ in prepared]
+    adjusted = holm(raw)
+    family = sum(not math.isnan(p) for p in raw)
+    out = []
+    for (m, base, cand, change, p_raw, logs), p in zip(prepared, adjusted, strict=True):
+        if math.isnan(p_raw):
+            out.append(Comparison(m.name, base, cand, math.nan, math.nan, "invalid data", family=family))
+            continue
+        low, high = _ratio_interval_pct(logs)
+        wide = not (low > -NEGLIGIBLE_PCT and high < NEGLIGIBLE_PCT)  # a change that matters is not ruled out
+        conclusion = conclude(change, p, wide, m.higher_is_better)
+        needed = _paired_reps_needed(logs, family) if conclusion in ("too noisy", "not significant") else None
+        out.append(Comparison(m.name, base, cand, change, p, conclusion, p_raw, family, wide, needed))
+    return tuple(out)
+
+
+def _ratio_interval_pct(logs: Sequence[float]) -> tuple[float, float]:
+    """95% interval of the geometric-mean change (%) from per-boot log ratios (t distribution)."""
+    n = len(logs)
+    mean = sum(logs) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in logs) / (n - 1))
+    half = float(scipy_stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    return (math.exp(mean - half) - 1.0) * 100.0, (math.exp(mean + half) - 1.0) * 100.0
+
+
 def compare(metric: str, baseline: Sequence[float], candidate: Sequence[float], higher_is_better: bool) -> Comparison:
     """Compare one metric between two groups of repetitions and conclude (a family of one)."""
     return compare_family([Metric(metric, baseline, candidate, higher_is_better)])[0]

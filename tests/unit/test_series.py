@@ -38,8 +38,11 @@ def test_the_timeout_sweep_spans_plain_swiotlb_to_v1(cells: pd.DataFrame) -> Non
 def test_c8_on_three_repetitions_is_inconclusive_and_says_how_many_would_decide(cells: pd.DataFrame) -> None:
     verdict = judge_c8(cells)
     assert verdict.verdict == "inconclusive"
-    assert "[2 vs 2 unobserved cells]" in verdict.detail  # repetition 0 ran the sampler: not compared
-    assert "fio_iops -24.3% (not significant; ~4 repetitions per group would detect it)" in verdict.detail
+    # Compared within the boots that ran both bounds; repetition 0 ran the sampler: not compared.  The two
+    # unobserved boots' IOPS ratios (bounded / none) are 0.74 and 0.78: a steady cost of about a quarter,
+    # which two boots cannot pin down (the paired t-test's 1 degree of freedom: p = 0.06).
+    assert "[within 2 unobserved boots; IOPS ratio per boot 0.74, 0.78]" in verdict.detail
+    assert "fio_iops -24.4% (too noisy; ~3 boots with both bounds would detect it)" in verdict.detail
     assert len(verdict.evidence) == 6 and all(e.startswith("throttle-v2-1024-nvme-heavy-") for e in verdict.evidence)
     assert "throttle-v2-dynamic 0 ms: IOPS 6707" in verdict.detail
 
@@ -67,6 +70,7 @@ def test_c8_rerun_with_the_failure_counters_gives_the_same_verdict() -> None:
     # README: the rerun counts failed scatterlists too; C8 stays inconclusive, the growing pool fails none
     counted = pd.read_parquet(DATA / "series-v2-counted-cells.parquet")
     verdict = judge_c8(counted)
-    assert verdict.verdict == "inconclusive" and "fio_iops -13.7% (not significant" in verdict.detail
+    assert verdict.verdict == "inconclusive" and "fio_iops -13.6% (too noisy" in verdict.detail
+    assert "IOPS ratio per boot 0.84, 0.89" in verdict.detail
     assert "throttle-v2 100 ms: IOPS 3184, p99 304 ms, failed maps 4-798" in verdict.detail
     assert "throttle-v2-dynamic none: IOPS 3777, p99 275 ms, failed maps 0" in verdict.detail

@@ -13,8 +13,10 @@ from lab.stats import (
     POWER,
     THRESHOLDS_TEXT,
     Metric,
+    PairedMetric,
     compare,
     compare_family,
+    compare_paired_family,
     conclude,
     holm,
     summarize,
@@ -163,3 +165,35 @@ def test_the_thresholds_text_states_the_published_rule() -> None:
         "Mann-Whitney",
     ):
         assert phrase in THRESHOLDS_TEXT, phrase
+
+
+# --- paired within boots (PAIRED_TEXT) -----------------------------------------------------------
+
+
+def test_pairing_within_boots_sees_a_steady_ratio_that_boot_to_boot_spread_hides() -> None:
+    # Four boots of very different speed, the candidate 5% slower in every one: the ratio is exactly 0.95
+    # each time (no variance: exact), while the unpaired groups overlap completely.
+    pairs = [(1000.0, 950.0), (3000.0, 2850.0), (5000.0, 4750.0), (2000.0, 1900.0)]
+    [paired] = compare_paired_family([PairedMetric("iops", pairs, True)])
+    assert paired.change_pct == pytest.approx(-5.0) and paired.p_value == 0.0 and paired.conclusion == "regressed"
+    unpaired = compare("iops", [b for b, _ in pairs], [c for _, c in pairs], True)
+    assert unpaired.conclusion == "too noisy"
+
+
+def test_two_boots_decide_nothing_that_matters() -> None:
+    # Per-boot ratios 0.74 and 0.78 (C8's stored run): logs -0.30111, -0.24846; t = -10.44 with 1 degree of
+    # freedom, whose two-sided p is 1 - (2/pi) atan(|t|) = 0.0609 (t with 1 df is Cauchy). Not significant,
+    # and the 95% interval of the change (-45% to +6%) reaches past +-2%: too noisy, not "no change".
+    [c] = compare_paired_family([PairedMetric("iops", [(100.0, 74.0), (100.0, 78.0)], True)])
+    t = (-0.301105 - 0.248461) / 2 / (0.037228 / math.sqrt(2))
+    assert c.p_raw == pytest.approx(1 - 2 / math.pi * math.atan(abs(t)), abs=1e-3)
+    assert c.change_pct == pytest.approx((math.sqrt(0.74 * 0.78) - 1) * 100) and c.conclusion == "too noisy"
+
+
+def test_a_paired_change_is_not_significant_only_when_its_interval_is_negligible() -> None:
+    # Ratios 1.001, 0.999, 1.0, 1.0005: no change, and the interval is within +-0.2%: decided, none.
+    steady = [(1000.0, 1001.0), (1000.0, 999.0), (1000.0, 1000.0), (1000.0, 1000.5)]
+    [c] = compare_paired_family([PairedMetric("iops", steady, True)])
+    assert c.conclusion == "not significant" and not c.noisy
+    [one] = compare_paired_family([PairedMetric("iops", steady[:1], True)])
+    assert one.conclusion == "invalid data"  # one boot with both arms compares nothing
