@@ -698,3 +698,73 @@ def bench_kernel(variant: str, cold: bool) -> str:
         shutil.rmtree(rebuilt.bzimage.parent, ignore_errors=True)  # not a real variant: keep the cache clean
     build_kernel("throttle", variants=variants)  # leave the workspace on the real series
     return "\n".join(f"{label}: {seconds:.1f} s" for label, seconds in results)
+
+
+# --- what pairing within boots buys (issue 19) ---------------------------------------------------
+
+
+def bench_pairing(cells_path: Path, effect_pct: float = 10.0) -> str:
+    """C8's comparison (series v2's default bound vs none, heavy load, unobserved cells) on stored cells, twice:
+    as two independent groups and within the boots that ran both.  For each, the 95% interval of the IOPS
+    change and how many repetitions (boots) would detect an ``effect_pct`` drop with 80% power at 0.05."""
+    import math
+
+    import pandas as pd
+    from scipy import stats as scipy_stats
+
+    from lab.claims import DEFAULT_TIMEOUT_MS, SERIES_V2, _ok, _select, boot_pairs, observed
+    from lab.matrix import THROTTLE_FOREVER_MS
+    from lab.stats import ALPHA, POWER
+
+    cells = pd.read_parquet(cells_path)
+    v2 = _select(_ok(cells), SERIES_V2, "heavy")
+    if v2.empty or "throttle_timeout_ms" not in v2:
+        raise ConfigError(f"{cells_path}: no {SERIES_V2} heavy cells with throttle_timeout_ms (a series-v2.toml run)")
+    pool = int(v2["pool_slabs_requested"].min())
+    v2 = v2[v2["pool_slabs_requested"] == pool]
+    bounded, unbounded = (
+        v2[v2["throttle_timeout_ms"] == DEFAULT_TIMEOUT_MS],
+        v2[v2["throttle_timeout_ms"] >= THROTTLE_FOREVER_MS],
+    )
+    b, u = bounded[~observed(bounded)]["fio_iops"], unbounded[~observed(unbounded)]["fio_iops"]
+    pairs, label = boot_pairs(unbounded, bounded)
+    if len(b) < 2 or len(u) < 2 or len(pairs) < 2:
+        raise ConfigError(f"{cells_path}: fewer than 2 unobserved cells (boots) per bound at pool {pool}")
+
+    def power_n(noncentrality: Callable[[int], float], df: Callable[[int], int]) -> int:
+        n = 2
+        while True:
+            crit = float(scipy_stats.t.ppf(1 - ALPHA / 2, df(n)))
+            nc = noncentrality(n)
+            if float(scipy_stats.nct.sf(crit, df(n), nc) + scipy_stats.nct.cdf(-crit, df(n), nc)) >= POWER:
+                return n
+            n += 1
+
+    # Unpaired: Welch's interval of the difference of means, as % of the unbounded mean.
+    se = math.sqrt(b.var() / len(b) + u.var() / len(u))
+    dof = se**4 / ((b.var() / len(b)) ** 2 / (len(b) - 1) + (u.var() / len(u)) ** 2 / (len(u) - 1))
+    half = float(scipy_stats.t.ppf(0.975, dof)) * se / u.mean() * 100
+    change = (b.mean() / u.mean() - 1) * 100
+    spread = math.sqrt((b.var() + u.var()) / 2) / u.mean()  # relative SD, pooled
+    groups = power_n(lambda n: effect_pct / 100 / spread * math.sqrt(n / 2), lambda n: 2 * n - 2)
+    # Paired: the interval of the geometric-mean ratio from per-boot log ratios.
+    logs = [math.log(c / a) for a, c in zip(pairs["fio_iops_base"], pairs["fio_iops_cand"], strict=True)]
+    n, mean = len(logs), sum(logs) / len(logs)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in logs) / (n - 1))
+    t = float(scipy_stats.t.ppf(0.975, n - 1))
+    low, high = ((math.exp(mean + k * t * sd / math.sqrt(n)) - 1) * 100 for k in (-1, 1))
+    boots = power_n(lambda k: abs(math.log(1 - effect_pct / 100)) / sd * math.sqrt(k), lambda k: k - 1)
+    return "\n".join(
+        [
+            f"C8 on {cells_path.name}: {SERIES_V2} {DEFAULT_TIMEOUT_MS} ms vs no bound, heavy, pool {pool}, IOPS",
+            f"  unpaired ({len(b)} vs {len(u)} unobserved cells): change {change:+.1f}%, 95% CI "
+            f"{change - half:+.1f}% to {change + half:+.1f}% (width {2 * half:.1f} points); relative SD "
+            f"{spread * 100:.1f}%: {groups} repetitions per group detect a {effect_pct:g}% drop with "
+            f"{POWER:.0%} power",
+            f"  paired ({n} {label}; ratios {', '.join(f'{math.exp(v):.2f}' for v in logs)}): change "
+            f"{(math.exp(mean) - 1) * 100:+.1f}%, 95% CI {low:+.1f}% to {high:+.1f}% (width {high - low:.1f} "
+            f"points); SD of the log ratios {sd:.3f}: {boots} boots detect a {effect_pct:g}% drop with "
+            f"{POWER:.0%} power",
+            "  (with 2 boots the t interval has 1 degree of freedom: its width says little until more boots run)",
+        ]
+    )

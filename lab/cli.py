@@ -487,6 +487,13 @@ def cmd_bench_dispatch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_pairing(args: argparse.Namespace) -> int:
+    from lab.bench import bench_pairing
+
+    print(bench_pairing(Path(args.cells), args.effect))
+    return 0
+
+
 def cmd_bench_kernel(args: argparse.Namespace) -> int:
     from lab.bench import bench_kernel
 
@@ -746,6 +753,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_accel_argument(dispatch)
     dispatch.add_argument("--hosts", metavar="FILE", help="also measure through a worker per host of this inventory")
     dispatch.set_defaults(func=cmd_bench_dispatch)
+
+    pairing = bench_sub.add_parser("pairing", help="C8 unpaired vs within boots: interval widths, repetitions needed")
+    pairing.add_argument(
+        "--cells",
+        default=str(Path(__file__).resolve().parent.parent / "tests/data/series-v2-counted-cells.parquet"),
+        help="a series-v2.toml run's cells.parquet (default: the stored counted run in tests/data)",
+    )
+    pairing.add_argument("--effect", type=float, default=10.0, help="the IOPS drop to detect, in %% (default 10)")
+    pairing.set_defaults(func=cmd_bench_pairing)
 
     bench_matrix = bench_sub.add_parser("matrix", help="cells/hour and boots saved of a run; report time at scale")
     bench_matrix.add_argument("--run", help="a finished results/<run-id> to measure")

@@ -22,3 +22,14 @@ def test_every_pair_has_one_run_of_each_arm_and_a_linear_drift_cancels(pairs: in
     with_, without = [i for i, on in enumerate(order) if on], [i for i, on in enumerate(order) if not on]
     gap = sum(with_) / pairs - sum(without) / pairs
     assert abs(gap) == pytest.approx(0 if pairs % 2 == 0 else 1 / pairs)
+
+
+def test_the_pairing_bench_reads_a_stored_series_v2_run() -> None:
+    from pathlib import Path
+
+    from lab.bench import bench_pairing
+
+    text = bench_pairing(Path(__file__).resolve().parent.parent / "data" / "series-v2-counted-cells.parquet")
+    unpaired, paired = (line for line in text.splitlines() if line.startswith(("  unpaired", "  paired")))
+    assert "2 vs 2 unobserved cells" in unpaired and "ratios 0.84, 0.89" in paired
+    assert "repetitions per group detect a 10% drop" in unpaired and "boots detect a 10% drop" in paired
