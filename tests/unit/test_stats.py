@@ -8,6 +8,7 @@ import pytest
 
 from lab.stats import (
     ALPHA,
+    EQUIVALENCE_MARGIN_PCT,
     NEGLIGIBLE_PCT,
     NOISY_RSD_PCT,
     POWER,
@@ -155,7 +156,7 @@ def test_the_thresholds_text_states_the_published_rule() -> None:
     """The numbers a report prints, written out here: changing a constant must be a deliberate change of
     the published rule (this test, the README and the findings), never a silent one.  The boundary tests
     above check that the code applies the same numbers."""
-    assert (ALPHA, NOISY_RSD_PCT, NEGLIGIBLE_PCT, POWER) == (0.05, 15.0, 2.0, 0.8)
+    assert (ALPHA, NOISY_RSD_PCT, NEGLIGIBLE_PCT, POWER, EQUIVALENCE_MARGIN_PCT) == (0.05, 15.0, 2.0, 0.8, 5.0)
     for phrase in (
         "adjusted p-value is below 0.05",
         "relative standard deviation exceeds 15%",
