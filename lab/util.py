@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -69,7 +70,83 @@ def read_toml(path: Path, kind: str) -> tuple[str, dict[str, Any]]:
     try:
         return text, tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: malformed TOML: {exc}") from exc
+        raise ConfigError(malformed_toml(path, text, exc)) from exc
+
+
+_TOML_AT = re.compile(r"\(at line (\d+), column (\d+)\)|\(at end of document\)")
+
+
+def _open_array(text: str, end: int) -> tuple[int, str] | None:
+    """The line (1-based) and key of the outermost array still open at character ``end`` of a TOML text, if
+    one is: a bracket scan of values (not table headers) that skips strings and comments."""
+    depth, start, key = 0, 0, ""
+    line_start, i = True, 0
+    while i < min(end, len(text)):
+        char = text[i]
+        if char == "\n":
+            line_start = True
+            i += 1
+            continue
+        if line_start and char in " \t":
+            i += 1
+            continue
+        if line_start and depth == 0:
+            line_start = False
+            if char == "[":  # a table header: [matrix], [[x]]
+                i = text.find("\n", i)
+                i = len(text) if i < 0 else i
+                continue
+            head = re.match(r"([A-Za-z0-9_.\-\"' ]+?)\s*=", text[i:])
+            key = head.group(1).strip() if head else key
+        line_start = False
+        if char == "#":
+            i = text.find("\n", i)
+            i = len(text) if i < 0 else i
+        elif char in "\"'":
+            quote = char * 3 if text.startswith(char * 3, i) else char
+            j = i + len(quote)
+            while j < len(text) and not text.startswith(quote, j):
+                if quote in ('"', '"""') and text[j] == "\\":  # an escape in a basic string
+                    j += 1
+                elif len(quote) == 1 and text[j] == "\n":
+                    break
+                j += 1
+            i = j + len(quote)
+        else:
+            if char == "[":
+                if depth == 0:
+                    start = text.count("\n", 0, i) + 1
+                depth += 1
+            elif char == "]" and depth:
+                depth -= 1
+            i += 1
+    return (start, key) if depth else None
+
+
+def malformed_toml(path: Path, text: str, exc: Exception) -> str:
+    """What is wrong with a TOML file (a matrix, a hosts inventory) that does not parse, at the line where the
+    mistake is.  Python's TOML parser reports an array without its ``]`` where it noticed (the next line, or
+    the end of the file): name the line the array starts on and its key instead."""
+    message = str(exc)
+    found = _TOML_AT.search(message)
+    if found and found.group(1):
+        line, column = int(found.group(1)), int(found.group(2))
+        offset = sum(len(x) + 1 for x in text.split("\n")[: line - 1]) + column - 1
+        noticed = f"line {line}, column {column}"
+    else:
+        line, offset, noticed = 0, len(text), "the end of the file"
+    reason = _TOML_AT.sub("", message).strip()
+    opened = _open_array(text, offset) if reason == "Unclosed array" else None
+    if opened:
+        start, key = opened
+        what = f"the array of {key!r}" if key else "an array"
+        return (
+            f"{path}:{start}: malformed TOML: {what} that starts on line {start} is not closed (the parser "
+            f"stopped at {noticed}): each value needs a ',' after it and the array a ']' at its end, "
+            'e.g. ["8MiB", "16MiB"]; strings need quotes'
+        )
+    where = f":{line}" if line else ""
+    return f"{path}{where}: malformed TOML: {reason} (at {noticed})"
 
 
 def unknown_key(key: str, valid: Sequence[str], table: str = "") -> str:

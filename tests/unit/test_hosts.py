@@ -47,7 +47,12 @@ GOOD = '[hosts.a]\naddress = "10.0.0.1"\nplatforms = ["kvm"]\n'
         pytest.param(GOOD + "cbitpos = 7\n", ":4: hosts.a.cbitpos: 7 must be the C-bit position", id="bad-cbit"),
         pytest.param("[hosts]\n", ": no hosts; add a [hosts.NAME] table", id="empty"),
         pytest.param("[host.a]\n", ": unknown table [host]; valid: [hosts.NAME]", id="typo-table"),
-        pytest.param("[hosts.a\n", ": malformed TOML", id="malformed"),
+        pytest.param("[hosts.a\n", ":1: malformed TOML: Expected ']'", id="malformed"),
+        pytest.param(
+            '[hosts.a]\naddress = "h"\nplatforms = ["tcg"\nslots = 2\n',
+            ":3: malformed TOML: the array of 'platforms' that starts on line 3 is not closed",
+            id="unclosed-array",  # the parser notices on line 4; the mistake is on line 3
+        ),
         pytest.param(
             '[hosts.a]\naddress = "snp1 lab example"\n',
             ":2: hosts.a.address: 'snp1 lab example' is not a host name or IP address",
