@@ -73,23 +73,27 @@ def bench_guest(
     ctx: LabContext, hypervisor: LocalHypervisor, spec: BootSpec, workdir: Path, say: Say = quiet
 ) -> Iterator[tuple[Machine, Guest]]:
     """One bench boot: the accelerator resolved (and kept in ``ctx`` for the rows), the guest booted and
-    connected; QEMU is stopped when the block ends.  A boot that panics or times out before SSH is tried
-    once more, as in a matrix run (lab.runner.BOOT_TRIES)."""
+    connected and its platform checked; QEMU is stopped when the block ends.  A boot that panics or times out
+    before SSH is tried once more, by the matrix runner's own rule (lab.runner.boot_again)."""
     from lab.guest import Guest
-    from lab.runner import BOOT_TRIES, TRANSIENT_BOOT_FAILURES, failure_reason
+    from lab.runner import boot_again, checked_platform, failure_reason
 
     ctx.accel = hypervisor.resolve_accel(spec, ctx.cache / "probe-work")  # type: ignore[assignment]
-    for attempt in range(1, BOOT_TRIES + 1):
+    spec = replace(spec, accel=ctx.accel)
+    attempt = 0
+    while True:
+        attempt += 1
         stack = contextlib.ExitStack()
         try:
             where = workdir if attempt == 1 else workdir.with_name(f"{workdir.name}-try{attempt}")
-            vm = stack.enter_context(hypervisor.boot(replace(spec, accel=ctx.accel), where))
+            vm = stack.enter_context(hypervisor.boot(spec, where))
             guest = stack.enter_context(Guest(vm.endpoint, ctx.client_key.private_path, ctx.image.host_key_blob))
             guest.connect(alive=vm.check_alive)
+            checked_platform(guest, vm, spec)  # the vCPUs and memory encryption asked for, as a matrix run checks
         except LabError as exc:
             stack.close()
             reason = failure_reason(exc)
-            if reason not in TRANSIENT_BOOT_FAILURES or attempt == BOOT_TRIES:
+            if not boot_again(reason, attempt):
                 raise
             say(f"boot {attempt} failed ({reason}); trying once more")
             continue

@@ -315,6 +315,37 @@ def failure_reason(exc: LabError) -> str:
     return type(exc).__name__
 
 
+def boot_again(reason: str, failed: int) -> bool:
+    """Whether a boot that did not come up (``reason``, the ``failed``-th of its group) is tried once more:
+    only for what the emulator, not the kernel, can be at fault for (a panic or hang before SSH under TCG),
+    and at most BOOT_TRIES boots in all.  A matrix run and a bench boot alike."""
+    return reason in TRANSIENT_BOOT_FAILURES and failed < BOOT_TRIES
+
+
+def checked_platform(guest: Guest, vm: RunningGuest, spec: BootSpec) -> probes.Platform:
+    """What the booted guest says it runs on, or a BootError when it is not what ``spec`` asked for."""
+    # Trust nothing about the guest platform: a kernel without ACPI on q35,
+    # for one, silently runs with a single CPU whatever -smp says.
+    platform = probes.read_platform(guest)
+    if platform.cpus != spec.vcpus:
+        raise BootError(
+            f"the guest sees {platform.cpus} CPU(s) but {spec.vcpus} vCPU(s) were requested",
+            argv=vm.argv,
+            reason="vcpu mismatch",
+            console_tail=console_excerpt(vm.console_text()),
+        )
+    # A CoCo cell whose guest runs unencrypted would measure the wrong thing silently.
+    if not encryption_matches(spec.accel, platform.memory_encryption):
+        raise BootError(
+            f"the guest on platform {spec.accel} reports memory encryption "
+            f"{platform.memory_encryption!r}, not {profile(spec.accel).encryption}",
+            argv=vm.argv,
+            reason="no memory encryption",
+            console_tail=console_excerpt(vm.console_text()),
+        )
+    return platform
+
+
 def run_group(cells: list[Cell], store: RunStore, ctx: LabContext, reporter: Reporter) -> list[dict[str, Any]]:
     """Run ``cells`` (same boot key) one after another in as few boots as possible.
 
@@ -340,25 +371,7 @@ def run_group(cells: list[Cell], store: RunStore, ctx: LabContext, reporter: Rep
                 guest = ctx.guest(vm.endpoint, ctx.client_key.private_path, ctx.image.host_key_blob)
                 try:
                     ssh_s = guest.connect(alive=vm.check_alive)
-                    # Trust nothing about the guest platform: a kernel without ACPI on q35,
-                    # for one, silently runs with a single CPU whatever -smp says.
-                    platform = probes.read_platform(guest)
-                    if platform.cpus != spec.vcpus:
-                        raise BootError(
-                            f"the guest sees {platform.cpus} CPU(s) but {spec.vcpus} vCPU(s) were requested",
-                            argv=vm.argv,
-                            reason="vcpu mismatch",
-                            console_tail=console_excerpt(vm.console_text()),
-                        )
-                    # A CoCo cell whose guest runs unencrypted would measure the wrong thing silently.
-                    if not encryption_matches(spec.accel, platform.memory_encryption):
-                        raise BootError(
-                            f"the guest on platform {spec.accel} reports memory encryption "
-                            f"{platform.memory_encryption!r}, not {profile(spec.accel).encryption}",
-                            argv=vm.argv,
-                            reason="no memory encryption",
-                            console_tail=console_excerpt(vm.console_text()),
-                        )
+                    platform = checked_platform(guest, vm, spec)
                     booted = True
                     boot_info = {
                         "accel": vm.accelerator,
@@ -390,7 +403,7 @@ def run_group(cells: list[Cell], store: RunStore, ctx: LabContext, reporter: Rep
                 continue  # the guest died between cells: boot again for the rest
             reason = failure_reason(exc)
             failed_boots.append(f"boot {attempt}: {reason}")
-            if reason in TRANSIENT_BOOT_FAILURES and len(failed_boots) < BOOT_TRIES:
+            if boot_again(reason, len(failed_boots)):
                 log.warning("boot %d of %s failed (%s); trying once more", attempt, first.cell_id, reason)
                 reporter.phase(first, f"boot failed ({reason}); trying once more")
                 continue
