@@ -1,4 +1,4 @@
-"""The thread's claims (REFERENCE.md §1, C1-C7), judged from measured cells.
+"""The thread's claims (C1-C14; the README's claims table, docs/findings.md), judged from measured cells.
 
 Each judge takes the run's cells table and returns a ``Verdict``: supported,
 contradicted or inconclusive, with the metric, the threshold and the cells it

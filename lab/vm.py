@@ -1,8 +1,9 @@
 """One QEMU process: the boot spec, its argv, and a context manager that always stops it.
 
-Where QEMU runs and how the guest is reached sits behind ``Hypervisor``:
-``LocalHypervisor`` starts QEMU on this machine; a remote hypervisor host
-plugs in by implementing the same ``boot()`` and returning a ``RunningGuest``.
+``Hypervisor`` is how a guest is booted on the machine that runs QEMU: ``LocalHypervisor`` starts QEMU
+here.  Which machine runs a boot group is not decided here: a run's executor (``lab.runner.Executor``; the
+Dask ones in ``lab.fanout``) sends the group to a worker, and each worker boots with a ``LocalHypervisor``
+of its own.
 """
 
 from __future__ import annotations
