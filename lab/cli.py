@@ -271,7 +271,7 @@ def cmd_nightly(args: argparse.Namespace) -> int:
     from lab.errors import BuildError
     from lab.history import EXIT_NO_RESULT, History
     from lab.nightly import build_trend, judge_night, tree_revision, write_error_junit
-    from lab.session import RunRequest, Session
+    from lab.session import RunRequest, Session, write_report
 
     history = History(Path(args.history))
     tree = Path(args.kernel_tree).resolve() if args.kernel_tree else None
@@ -321,8 +321,11 @@ def cmd_nightly(args: argparse.Namespace) -> int:
     except BaseException as exc:
         session.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", report=False)
         raise
-    outcome = session.finish("complete")
+    # The report is written after the gate, so the night's report shows its verdict (lab.report: "Nightly gate").
+    outcome = session.finish("complete", report=False)
     code, summary = judge_night(history, outcome.store, revision, junit)
+    if not outcome.cells.empty:
+        write_report(outcome)
     trend = build_trend(history, session.matrix.name)
     removed = history.retain(args.keep, session.matrix.name)
     print(f"night {outcome.store.run_id}: {summary}")

@@ -603,6 +603,21 @@ def report_model(
             "their IOPS and latencies measure the host's scheduler too."
         )
     sections: list[Section] = []
+    gate = manifest.get("nightly") or {}
+    if "exit_code" in gate:
+        outcome = {0: "passed", 1: "REGRESSION", 3: "no usable result"}.get(int(gate["exit_code"]), "?")
+        tree = f"; kernel tree `{gate['tree']}` at `{gate.get('tree_describe', '?')}`" if gate.get("tree") else ""
+        sections.append(
+            Section(
+                "Nightly gate",
+                (
+                    f"**{outcome}** (exit {gate['exit_code']}): {gate.get('summary', '')}",
+                    f"Baseline night: `{gate.get('baseline') or 'none (this night is the baseline)'}`; "
+                    f"regressions: {gate.get('regressions', 0)}"
+                    f"{tree}. The per-comparison results are in `junit.xml` beside this report.",
+                ),
+            )
+        )
     hosts = hosts_table(cells)
     sections.append(
         Section(

@@ -330,7 +330,7 @@ class Session:
 
     def finish(self, status: str, *, report: bool = True) -> Outcome:
         """Rebuild the run tables, mark the manifest, write the summary and (unless interrupted) the report."""
-        from lab.report import build_report, summary_markdown
+        from lab.report import summary_markdown
         from lab.store import load_cells
         from lab.util import atomic_write_text
 
@@ -350,10 +350,19 @@ class Session:
             atomic_write_text(store.root / "summary.md", summary + infrastructure_markdown(manifest))
         outcome = Outcome(store, cells, status, run_exit_code(cells, status, strict=self.request.strict))
         if report and status != "interrupted" and not cells.empty:
-            try:
-                outcome.report = build_report(store.root)["html"]
-            except Exception:  # the cells are safe on disk; keep the reason instead of losing the run to it
-                outcome.report_error = store.root / "report-error.txt"
-                atomic_write_text(outcome.report_error, traceback.format_exc())
-                outcome.exit_code = 1
+            write_report(outcome)
         return outcome
+
+
+def write_report(outcome: Outcome) -> None:
+    """The run's report into its directory; a report that fails leaves its traceback and exit code 1 instead
+    of losing the run to it (the cells are safe on disk)."""
+    from lab.report import build_report
+    from lab.util import atomic_write_text
+
+    try:
+        outcome.report = build_report(outcome.store.root)["html"]
+    except Exception:
+        outcome.report_error = outcome.store.root / "report-error.txt"
+        atomic_write_text(outcome.report_error, traceback.format_exc())
+        outcome.exit_code = 1

@@ -125,6 +125,10 @@ def test_a_night_whose_revision_fills_the_pool_is_a_regression(tmp_path: Path, o
         for r in nights["run_id"]
     ]
     assert trees == [str(tmp_path / "shallow"), None]  # a night records the tree it built, if it had one
+    # Each night's report is written after its gate and opens with it.
+    first_report, second_report = ((history / "runs" / r / "report.md").read_text() for r in nights["run_id"])
+    assert "## Nightly gate" in first_report and "**passed** (exit 0)" in first_report
+    assert "**REGRESSION** (exit 1)" in second_report.split("## Nightly gate", 1)[1].split("\n## ", 1)[0]
     trend = (history / "trend-tiny.html").read_text()
     assert all(run_id in trend for run_id in nights["run_id"])
     assert qemu_pids() - before == set()

@@ -327,3 +327,20 @@ def test_a_run_with_more_guests_than_cores_says_so_at_the_top() -> None:
     )
     [warning] = [block for block in model.intro if "more guests at once" in str(block)]
     assert f"1 of {len(cells)} cells" in warning and "6 > 2 host CPUs" in warning
+
+
+def test_a_nights_report_opens_with_its_gate() -> None:
+    """`lab nightly` writes the report after the gate; the gate's verdict is then the report's first section."""
+    cells = load_cells(RUN)
+    manifest = json.loads((RUN / "manifest.json").read_text())
+    assert not any(s.title == "Nightly gate" for s in report_model(manifest, cells, [], [], []).sections)
+    gate = {
+        "baseline": "20261101T010000-aaaa",
+        "exit_code": 1,
+        "summary": "1 regression(s) against it",
+        "regressions": 1,
+    }
+    model = report_model({**manifest, "nightly": gate}, cells, [], [], [])
+    first = model.sections[0]
+    assert first.title == "Nightly gate" and "**REGRESSION** (exit 1): 1 regression(s)" in str(first.blocks[0])
+    assert "`20261101T010000-aaaa`" in str(first.blocks[1])
