@@ -184,6 +184,7 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
         results=Path(args.results),
         resume=Path(args.resume) if args.resume else None,
         retry_failed=args.retry_failed,
+        mix_batches=args.mix_batches,
         jobs=args.jobs,
         accel=args.accel,
         hosts=Path(args.hosts) if args.hosts else None,
@@ -601,6 +602,11 @@ def build_parser() -> argparse.ArgumentParser:
     matrix.add_argument("--cores", type=int, metavar="N", help="with --dry-run: also estimate for a host with N cores")
     matrix.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run")
     matrix.add_argument("--retry-failed", action="store_true", help="with --resume: also rerun the failed cells")
+    matrix.add_argument(
+        "--mix-batches",
+        action="store_true",
+        help="with --resume: resume a run another lab revision (or other uncommitted changes) started",
+    )
     matrix.add_argument(
         "--strict",
         action="store_true",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import re
@@ -125,5 +126,21 @@ def _dmesg() -> str:
         return ""
 
 
+def lab_diff_digest() -> str:
+    """sha256 of the checkout's uncommitted changes to tracked files ("" for a clean tree): two runs of one
+    dirty revision ran the same code only if this matches too."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        diff = subprocess.run(["git", "-C", repo, "diff", "HEAD"], capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return hashlib.sha256(diff).hexdigest() if diff else ""
+
+
 def provenance(qemu: str = "qemu-system-x86_64") -> dict[str, Any]:
-    return {"lab_revision": lab_revision(), "python": platform.python_version(), **host_facts(qemu)}
+    return {
+        "lab_revision": lab_revision(),
+        "lab_diff_sha256": lab_diff_digest(),
+        "python": platform.python_version(),
+        **host_facts(qemu),
+    }

@@ -595,6 +595,12 @@ def report_model(
         f"{manifest.get('status', '?')}.",
         summary_line(cells),
     ]
+    if manifest.get("mixed_batches"):
+        intro.append(
+            f"**Warning: this run mixes batches** ({manifest['mixed_batches']}; resumed at "
+            f"`{manifest.get('resumed_lab_revision', '?')}` with --mix-batches): its cells' `lab_revision` "
+            "says which batch each is from, and comparisons across them are not one run's."
+        )
     crowded = cells["host_oversubscribed"].astype("boolean").fillna(False) if "host_oversubscribed" in cells else None
     if crowded is not None and crowded.any():
         intro.append(

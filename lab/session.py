@@ -89,6 +89,7 @@ class RunRequest:
     scheduler: str | None = None
     strict: bool = False
     kernel_tree: Path | None = None  # build the lab's variants from this tree (e.g. the series' git checkout)
+    mix_batches: bool = False  # --resume a run that another lab revision (or another dirty tree) started
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,7 @@ class Session:
     hosts: dict[str, Host] | None = field(default=None, init=False)
     jobs: int = field(default=1, init=False)
     contention: str | None = field(default=None, init=False)  # lab.runner.oversubscription, local runs
+    mixed_batch: str | None = field(default=None, init=False)  # why a resumed run is of another batch
 
     def __post_init__(self) -> None:
         from lab.hosts import load_hosts
@@ -154,6 +156,26 @@ class Session:
             raise ConfigError("--retry-failed needs --resume RUN_DIR (the run whose failed cells to rerun)")
         if self.request.resume:
             self.store = RunStore.open(Path(self.request.resume))
+            self.mixed_batch = self._other_batch(self.store.manifest())
+
+    def _other_batch(self, manifest: dict[str, Any]) -> str | None:
+        """Why the run being resumed belongs to another batch than this checkout would make it (None if it
+        does not): another lab revision, or the same dirty revision with other uncommitted changes.  Cells
+        of two batches are not comparable as one run's, so a resume refuses unless asked to mix them."""
+        from lab.host import lab_diff_digest, lab_revision
+
+        started, now = manifest.get("lab_revision"), lab_revision()
+        why = None
+        if started and started != now:
+            why = f"it was started at lab revision {started}, this checkout is {now}"
+        elif "lab_diff_sha256" in manifest and manifest["lab_diff_sha256"] != lab_diff_digest():
+            why = f"it was started from revision {now} with other uncommitted changes"
+        if why and not self.request.mix_batches:
+            raise ConfigError(
+                f"--resume {self.request.resume}: {why}; resume it from that revision, or start a new run "
+                "(--mix-batches resumes it anyway, and its manifest and report say the run mixes batches)"
+            )
+        return why
 
     def plan(self) -> Plan:
         """What the run will do: the cells left, the boots and time they take, and the cells it will skip
@@ -277,7 +299,10 @@ class Session:
             self.store = RunStore.create(request.results, manifest)
         else:
             was = self.store.claim()  # refuses a run another process is still running
-            self.store.update_manifest(resumed_utc=manifest["started_utc"], resumed_from=was)
+            mixed = {"mixed_batches": self.mixed_batch, "resumed_lab_revision": manifest["lab_revision"]}
+            self.store.update_manifest(
+                resumed_utc=manifest["started_utc"], resumed_from=was, **(mixed if self.mixed_batch else {})
+            )
         self.ctx = ctx
 
     def run(self, reporter: Reporter) -> None:

@@ -344,3 +344,16 @@ def test_a_nights_report_opens_with_its_gate() -> None:
     first = model.sections[0]
     assert first.title == "Nightly gate" and "**REGRESSION** (exit 1): 1 regression(s)" in str(first.blocks[0])
     assert "`20261101T010000-aaaa`" in str(first.blocks[1])
+
+
+def test_a_run_that_mixes_batches_says_so_at_the_top() -> None:
+    cells = load_cells(RUN)
+    manifest = json.loads((RUN / "manifest.json").read_text())
+    mixed = {
+        **manifest,
+        "mixed_batches": "it was started at lab revision aaaa, this checkout is bbbb",
+        "resumed_lab_revision": "bbbb",
+    }
+    [warning] = [b for b in report_model(mixed, cells, [], [], []).intro if "mixes batches" in str(b)]
+    assert "started at lab revision aaaa" in warning and "`bbbb`" in warning
+    assert not any("mixes batches" in str(b) for b in report_model(manifest, cells, [], [], []).intro)
