@@ -53,6 +53,7 @@ UPGRADE_COLUMNS: dict[str, dict[str, str]] = {
         "host_id": "VARCHAR",
         "cpu_model": "VARCHAR",
         "coco_firmware": "VARCHAR",
+        "lab_diff_sha256": "VARCHAR",  # the lab's uncommitted changes, if any (lab.host.provenance)
         "host_guest_slots": "BIGINT",  # guests the host ran at once (lab.session, lab.fanout)
         "host_oversubscribed": "BOOLEAN",  # more of them than its cores allow (lab.runner.oversubscription)
         # its boot (lab.runner)

@@ -51,7 +51,7 @@ def test_the_sample_lacks_the_columns_it_is_read_through() -> None:
     """What this file tests is real: the stored sample predates the claims' scope and today's cell columns."""
     assert "scope" not in pq.read_schema(SAMPLE / "claims.parquet").names
     stored = set(pq.read_schema(SAMPLE / "cells.parquet").names)
-    assert len(set(UPGRADE_COLUMNS["cells"]) - stored) == len(UPGRADE_COLUMNS["cells"]) == 34
+    assert len(set(UPGRADE_COLUMNS["cells"]) - stored) == len(UPGRADE_COLUMNS["cells"]) == 35
 
 
 def test_history_claims_on_the_sample_lists_its_stored_verdicts(
@@ -131,6 +131,13 @@ def test_every_column_a_current_row_has_and_the_sample_lacks_is_upgraded(tmp_pat
     store = RunStore.create(tmp_path / "results", {}, run_id="r")
     base = base_row(ctx, Cell("static", 1024, "nvme", Workload("heavy"), 2, 1024, 0), store)
     row, _, _ = build_row(base, DATA / "stock-1024-heavy", 0)
-    boot_and_host = {"boot_retries", "boot_retry_reason", "swiotlb_areas_logged", "host_id", "cpu_model"}
+    boot_and_host = {
+        "boot_retries",
+        "boot_retry_reason",
+        "swiotlb_areas_logged",
+        "host_id",
+        "cpu_model",
+        "lab_diff_sha256",
+    }
     stored = set(pq.read_schema(SAMPLE / "cells.parquet").names)
     assert (set(row) | boot_and_host) - stored - set(UPGRADE_COLUMNS["cells"]) == set()
