@@ -350,24 +350,10 @@ def cmd_history(args: argparse.Namespace) -> int:
     from lab.nightly import build_trend
 
     history = History(Path(args.history))
-    if not history.runs.is_dir():
-        raise ConfigError(f"{args.history}: no nights here (expected {history.runs}/<run-id>/)")
-    queries = {
-        "nights": "SELECT run_id, matrix_name, status, controller, started_utc, tree_describe, lab_revision, "
-        "baseline, regressions, exit_code, left(matrix_hash, 12) AS matrix FROM nights ORDER BY started_utc",
-        "claims": "SELECT night, scope, claim, verdict FROM claims ORDER BY night, scope, claim",
-        "metric": f"SELECT night, kernel, workload, count(*) AS cells, median({args.metric}) AS median, "
-        f"quantile_cont({args.metric}, 0.25) AS q1, quantile_cont({args.metric}, 0.75) AS q3 "
-        "FROM cells WHERE status = 'ok' GROUP BY night, kernel, workload ORDER BY night, kernel, workload",
-    }
     if args.question == "trend":
         print(build_trend(history, args.matrix))
         return 0
-    sql = args.sql if args.question == "sql" else queries[args.question]
-    try:
-        frame = history.query(sql)
-    except Exception as exc:  # DuckDB's own message names the column or table that is wrong
-        raise ConfigError(f"history query failed: {exc}") from exc
+    frame = history.query(args.sql) if args.question == "sql" else history.ask(args.question, args.metric)
     print(frame.to_string(index=False) if not frame.empty else "(no rows)")
     return 0
 

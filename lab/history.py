@@ -240,4 +240,26 @@ class History:
         return con
 
     def query(self, sql: str) -> pd.DataFrame:
-        return self.connect().execute(sql).fetchdf()
+        """Any SQL over the views ``nights``, ``cells`` and ``claims``; a query DuckDB refuses is a ConfigError
+        carrying DuckDB's own message (it names the column or table that is wrong)."""
+        if not self.runs.is_dir():
+            raise ConfigError(f"{self.root}: no nights here (expected {self.runs}/<run-id>/)")
+        try:
+            return self.connect().execute(sql).fetchdf()
+        except Exception as exc:
+            raise ConfigError(f"history query failed: {exc}") from exc
+
+    def ask(self, question: str, metric: str = "fio_iops") -> pd.DataFrame:
+        """The common questions (``QUESTIONS``): one row per night, the verdicts per night, or ``metric``'s
+        median and quartiles per night, kernel and workload over the finished cells."""
+        return self.query(QUESTIONS[question].format(metric=metric))
+
+
+QUESTIONS = {
+    "nights": "SELECT run_id, matrix_name, status, controller, started_utc, tree_describe, lab_revision, "
+    "baseline, regressions, exit_code, left(matrix_hash, 12) AS matrix FROM nights ORDER BY started_utc",
+    "claims": "SELECT night, scope, claim, verdict FROM claims ORDER BY night, scope, claim",
+    "metric": "SELECT night, kernel, workload, count(*) AS cells, median({metric}) AS median, "
+    "quantile_cont({metric}, 0.25) AS q1, quantile_cont({metric}, 0.75) AS q3 "
+    "FROM cells WHERE status = 'ok' GROUP BY night, kernel, workload ORDER BY night, kernel, workload",
+}

@@ -141,3 +141,22 @@ def test_every_column_a_current_row_has_and_the_sample_lacks_is_upgraded(tmp_pat
     }
     stored = set(pq.read_schema(SAMPLE / "cells.parquet").names)
     assert (set(row) | boot_and_host) - stored - set(UPGRADE_COLUMNS["cells"]) == set()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(["nights"], "no nights here (expected", id="no-nights"),
+        pytest.param(["sql", "--sql", "SELECT 1"], "no nights here (expected", id="sql-without-nights"),
+    ],
+)
+def test_a_history_without_nights_exits_2_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    assert main(["history", *args, "--history", str(tmp_path / "empty")]) == 2
+    assert f"{tmp_path / 'empty'}: {message}" in capsys.readouterr().err
+
+
+def test_a_query_duckdb_refuses_exits_2_with_its_reason(history: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["history", "sql", "--sql", "SELECT no_such_column FROM cells", "--history", str(history)])
+    assert code == 2 and "history query failed" in (err := capsys.readouterr().err) and "no_such_column" in err
