@@ -718,7 +718,7 @@ def bench_pairing(cells_path: Path, effect_pct: float = 10.0) -> str:
 
     from lab.claims import DEFAULT_TIMEOUT_MS, SERIES_V2, _ok, _select, boot_pairs, observed
     from lab.matrix import THROTTLE_FOREVER_MS
-    from lab.stats import ALPHA, POWER
+    from lab.stats import ALPHA, POWER, n_for_power, ratio_interval_pct, summarize
 
     cells = pd.read_parquet(cells_path)
     v2 = _select(_ok(cells), SERIES_V2, "heavy")
@@ -735,29 +735,19 @@ def bench_pairing(cells_path: Path, effect_pct: float = 10.0) -> str:
     if len(b) < 2 or len(u) < 2 or len(pairs) < 2:
         raise ConfigError(f"{cells_path}: fewer than 2 unobserved cells (boots) per bound at pool {pool}")
 
-    def power_n(noncentrality: Callable[[int], float], df: Callable[[int], int]) -> int:
-        n = 2
-        while True:
-            crit = float(scipy_stats.t.ppf(1 - ALPHA / 2, df(n)))
-            nc = noncentrality(n)
-            if float(scipy_stats.nct.sf(crit, df(n), nc) + scipy_stats.nct.cdf(-crit, df(n), nc)) >= POWER:
-                return n
-            n += 1
-
     # Unpaired: Welch's interval of the difference of means, as % of the unbounded mean.
     se = math.sqrt(b.var() / len(b) + u.var() / len(u))
     dof = se**4 / ((b.var() / len(b)) ** 2 / (len(b) - 1) + (u.var() / len(u)) ** 2 / (len(u) - 1))
     half = float(scipy_stats.t.ppf(0.975, dof)) * se / u.mean() * 100
     change = (b.mean() / u.mean() - 1) * 100
     spread = math.sqrt((b.var() + u.var()) / 2) / u.mean()  # relative SD, pooled
-    groups = power_n(lambda n: effect_pct / 100 / spread * math.sqrt(n / 2), lambda n: 2 * n - 2)
+    groups = n_for_power(effect_pct / 100 / spread, ALPHA)
     # Paired: the interval of the geometric-mean ratio from per-boot log ratios.
-    logs = [math.log(c / a) for a, c in zip(pairs["fio_iops_base"], pairs["fio_iops_cand"], strict=True)]
-    n, mean = len(logs), sum(logs) / len(logs)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in logs) / (n - 1))
-    t = float(scipy_stats.t.ppf(0.975, n - 1))
-    low, high = ((math.exp(mean + k * t * sd / math.sqrt(n)) - 1) * 100 for k in (-1, 1))
-    boots = power_n(lambda k: abs(math.log(1 - effect_pct / 100)) / sd * math.sqrt(k), lambda k: k - 1)
+    ratios = [math.log(c / a) for a, c in zip(pairs["fio_iops_base"], pairs["fio_iops_cand"], strict=True)]
+    logs = summarize(ratios)
+    low, high = ratio_interval_pct(logs)
+    boots = n_for_power(abs(math.log(1 - effect_pct / 100)) / logs.sd, ALPHA, paired=True)
+    logs_text = ", ".join(f"{math.exp(v):.2f}" for v in ratios)
     return "\n".join(
         [
             f"C8 on {cells_path.name}: {SERIES_V2} {DEFAULT_TIMEOUT_MS} ms vs no bound, heavy, pool {pool}, IOPS",
@@ -765,9 +755,9 @@ def bench_pairing(cells_path: Path, effect_pct: float = 10.0) -> str:
             f"{change - half:+.1f}% to {change + half:+.1f}% (width {2 * half:.1f} points); relative SD "
             f"{spread * 100:.1f}%: {groups} repetitions per group detect a {effect_pct:g}% drop with "
             f"{POWER:.0%} power",
-            f"  paired ({n} {label}; ratios {', '.join(f'{math.exp(v):.2f}' for v in logs)}): change "
-            f"{(math.exp(mean) - 1) * 100:+.1f}%, 95% CI {low:+.1f}% to {high:+.1f}% (width {high - low:.1f} "
-            f"points); SD of the log ratios {sd:.3f}: {boots} boots detect a {effect_pct:g}% drop with "
+            f"  paired ({logs.n} {label}; ratios {logs_text}): change "
+            f"{(math.exp(logs.mean) - 1) * 100:+.1f}%, 95% CI {low:+.1f}% to {high:+.1f}% (width {high - low:.1f} "
+            f"points); SD of the log ratios {logs.sd:.3f}: {boots} boots detect a {effect_pct:g}% drop with "
             f"{POWER:.0%} power",
             "  (with 2 boots the t interval has 1 degree of freedom: its width says little until more boots run)",
         ]

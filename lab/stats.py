@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from scipy import stats as scipy_stats
@@ -130,12 +131,23 @@ def _rank_test_min_n(alpha: float) -> int:
     return n
 
 
-def _power(n: int, effect: float, alpha: float) -> float:
-    """Power of a two-sided two-sample t-test with n per group at effect size ``effect`` (noncentral t)."""
-    df = 2 * n - 2
+def _power(n: int, effect: float, alpha: float, paired: bool = False) -> float:
+    """Power of a two-sided t-test at effect size ``effect`` (noncentral t): two-sample with n per group, or
+    (``paired``) one-sample over n paired differences."""
+    df, nc = (n - 1, effect * math.sqrt(n)) if paired else (2 * n - 2, effect * math.sqrt(n / 2))
     crit = float(scipy_stats.t.ppf(1 - alpha / 2, df))
-    nc = effect * math.sqrt(n / 2)
     return float(scipy_stats.nct.sf(crit, df, nc) + scipy_stats.nct.cdf(-crit, df, nc))
+
+
+def n_for_power(effect: float, alpha: float, paired: bool = False, limit: int = 10_000) -> int | None:
+    """The smallest n (from 2) whose t-test has POWER at ``alpha`` for ``effect`` (see ``_power``); None
+    beyond ``limit``.  Exact at small n, where the answer matters; coarse (doubling) beyond 64."""
+    n = 2
+    while _power(n, effect, alpha, paired) < POWER:
+        n = n + 1 if n < 64 else n * 2
+        if n > limit:
+            return None
+    return n
 
 
 def reps_needed(base: Summary, cand: Summary, family: int, noisy: bool, limit: int = 10_000) -> int | None:
@@ -147,13 +159,9 @@ def reps_needed(base: Summary, cand: Summary, family: int, noisy: bool, limit: i
     spread = math.sqrt((base.sd**2 + cand.sd**2) / 2)
     if not diff or math.isnan(diff) or math.isnan(spread):
         return None
-    n = 2
-    if spread > 0:
-        effect = diff / spread
-        while _power(n, effect, alpha) < POWER:
-            n = n + 1 if n < 64 else n * 2  # exact at small n, where the answer matters; coarse beyond
-            if n > limit:
-                return None
+    n = n_for_power(diff / spread, alpha, limit=limit) if spread > 0 else 2
+    if n is None:
+        return None
     return max(n, _rank_test_min_n(alpha)) if noisy else n
 
 
@@ -166,32 +174,54 @@ def conclude(change: float, p: float, noisy: bool, higher_is_better: bool) -> st
     return "improved" if better else "regressed"
 
 
+@dataclass(frozen=True)
+class _Measured:
+    """One metric of a family before the Holm adjustment: its summaries, change and raw p-value (NaN: not
+    enough data), whether a non-significant result is undecided (``noisy``), and how many repetitions would
+    decide it given the family's size."""
+
+    name: str
+    higher_is_better: bool
+    base: Summary
+    cand: Summary
+    change: float = math.nan
+    p_raw: float = math.nan
+    noisy: bool = False
+    needed: Callable[[int], int | None] = lambda family: None
+
+
+def _conclude_family(measured: Sequence[_Measured]) -> tuple[Comparison, ...]:
+    """Holm-adjust the family's p-values and conclude each metric at its adjusted p-value."""
+    adjusted = holm([m.p_raw for m in measured])
+    family = sum(not math.isnan(m.p_raw) for m in measured)
+    out = []
+    for m, p in zip(measured, adjusted, strict=True):
+        if math.isnan(m.p_raw):
+            out.append(Comparison(m.name, m.base, m.cand, math.nan, math.nan, "invalid data", family=family))
+            continue
+        conclusion = conclude(m.change, p, m.noisy, m.higher_is_better)
+        needed = m.needed(family) if conclusion in ("too noisy", "not significant") else None
+        out.append(Comparison(m.name, m.base, m.cand, m.change, p, conclusion, m.p_raw, family, m.noisy, needed))
+    return tuple(out)
+
+
 def compare_family(metrics: Sequence[Metric]) -> tuple[Comparison, ...]:
     """Compare several metrics of the same two groups of cells; p-values are Holm-adjusted across them."""
-    prepared = []
+    measured = []
     for m in metrics:
         base, cand = summarize(m.baseline), summarize(m.candidate)
         if base.n < 2 or cand.n < 2:
-            prepared.append((m, base, cand, math.nan, math.nan, False))
+            measured.append(_Measured(m.name, m.higher_is_better, base, cand))
             continue
         if base.median:
             change = (cand.median - base.median) / abs(base.median) * 100.0
         else:
             change = 0.0 if cand.median == 0 else math.copysign(math.inf, cand.median)
         noisy = any(s.rsd_pct > NOISY_RSD_PCT for s in (base, cand) if s.mean != 0)
-        prepared.append((m, base, cand, change, _raw(_clean(m.baseline), _clean(m.candidate), noisy), noisy))
-    raw = [p for *_, p, _ in prepared]
-    adjusted = holm(raw)
-    family = sum(not math.isnan(p) for p in raw)
-    out = []
-    for (m, base, cand, change, p_raw, noisy), p in zip(prepared, adjusted, strict=True):
-        if math.isnan(p_raw):
-            out.append(Comparison(m.name, base, cand, math.nan, math.nan, "invalid data", family=family))
-            continue
-        conclusion = conclude(change, p, noisy, m.higher_is_better)
-        needed = reps_needed(base, cand, family, noisy) if conclusion in ("too noisy", "not significant") else None
-        out.append(Comparison(m.name, base, cand, change, p, conclusion, p_raw, family, noisy, needed))
-    return tuple(out)
+        p_raw = _raw(_clean(m.baseline), _clean(m.candidate), noisy)
+        needed = functools.partial(reps_needed, base, cand, noisy=noisy)
+        measured.append(_Measured(m.name, m.higher_is_better, base, cand, change, p_raw, noisy, needed))
+    return _conclude_family(measured)
 
 
 PAIRED_TEXT = (
@@ -213,64 +243,38 @@ class PairedMetric:
     higher_is_better: bool
 
 
-def _paired_reps_needed(logs: Sequence[float], family: int, limit: int = 10_000) -> int | None:
+def _paired_reps_needed(logs: Summary, family: int) -> int | None:
     """Boots that would detect the observed mean log ratio with POWER at the family's Bonferroni level
-    (one-sample t-test, noncentral t); None without an effect or beyond ``limit``."""
-    n = len(logs)
-    mean = sum(logs) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in logs) / (n - 1))
-    if not mean or not sd:
+    (one-sample t-test); None without an effect."""
+    if not logs.mean or not logs.sd:
         return None
-    alpha, effect = ALPHA / max(family, 1), abs(mean) / sd
-    boots = 2
-    while True:
-        crit = float(scipy_stats.t.ppf(1 - alpha / 2, boots - 1))
-        nc = effect * math.sqrt(boots)
-        power = float(scipy_stats.nct.sf(crit, boots - 1, nc) + scipy_stats.nct.cdf(-crit, boots - 1, nc))
-        if power >= POWER:
-            return boots
-        boots = boots + 1 if boots < 64 else boots * 2
-        if boots > limit:
-            return None
+    return n_for_power(abs(logs.mean) / logs.sd, ALPHA / max(family, 1), paired=True)
+
+
+def ratio_interval_pct(logs: Summary) -> tuple[float, float]:
+    """95% interval of the geometric-mean change (%), from the summary of per-boot log ratios."""
+    return (math.exp(logs.ci_low) - 1.0) * 100.0, (math.exp(logs.ci_high) - 1.0) * 100.0
 
 
 def compare_paired_family(metrics: Sequence[PairedMetric]) -> tuple[Comparison, ...]:
     """Compare several metrics of two arms within the boots both ran in (PAIRED_TEXT)."""
-    prepared: list[tuple[PairedMetric, Summary, Summary, float, float, list[float]]] = []
+    measured = []
     for m in metrics:
         pairs = [(float(b), float(c)) for b, c in m.pairs if b > 0 and c > 0]  # NaN compares False: dropped too
         base, cand = summarize([b for b, _ in pairs]), summarize([c for _, c in pairs])
         if len(pairs) < 2:
-            prepared.append((m, base, cand, math.nan, math.nan, []))
+            measured.append(_Measured(m.name, m.higher_is_better, base, cand))
             continue
-        logs = [math.log(c / b) for b, c in pairs]
-        change = (math.exp(sum(logs) / len(logs)) - 1.0) * 100.0
-        exact = 1.0 if logs[0] == 0 else 0.0  # every boot the same ratio: no variance to test against
-        p = exact if len(set(logs)) == 1 else float(scipy_stats.ttest_1samp(logs, 0.0).pvalue)
-        prepared.append((m, base, cand, change, p, logs))
-    raw = [p for *_, p, _ in prepared]
-    adjusted = holm(raw)
-    family = sum(not math.isnan(p) for p in raw)
-    out = []
-    for (m, base, cand, change, p_raw, logs), p in zip(prepared, adjusted, strict=True):
-        if math.isnan(p_raw):
-            out.append(Comparison(m.name, base, cand, math.nan, math.nan, "invalid data", family=family))
-            continue
-        low, high = _ratio_interval_pct(logs)
+        ratios = [math.log(c / b) for b, c in pairs]
+        logs = summarize(ratios)
+        change = (math.exp(logs.mean) - 1.0) * 100.0
+        exact = 1.0 if ratios[0] == 0 else 0.0  # every boot the same ratio: no variance to test against
+        p_raw = exact if len(set(ratios)) == 1 else float(scipy_stats.ttest_1samp(ratios, 0.0).pvalue)
+        low, high = ratio_interval_pct(logs)
         wide = not (low > -NEGLIGIBLE_PCT and high < NEGLIGIBLE_PCT)  # a change that matters is not ruled out
-        conclusion = conclude(change, p, wide, m.higher_is_better)
-        needed = _paired_reps_needed(logs, family) if conclusion in ("too noisy", "not significant") else None
-        out.append(Comparison(m.name, base, cand, change, p, conclusion, p_raw, family, wide, needed))
-    return tuple(out)
-
-
-def _ratio_interval_pct(logs: Sequence[float]) -> tuple[float, float]:
-    """95% interval of the geometric-mean change (%) from per-boot log ratios (t distribution)."""
-    n = len(logs)
-    mean = sum(logs) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in logs) / (n - 1))
-    half = float(scipy_stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-    return (math.exp(mean - half) - 1.0) * 100.0, (math.exp(mean + half) - 1.0) * 100.0
+        needed = functools.partial(_paired_reps_needed, logs)
+        measured.append(_Measured(m.name, m.higher_is_better, base, cand, change, p_raw, wide, needed))
+    return _conclude_family(measured)
 
 
 def compare(metric: str, baseline: Sequence[float], candidate: Sequence[float], higher_is_better: bool) -> Comparison:
