@@ -396,40 +396,31 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _paired_bench(args: argparse.Namespace) -> dict[str, Any]:
+    """What a paired bench gets from the options _paired_bench_arguments declares."""
+    return {
+        "matrix_name": args.matrix,
+        "workloads": args.workloads,
+        "pairs": args.pairs,
+        "runtime": args.runtime,
+        "accel": args.accel,
+        "results": Path(args.results),
+        "reporter": _bench_reporter(),
+        "say": console.print,
+    }
+
+
 def cmd_bench_sampler(args: argparse.Namespace) -> int:
     from lab.bench import bench_observer
 
-    result = bench_observer(
-        args.observer,
-        args.hz,
-        args.matrix,
-        args.workloads,
-        args.pairs,
-        args.runtime,
-        args.accel,
-        Path(args.results),
-        _bench_reporter(),
-        console.print,
-    )
-    print(result.text())
+    print(bench_observer(args.observer, args.hz, **_paired_bench(args)).text())
     return 0
 
 
 def cmd_bench_counter(args: argparse.Namespace) -> int:
     from lab.bench import bench_counter
 
-    result = bench_counter(
-        args.kernel,
-        args.matrix,
-        args.workloads,
-        args.pairs,
-        args.runtime,
-        args.accel,
-        Path(args.results),
-        _bench_reporter(),
-        console.print,
-    )
-    print(result.text())
+    print(bench_counter(args.kernel, **_paired_bench(args)).text())
     return 0
 
 
