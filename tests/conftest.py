@@ -182,6 +182,16 @@ def lab_ctx(guest_image: GuestImage, stock: KernelBuild, lab_key: KeyPair, hyper
     )
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+def lab_run_matrix(matrix: Path, results: Path, timeout_s: float = 600) -> subprocess.CompletedProcess[str]:
+    """`python -m lab run matrix MATRIX --results RESULTS` from the checkout, as a user runs it, its output
+    captured (the caller asserts on the exit code)."""
+    argv = [sys.executable, "-m", "lab", "run", "matrix", str(matrix), "--results", str(results)]
+    return subprocess.run(argv, cwd=REPO, text=True, capture_output=True, timeout=timeout_s, check=False)
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -4,18 +4,15 @@ logged its command line)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.conftest import qemu_pids
+from tests.conftest import lab_run_matrix, qemu_pids
 
 pytestmark = [pytest.mark.integration, pytest.mark.kernels("static")]
 
-REPO = Path(__file__).resolve().parents[2]
 MATRIX = """
 [matrix]
 kernels = ["static"]
@@ -40,13 +37,7 @@ def test_one_area_and_the_default_run_with_an_extra_parameter(tmp_path: Path) ->
     matrix = tmp_path / "m.toml"
     matrix.write_text(MATRIX)
     before = qemu_pids()
-    proc = subprocess.run(
-        [sys.executable, "-m", "lab", "run", "matrix", str(matrix), "--results", str(tmp_path / "results")],
-        cwd=REPO,
-        text=True,
-        capture_output=True,
-        timeout=600,
-    )
+    proc = lab_run_matrix(matrix, tmp_path / "results")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     [run] = list((tmp_path / "results").iterdir())
     rows = pd.read_parquet(run / "cells.parquet").set_index("swiotlb_areas_requested", drop=False)

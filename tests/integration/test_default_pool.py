@@ -5,18 +5,15 @@ kernel would enlarge it, which only a size-less command line allows."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.conftest import qemu_pids
+from tests.conftest import lab_run_matrix, qemu_pids
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 MATRIX = """
 [matrix]
 kernels = ["static"]
@@ -39,13 +36,7 @@ def test_a_default_pool_is_what_the_guest_kernel_chose(tmp_path: Path) -> None:
     matrix = tmp_path / "m.toml"
     matrix.write_text(MATRIX)
     before = qemu_pids()
-    proc = subprocess.run(
-        [sys.executable, "-m", "lab", "run", "matrix", str(matrix), "--results", str(tmp_path)],
-        cwd=REPO,
-        text=True,
-        capture_output=True,
-        timeout=600,
-    )
+    proc = lab_run_matrix(matrix, tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     [run] = [p for p in tmp_path.iterdir() if p.is_dir()]
     [row] = pd.read_parquet(run / "cells.parquet").to_dict("records")

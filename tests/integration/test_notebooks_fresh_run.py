@@ -4,15 +4,14 @@ unobserved repetitions), opened as a user would: LAB_RUN at the results director
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from lab.store import load_cells
-from tests.unit.test_notebooks import REPO, errors, execute, figures, notebook_tables, outputs, printed, report_tables
+from tests.conftest import lab_run_matrix
+from tests.unit.test_notebooks import errors, execute, figures, notebook_tables, outputs, printed, report_tables
 
 pytestmark = [pytest.mark.integration, pytest.mark.kernels("static", "throttle")]
 
@@ -41,14 +40,7 @@ def test_the_notebooks_open_a_fresh_run_and_its_history(tmp_path: Path, monkeypa
     matrix.write_text(MATRIX)
     history = tmp_path / "history"
     results = history / "runs"  # a run directory under runs/ is also a night of a history
-    done = subprocess.run(
-        [sys.executable, "-m", "lab", "run", "matrix", str(matrix), "--results", str(results)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=1800,
-        check=False,
-    )
+    done = lab_run_matrix(matrix, results, timeout_s=1800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     [run] = [p for p in results.iterdir() if (p / "manifest.json").is_file()]
     cells = load_cells(run)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import qemu_pids
+from tests.conftest import lab_run_matrix, qemu_pids
 
 pytestmark = [pytest.mark.integration, pytest.mark.kernels("static")]
 
@@ -25,13 +25,7 @@ def test_sev_snp_cells_are_skipped_here_with_their_reason(tmp_path: Path) -> Non
         'repetitions = 2\n[workloads.w]\nruntime = "2s"\nsize = "64M"\n'
     )
     before = qemu_pids()
-    proc = subprocess.run(
-        [sys.executable, "-m", "lab", "run", "matrix", str(matrix), "--results", str(tmp_path / "r")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    proc = lab_run_matrix(matrix, tmp_path / "r", timeout_s=900)
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "2 cells, 0 failed, 2 skipped (platform not offered" in proc.stdout
     assert "skipped: platform sev-snp not offered: needs QEMU >= 9.1" in proc.stdout
