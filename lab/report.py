@@ -20,6 +20,7 @@ import pandas as pd
 from lab.claims import (
     NOT_TESTED,
     Verdict,
+    crowded,
     judge_all,
     like_with_like,
     scopes,
@@ -601,10 +602,10 @@ def report_model(
             f"`{manifest.get('resumed_lab_revision', '?')}` with --mix-batches): its cells' `lab_revision` "
             "says which batch each is from, and comparisons across them are not one run's."
         )
-    crowded = cells["host_oversubscribed"].astype("boolean").fillna(False) if "host_oversubscribed" in cells else None
-    if crowded is not None and crowded.any():
+    beside_others = crowded(cells)
+    if beside_others.any():
         intro.append(
-            f"**Warning: {int(crowded.sum())} of {len(cells)} cells ran with more guests at once than their "
+            f"**Warning: {int(beside_others.sum())} of {len(cells)} cells ran with more guests at once than their "
             f"host has cores** ({manifest.get('contention') or 'see host_guest_slots and host_cpus in their rows'}); "
             "their IOPS and latencies measure the host's scheduler too."
         )
