@@ -48,7 +48,8 @@ FAILING_DRIVERS = ("ahci", "lsi")  # devices whose driver fails a request when i
 def special_cells(cells: pd.DataFrame, conversion: bool = True) -> pd.Series:
     """Cells that ask a question of their own and stay out of the other claims' groups: a driver that fails
     instead of requeueing (C10), a slowed neighbour disk (C9), an emulated conversion cost (C7 emulated;
-    unless ``conversion`` is False), and a pool whose size the guest kernel chose (pool = "default": the
+    unless ``conversion`` is False), an area count or further kernel parameters from the matrix (C14's
+    own cells), and a pool whose size the guest kernel chose (pool = "default": the
     claims order pools by their requested size, which such a cell does not have; the summary shows what it
     got).  Columns absent from older runs mean none of these."""
     special = pd.Series(False, index=cells.index)
@@ -60,6 +61,10 @@ def special_cells(cells: pd.DataFrame, conversion: bool = True) -> pd.Series:
         special |= cells["neighbour"].fillna("none") != "none"
     if conversion and "conversion_ns" in cells:
         special |= cells["conversion_ns"].fillna(0) != 0
+    if "swiotlb_areas_requested" in cells:  # an area count set on the command line (C14)
+        special |= cells["swiotlb_areas_requested"].notna()
+    if "cmdline_extra" in cells:  # further kernel parameters: another guest than the claims assume
+        special |= cells["cmdline_extra"].fillna("") != ""
     return special
 
 
@@ -569,14 +574,25 @@ SERIES_V2 = "throttle-v2"
 
 
 # What puts two cells in one boot: the run, the host, and the boot group's own key (lab.matrix.Cell.boot_key).
-BOOT_COLUMNS = ("run_id", "host_id", "kernel", "pool_slabs_requested", "device", "vcpus", "memory_mib", "repetition")
+BOOT_COLUMNS = (
+    "run_id",
+    "host_id",
+    "kernel",
+    "pool_slabs_requested",
+    "device",
+    "vcpus",
+    "memory_mib",
+    "repetition",
+    "swiotlb_areas_requested",
+    "cmdline_extra",
+)
 
 
-def boot_pairs(base: pd.DataFrame, cand: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+def boot_pairs(base: pd.DataFrame, cand: pd.DataFrame, keys: Sequence[str] = BOOT_COLUMNS) -> tuple[pd.DataFrame, str]:
     """One row per boot that ran both arms (``base`` and ``cand`` cells, one of each), metrics suffixed
     ``_base`` and ``_cand``: the unobserved boots if there are 2, else the observed ones (like_with_like).
-    Also the label of the boots used."""
-    keys = [c for c in BOOT_COLUMNS if c in base and c in cand]
+    Also the label of the boots used.  Other ``keys`` pair other units (C14: the boots of one repetition)."""
+    keys = [c for c in keys if c in base and c in cand]
     merged = base.assign(_seen=observed(base)).merge(
         cand.assign(_seen=observed(cand)), on=keys, suffixes=("_base", "_cand")
     )
@@ -1168,6 +1184,148 @@ def judge_c10_throttle(cells: pd.DataFrame) -> list[Verdict]:
     return verdicts
 
 
+C14_KERNEL = "throttle"  # the RFC's throttle (v1): thresholds it can be run without, in the same boot
+C14_POOL_SLABS = 32768  # 64 MiB: the size a guest kernel picks by itself outside SEV-SNP and TDX
+
+
+def _c14_cells(cells: pd.DataFrame) -> pd.DataFrame:
+    """C14's cells: ``C14_KERNEL``, a 64 MiB pool, no further kernel parameters, with the area count the
+    guest got (``swiotlb_areas``) and whether its throttle could act (``throttled``: high_throttle below the
+    pool; "off" is the HIGH/LOW = 100/100 setting, whose threshold usage never exceeds)."""
+    if cells.empty or "swiotlb_areas" not in cells or "high_throttle" not in cells:
+        return cells.iloc[0:0]
+    ok = _ok_any(cells)
+    ok = ok[(ok["kernel"] == C14_KERNEL) & (ok["nslabs"] == C14_POOL_SLABS) & ok["swiotlb_areas"].notna()]
+    if "cmdline_extra" in ok:
+        ok = ok[ok["cmdline_extra"].fillna("") == ""]
+    # the other special kinds stay out (a failing driver, a neighbour, a conversion cost); these are C14's own
+    ok = ok[~special_cells(ok.drop(columns=["swiotlb_areas_requested", "pool_slabs_requested"], errors="ignore"))]
+    return ok.assign(throttled=ok["high_throttle"] < ok["nslabs"])
+
+
+def _c14_ran(cells: pd.DataFrame) -> bool:
+    """Whether the matrix had C14's kind of cells at all: throttle-kernel heavy cells with an area count."""
+    ran = _ran(cells, C14_KERNEL, "heavy", plain=False)
+    return "swiotlb_areas_requested" in ran and bool(ran["swiotlb_areas_requested"].notna().any())
+
+
+# What pairs cells of one repetition across its boots (two area counts boot twice): the boot's key without
+# the area count.
+REPETITION_COLUMNS = tuple(c for c in BOOT_COLUMNS if c != "swiotlb_areas_requested")
+
+
+def _paired_iops(pairs: pd.DataFrame) -> tuple[Comparison, ...]:
+    """IOPS alone, compared within the pairs of ``pairs`` (a family of one)."""
+    return compare_paired_family(
+        [PairedMetric("fio_iops", list(zip(pairs["fio_iops_base"], pairs["fio_iops_cand"], strict=True)), True)]
+    )
+
+
+def judge_c14(cells: pd.DataFrame) -> Verdict:
+    text = (
+        "Throttling costs no more than the allocator's own locking: at the 64 MiB pool and the heavy load, "
+        f"`{C14_KERNEL}` throttling with one swiotlb area per vCPU keeps at least the IOPS of the same kernel "
+        "unthrottled on one area"
+    )
+    metric = (
+        "IOPS (primary, the only metric judged): throttled with one area per vCPU vs unthrottled (HIGH/LOW = "
+        "100/100) with one area; the throttle's own cost within each boot and the locking cost (one area vs "
+        "one per vCPU, unthrottled) in the detail"
+    )
+    threshold = (
+        "paired by repetition (the two boots of one repetition, run one after the other): per-repetition "
+        "ratio throttled-per-vCPU / unthrottled-one-area, one-sample t-test of their logarithms against 0 "
+        "(stats.PAIRED_TEXT, a family of one). Supported if IOPS is improved, negligible or not significant "
+        "with its 95% interval within the negligible band; contradicted if it regressed; inconclusive if too "
+        "noisy or fewer than 2 repetitions have both"
+    )
+    need = (
+        f'`{C14_KERNEL}` heavy cells on a 64 MiB pool with areas = ["1", "default"] and throttle = '
+        '["default", "100/100"]'
+    )
+    mine = _c14_cells(cells)
+    if mine.empty:
+        return _missing("C14", text, metric, threshold, need, tested=_c14_ran(cells))
+    heavy = mine[_kind(mine) == "heavy"]
+    per_vcpu, one = heavy[heavy["swiotlb_areas"] > 1], heavy[heavy["swiotlb_areas"] == 1]
+    on_per, off_per = per_vcpu[per_vcpu["throttled"]], per_vcpu[~per_vcpu["throttled"]]
+    on_one, off_one = one[one["throttled"]], one[~one["throttled"]]
+    if on_per.empty or off_one.empty:
+        return _missing("C14", text, metric, threshold, need, tested=_c14_ran(cells))
+    pairs, units = boot_pairs(off_one, on_per, keys=REPETITION_COLUMNS)
+    if len(pairs) < 2:
+        return _missing("C14", text, metric, threshold, need, tested=True)
+    comparisons = _paired_iops(pairs)
+    conclusion = comparisons[0].conclusion
+    if conclusion == "regressed":
+        verdict = "contradicted"
+    elif conclusion in ("improved", "negligible", "not significant"):
+        verdict = "supported"  # "not significant" is only given when the interval lies within the band
+    else:
+        verdict = "inconclusive"
+    units = units.replace("boots", "repetitions")
+    notes = [f"throttled per vCPU vs unthrottled one area: {_describe(comparisons)} [{len(pairs)} {units}]"]
+    for label, on, off, keys in (
+        ("the throttle's cost within a boot, one area per vCPU", on_per, off_per, BOOT_COLUMNS),
+        ("the throttle's cost within a boot, one area", on_one, off_one, BOOT_COLUMNS),
+        ("one area vs one per vCPU, unthrottled (the locking's cost)", off_one, off_per, REPETITION_COLUMNS),
+    ):
+        both, _ = boot_pairs(off, on, keys=keys)
+        if len(both) >= 2:
+            [c] = _paired_iops(both)
+            notes.append(f"{label}: IOPS {c.change_pct:+.1f}% ({c.conclusion}, {len(both)} pairs)")
+    areas = int(per_vcpu["swiotlb_areas"].max())
+    detail = f"pool {C14_POOL_SLABS} slabs, {areas} areas vs 1: " + "; ".join(notes)
+    return Verdict("C14", text, verdict, metric, threshold, _ids(on_per, off_one), detail, comparisons)
+
+
+def judge_c14_areas(cells: pd.DataFrame) -> Verdict:
+    text = (
+        "The area count explains failed maps below a full pool: unthrottled, a mapping fails while the pool "
+        "as a whole has room with one swiotlb area per vCPU, and not with one area"
+    )
+    metric = (
+        f"unthrottled `{C14_KERNEL}` cells on the 64 MiB pool, every load: cells whose maps failed while the "
+        f"pool's peak use (hiwater) stayed at least one largest mapping ({MAX_MAPPING_SLABS} slots) below its "
+        "size (failed below a full pool), one area vs one per vCPU"
+    )
+    threshold = (
+        "supported if a cell with one area per vCPU fails below a full pool and no cell with one area does; "
+        "contradicted if as many cells with one area fail below a full pool as with one per vCPU (at least "
+        "one); inconclusive otherwise, and when no cell fails below a full pool (nothing to explain)"
+    )
+    need = f'unthrottled `{C14_KERNEL}` cells on a 64 MiB pool with areas = ["1", "default"]'
+    mine = _c14_cells(cells)
+    if mine.empty:
+        return _missing("C14-areas", text, metric, threshold, need, tested=_c14_ran(cells))
+    off = mine[~mine["throttled"]]
+    per_vcpu, one = off[off["swiotlb_areas"] > 1], off[off["swiotlb_areas"] == 1]
+    if per_vcpu.empty or one.empty:
+        return _missing("C14-areas", text, metric, threshold, need, tested=_c14_ran(cells))
+
+    def below_full(part: pd.DataFrame) -> pd.Series:
+        return (part["map_failures"] > 0) & (part["hiwater"] <= part["nslabs"] - MAX_MAPPING_SLABS)
+
+    n_per, n_one = int(below_full(per_vcpu).sum()), int(below_full(one).sum())
+    if n_per > 0 and n_one == 0:
+        verdict = "supported"
+    elif n_one > 0 and n_one >= n_per:
+        verdict = "contradicted"
+    else:
+        verdict = "inconclusive"
+    parts = []
+    for label, part in (("one per vCPU", per_vcpu), ("one area", one)):
+        for workload, group in part.groupby("workload"):
+            parts.append(
+                f"{label}, {workload}: failed below a full pool in {int(below_full(group).sum())} of {len(group)} "
+                f"cells; failed maps {_span(group['map_failures'])}, hiwater {_span(group['hiwater'])}/"
+                f"{_span(group['nslabs'])}"
+            )
+    if n_per == n_one == 0:
+        parts.insert(0, "no cell failed below a full pool: nothing for the areas to explain")
+    return Verdict("C14-areas", text, verdict, metric, threshold, _ids(per_vcpu, one), "; ".join(parts))
+
+
 JUDGES: tuple[Callable[[pd.DataFrame], Verdict], ...] = (
     judge_c1,
     judge_c2,
@@ -1182,6 +1340,8 @@ JUDGES: tuple[Callable[[pd.DataFrame], Verdict], ...] = (
     judge_c11,
     judge_c12,
     judge_c13,
+    judge_c14,
+    judge_c14_areas,
 )
 # Judges that answer per kernel they find: a row each, only where the run has their cells.
 EXTRA_JUDGES: tuple[Callable[[pd.DataFrame], list[Verdict]], ...] = (

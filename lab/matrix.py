@@ -29,6 +29,8 @@ MATRIX_KEYS = {
     "vcpus": "list of vCPU counts",
     "memory": 'list of guest memory sizes, e.g. "1GiB"',
     "repetitions": "number of repetitions (each repetition boots afresh)",
+    "order": '"fixed" (each repetition runs its boots and a boot\'s cells in the matrix\'s order) or "alternate" '
+    "(odd repetitions run both in reverse, so that an arm is not always first in its boot; paired claims)",
     "throttle": 'list of throttle thresholds: "default" or "HIGH/LOW" in percent of the pool (throttle kernels)',
     "throttle_timeout": 'list of throttle wait bounds: "default", "0ms", "10ms", ..., or "none" (series v2 kernels)',
     "queue_limits": 'list of "default", "fit" or "fit:N%" (the device\'s nr_requests and max_sectors_kb sized so '
@@ -69,6 +71,7 @@ DEVICES = ("nvme", "virtio-blk", "ahci", "lsi")
 POLLED_DEVICES = ("nvme", "virtio-blk")  # drivers with poll queues
 POLL_QUEUES = 2  # NVMe poll queues booted for polled (hipri) workloads
 OBSERVE = ("first", "all", "none")
+ORDERS = ("fixed", "alternate")
 DEFAULT_SAMPLE_HZ = 50.0
 
 
@@ -587,6 +590,9 @@ def parse_matrix(
     repetitions = section.get("repetitions", 1)
     if not isinstance(repetitions, int) or isinstance(repetitions, bool) or not 1 <= repetitions <= 100:
         raise ConfigError(f"{where('repetitions')}: {repetitions!r} must be an integer from 1 to 100")
+    order = section.get("order", "fixed")
+    if order not in ORDERS:
+        raise ConfigError(f"{where('order')}: {order!r} must be one of {', '.join(map(repr, ORDERS))}")
 
     defined = data.get("workloads", {})
     if not isinstance(defined, dict):
@@ -768,6 +774,6 @@ def parse_matrix(
             solo=c["kernel"] in growing,
         )
         for rep in range(repetitions)
-        for c in combos
+        for c in (combos[::-1] if order == "alternate" and rep % 2 else combos)
     )
     return Matrix(path.stem, str(path), str(section.get("description", "")), cells, raw=data)

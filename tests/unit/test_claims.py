@@ -35,7 +35,7 @@ def cells() -> pd.DataFrame:
 
 def test_every_claim_gets_a_verdict_with_evidence(cells: pd.DataFrame) -> None:
     verdicts = judge_all(cells)
-    assert [v.claim for v in verdicts] == [f"C{i}" for i in range(1, 14)] + ["C7-plain"]
+    assert [v.claim for v in verdicts] == [f"C{i}" for i in range(1, 15)] + ["C14-areas", "C7-plain"]
     for verdict in verdicts:
         assert verdict.verdict in VERDICTS
         if verdict.claim == "C8":  # the stored run predates series v2: no cells, and it says what it lacks
@@ -52,6 +52,9 @@ def test_every_claim_gets_a_verdict_with_evidence(cells: pd.DataFrame) -> None:
             continue
         if verdict.claim == "C9":  # nor a slow neighbour disk
             assert verdict.evidence == () and 'neighbour = "slow"' in verdict.detail
+            continue
+        if verdict.claim in ("C14", "C14-areas"):  # nor an area count on the command line
+            assert verdict.verdict == "not tested" and 'areas = ["1", "default"]' in verdict.detail
             continue
         if verdict.claim == "C10":  # nor a disk whose driver fails instead of requeueing
             assert verdict.evidence == () and "on an AHCI or LSI disk" in verdict.detail
@@ -167,8 +170,8 @@ def test_the_published_verdicts_follow_from_the_stored_run(cells: pd.DataFrame) 
     # That run predates series v2: C8 (its timeout sweep), C9 (neighbour.toml), C10 (failing-driver.toml),
     # C11 (queue-fit.toml) and C12 (blocking.toml) have no cells there: not tested. It swept static and
     # throttle over three pools, which C13 asks for, but static failed maps on the largest: inconclusive.
-    later = [verdicts.pop(c) for c in ("C8", "C9", "C10", "C11", "C12", "C13")]
-    assert later == ["not tested"] * 5 + ["inconclusive"]
+    later = [verdicts.pop(c) for c in ("C8", "C9", "C10", "C11", "C12", "C13", "C14", "C14-areas")]
+    assert later == ["not tested"] * 5 + ["inconclusive"] + ["not tested"] * 2  # no area counts set either
     assert verdicts == PUBLISHED
 
 
@@ -208,7 +211,7 @@ def test_claims_are_judged_within_each_host_never_across(cells: pd.DataFrame) ->
     faster = (two["host_id"] == "snp2") & (two["kernel"] == "static")
     two.loc[faster, "fio_iops"] = two.loc[faster, "fio_iops"] * 3
     verdicts = judge_all(two)
-    assert [v.scope for v in verdicts] == ["host snp1, platform sev-snp"] * 14 + ["host snp2, platform sev-snp"] * 14
+    assert [v.scope for v in verdicts] == ["host snp1, platform sev-snp"] * 16 + ["host snp2, platform sev-snp"] * 16
     for verdict in verdicts:
         hosts = set(two[two["cell_id"].isin(verdict.evidence)]["host_id"])
         assert hosts <= {verdict.scope.split(",")[0].removeprefix("host ")}, (verdict.claim, hosts)

@@ -752,3 +752,25 @@ def test_exclude_names_an_area_count_and_a_parameter_list(tmp_path: Path) -> Non
     text = AREAS_AND_CMDLINE.replace("[workloads.w]", 'exclude = [{areas = "1", cmdline = []}]\n[workloads.w]')
     matrix = load_matrix(write(tmp_path, text))
     assert (1, ()) not in {(c.areas, c.cmdline) for c in matrix.cells} and len(matrix.cells) == 3
+
+
+def test_alternate_order_reverses_boots_and_cells_in_odd_repetitions(tmp_path: Path) -> None:
+    text = GOOD.replace("repetitions = 2", 'repetitions = 3\norder = "alternate"')
+    groups = load_matrix(write(tmp_path, text)).boot_groups()
+    order = [(g[0].repetition, g[0].pool_slabs, [c.workload.name for c in g]) for g in groups]
+    assert order == [
+        (0, 1024, ["a", "b"]),
+        (0, 4096, ["a", "b"]),
+        (1, 4096, ["b", "a"]),  # odd: the last boot first, and each boot's cells backwards
+        (1, 1024, ["b", "a"]),
+        (2, 1024, ["a", "b"]),
+        (2, 4096, ["a", "b"]),
+    ]
+    # the same cells as the fixed order, only run in another order
+    fixed = load_matrix(write(tmp_path, text.replace('"alternate"', '"fixed"'), "fixed.toml")).cells
+    assert sorted(c.cell_id for c in fixed) == sorted(c.cell_id for g in groups for c in g)
+
+
+def test_an_unknown_order_names_the_valid_ones(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"m\.toml:\d+: matrix\.order: 'random' must be one of 'fixed', 'alternate'"):
+        load_matrix(write(tmp_path, GOOD.replace("repetitions = 2", 'order = "random"')))

@@ -386,7 +386,7 @@ def test_duckdb_answers_questions_across_nights(tmp_path: Path) -> None:
     assert list(per_night["night"]) == ["20261101T010000-aaaa", "20261102T010000-bbbb"]
     assert per_night["iops"][1] == pytest.approx(per_night["iops"][0] / 2)
     claims = history.query("SELECT count(*) AS n FROM claims")
-    assert int(claims["n"][0]) == 28  # thirteen claims and C7-plain per night
+    assert int(claims["n"][0]) == 32  # fourteen claims, C14-areas and C7-plain per night
     cli = subprocess.run(
         [sys.executable, "-m", "lab", "history", "nights", "--history", str(tmp_path)],
         capture_output=True,

@@ -42,6 +42,8 @@ def test_claims_table_is_filled_from_real_cells() -> None:
         "C11",
         "C12",
         "C13",
+        "C14",
+        "C14-areas",
         "C7-plain",
     ]
     for verdict in verdicts.values():
@@ -67,7 +69,7 @@ def test_report_writes_markdown_html_figures_and_tables(run_copy: Path) -> None:
     assert html.count("data:image/png;base64,") == 4
     assert "id='claims'" in html and "C7" in html
     assert (run_copy / "report.md").read_text().startswith("# swiotlb throttling: measured verdicts")
-    assert len(pd.read_parquet(run_copy / "claims.parquet")) == 14
+    assert len(pd.read_parquet(run_copy / "claims.parquet")) == 16
     assert {"usage_over_time.png", "hiwater_by_pool.png", "performance.png", "failures_and_throttle.png"} <= set(
         written
     )

@@ -117,9 +117,9 @@ def test_both_formats_say_the_same_things_in_human_units(report: tuple[str, str,
     assert "*too noisy*" in markdown and "<em>too noisy</em>" in page and "*too noisy*" not in visible
     assert "`" not in visible and "**" not in visible
     assert "<code>throttle-v2</code>" in page
-    # run-small has no cells of C8-C13's kinds: not tested, shaded as such, and said the same way in both
-    assert page.count("<tr class='not-tested'>") == 6
-    assert markdown.count("| **not tested** |") == 6
+    # run-small has no cells of C8-C14's kinds: not tested, shaded as such, and said the same way in both
+    assert page.count("<tr class='not-tested'>") == 8
+    assert markdown.count("| **not tested** |") == 8
 
 
 def test_the_hosts_section_names_the_host_of_a_run_from_before_host_ids(report: tuple[str, str, Path]) -> None:
