@@ -10,6 +10,7 @@ guesses.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -37,6 +38,13 @@ class Verdict:
     detail: str
     comparisons: tuple[Comparison, ...] = ()
     scope: str = ""  # "host X, platform Y" when a run spans several: every verdict is judged within one
+    rule: str = ""  # whether its rule was fixed before the run (RULE_STATES; lab.claims.check_rules)
+
+    @property
+    def rule_digest(self) -> str:
+        """The printed rule (claim text, metric, threshold) as a digest: what a run fixes when it starts."""
+        printed = "\0".join((self.text, self.metric, self.threshold))
+        return hashlib.sha256(printed.encode()).hexdigest()[:16]
 
 
 NOT_TESTED = "not tested"  # the matrix had none of the cells the claim needs: neither a finding nor undecided
@@ -1355,8 +1363,8 @@ EXTRA_JUDGES: tuple[Callable[[pd.DataFrame], list[Verdict]], ...] = (
 V2_JUDGES: tuple[Callable[..., Verdict], ...] = (judge_c2, judge_c5, judge_c6, judge_c9)
 
 
-def _series_v2(cells: pd.DataFrame) -> list[Verdict]:
-    if cells.empty or not (cells["kernel"] == SERIES_V2).any():
+def _series_v2(cells: pd.DataFrame, always: bool = False) -> list[Verdict]:
+    if not always and (cells.empty or not (cells["kernel"] == SERIES_V2).any()):
         return []
     verdicts = []
     for judge in V2_JUDGES:
@@ -1379,6 +1387,64 @@ def scopes(cells: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
         label = ", ".join(f"{k.removesuffix('_id')} {v}" for k, v in zip(keys, values, strict=True))
         parts.append((label, group))
     return parts
+
+
+# The columns the judges read, for judging before any cell exists (``rules``).
+JUDGED_COLUMNS = (
+    "run_id",
+    "cell_id",
+    "status",
+    "kernel",
+    "pool_slabs_requested",
+    "nslabs",
+    "device",
+    "numjobs",
+    "iodepth",
+    "hipri",
+    "workload",
+    "repetition",
+    "fio_iops",
+    "map_failures",
+    "hiwater",
+    "observed",
+    "failure_reason",
+    "throttle_timeout_ms",
+    "queue_limits",
+    "neighbour",
+    "conversion_ns",
+    "swiotlb_areas",
+    "swiotlb_areas_requested",
+    "high_throttle",
+    "cmdline_extra",
+)
+RULE_FIXED = "fixed before the run"
+RULE_CHANGED = "changed after the run started: exploratory (a new run, under the new rule, decides it)"
+RULE_UNPLANNED = "not fixed before the run: exploratory"
+RULE_STATES = (RULE_FIXED, RULE_CHANGED, RULE_UNPLANNED)
+
+
+def rules() -> dict[str, str]:
+    """Each claim's printed rule as a digest (``Verdict.rule_digest``), as the judges state it before a cell is
+    measured: a run stores these in its manifest when it starts.  The claims that answer per kernel they find
+    (EXTRA_JUDGES) are not among them: which rows they give depends on the cells."""
+    empty = pd.DataFrame(columns=list(JUDGED_COLUMNS))
+    verdicts = [judge(empty) for judge in JUDGES] + _series_v2(empty, always=True)
+    return {v.claim: v.rule_digest for v in verdicts}
+
+
+def check_rules(verdicts: Sequence[Verdict], planned: Mapping[str, str] | None) -> list[Verdict]:
+    """Mark each verdict with whether the rule that judged it is the one its run fixed when it started
+    (``planned``: the manifest's ``rules``; None for runs from before the lab stored them: unmarked)."""
+    if planned is None:
+        return list(verdicts)
+    marked = []
+    for v in verdicts:
+        if v.claim not in planned:
+            state = RULE_UNPLANNED
+        else:
+            state = RULE_FIXED if planned[v.claim] == v.rule_digest else RULE_CHANGED
+        marked.append(replace(v, rule=state))
+    return marked
 
 
 def judge_all(cells: pd.DataFrame) -> list[Verdict]:

@@ -19,7 +19,9 @@ import pandas as pd
 
 from lab.claims import (
     NOT_TESTED,
+    RULE_FIXED,
     Verdict,
+    check_rules,
     crowded,
     judge_all,
     like_with_like,
@@ -242,6 +244,7 @@ def claims_frame(verdicts: list[Verdict]) -> pd.DataFrame:
                 "threshold": v.threshold,
                 "detail": v.detail,
                 "evidence": " ".join(v.evidence),
+                "rule": v.rule,
             }
             for v in verdicts
         ]
@@ -482,7 +485,7 @@ def _claims_table(verdicts: Sequence[Verdict], figure_names: Sequence[str]) -> T
         rows.append(
             (
                 f"**{v.claim}**{where} {v.text}",
-                f"**{v.verdict}**",
+                f"**{v.verdict}**" + (f" ({v.rule})" if v.rule and v.rule != RULE_FIXED else ""),
                 v.metric,
                 v.threshold,
                 v.detail,
@@ -640,7 +643,13 @@ def report_model(
     tally = ", ".join(f"{int(n)} {verdict}" for verdict, n in counted.items())
     claims_note = (
         f"{len(verdicts)} claims: {tally}. *{NOT_TESTED}*: this matrix had none of the cells the claim needs; "
-        "*inconclusive*: it had them, and they do not decide it (the row says why)."
+        "*inconclusive*: it had them, and they do not decide it (the row says why). "
+        + (
+            "Each claim's rule (its text, metric and threshold) was stored when the run started; a verdict "
+            "whose rule changed since, or that had none, says it is exploratory."
+            if any(v.rule for v in verdicts)
+            else "This run predates stored rules: which rules were fixed before it is not known."
+        )
         if verdicts
         else "No claims judged: no cell finished."
     )
@@ -857,7 +866,7 @@ def build_report(run_dir: Path, output: Path | None = None) -> dict[str, Path]:
     manifest = json.loads((run_dir / "manifest.json").read_text())
     cells = load_cells(run_dir)
     samples = load_samples(run_dir)
-    verdicts = judge_all(cells) if not cells.empty else []
+    verdicts = check_rules(judge_all(cells), manifest.get("rules")) if not cells.empty else []
     comparison_rows = comparisons(cells) if not cells.empty else []
     drawn = draw(cells, samples) if not cells.empty else []
     out = output or run_dir

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lab import __version__, interrupt
+from lab.claims import rules as claim_rules
 from lab.errors import ConfigError
 from lab.matrix import Cell, Matrix, load_matrix
 from lab.platforms import AUTO
@@ -285,6 +286,9 @@ class Session:
             # Guests that share one host's cores (each host's own for workers elsewhere: rows say it).
             "contention": self.contention,
             "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            # Every claim's rule, fixed before a cell is measured: the report marks a verdict whose rule
+            # changed since as exploratory (lab.claims.check_rules).  A resumed run keeps its first rules.
+            "rules": claim_rules(),
         }
         if self.hosts:
             self.pool = SshWorkerPool(list(self.hosts.values()))
