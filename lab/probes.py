@@ -25,6 +25,11 @@ TRACEFS = "/sys/kernel/tracing"
 BLOCK_DEBUGFS = "/sys/kernel/debug/block"
 SAMPLER = "/usr/local/bin/swiotlb-sampler"
 GUEST_RUN_DIR = "/run/lab"
+# The swiotlb debugfs knobs a matrix may set (lab.matrix: throttle, throttle_timeout, grow_limit).  Each cell of
+# a boot starts from the value the boot had, so a knob one cell set never leaks into the next (a tmpfs: each
+# boot saves its own).
+KNOBS = ("high_throttle", "low_throttle", "throttle_timeout_ms", "io_tlb_max_nslabs")
+KNOB_DEFAULTS_DIR = f"{GUEST_RUN_DIR}/knob-defaults"
 DMA_MAPPING_ERROR = "0xffffffffffffffff"
 
 
@@ -194,6 +199,7 @@ def prepare(
     if queue_fit is not None:
         pool_bytes, share, max_sectors_kb = queue_fit
         lines += fit_queue_lines(disk_name, pool_bytes, files.path("queue_limits.txt"), share, max_sectors_kb)
+    lines += restore_knob_lines()
     for knob, value in (knobs or {}).items():
         lines.append(f"echo {int(value)} > {_q(SWIOTLB_DEBUGFS + '/' + knob)}")
     for trigger in armed(triggers):
@@ -206,6 +212,19 @@ def prepare(
         f"grep -H . {BLOCK_DEBUGFS}/{_q(disk_name)}/hctx*/flags > {_q(files.path('hctx_flags.txt'))} || true",
     ]
     guest.run("\n".join(lines), timeout_s=30)
+
+
+def restore_knob_lines() -> list[str]:
+    """Shell lines that save each knob's boot-time value the first time a cell runs in a boot and write it
+    back before every cell, before that cell's own knobs."""
+    return [
+        f"mkdir -p {KNOB_DEFAULTS_DIR}",
+        f"for k in {' '.join(KNOBS)}; do",
+        f'  f={SWIOTLB_DEBUGFS}/$k; s={KNOB_DEFAULTS_DIR}/$k; [ -e "$f" ] || continue',
+        '  [ -e "$s" ] || cat "$f" > "$s"',
+        '  cat "$s" > "$f"',
+        "done",
+    ]
 
 
 def start_sampler(guest: Guest, files: WorkloadFiles, hz: float) -> int:

@@ -385,11 +385,15 @@ def run_group(cells: list[Cell], store: RunStore, ctx: LabContext, reporter: Rep
                         "guest_cpus": platform.cpus,
                         "memory_encryption": platform.memory_encryption,
                         "swiotlb_areas_logged": platform.swiotlb_areas,
+                        "boot_id": workdir.name,  # the boot's directory under boots/
                     }
+                    position = 0
                     while remaining:
                         interrupt.check()
                         cell = remaining.pop(0)
-                        row = run_cell(cell, vm, guest, store, ctx, reporter, boot_info)
+                        # the cell's place in its boot: what ran before it there (order = "alternate")
+                        row = run_cell(cell, vm, guest, store, ctx, reporter, {**boot_info, "boot_position": position})
+                        position += 1
                         rows.append(row)
                         reporter.cell_done(cell, row, cell_estimate_s(cell))
                         if row.get("guest_lost") or cell.workload.fault:

@@ -60,6 +60,8 @@ UPGRADE_COLUMNS: dict[str, dict[str, str]] = {
         "boot_retries": "BIGINT",
         "boot_retry_reason": "VARCHAR",
         "swiotlb_areas_logged": "BIGINT",
+        "boot_id": "VARCHAR",  # the boot's directory
+        "boot_position": "BIGINT",  # cells that ran before it in that boot
         # what it measured (lab.runner.build_row); counters a cell may lack are DOUBLE, as pandas stores them
         "swiotlb_areas": "DOUBLE",
         "throttle_timeouts": "DOUBLE",

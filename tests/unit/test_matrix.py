@@ -774,3 +774,23 @@ def test_alternate_order_reverses_boots_and_cells_in_odd_repetitions(tmp_path: P
 def test_an_unknown_order_names_the_valid_ones(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"m\.toml:\d+: matrix\.order: 'random' must be one of 'fixed', 'alternate'"):
         load_matrix(write(tmp_path, GOOD.replace("repetitions = 2", 'order = "random"')))
+
+
+def test_every_knob_a_matrix_can_set_is_one_the_guest_restores_between_cells(tmp_path: Path) -> None:
+    from lab.probes import KNOBS
+
+    text = """
+[matrix]
+kernels = ["throttle", "throttle-v2-dynamic"]
+pools = ["2MiB"]
+workloads = ["a"]
+throttle = ["default", "50/45"]
+throttle_timeout = ["default", "10ms"]
+grow_limit = ["default", "4MiB"]
+
+[workloads.a]
+rw = "randread"
+"""
+    set_by_matrices = {name for c in load_matrix(write(tmp_path, text)).cells for name, _ in c.knobs}
+    assert set_by_matrices == {"high_throttle", "low_throttle", "throttle_timeout_ms", "io_tlb_max_nslabs"}
+    assert set_by_matrices <= set(KNOBS)
