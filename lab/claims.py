@@ -1282,6 +1282,12 @@ def judge_c14(cells: pd.DataFrame) -> Verdict:
         if len(both) >= 2:
             [c] = _paired_iops(both)
             notes.append(f"{label}: IOPS {c.change_pct:+.1f}% ({c.conclusion}, {len(both)} pairs)")
+    throttled = pd.concat([on_per, on_one])
+    engaged = (throttled["high_throttle_count"].fillna(0) + throttled["low_throttle_count"].fillna(0)) > 0
+    notes.append(
+        f"the throttle engaged in {int(engaged.sum())} of {len(throttled)} throttled cells (hiwater "
+        f"{_span(throttled['hiwater'])} of {C14_POOL_SLABS}, threshold {_span(throttled['high_throttle'])})"
+    )
     areas = int(per_vcpu["swiotlb_areas"].max())
     detail = f"pool {C14_POOL_SLABS} slabs, {areas} areas vs 1: " + "; ".join(notes)
     return Verdict("C14", text, verdict, metric, threshold, _ids(on_per, off_one), detail, comparisons)

@@ -6,12 +6,14 @@ the statistics the judges use.
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from lab.claims import MAX_MAPPING_SLABS, judge_c14, judge_c14_areas
+from lab.claims import MAX_MAPPING_SLABS, judge_c14, judge_c14_areas, rules
 
 NSLABS = 32768
 ON, OFF = 29491, NSLABS  # high_throttle: the kernel's default (90%) and "100/100" (never exceeded)
@@ -38,6 +40,8 @@ def row(rep: int, areas: int, high: int, iops: float, **extra: object) -> dict[s
         "iodepth": 128,
         "hipri": False,
         "high_throttle": high,
+        "high_throttle_count": 0,
+        "low_throttle_count": 0,
         "fio_iops": iops,
         "map_failures": 0,
         "hiwater": NSLABS,
@@ -82,6 +86,7 @@ def test_c14_compares_throttling_with_one_area_repetition_by_repetition(ratios: 
         # the throttle's own cost within a boot: 1,100 -> 1,000 x ratio with one per vCPU; 1,000 -> 1,100 on one
         assert "the throttle's cost within a boot, one area: IOPS +10.0%" in judged.detail
         assert "one area vs one per vCPU, unthrottled (the locking's cost): IOPS -9.1%" in judged.detail
+        assert f"the throttle engaged in 0 of {2 * len(ratios)} throttled cells" in judged.detail
 
 
 def test_c14_pairs_only_the_boots_of_one_repetition() -> None:
@@ -145,3 +150,28 @@ def test_c14_areas_leaves_throttled_cells_out() -> None:
     throttled_one = row(0, 1, ON, 1000.0, workload="fill", map_failures=9, hiwater=BELOW, cell_id="t")
     judged = judge_c14_areas(pd.concat([cells, pd.DataFrame([throttled_one])]))
     assert judged.verdict == "supported" and "t" not in judged.evidence
+
+
+STORED = Path(__file__).resolve().parent.parent / "data" / "c14-cells.parquet"
+
+
+def test_the_published_c14_verdicts_follow_from_the_stored_run() -> None:
+    # docs/findings.md and the README quote these from the areas.toml run of 2026-12-03 (tests/data/README.md)
+    cells = pd.read_parquet(STORED)
+    c14 = judge_c14(cells)
+    assert c14.verdict == "inconclusive"
+    assert "fio_iops -6.4% (too noisy; ~14 repetitions per group would detect it) [4 unobserved" in c14.detail
+    assert "one area per vCPU: IOPS -0.7%" in c14.detail and "one area: IOPS -2.7%" in c14.detail
+    assert "(the locking's cost): IOPS +6.1%" in c14.detail
+    assert "the throttle engaged in 1 of 8 throttled cells" in c14.detail
+    areas = judge_c14_areas(cells)
+    assert areas.verdict == "contradicted"
+    [failed] = cells[(cells["map_failures"] > 0)].itertuples()
+    assert (failed.swiotlb_areas, failed.high_throttle, failed.map_failures, failed.hiwater) == (1, NSLABS, 2, 30437)
+    assert "one per vCPU, heavy: failed below a full pool in 0 of 4 cells" in areas.detail
+
+
+def test_the_stored_run_was_judged_by_the_rules_it_fixed_before_it_started() -> None:
+    stored = json.loads((STORED.parent / "c14-rules.json").read_text())
+    now = rules()
+    assert {c: now[c] for c in ("C14", "C14-areas")} == {c: stored["rules"][c] for c in ("C14", "C14-areas")}
