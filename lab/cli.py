@@ -1,52 +1,24 @@
-"""Command line: the only module that knows argparse, prints for humans, or exits."""
+"""Command line: the only module that knows argparse, prints for humans (with lab.terminal's reporters), or
+exits."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from lab import __version__, interrupt
-from lab.errors import ConfigError, HostError, LabError
-from lab.matrix import Cell, load_matrix
-from lab.store import LOST, SKIPPED
-from lab.vm import LocalHypervisor
-
-if TYPE_CHECKING:
-    from lab.runner import LabContext
+from lab.errors import ConfigError, LabError
+from lab.terminal import RichReporter, console, one_line
 
 log = logging.getLogger("lab")
-console = Console(stderr=True, soft_wrap=True)
-
-
-# --- reporters ----------------------------------------------------------------------------
-
-
-class RichReporter:
-    """Progress bar in seconds of estimated work, with cell, phase and ETA; one line per finished cell."""
-
-    def __init__(self, progress: Progress, total_s: float, cells: int) -> None:
-        self.progress = progress
-        self.cells = cells
-        self.done = 0
-        self.task = progress.add_task("starting", total=total_s, cells=f"0/{cells}")
-
-    def phase(self, cell: Cell | None, text: str) -> None:
-        label = f"{cell.cell_id}: {text}" if cell else text
-        self.progress.update(self.task, description=label)
-
-    def cell_done(self, cell: Cell, row: dict[str, Any], estimate_s: float) -> None:
-        self.done += 1
-        self.progress.update(self.task, advance=estimate_s, cells=f"{self.done}/{self.cells}")
-        self.progress.console.print(one_line(row))
 
 
 def at_least_one(text: str) -> int:
@@ -60,120 +32,52 @@ def at_least_one(text: str) -> int:
     return value
 
 
-def one_line(row: dict[str, Any]) -> str:
-    if row["status"] == SKIPPED:
-        return f"[yellow]-[/yellow] {row['cell_id']}: skipped: {row['failure_detail']}"
-    if row["status"] == LOST:
-        return f"[yellow]?[/yellow] {row['cell_id']}: lost to the infrastructure: {row['failure_detail']}"
-    if row["status"] != "ok":
-        return f"[red]✗[/red] {row['cell_id']}: failed: {row['failure_reason']}"
-    frac = row.get("hiwater_frac")
-    return (
-        f"[green]✓[/green] {row['cell_id']}: nslabs {row['nslabs']}, hiwater {row['hiwater']}"
-        f" ({(frac or 0) * 100:.0f}%), map failures {row['map_failures']}, {row['fio_iops']:.0f} IOPS,"
-        f" p99 {row['fio_clat_p99_us']:.0f} µs, fio errors {row['fio_errors']}"
-    )
-
-
 # --- commands -----------------------------------------------------------------------------
 
 
-def cmd_doctor_hosts(path: Path) -> int:
-    """Probe every host of an inventory over SSH and print what each offers; 0 only if every host is
-    reachable and offers every platform the inventory claims for it."""
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Exit 0 if this host (or every host of --hosts) has what the lab needs; 2 for missing packages here, 1
+    for an inventory's host that is unreachable or does not offer what the inventory claims."""
     from rich.table import Table
 
-    from lab.hosts import load_hosts, probe_host
+    from lab.doctor import PLATFORM_COLUMNS, check_hosts, check_local
 
-    hosts = load_hosts(path)
-    table = Table(title=f"hosts in {path}")
-    for column in ("host", "SSH", "QEMU", "host kernel", *PLATFORM_COLUMNS, "as claimed"):
-        table.add_column(column)
-    notes: list[str] = []
-    healthy = True
-    for host in hosts.values():
-        report = probe_host(host)
-        if report.result is None:
-            healthy = False
-            table.add_row(host.name, "[red]unreachable[/red]", *([""] * (len(PLATFORM_COLUMNS) + 3)))
-            notes.append(f"{host.name}: {report.reachable}")
-            continue
-        result = report.result
-        missing = report.mismatches()
-        healthy &= not missing
-        table.add_row(
-            host.name,
-            f"{host.user}@{host.address}:{host.port}",
-            result.qemu_version or "-",
-            result.facts.get("host_kernel", ""),
-            *("[green]yes[/green]" if result.offers(p) else "[dim]no[/dim]" for p in PLATFORM_COLUMNS),
-            "[green]yes[/green]" if not missing else "[red]no[/red]",
-        )
-        notes += [
-            f"{host.name}: {p} not offered: {result.offered[p]}" for p in PLATFORM_COLUMNS if not result.offers(p)
-        ]
-        notes += [f"{host.name}: claimed in {path.name} but not offered: {m}" for m in missing]
-    Console().print(table)  # stdout, with the notes: what a CI log or a pipe keeps
-    for note in notes:
-        print(note)
-    return 0 if healthy else 1
-
-
-PLATFORM_COLUMNS = ("tcg", "kvm", "sev-snp", "tdx")
-
-
-def cmd_doctor(args: argparse.Namespace) -> int:
-    from lab.host import REQUIREMENTS
-    from lab.preflight import HostSettings
-    from lab.util import cache_dir
+    def offered(why: str) -> str:
+        return "[green]yes[/green]" if not why else "[dim]no[/dim]"
 
     if args.hosts:
-        return cmd_doctor_hosts(Path(args.hosts))
-
-    ok = True
-    kvm_probe = ""  # why KVM does not work although its device is there, if a probe boot found out
-    for requirement in REQUIREMENTS:
-        present = requirement.present()
-        ok &= present
-        mark = "[green]ok[/green]     " if present else "[red]missing[/red]"
-        console.print(f"{mark} {requirement.what:40s} (Debian package {requirement.package})")
-    kvm = Path("/dev/kvm")
-    if not kvm.exists():
-        console.print("KVM: /dev/kvm does not exist → guests will run under TCG")
-    elif not os.access(kvm, os.R_OK | os.W_OK):
-        console.print("KVM: /dev/kvm is not accessible to this user → guests will run under TCG")
-    elif ok:
-        from lab.runner import boot_spec
-
-        console.print("KVM: /dev/kvm is present; probing by booting a guest under KVM ...")
-        hypervisor = LocalHypervisor()
-        ctx = _stock_context(hypervisor)
-        cell = load_matrix("stock").cells[0]
-        accel = hypervisor.resolve_accel(boot_spec(ctx, cell), cache_dir() / "doctor")
-        console.print(f"KVM: guests will run under [bold]{accel}[/bold] ({hypervisor.probe_note})")
-        if accel != "kvm":
-            kvm_probe = f"a KVM boot probe failed on this host ({hypervisor.probe_note})"
-    # What a local run can offer, with this machine's own settings (SWIOTLB_LAB_QEMU, SWIOTLB_LAB_FIRMWARE_*,
-    # SWIOTLB_LAB_CBITPOS): the same preflight doctor --hosts runs over SSH.
-    settings = HostSettings.from_environment()
-    offered = LocalHypervisor(settings.qemu, dict(settings.firmware), settings.cbitpos).capabilities()
-    if kvm_probe:
-        offered["kvm"] = kvm_probe
-    for platform in PLATFORM_COLUMNS:
-        why = offered.get(platform, "unknown platform")
+        path = Path(args.hosts)
+        rows = check_hosts(path)
+        table = Table(title=f"hosts in {path}")
+        for column in ("host", "SSH", "QEMU", "host kernel", *PLATFORM_COLUMNS, "as claimed"):
+            table.add_column(column)
+        notes: list[str] = []
+        for row in rows:
+            if row.unreachable:
+                table.add_row(row.name, "[red]unreachable[/red]", *([""] * (len(PLATFORM_COLUMNS) + 3)))
+                notes.append(f"{row.name}: {row.unreachable}")
+                continue
+            claimed = "[green]yes[/green]" if not row.not_as_claimed else "[red]no[/red]"
+            platforms = (offered(row.platforms[p]) for p in PLATFORM_COLUMNS)
+            table.add_row(row.name, row.ssh, row.qemu, row.host_kernel, *platforms, claimed)
+            notes += [f"{row.name}: {p} not offered: {why}" for p, why in row.platforms.items() if why]
+            notes += [f"{row.name}: claimed in {path.name} but not offered: {m}" for m in row.not_as_claimed]
+        Console().print(table)  # stdout, with the notes: what a CI log or a pipe keeps
+        for note in notes:
+            print(note)
+        return 0 if all(row.healthy for row in rows) else 1
+    found = check_local(busy=console.status)
+    for r in found.requirements:
+        mark = "[green]ok[/green]     " if r.present else "[red]missing[/red]"
+        console.print(f"{mark} {r.what:40s} (Debian package {r.package})")
+    for line in found.kvm:
+        console.print(line)
+    for platform, why in found.platforms.items():
         console.print(f"platform {platform:8s} " + ("[green]offered[/green]" if not why else f"not offered: {why}"))
-    missing = [r.package for r in REQUIREMENTS if not r.present()]
-    if missing:
-        console.print(f"[red]missing host packages:[/red] apt-get install {' '.join(sorted(set(missing)))}")
+    if found.missing_packages:
+        console.print(f"[red]missing host packages:[/red] apt-get install {' '.join(found.missing_packages)}")
         return 2
     return 0
-
-
-def _stock_context(hypervisor: LocalHypervisor, accel: str = "auto") -> LabContext:
-    """A lab context on Debian's stock kernel (doctor needs no kernel build)."""
-    from lab.bench import lab_context
-
-    return lab_context(hypervisor, ("stock",), accel, busy=console.status)
 
 
 def cmd_run_matrix(args: argparse.Namespace) -> int:
@@ -196,26 +100,7 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
     session = Session(request, busy=lambda text: console.status(text))
     plan = session.plan()
     if args.dry_run:
-        for cell in session.matrix.cells:
-            if cell.cell_id in plan.unrunnable:
-                print(f"skip  {cell.cell_id}  ({plan.unrunnable[cell.cell_id]})")
-            else:
-                print(("done  " if cell.cell_id in plan.skip else "todo  ") + cell.cell_id)
-        if plan.unrunnable:
-            print(
-                f"{len(plan.unrunnable)} cells will be skipped here (recorded as skipped, not failed; left out of "
-                "the estimate)"
-            )
-        print(f"{len(plan.todo)} cells to run in {plan.boots} boots, estimated {plan.estimate_s / 60:.1f} min")
-        if args.cores:
-            from lab.runner import default_jobs
-
-            vcpus = max((c.vcpus for c in session.matrix.cells), default=1)
-            jobs = max(1, min(default_jobs(vcpus, args.cores), plan.boots))
-            print(
-                f"on a host with {args.cores} cores: {jobs} boots at a time ({vcpus} vCPUs + 1 each), estimated "
-                f"{plan.estimate_s / jobs / 60:.1f} min (this machine's boot and cell times; KVM boots faster)"
-            )
+        print("\n".join(plan.dry_run(session.matrix.cells, args.cores)))
         return 0
     session.prepare()
     if session.contention:
@@ -267,16 +152,12 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
 
 
 def cmd_nightly(args: argparse.Namespace) -> int:
-    """One night: build the revision under test, run the nightly matrix into the history, gate against the
-    baseline, write JUnit XML and the trend page, apply retention.  Exit 0, 1 (regression) or 3 (no result)."""
-    from lab.errors import BuildError
-    from lab.history import EXIT_NO_RESULT, History
-    from lab.nightly import build_trend, judge_night, tree_revision, write_error_junit
-    from lab.session import RunRequest, Session, write_report
+    """One night (lab.nightly.run_night).  Exit 0, 1 (regression) or 3 (no usable result)."""
+    from lab.history import History
+    from lab.nightly import run_night
+    from lab.session import RunRequest
 
     history = History(Path(args.history))
-    tree = Path(args.kernel_tree).resolve() if args.kernel_tree else None
-    junit = Path(args.junit) if args.junit else None
     request = RunRequest(
         matrix=args.matrix,
         results=history.runs,
@@ -284,64 +165,26 @@ def cmd_nightly(args: argparse.Namespace) -> int:
         accel=args.accel,
         hosts=Path(args.hosts) if args.hosts else None,
         scheduler=args.scheduler,
-        kernel_tree=tree,
+        kernel_tree=Path(args.kernel_tree).resolve() if args.kernel_tree else None,
     )
-    session = Session(request, busy=lambda text: console.status(text))
-    night = f"nightly {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
-    revision = tree_revision(tree)  # what is built and measured, read before the build (the tree may move)
-    # CI's JUnit step always finds a file: a night that never ran a cell says why, red.
-    try:
-        session.prepare()
-    except BuildError as exc:  # the revision under test does not build: its own failure (exit 1)
-        if junit:
-            write_error_junit(junit, night, str(exc), kind="build")
-        raise
-    except HostError as exc:  # this host lacks what the lab needs: infrastructure (exit 3)
-        if junit:
-            write_error_junit(junit, night, str(exc))
-        console.print(f"[red]no usable result:[/red] {exc}")
-        return EXIT_NO_RESULT
-    plan = session.plan()
-    columns = (
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.fields[cells]} cells"),
-        TimeElapsedColumn(),
-    )
-    try:
-        with Progress(*columns, console=console) as progress:
-            session.run(RichReporter(progress, plan.estimate_s, len(plan.todo)))
-    except HostError as exc:  # no host could be reached or started: infrastructure, not a regression
-        outcome = session.finish("failed", report=False)
-        for path in (outcome.store.root / "junit.xml", junit):
-            if path is not None:
-                write_error_junit(path, outcome.store.run_id, str(exc))
-        console.print(f"[red]no usable result:[/red] {exc}")
-        return EXIT_NO_RESULT
-    except BaseException as exc:
-        session.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", report=False)
-        raise
-    # The report is written after the gate, so the night's report shows its verdict (lab.report: "Nightly gate").
-    outcome = session.finish("complete", report=False)
-    code, summary = judge_night(history, outcome.store, revision, junit)
-    if not outcome.cells.empty:
-        write_report(outcome)
-    trend = build_trend(history, session.matrix.name)
-    removed = history.retain(args.keep, session.matrix.name)
-    print(f"night {outcome.store.run_id}: {summary}")
-    if outcome.report_error is not None:
-        console.print(
-            f"[red]the report could not be built[/red] (traceback in {outcome.report_error}); the "
-            "gate and JUnit used the stored cells; rebuild with: "
-            f"python -m lab report --in-place {outcome.store.root}"
+
+    def run_cells(session: Any, plan: Any) -> None:
+        columns = (
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[cells]} cells"),
         )
-    else:
-        print(f"report: {outcome.report}")
-    print(f"junit: {outcome.store.root / 'junit.xml'}\ntrend: {trend}")
-    if removed:
-        print(f"retention (keep {args.keep}): removed {', '.join(removed)}")
-    return code
+        with Progress(*columns, TimeElapsedColumn(), console=console) as progress:
+            session.run(RichReporter(progress, plan.estimate_s, len(plan.todo)))
+
+    junit = Path(args.junit) if args.junit else None
+    night = run_night(request, history, junit, args.keep, run_cells, console.status)
+    for line in night.lines:
+        print(line)
+    if night.problem:
+        console.print(f"[red]{night.problem}[/red]")
+    return night.code
 
 
 def cmd_history(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ import html
 import math
 import subprocess
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -511,3 +511,74 @@ def build_trend(history: History, matrix_name: str, out: Path | None = None) -> 
     parts.append("</body></html>")
     atomic_write_text(out, "\n".join(parts))
     return out
+
+
+@dataclass
+class Night:
+    """What one night came to: its exit code, the lines the command prints, and a problem to show in red (why
+    there is no usable result, or that the report could not be built)."""
+
+    code: int
+    lines: list[str] = field(default_factory=list)
+    problem: str = ""
+
+
+def run_night(
+    request: Any,
+    history: History,
+    junit: Path | None,
+    keep: int,
+    run_cells: Callable[[Any, Any], None],
+    busy: Callable[[str], Any],
+) -> Night:
+    """One night: build the revision under test (``request.kernel_tree``), run the nightly matrix into the
+    history, gate against the baseline, write JUnit XML, the report (after the gate, so it shows it) and the
+    trend page, and apply retention.  ``run_cells(session, plan)`` runs the cells with whatever progress the
+    caller shows.  CI's JUnit step always finds a file: a night that never ran a cell says why, red."""
+    import time
+
+    from lab.errors import BuildError, HostError
+    from lab.session import Session, write_report
+
+    session = Session(request, busy=busy)
+    night = f"nightly {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
+    revision = tree_revision(request.kernel_tree)  # what is built and measured, read before the build
+    try:
+        session.prepare()
+    except BuildError as exc:  # the revision under test does not build: its own failure (exit 1)
+        if junit:
+            write_error_junit(junit, night, str(exc), kind="build")
+        raise
+    except HostError as exc:  # this host lacks what the lab needs: infrastructure (exit 3)
+        if junit:
+            write_error_junit(junit, night, str(exc))
+        return Night(EXIT_NO_RESULT, problem=f"no usable result: {exc}")
+    try:
+        run_cells(session, session.plan())
+    except HostError as exc:  # no host could be reached or started: infrastructure, not a regression
+        outcome = session.finish("failed", report=False)
+        for path in (outcome.store.root / "junit.xml", junit):
+            if path is not None:
+                write_error_junit(path, outcome.store.run_id, str(exc))
+        return Night(EXIT_NO_RESULT, problem=f"no usable result: {exc}")
+    except BaseException as exc:
+        session.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", report=False)
+        raise
+    outcome = session.finish("complete", report=False)
+    code, summary = judge_night(history, outcome.store, revision, junit)
+    if not outcome.cells.empty:
+        write_report(outcome)
+    trend = build_trend(history, session.matrix.name)
+    removed = history.retain(keep, session.matrix.name)
+    result = Night(code, [f"night {outcome.store.run_id}: {summary}"])
+    if outcome.report_error is not None:
+        result.problem = (
+            f"the report could not be built (traceback in {outcome.report_error}); the gate and JUnit used the "
+            f"stored cells; rebuild with: python -m lab report --in-place {outcome.store.root}"
+        )
+    else:
+        result.lines.append(f"report: {outcome.report}")
+    result.lines += [f"junit: {outcome.store.root / 'junit.xml'}", f"trend: {trend}"]
+    if removed:
+        result.lines.append(f"retention (keep {keep}): removed {', '.join(removed)}")
+    return result

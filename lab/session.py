@@ -13,7 +13,7 @@ import contextlib
 import os
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -100,6 +100,30 @@ class Plan:
     boots: int
     estimate_s: float  # for one boot at a time
     unrunnable: dict[str, str] = field(default_factory=dict)  # cell ID -> why it will be skipped here
+
+    def dry_run(self, cells: Sequence[Cell], cores: int | None = None) -> list[str]:
+        """What `run matrix --dry-run` says: each cell's fate (todo, done, skip and why), the count, boots and
+        estimate; with ``cores``, the estimate for a host with that many cores."""
+        lines = []
+        for cell in cells:
+            if cell.cell_id in self.unrunnable:
+                lines.append(f"skip  {cell.cell_id}  ({self.unrunnable[cell.cell_id]})")
+            else:
+                lines.append(("done  " if cell.cell_id in self.skip else "todo  ") + cell.cell_id)
+        if self.unrunnable:
+            lines.append(
+                f"{len(self.unrunnable)} cells will be skipped here (recorded as skipped, not failed; left out of "
+                "the estimate)"
+            )
+        lines.append(f"{len(self.todo)} cells to run in {self.boots} boots, estimated {self.estimate_s / 60:.1f} min")
+        if cores:
+            vcpus = max((c.vcpus for c in cells), default=1)
+            jobs = max(1, min(default_jobs(vcpus, cores), self.boots))
+            lines.append(
+                f"on a host with {cores} cores: {jobs} boots at a time ({vcpus} vCPUs + 1 each), estimated "
+                f"{self.estimate_s / jobs / 60:.1f} min (this machine's boot and cell times; KVM boots faster)"
+            )
+        return lines
 
 
 @dataclass
