@@ -72,6 +72,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         console.print(f"{mark} {r.what:40s} (Debian package {r.package})")
     for line in found.kvm:
         console.print(line)
+    for name, what in found.qemus.items():
+        console.print(f"QEMU {name:9s} {what}")
     for platform, why in found.platforms.items():
         console.print(f"platform {platform:8s} " + ("[green]offered[/green]" if not why else f"not offered: {why}"))
     if found.missing_packages:
@@ -388,6 +390,19 @@ def cmd_build_kernel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build_qemu(args: argparse.Namespace) -> int:
+    from lab.toolchain import build_qemu
+
+    started = time.monotonic()
+    with console.status(f"QEMU toolchain {args.name}: mmdebstrap (log in the cache's toolchains/ directory)"):
+        root = build_qemu(args.name)
+    print(
+        f"{root.name}: {root.qemu} (QEMU {root.packages.get('qemu-system-x86', '?')}, recipe {root.recipe_hash}) in "
+        f"{time.monotonic() - started:.1f} s"
+    )
+    return 0
+
+
 def cmd_kernel_stock(args: argparse.Namespace) -> int:
     from lab.kernel import stock_kernel
 
@@ -553,6 +568,9 @@ def build_parser() -> argparse.ArgumentParser:
     build_kernel.add_argument("--kernel-tree", metavar="PATH", help="build from this tree instead of Debian's source")
     build_kernel.add_argument("--jobs", type=at_least_one, default=None, help="make -j (default: CPUs + 1)")
     build_kernel.set_defaults(func=cmd_build_kernel)
+    build_qemu = build_sub.add_parser("qemu", help="build (or reuse) a QEMU toolchain root (images/qemu/recipe.toml)")
+    build_qemu.add_argument("name", help="a root of images/qemu/recipe.toml, e.g. sid")
+    build_qemu.set_defaults(func=cmd_build_qemu)
 
     doorbells = bench_sub.add_parser("doorbells", help="MMIO doorbell writes per NVMe command, per kernel")
     doorbells.add_argument("--kernels", default="static,throttle,throttle-v2", help="comma-separated variants")

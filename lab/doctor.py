@@ -9,6 +9,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lab.errors import LabError
 from lab.host import REQUIREMENTS
 from lab.hosts import load_hosts, probe_host
 from lab.preflight import HostSettings
@@ -33,6 +34,7 @@ class LocalDoctor:
     requirements: list[Requirement]
     kvm: list[str] = field(default_factory=list)
     platforms: dict[str, str] = field(default_factory=dict)
+    qemus: dict[str, str] = field(default_factory=dict)  # "host" and each toolchain root: version and where
 
     @property
     def missing_packages(self) -> list[str]:
@@ -68,6 +70,26 @@ def check_local(busy: Callable[[str], AbstractContextManager[object]]) -> LocalD
     if kvm_probe:
         offered["kvm"] = kvm_probe
     found.platforms = {p: offered.get(p, "unknown platform") for p in PLATFORM_COLUMNS}
+    found.qemus = qemus(settings.qemu)
+    return found
+
+
+def qemus(host_qemu: str) -> dict[str, str]:
+    """Every QEMU a matrix can name (its ``qemu`` axis): the host's, and each toolchain root, built or not."""
+    from lab.toolchain import HOST, built, recipes
+    from lab.vm import qemu_version
+
+    try:
+        found = {HOST: f"{qemu_version(host_qemu)} ({host_qemu})"}
+    except LabError as exc:
+        found = {HOST: f"not working: {exc}"}
+    for name in recipes():
+        root = built(name)
+        found[name] = (
+            f"{root.packages.get('qemu-system-x86', '?')} ({root.qemu})"
+            if root
+            else f"not built yet (python -m lab build qemu {name}, or the first run that names it)"
+        )
     return found
 
 

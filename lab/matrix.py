@@ -46,6 +46,7 @@ MATRIX_KEYS = {
     "areas": 'list of swiotlb area counts: "default" (one per vCPU) or a number (the kernel rounds it up to a '
     "power of two and to at most one per 128 slots of the pool)",
     "cmdline": 'list of lists of extra kernel parameters, e.g. [[], ["nvme.io_queue_depth=64"]]',
+    "qemu": 'list of QEMUs: "host" (this host\'s own) or a toolchain root of images/qemu/recipe.toml, e.g. "sid"',
     "observe": '"first" (the in-guest sampler runs in repetition 0 only), "all" or "none"',
     "sample_hz": "the in-guest sampler's rate in observed cells (default 50)",
     "include": 'list of tables of axis values to add, e.g. {kernel = "throttle", pool = "1MiB"}',
@@ -151,7 +152,7 @@ GUEST_IMAGE_MIB = 256
 # stalled or gone; or its own ID on a kernel whose pool grows)
 # plus queue limits, emulated conversion cost (ns per page), swiotlb areas, extra kernel parameters and
 # neighbour disk
-BootKey = tuple[str, int, str, int, int, int, bool, int, bool, str, str, str, int, int, tuple[str, ...], str]
+BootKey = tuple[str, int, str, int, int, int, bool, int, bool, str, str, str, int, int, tuple[str, ...], str, str]
 # "fit" / "fit:N%": the device's block queue is limited so that what it can have in flight fits in this
 # share of the pool (claim C11: can drivers limit what they have in flight, instead of throttling?).  The
 # rest is left to virtio-net and to what alignment wastes.  Plain "fit" is 75% (the share of the first
@@ -182,6 +183,7 @@ class Cell:
     neighbour: str = "none"  # NEIGHBOURS: "slow" boots a throttled virtio-blk disk next to the NVMe one (C9)
     areas: int = 0  # swiotlb areas asked for on the command line; 0: the kernel's default (one per vCPU)
     cmdline: tuple[str, ...] = ()  # further kernel parameters (matrix.cmdline)
+    qemu: str = "host"  # the QEMU that runs it: the host's own, or a toolchain root (lab.toolchain)
     # Boots alone: a growing pool (CONFIG_SWIOTLB_DYNAMIC) keeps what an earlier workload of the same
     # boot grew it to, so a later workload would start from another pool.  Not part of the cell's
     # content: it says how the cell is run, not what it measures.
@@ -225,6 +227,8 @@ class Cell:
             content["areas"] = self.areas
         if self.cmdline:
             content["cmdline"] = list(self.cmdline)
+        if self.qemu != "host":
+            content["qemu"] = self.qemu
         return content
 
     @property
@@ -264,6 +268,7 @@ class Cell:
             self.areas,
             self.cmdline,
             self.neighbour,
+            self.qemu,
         )
 
 
@@ -634,6 +639,13 @@ def parse_matrix(
             raise ConfigError(f"{where('neighbour')}: {value!r} must be one of {', '.join(map(repr, NEIGHBOURS))}")
     areas = [_areas(v, where("areas")) for v in _list(section, "areas", ["default"], where("areas"))]
     cmdlines = [_cmdline(v, where("cmdline")) for v in _list(section, "cmdline", [[]], where("cmdline"))]
+    qemus = [str(q) for q in _list(section, "qemu", ["host"], where("qemu"))]
+    if qemus != ["host"]:
+        from lab.toolchain import names as qemu_names
+
+        for name in qemus:
+            if name not in qemu_names():
+                raise ConfigError(f"{where('qemu')}: unknown QEMU {name!r}; valid: {', '.join(qemu_names())}")
     platforms = [str(p) for p in _list(section, "platforms", ["auto"], where("platforms"))]
     for name in platforms:
         if name not in PLATFORM_NAMES:
@@ -666,6 +678,7 @@ def parse_matrix(
         "neighbour": neighbours,
         "areas": areas,
         "cmdline": cmdlines,
+        "qemu": qemus,
     }
     for axis, values in axes.items():  # a value listed twice would make two cells with one cell ID
         seen: list[Any] = []
@@ -771,6 +784,7 @@ def parse_matrix(
             neighbour=c["neighbour"],
             areas=c["areas"],
             cmdline=c["cmdline"],
+            qemu=c["qemu"],
             solo=c["kernel"] in growing,
         )
         for rep in range(repetitions)

@@ -38,7 +38,8 @@ from lab.platforms import AUTO, encryption_matches, profile
 from lab.recovery import FaultInjector
 from lab.store import LOST, SKIPPED, RunStore
 from lab.swiotlb import SLAB_BYTES
-from lab.vm import Accel, BootSpec, Disk, Endpoint, Hypervisor, RunningGuest, console_excerpt
+from lab.toolchain import qemu_binary
+from lab.vm import Accel, BootSpec, Disk, Endpoint, Hypervisor, RunningGuest, console_excerpt, qemu_version
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,7 @@ def boot_spec(ctx: LabContext, cell: Cell) -> BootSpec:
         accel=platform,  # type: ignore[arg-type]
         firmware=ctx.firmware.get(platform),
         cbitpos=ctx.cbitpos if platform == "sev-snp" else None,
+        qemu=qemu_binary(cell.qemu),
     )
 
 
@@ -180,6 +182,7 @@ def base_row(ctx: LabContext, cell: Cell, store: RunStore) -> dict[str, Any]:
         "neighbour": cell.neighbour,
         "swiotlb_areas_requested": cell.areas or None,  # None: the kernel's default (one per vCPU)
         "cmdline_extra": " ".join(cell.cmdline),
+        "qemu_toolchain": cell.qemu,  # "host", or the toolchain root whose QEMU ran it (qemu_version says which)
         # Whether the in-guest sampler ran during fio, and at what rate: performance judges compare
         # like with like, and prefer unobserved cells (the sampler competes with fio for the vCPUs).
         "observed": cell.observed,
@@ -387,6 +390,8 @@ def run_group(cells: list[Cell], store: RunStore, ctx: LabContext, reporter: Rep
                         "swiotlb_areas_logged": platform.swiotlb_areas,
                         "boot_id": workdir.name,  # the boot's directory under boots/
                     }
+                    if spec.qemu:  # a toolchain root's QEMU, not the host's the provenance names
+                        boot_info.update(qemu=spec.qemu, qemu_version=qemu_version(spec.qemu))
                     position = 0
                     while remaining:
                         interrupt.check()

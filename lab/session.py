@@ -264,6 +264,12 @@ class Session:
         for name in sorted({c.kernel for c in matrix.cells}):
             with self.busy(f"kernel {name}: building or loading from cache"):
                 kernels[name] = build_kernel(name, source=source)  # stock ignores the tree
+        if not (self.hosts or request.scheduler):  # a worker elsewhere builds the roots its cells need itself
+            from lab.toolchain import HOST, build_qemu
+
+            for name in sorted({c.qemu for c in matrix.cells} - {HOST}):
+                with self.busy(f"QEMU toolchain {name}: building or loading from cache"):
+                    build_qemu(name)
         settings = HostSettings.from_environment()  # this machine's QEMU, firmware and C-bit position
         hypervisor = LocalHypervisor(settings.qemu, dict(settings.firmware), settings.cbitpos)
         cache = cache_dir()

@@ -61,6 +61,7 @@ UPGRADE_COLUMNS: dict[str, dict[str, str]] = {
         "boot_retry_reason": "VARCHAR",
         "swiotlb_areas_logged": "BIGINT",
         "boot_id": "VARCHAR",  # the boot's directory
+        "qemu_toolchain": "VARCHAR",  # "host" or the toolchain root whose QEMU ran the cell
         "boot_position": "BIGINT",  # cells that ran before it in that boot
         # what it measured (lab.runner.build_row); counters a cell may lack are DOUBLE, as pandas stores them
         "swiotlb_areas": "DOUBLE",

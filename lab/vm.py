@@ -97,6 +97,7 @@ class BootSpec:
     trace_events: tuple[str, ...] = ()  # more QEMU trace events, into the same file (benchmarks: an observer)
     spare_pci: bool = False  # QEMU's "edu" PCI device, which no driver claims: for the DMA map benchmark
     boot_timeout_s: float = 120.0
+    qemu: str | None = None  # the QEMU binary for this boot (a toolchain root's); None: the hypervisor's own
 
     def __post_init__(self) -> None:
         if self.swiotlb_nslabs is not None and self.swiotlb_nslabs < MIN_POOL_SLABS:
@@ -565,7 +566,7 @@ class LocalHypervisor:
 
     @contextlib.contextmanager
     def boot(self, spec: BootSpec, workdir: Path) -> Iterator[Machine]:
-        machine = Machine(spec, workdir, accel=self.resolve_accel(spec, workdir), qemu=self.qemu)
+        machine = Machine(spec, workdir, accel=self.resolve_accel(spec, workdir), qemu=spec.qemu or self.qemu)
         self.launched.append(machine)
         with machine:
             machine.wait_ready()

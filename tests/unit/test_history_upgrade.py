@@ -51,7 +51,7 @@ def test_the_sample_lacks_the_columns_it_is_read_through() -> None:
     """What this file tests is real: the stored sample predates the claims' scope and today's cell columns."""
     assert "scope" not in pq.read_schema(SAMPLE / "claims.parquet").names
     stored = set(pq.read_schema(SAMPLE / "cells.parquet").names)
-    assert len(set(UPGRADE_COLUMNS["cells"]) - stored) == len(UPGRADE_COLUMNS["cells"]) == 37
+    assert len(set(UPGRADE_COLUMNS["cells"]) - stored) == len(UPGRADE_COLUMNS["cells"]) == 38
 
 
 def test_history_claims_on_the_sample_lists_its_stored_verdicts(
