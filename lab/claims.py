@@ -14,6 +14,7 @@ import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import pandas as pd
 
@@ -1340,42 +1341,78 @@ def judge_c14_areas(cells: pd.DataFrame) -> Verdict:
     return Verdict("C14-areas", text, verdict, metric, threshold, _ids(per_vcpu, one), "; ".join(parts))
 
 
-JUDGES: tuple[Callable[[pd.DataFrame], Verdict], ...] = (
-    judge_c1,
-    judge_c2,
-    judge_c3,
-    judge_c4,
-    judge_c5,
-    judge_c6,
-    judge_c7,
-    judge_c8,
-    judge_c9,
-    judge_c10,
-    judge_c11,
-    judge_c12,
-    judge_c13,
-    judge_c14,
-    judge_c14_areas,
+# The report's figures (lab.figures draws each under these names), for the claims table to point at.
+FIGURE_PERFORMANCE = "performance.png"
+FIGURE_FAILURES = "failures_and_throttle.png"
+FIGURE_HIWATER = "hiwater_by_pool.png"
+FIGURE_USAGE = "usage_over_time.png"
+FIGURE_NEIGHBOUR = "neighbour.png"
+FIGURE_DRIVERS = "failing_drivers.png"
+FIGURE_POOLS = "pool_search.png"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One row of the claims table: what the lab knows about a claim, in one place.  ``judge`` gives its
+    verdict (``per_kernel``: a list, one row per kernel it finds, only where the run has their cells;
+    their IDs start with ``id``); ``figure`` is the report's figure for its rows; ``v2``: series v2 answers
+    it too, as ``<id>-v2``, by the same judge on the throttle-v2 cells."""
+
+    id: str
+    judge: Callable[..., Any]
+    figure: str = ""
+    v2: bool = False
+    per_kernel: bool = False
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim("C1", judge_c1, FIGURE_FAILURES),
+    Claim("C2", judge_c2, FIGURE_HIWATER, v2=True),
+    Claim("C3", judge_c3, FIGURE_USAGE),
+    Claim("C4", judge_c4, FIGURE_HIWATER),
+    Claim("C5", judge_c5, FIGURE_PERFORMANCE, v2=True),
+    Claim("C6", judge_c6, FIGURE_PERFORMANCE, v2=True),
+    Claim("C7", judge_c7, FIGURE_PERFORMANCE),
+    Claim("C8", judge_c8),
+    Claim("C9", judge_c9, FIGURE_NEIGHBOUR, v2=True),
+    Claim("C10", judge_c10, FIGURE_DRIVERS),
+    Claim("C11", judge_c11),
+    Claim("C12", judge_c12),
+    Claim("C13", judge_c13, FIGURE_POOLS),
+    Claim("C14", judge_c14),
+    Claim("C14-areas", judge_c14_areas),
+    Claim("C7-plain", judge_c7_plain, FIGURE_PERFORMANCE, per_kernel=True),
+    Claim("C7-emulated", judge_c7_emulated, per_kernel=True),
+    Claim("C10-throttle", judge_c10_throttle, FIGURE_DRIVERS, per_kernel=True),
 )
-# Judges that answer per kernel they find: a row each, only where the run has their cells.
-EXTRA_JUDGES: tuple[Callable[[pd.DataFrame], list[Verdict]], ...] = (
-    judge_c7_plain,
-    judge_c7_emulated,
-    judge_c10_throttle,
-)
-
-# Series v2 answers the claims its changes target (overshoot C2, polled I/O C5, cost C6) next to v1's
-# verdicts, as claims C2-v2, C5-v2, C6-v2, C9-v2, judged by the same rules on the throttle-v2 cells.
-V2_JUDGES: tuple[Callable[..., Verdict], ...] = (judge_c2, judge_c5, judge_c6, judge_c9)
 
 
-def _series_v2(cells: pd.DataFrame, always: bool = False) -> list[Verdict]:
-    if not always and (cells.empty or not (cells["kernel"] == SERIES_V2).any()):
-        return []
-    verdicts = []
-    for judge in V2_JUDGES:
-        verdict = judge(cells, kernel=SERIES_V2)
-        verdicts.append(replace(verdict, claim=f"{verdict.claim}-v2", text=f"Series v2: {verdict.text}"))
+def claim_of(verdict_id: str, table: Sequence[Claim] | None = None) -> Claim | None:
+    """The table's row a verdict comes from: its own ID, ``<id>-v2`` of a claim series v2 answers, or a
+    per-kernel row's ID, which starts with its claim's."""
+    for claim in CLAIMS if table is None else table:
+        if verdict_id == claim.id or (claim.v2 and verdict_id == f"{claim.id}-v2"):
+            return claim
+        if claim.per_kernel and verdict_id.startswith(claim.id):
+            return claim
+    return None
+
+
+def figure_for(verdict_id: str) -> str:
+    claim = claim_of(verdict_id)
+    return claim.figure if claim else ""
+
+
+def _judged(cells: pd.DataFrame, *, v2_always: bool = False, per_kernel: bool = True) -> list[Verdict]:
+    """The table's verdicts on ``cells``: every claim, then series v2's (where the cells have throttle-v2,
+    or always), then the per-kernel rows."""
+    verdicts = [c.judge(cells) for c in CLAIMS if not c.per_kernel]
+    if v2_always or (not cells.empty and (cells["kernel"] == SERIES_V2).any()):
+        for claim in (c for c in CLAIMS if c.v2):
+            verdict = claim.judge(cells, kernel=SERIES_V2)
+            verdicts.append(replace(verdict, claim=f"{verdict.claim}-v2", text=f"Series v2: {verdict.text}"))
+    if per_kernel:
+        verdicts += [v for c in CLAIMS if c.per_kernel for v in c.judge(cells)]
     return verdicts
 
 
@@ -1432,10 +1469,9 @@ RULE_STATES = (RULE_FIXED, RULE_CHANGED, RULE_UNPLANNED)
 def rules() -> dict[str, str]:
     """Each claim's printed rule as a digest (``Verdict.rule_digest``), as the judges state it before a cell is
     measured: a run stores these in its manifest when it starts.  The claims that answer per kernel they find
-    (EXTRA_JUDGES) are not among them: which rows they give depends on the cells."""
+    (``Claim.per_kernel``) are not among them: which rows they give depends on the cells."""
     empty = pd.DataFrame(columns=list(JUDGED_COLUMNS))
-    verdicts = [judge(empty) for judge in JUDGES] + _series_v2(empty, always=True)
-    return {v.claim: v.rule_digest for v in verdicts}
+    return {v.claim: v.rule_digest for v in _judged(empty, v2_always=True, per_kernel=False)}
 
 
 def check_rules(verdicts: Sequence[Verdict], planned: Mapping[str, str] | None) -> list[Verdict]:
@@ -1460,7 +1496,6 @@ def judge_all(cells: pd.DataFrame) -> list[Verdict]:
         cells = cells[cells["status"] != SKIPPED]
     verdicts = []
     for label, part in scopes(cells):
-        extra = [v for judge in EXTRA_JUDGES for v in judge(part)]
-        for verdict in [judge(part) for judge in JUDGES] + _series_v2(part) + extra:
+        for verdict in _judged(part):
             verdicts.append(replace(verdict, scope=label) if label else verdict)
     return verdicts

@@ -16,6 +16,13 @@ from scipy import stats as scipy_stats
 
 from lab.claims import (
     FAILING_DRIVERS,
+    FIGURE_DRIVERS,
+    FIGURE_FAILURES,
+    FIGURE_HIWATER,
+    FIGURE_NEIGHBOUR,
+    FIGURE_PERFORMANCE,
+    FIGURE_POOLS,
+    FIGURE_USAGE,
     P99_SLACK,
     POLICIES,
     cell_io_errors,
@@ -38,27 +45,7 @@ VARIANT_COLOURS = {
 }
 OTHER_COLOURS = ("#ff7f0e", "#8c564b", "#e377c2", "#bcbd22", "#aec7e8", "#98df8a")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
-PERFORMANCE_FIGURE = "performance.png"
-# The figure that shows the evidence of each claim (linked from the claims table).
-CLAIM_FIGURES = {
-    "C1": "failures_and_throttle.png",
-    "C2": "hiwater_by_pool.png",
-    "C3": "usage_over_time.png",
-    "C4": "hiwater_by_pool.png",
-    "C5": PERFORMANCE_FIGURE,
-    "C6": PERFORMANCE_FIGURE,
-    "C7": PERFORMANCE_FIGURE,
-    "C2-v2": "hiwater_by_pool.png",
-    "C5-v2": PERFORMANCE_FIGURE,
-    "C6-v2": PERFORMANCE_FIGURE,
-    "C7-plain": PERFORMANCE_FIGURE,
-    "C9": "neighbour.png",
-    "C9-v2": "neighbour.png",
-    "C10": "failing_drivers.png",
-    "C10-throttle": "failing_drivers.png",
-    "C10-throttle-v2": "failing_drivers.png",
-    "C13": "pool_search.png",
-}
+PERFORMANCE_FIGURE = FIGURE_PERFORMANCE
 OWN_QUESTIONS = (
     "cells that ask a question of their own (failing-driver disks, a slow neighbour, an emulated conversion "
     "cost, the kernel's default pool: their own figures)"
@@ -197,7 +184,7 @@ def _usage_figure(ok: pd.DataFrame, samples: pd.DataFrame, plt: Any) -> Figure |
         "dashed: `high_throttle` and `low_throttle` where the kernel has them. Left out: every other cell, "
         "and cells that ran without the sampler."
     )
-    return Figure("usage_over_time.png", caption, _png(fig))
+    return Figure(FIGURE_USAGE, caption, _png(fig))
 
 
 def _hiwater_figure(plain: pd.DataFrame, plt: Any) -> Figure | None:
@@ -297,7 +284,7 @@ def _hiwater_figure(plain: pd.DataFrame, plt: Any) -> Figure | None:
         + f" Left out: {_count(failed, 'failed cell')} (no high-water mark read)"
         + f" and {OWN_QUESTIONS}."
     )
-    return Figure("hiwater_by_pool.png", caption, _png(fig))
+    return Figure(FIGURE_HIWATER, caption, _png(fig))
 
 
 def _performance_figure(plain: pd.DataFrame, plt: Any) -> Figure | None:
@@ -487,7 +474,7 @@ def _failures_figure(plain: pd.DataFrame, plt: Any) -> Figure | None:
         + f" Left out: {OWN_QUESTIONS}"
         + ("." if per_cell else ", and failed cells.")
     )
-    return Figure("failures_and_throttle.png", caption, _png(fig))
+    return Figure(FIGURE_FAILURES, caption, _png(fig))
 
 
 def _special_figures(cells: pd.DataFrame, ok: pd.DataFrame, plt: Any) -> list[Figure]:
@@ -520,7 +507,7 @@ def _special_figures(cells: pd.DataFrame, ok: pd.DataFrame, plt: Any) -> list[Fi
             "are boots, bars the median per kernel. Left out: boots without a neighbour, and cells of a pair "
             "whose other half failed."
         )
-        out.append(Figure("neighbour.png", caption, _png(fig)))
+        out.append(Figure(FIGURE_NEIGHBOUR, caption, _png(fig)))
     devices = {k: failing_driver_cells(cells, k) for k in sorted(set(ok["kernel"]))}
     pairs = [(d, k, c) for k, by in devices.items() for d, c in sorted(by.items())]
     if pairs:  # C10: what a failed map does on drivers that fail requests
@@ -541,7 +528,7 @@ def _special_figures(cells: pd.DataFrame, ok: pd.DataFrame, plt: Any) -> list[Fi
             "only by a kernel report (a WARN) count, with their numbers. Left out: other workloads and pools, "
             "and cells that failed otherwise."
         )
-        out.append(Figure("failing_drivers.png", caption, _png(fig)))
+        out.append(Figure(FIGURE_DRIVERS, caption, _png(fig)))
     found = []
     plain = ok[~special_cells(ok)]
     for workload, group in plain.groupby("workload") if not plain.empty else ():
@@ -579,7 +566,7 @@ def _special_figures(cells: pd.DataFrame, ok: pd.DataFrame, plt: Any) -> list[Fi
             "the largest pool's (x; grey where p99 varies more than that between repetitions, so the "
             "criterion cannot be decided). Left out: policies swept over fewer than 3 pools, and failed cells."
         )
-        out.append(Figure("pool_search.png", caption, _png(fig)))
+        out.append(Figure(FIGURE_POOLS, caption, _png(fig)))
     return out
 
 

@@ -23,11 +23,11 @@ from lab.claims import (
     Verdict,
     check_rules,
     crowded,
+    figure_for,
     judge_all,
     like_with_like,
     scopes,
 )
-from lab.figures import CLAIM_FIGURES as CLAIM_FIGURES
 from lab.figures import PERFORMANCE_FIGURE as PERFORMANCE_FIGURE
 from lab.figures import Figure, draw
 from lab.figures import median_interval as median_interval
@@ -480,7 +480,7 @@ def _claims_table(verdicts: Sequence[Verdict], figure_names: Sequence[str]) -> T
         evidence = ", ".join(_cell_link(c) for c in v.evidence[:6]) + (
             f" and {len(v.evidence) - 6:,} more" if len(v.evidence) > 6 else ""
         )
-        figure = CLAIM_FIGURES.get(v.claim, "")
+        figure = figure_for(v.claim)
         where = f" ({v.scope})" if v.scope else ""
         rows.append(
             (
