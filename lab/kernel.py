@@ -51,11 +51,11 @@ class KernelBuild:
         return {"kernel": self.name, "kernel_release": self.release, **self.identity}
 
 
-def _apt_download(package: str, version: str | None, dest: Path) -> Path:
+def _apt_download(package: str, version: str | None, dest: Path, options: Sequence[str] = ()) -> Path:
     spec = f"{package}={version}" if version else package
     try:
         code, _, stderr = run_process(
-            ["apt-get", "download", spec], cwd=dest, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            ["apt-get", *options, "download", spec], cwd=dest, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
     except FileNotFoundError as exc:
         raise HostError("apt-get not found: the stock kernel comes from Debian's archive") from exc
@@ -146,8 +146,25 @@ def _load_stock(tree: Path) -> KernelBuild:
 
 # --- kernels built from source -----------------------------------------------------------
 
-SOURCE_PACKAGE = "linux-source-6.12"
-SOURCE_VERSION = "6.12.117-1~deb12u1"
+
+@dataclass(frozen=True)
+class Base:
+    """What a variant is built on: Debian's linux-source package of one version, pinned.  ``suite``: a Debian
+    suite the host's apt does not list (its lists are fetched into the cache, apart from the host's); ""
+    for the host's own sources."""
+
+    name: str
+    package: str
+    version: str
+    suite: str = ""
+
+
+BASES = {
+    "6.12": Base("6.12", "linux-source-6.12", "6.12.117-1~deb12u1"),
+    "7.2": Base("7.2", "linux-source-7.2", "7.2.13-1", suite="sid"),
+}
+DEFAULT_BASE = "6.12"
+SOURCE_PACKAGE, SOURCE_VERSION = BASES[DEFAULT_BASE].package, BASES[DEFAULT_BASE].version
 # Bump when the build procedure changes in a way the content hash cannot see.
 BUILD_FORMAT = 1
 REPO = Path(__file__).resolve().parent.parent
@@ -173,6 +190,7 @@ class Variant:
     fragments: tuple[Path, ...]
     patches: tuple[Path, ...]  # patch files, in application order
     problem: str = ""  # why this variant cannot be built (reported only when it is asked for)
+    base: str = DEFAULT_BASE  # the kernel source it is built on (BASES)
 
     @property
     def config_files(self) -> tuple[Path, ...]:
@@ -180,37 +198,65 @@ class Variant:
         return (CONFIG_DIR / "base.config", *self.fragments)
 
 
-def debian_source(cache: Path | None = None) -> KernelSource:
-    """Debian's linux-source-6.12, fetched with apt and extracted once into the cache (one process at a
-    time: the suite's background builder and a test may both ask for it first)."""
+def debian_source(cache: Path | None = None, base: str = DEFAULT_BASE) -> KernelSource:
+    """Debian's linux-source package of ``base``, fetched with apt and extracted once into the cache (one
+    process at a time: the suite's background builder and a test may both ask for it first)."""
     root = (cache or cache_dir()) / "kernel-src"
     root.mkdir(parents=True, exist_ok=True)
     with (root / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _debian_source(root)
+        return _debian_source(root, BASES[base], cache or cache_dir())
 
 
-def _debian_source(root: Path) -> KernelSource:
+def apt_options(suite: str, cache: Path) -> list[str]:
+    """apt-get options that read a suite's package lists from the cache instead of the host's (fetched
+    here first: the host's sources stay as they are).  The lab's mirror may be older than the machine's
+    clock, so the Release file's Valid-Until is not checked; its signature is."""
+    if not suite:
+        return []
+    where = cache / "apt" / suite
+    (where / "lists" / "partial").mkdir(parents=True, exist_ok=True)
+    (where / "cache" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
+    sources = where / "sources.list"
+    keyring = "/usr/share/keyrings/debian-archive-keyring.gpg"
+    sources.write_text(f"deb [signed-by={keyring}] http://deb.debian.org/debian {suite} main\n")
+    options = [
+        f"-oDir::Etc::SourceList={sources}",
+        "-oDir::Etc::SourceParts=/dev/null",
+        f"-oDir::State::Lists={where / 'lists'}",
+        f"-oDir::Cache={where / 'cache'}",
+        "-oAcquire::Check-Valid-Until=false",
+        "-oAcquire::Languages=none",
+    ]
+    if not list((where / "lists").glob("*_Packages*")):
+        run_host(["apt-get", "-q", *options, "update"], what=f"apt-get update of Debian's {suite} (into {where})")
+    return options
+
+
+def _debian_source(root: Path, base: Base, cache: Path) -> KernelSource:
     for marker in sorted(root.glob("*/source.txt")):
         info = dict(line.split("=", 1) for line in marker.read_text().splitlines() if "=" in line)
-        if info.get("version") == SOURCE_VERSION or info.get("pinned") == "false":
+        if info.get("package", SOURCE_PACKAGE) != base.package:  # markers from before bases are 6.12's
+            continue
+        if info.get("version") == base.version or info.get("pinned") == "false":
             return KernelSource(marker.parent / "linux", info["label"], info["sha256"], info.get("pinned") == "true")
     root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".src-", dir=root))
+    options = apt_options(base.suite, cache)
     try:
-        version, pinned = SOURCE_VERSION, True
+        version, pinned = base.version, True
         try:
-            deb = _apt_download(SOURCE_PACKAGE, version, work)
+            deb = _apt_download(base.package, version, work, options)
         except BuildError as exc:
             policy = subprocess.run(
-                ["apt-cache", "policy", SOURCE_PACKAGE], capture_output=True, text=True, check=False
+                ["apt-cache", *options, "policy", base.package], capture_output=True, text=True, check=False
             ).stdout
             match = re.search(r"Candidate:\s*(\S+)", policy)
             if not match or match.group(1) == "(none)":
-                raise BuildError(f"{SOURCE_PACKAGE} is not available from apt ({exc}); run apt-get update") from exc
+                raise BuildError(f"{base.package} is not available from apt ({exc}); run apt-get update") from exc
             version, pinned = match.group(1), False
-            log.warning("PINNED %s=%s IS NOT SERVED ANY MORE; using %s", SOURCE_PACKAGE, SOURCE_VERSION, version)
-            deb = _apt_download(SOURCE_PACKAGE, version, work)
+            log.warning("PINNED %s=%s IS NOT SERVED ANY MORE; using %s", base.package, base.version, version)
+            deb = _apt_download(base.package, version, work, options)
         digest = sha256_file(deb)
         run_host(["dpkg-deb", "-x", deb, work / "deb"], what=f"unpacking {deb.name}")
         tarballs = list((work / "deb" / "usr" / "src").glob("linux-source-*.tar.*"))
@@ -222,8 +268,9 @@ def _debian_source(root: Path) -> KernelSource:
         final = root / version
         final.mkdir(parents=True, exist_ok=True)
         os.rename(top, final / "linux")
-        label = f"debian:{SOURCE_PACKAGE}={version}"
-        info = {"label": label, "version": version, "sha256": digest, "pinned": str(pinned).lower()}
+        label = f"debian:{base.package}={version}"
+        info = {"label": label, "package": base.package, "version": version, "sha256": digest}
+        info["pinned"] = str(pinned).lower()
         atomic_write_text(final / "source.txt", "".join(f"{k}={v}\n" for k, v in info.items()))
         return KernelSource(final / "linux", label, digest, pinned)
     finally:
@@ -264,12 +311,15 @@ def load_variants(path: Path | None = None) -> dict[str, Variant]:
         raise ConfigError(f"{path}: unknown key {sorted(unknown_top)[0]!r}; valid keys: instruments, variants")
     variants = {}
     for name, spec in dict(data.get("variants", {})).items():
-        unknown = set(spec) - {"description", "fragments", "patches", "instruments"}
+        unknown = set(spec) - {"description", "fragments", "patches", "instruments", "base"}
         if unknown:
             raise ConfigError(
                 f"{path}: variants.{name}: unknown key {sorted(unknown)[0]!r}; "
-                "valid keys: description, fragments, patches, instruments"
+                "valid keys: description, fragments, patches, instruments, base"
             )
+        base = str(spec.get("base", DEFAULT_BASE))
+        if base not in BASES:
+            raise ConfigError(f"{path}: variants.{name}: base = {base!r}; valid: {', '.join(map(repr, BASES))}")
         if not isinstance(spec.get("instruments", True), bool):
             raise ConfigError(f"{path}: variants.{name}: instruments = {spec['instruments']!r} must be true or false")
         fragments = tuple(CONFIG_DIR / f for f in spec.get("fragments", []))
@@ -287,7 +337,7 @@ def load_variants(path: Path | None = None) -> dict[str, Variant]:
             if not files:
                 problem = f"{path}: variants.{name}: patch series {directory} has no *.patch files"
             patches.extend(files)
-        variants[name] = Variant(name, str(spec.get("description", "")), fragments, tuple(patches), problem)
+        variants[name] = Variant(name, str(spec.get("description", "")), fragments, tuple(patches), problem, base)
     return variants
 
 
@@ -377,7 +427,7 @@ def build_kernel(
         raise ConfigError(variant.problem)
     root = (cache or cache_dir()) / "kernels"
     if source is None:
-        source = debian_source(cache)
+        source = debian_source(cache, variant.base)
     key = build_key(source, variant)
     final = root / f"{variant.name}-{key}"
     if (final / "identity.txt").exists():
@@ -416,7 +466,8 @@ def build_kernel(
                 "compiler": compiler_version(),
             }
             if not source.pinned:
-                identity["kernel_warning"] = f"PINNED {SOURCE_PACKAGE}={SOURCE_VERSION} WAS NOT AVAILABLE"
+                pin = BASES[variant.base]
+                identity["kernel_warning"] = f"PINNED {pin.package}={pin.version} WAS NOT AVAILABLE"
             atomic_write_text(out / "identity.txt", "".join(f"{k}={v}\n" for k, v in identity.items()))
             os.rename(out, final)
         finally:

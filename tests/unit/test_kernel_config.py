@@ -8,6 +8,7 @@ import pytest
 
 from lab.errors import ConfigError
 from lab.kernel import (
+    BASES,
     CONFIG_DIR,
     build_errors,
     dropped_options,
@@ -82,6 +83,10 @@ def test_shipped_variants_cover_the_four_kernels() -> None:
     # its twin without them, for `bench counter`
     assert variants["static-bare"].patches == () and variants["static-bare"].fragments == variants["static"].fragments
     assert all(not v.problem for v in variants.values())
+    # every variant of the stored runs is built on 6.12; static-7.2 on Linux 7.2 (issue 20), pinned
+    assert {v.base for n, v in variants.items() if n != "static-7.2"} == {"6.12"}
+    assert variants["static-7.2"].base == "7.2" and variants["static-7.2"].patches == ()
+    assert (BASES["7.2"].package, BASES["7.2"].version, BASES["7.2"].suite) == ("linux-source-7.2", "7.2.13-1", "sid")
 
 
 def test_base_config_asks_for_what_the_probes_need() -> None:
@@ -118,6 +123,7 @@ def test_base_config_asks_for_what_the_probes_need() -> None:
             '[variants.x]\nfragments = ["nope.config"]\n', "nope.config does not exist", id="missing-fragment"
         ),
         pytest.param("[variants.x\n", "cannot load kernel variants", id="malformed"),
+        pytest.param('[variants.x]\nbase = "6.1"\n', "variants.x: base = '6.1'; valid: '6.12', '7.2'", id="bad-base"),
     ],
 )
 def test_bad_variants_file_names_the_problem(tmp_path: Path, text: str, message: str) -> None:
