@@ -157,11 +157,12 @@ class Base:
     package: str
     version: str
     suite: str = ""
+    configs: tuple[str, ...] = ()  # files of kernel-configs/ merged after base.config for this base
 
 
 BASES = {
     "6.12": Base("6.12", "linux-source-6.12", "6.12.117-1~deb12u1"),
-    "7.2": Base("7.2", "linux-source-7.2", "7.2.13-1", suite="sid"),
+    "7.2": Base("7.2", "linux-source-7.2", "7.2.13-1", suite="sid", configs=("base-7.2.config",)),
 }
 DEFAULT_BASE = "6.12"
 SOURCE_PACKAGE, SOURCE_VERSION = BASES[DEFAULT_BASE].package, BASES[DEFAULT_BASE].version
@@ -193,9 +194,14 @@ class Variant:
     base: str = DEFAULT_BASE  # the kernel source it is built on (BASES)
 
     @property
+    def base_files(self) -> tuple[Path, ...]:
+        """The base config, then what its kernel base adds to it."""
+        return (CONFIG_DIR / "base.config", *(CONFIG_DIR / f for f in BASES[self.base].configs))
+
+    @property
     def config_files(self) -> tuple[Path, ...]:
-        """What its configuration is merged from, in order: the base config, then its fragments."""
-        return (CONFIG_DIR / "base.config", *self.fragments)
+        """What its configuration is merged from, in order: the base configs, then its fragments."""
+        return (*self.base_files, *self.fragments)
 
 
 def debian_source(cache: Path | None = None, base: str = DEFAULT_BASE) -> KernelSource:
@@ -526,7 +532,7 @@ def source_version(tree: Path) -> str:
 def config_key(variant: Variant) -> str:
     """What a variant's workspace configuration is made of: the base config and its workspace fragments."""
     digest = hashlib.sha256()
-    _digest_files(digest, (CONFIG_DIR / "base.config", *workspace_fragments(variant)))
+    _digest_files(digest, (*variant.base_files, *workspace_fragments(variant)))
     return digest.hexdigest()[:12]
 
 

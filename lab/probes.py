@@ -66,6 +66,14 @@ TRIGGERS = (
         f"hist:keys=device:vals=hitcount,size if dma_addr == {DMA_MAPPING_ERROR}",
         superseded_by=DMA_FAILURES_DEBUGFS,
     ),
+    # Linux 7.x maps pages and resources through dma_map_phys(), whose event replaced dma_map_page (the same
+    # fields); a kernel has one of the two, and only that one is armed.
+    HistTrigger(
+        "map_phys_failures",
+        "dma/dma_map_phys",
+        f"hist:keys=device:vals=hitcount,size if dma_addr == {DMA_MAPPING_ERROR}",
+        superseded_by=DMA_FAILURES_DEBUGFS,
+    ),
     # Counting every bounce costs guest CPU (bench sampler --observer triggers), and no verdict uses it.
     HistTrigger("bounces", "swiotlb/swiotlb_bounced", "hist:keys=dev_name:vals=hitcount,size", observed_only=True),
 )

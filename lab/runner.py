@@ -617,6 +617,18 @@ def map_failures_from(
     }
 
 
+SINGLE_MAP_TRIGGERS = ("map_page_failures", "map_phys_failures")  # 6.x's event, 7.x's (lab.probes.TRIGGERS)
+
+
+def _single_map_failures(hists: dict[str, Hist], counted: set[str], text: Callable[[str], str]) -> Hist | None:
+    """The failed single mappings counted by whichever map event this kernel has; None when neither trigger
+    was armed (not asked for, or the kernel has neither event: an empty hist file), which is unknown, not 0."""
+    for name in SINGLE_MAP_TRIGGERS:
+        if name in counted and text(f"hist_{name}.txt").strip():
+            return hists[name]
+    return None
+
+
 def build_row(base: dict[str, Any], local: Path, fio_exit: int) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
     """Turn a cell's fetched artifacts into one result row (+ sample and per-job tables)."""
 
@@ -682,9 +694,7 @@ def build_row(base: dict[str, Any], local: Path, fio_exit: int) -> tuple[dict[st
         "grow_limit_slabs": after.get("io_tlb_max_nslabs"),  # series v2 patch 9 (0: no limit)
         # Failed mappings at the DMA layer, whichever path the driver used: single mappings
         # (dma_map_page returning DMA_MAPPING_ERROR) plus scatterlists.
-        **map_failures_from(
-            failed_before, failed_after, hists["map_page_failures"] if "map_page_failures" in counted else None
-        ),
+        **map_failures_from(failed_before, failed_after, _single_map_failures(hists, counted, text)),
         # nothing counted bounces in a cell that did not arm their trigger: unknown, not zero
         "bounces": hists["bounces"].hits if "bounces" in counted else None,
         "bounce_bytes": hists["bounces"].total("size") if "bounces" in counted else None,

@@ -4,6 +4,7 @@ of real cells (tests/data/failing-drivers/README.md, tests/data/README.md)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,25 @@ def test_without_the_counter_the_trigger_gives_a_lower_bound_and_scatterlists_st
     assert row["map_failures_counted_by"] == "hist trigger: single mappings only (a lower bound)"
     unarmed = row_of(DATA / "stock-1024-heavy", triggers="none")
     assert unarmed["map_failures"] is None and unarmed["map_page_failures"] is None
+
+
+def test_on_linux_7_2_the_trigger_counts_through_dma_map_phys() -> None:
+    # 7.x has no dma_map_page event (dma_map_phys replaced it): the 6.x trigger cannot be armed there, and
+    # its empty hist file must not read as "0 failed maps" (the first 7.2 cell's row said 0 while its dmesg
+    # had 20 "swiotlb buffer is full" lines)
+    cell = DATA / "linux-7.2-static-heavy"
+    assert not (cell / "hist_map_page_failures.txt").read_text().strip()
+    row = row_of(cell)
+    assert row["map_failures"] == row["map_page_failures"] == 8854
+    assert row["map_failures_counted_by"] == "hist trigger: single mappings only (a lower bound)"
+    assert row_of(cell, triggers="none")["map_failures"] is None
+
+
+def test_a_kernel_with_neither_map_event_counts_nothing(tmp_path: Path) -> None:
+    cell = tmp_path / "cell"
+    shutil.copytree(DATA / "linux-7.2-static-heavy", cell)
+    (cell / "hist_map_phys_failures.txt").write_text("")  # as collect() leaves it when the event is missing
+    assert row_of(cell)["map_failures"] is None  # unknown, not 0
 
 
 @pytest.mark.parametrize(

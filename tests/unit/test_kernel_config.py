@@ -86,6 +86,11 @@ def test_shipped_variants_cover_the_four_kernels() -> None:
     # every variant of the stored runs is built on 6.12; static-7.2 on Linux 7.2 (issue 20), pinned
     assert {v.base for n, v in variants.items() if n != "static-7.2"} == {"6.12"}
     assert variants["static-7.2"].base == "7.2" and variants["static-7.2"].patches == ()
+    # 7.2's own base config goes between base.config and the fragments: x86 has lazy preemption now
+    assert [f.name for f in variants["static-7.2"].config_files] == ["base.config", "base-7.2.config", "static.config"]
+    wanted = requested_options(list(variants["static-7.2"].config_files))
+    assert (wanted["CONFIG_PREEMPT_VOLUNTARY"], wanted["CONFIG_PREEMPT_LAZY"]) == ("n", "y")
+    assert [f.name for f in variants["static"].config_files] == ["base.config", "static.config"]
     assert (BASES["7.2"].package, BASES["7.2"].version, BASES["7.2"].suite) == ("linux-source-7.2", "7.2.13-1", "sid")
 
 
