@@ -20,7 +20,16 @@ import pandas as pd
 
 from lab.doorbells import FAILURE_REASON
 from lab.matrix import DEFAULT_POOL, THROTTLE_FOREVER_MS, queue_fit_share, timeout_label
-from lab.stats import UNDECIDED, Comparison, Metric, PairedMetric, compare_family, compare_paired_family
+from lab.stats import (
+    EQUIVALENCE_MARGIN_PCT,
+    UNDECIDED,
+    Comparison,
+    Metric,
+    PairedMetric,
+    compare_family,
+    compare_paired_family,
+    equivalence,
+)
 from lab.store import SKIPPED
 
 MAX_MAPPING_SLABS = 128  # largest single bounce mapping: 256 KiB
@@ -781,8 +790,9 @@ def judge_c12(cells: pd.DataFrame, kernel: str = SERIES_V2) -> Verdict:
     )
     threshold = (
         "supported if any metric regresses significantly (Holm over the metrics of both loads together); "
-        "contradicted if none does and every metric is decided; inconclusive if the throttle engaged or "
-        "the driver did not opt in (then the cells do not ask the question)"
+        f"contradicted (blocking is free) if none does and every metric is equivalent within "
+        f"±{EQUIVALENCE_MARGIN_PCT:g}% (two one-sided tests, stats.EQUIVALENCE_TEXT); inconclusive otherwise, "
+        "and if the throttle engaged or the driver did not opt in (then the cells do not ask the question)"
     )
     metrics: list[Metric] = []
     evidence: list[pd.DataFrame] = []
@@ -821,8 +831,16 @@ def judge_c12(cells: pd.DataFrame, kernel: str = SERIES_V2) -> Verdict:
         need = f"`static` and `{kernel}` cells of 4 KiB reads at QD1 or QD32"
         return _missing("C12", text, metric, threshold, need, tested=_tested_c12(cells, kernel))
     comparisons = compare_family(metrics)
-    verdict = _regression_verdict(comparisons, if_regressed="supported", otherwise="contradicted")
-    detail = "; ".join(notes) + ": " + _describe(comparisons)
+    tests = [equivalence(m.name, m.baseline, m.candidate) for m in metrics]
+    if any(c.conclusion == "regressed" for c in comparisons):
+        verdict = "supported"
+    else:
+        verdict = "contradicted" if all(t.equivalent for t in tests) else "inconclusive"
+    equivalent = sum(t.equivalent for t in tests)
+    detail = (
+        "; ".join(notes) + ": " + _describe(comparisons) + f"; equivalence: {equivalent} of {len(tests)} metrics "
+        f"within ±{EQUIVALENCE_MARGIN_PCT:g}% (" + "; ".join(str(t) for t in tests) + ")"
+    )
     return Verdict("C12", text, verdict, metric, threshold, _ids(*evidence), detail, comparisons)
 
 

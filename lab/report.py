@@ -33,7 +33,7 @@ from lab.figures import Figure, draw
 from lab.figures import median_interval as median_interval
 from lab.figures import variant_colour as variant_colour
 from lab.matrix import DEFAULT_POOL
-from lab.stats import PAIRED_TEXT, THRESHOLDS_TEXT, Metric, compare_family
+from lab.stats import EQUIVALENCE_TEXT, PAIRED_TEXT, THRESHOLDS_TEXT, Metric, compare_family
 from lab.store import LOST, SKIPPED, load_cells, load_samples, write_parquet
 from lab.util import atomic_write_bytes, atomic_write_text
 
@@ -659,7 +659,7 @@ def report_model(
     sections.append(
         Section(
             "Statistics",
-            (THRESHOLDS_TEXT, PAIRED_TEXT, _statistics_table(comparison_rows) if comparison_rows else NONE),
+            (THRESHOLDS_TEXT, PAIRED_TEXT, EQUIVALENCE_TEXT, _statistics_table(comparison_rows) if comparison_rows else NONE),
         )
     )
     failed = cells[status == "failed"]

@@ -277,6 +277,58 @@ def compare_paired_family(metrics: Sequence[PairedMetric]) -> tuple[Comparison, 
     return _conclude_family(measured)
 
 
+EQUIVALENCE_TEXT = (
+    "A claim that something costs nothing needs more than a change that is not significant: each metric "
+    "must be *equivalent*, by two one-sided tests at 5% each (TOST). The 90% interval of the ratio of "
+    "geometric means, candidate / baseline (Welch's t on the logarithms, Welch-Satterthwaite degrees of "
+    f"freedom), must lie within ±{EQUIVALENCE_MARGIN_PCT:g}%. Every metric of the family must pass; that "
+    "is an intersection-union test, so no multiplicity adjustment applies."
+)
+
+
+@dataclass(frozen=True)
+class Equivalence:
+    """The TOST of one metric (EQUIVALENCE_TEXT): the 90% interval of the ratio's change, in %."""
+
+    metric: str
+    low_pct: float
+    high_pct: float
+
+    @property
+    def equivalent(self) -> bool:
+        margin = EQUIVALENCE_MARGIN_PCT
+        return not math.isnan(self.low_pct) and -margin < self.low_pct and self.high_pct < margin
+
+    def __str__(self) -> str:
+        if math.isnan(self.low_pct):
+            return f"{self.metric}: no interval (fewer than 2 positive values per group)"
+        within = "within" if self.equivalent else "not within"
+        return (
+            f"{self.metric}: 90% interval {self.low_pct:+.1f}% to {self.high_pct:+.1f}%, {within} "
+            f"±{EQUIVALENCE_MARGIN_PCT:g}%"
+        )
+
+
+def equivalence(metric: str, baseline: Sequence[float], candidate: Sequence[float]) -> Equivalence:
+    """Two one-sided tests at 5% each on the logarithms (EQUIVALENCE_TEXT)."""
+    base = [math.log(v) for v in _clean(baseline) if v > 0]
+    cand = [math.log(v) for v in _clean(candidate) if v > 0]
+    if len(base) < 2 or len(cand) < 2:
+        return Equivalence(metric, math.nan, math.nan)
+    mean_b, mean_c = sum(base) / len(base), sum(cand) / len(cand)
+    var_b = sum((x - mean_b) ** 2 for x in base) / (len(base) - 1) / len(base)
+    var_c = sum((x - mean_c) ** 2 for x in cand) / (len(cand) - 1) / len(cand)
+    diff, se = mean_c - mean_b, math.sqrt(var_b + var_c)
+    if se == 0:
+        low = high = diff
+    else:
+        df = (var_b + var_c) ** 2 / (var_b**2 / (len(base) - 1) + var_c**2 / (len(cand) - 1))
+        half = float(scipy_stats.t.ppf(0.95, df)) * se
+        low, high = diff - half, diff + half
+    # rounded to 1e-9 %: a change of exactly the margin is on it (outside), not a rounding error inside
+    return Equivalence(metric, round((math.exp(low) - 1) * 100, 9), round((math.exp(high) - 1) * 100, 9))
+
+
 def compare(metric: str, baseline: Sequence[float], candidate: Sequence[float], higher_is_better: bool) -> Comparison:
     """Compare one metric between two groups of repetitions and conclude (a family of one)."""
     return compare_family([Metric(metric, baseline, candidate, higher_is_better)])[0]

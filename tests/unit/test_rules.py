@@ -60,6 +60,7 @@ def test_the_report_marks_only_the_claim_whose_rule_changed(tmp_path: Path) -> N
     assert claims["C7-plain"] == RULE_UNPLANNED  # per-kernel rows are not planned
     page = (run / "report.md").read_text()
     assert page.count(RULE_CHANGED) == 1 and "Each claim's rule (its text, metric and threshold) was stored" in page
+    assert "by two one-sided tests at 5% each (TOST)" in page  # the equivalence rule C12 applies, printed
 
 
 def test_a_run_from_before_stored_rules_says_so(tmp_path: Path) -> None:

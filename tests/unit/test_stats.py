@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -198,3 +199,30 @@ def test_a_paired_change_is_not_significant_only_when_its_interval_is_negligible
     assert c.conclusion == "not significant" and not c.noisy
     [one] = compare_paired_family([PairedMetric("iops", steady[:1], True)])
     assert one.conclusion == "invalid data"  # one boot with both arms compares nothing
+
+
+def test_equivalence_needs_the_whole_90_percent_interval_inside_the_margin() -> None:
+    from lab.stats import equivalence
+
+    # no spread: the interval is the point itself, +4.0% (inside ±5%) and +5.0% (on the margin: outside)
+    inside = equivalence("iops", [100.0] * 3, [104.0] * 3)
+    assert inside.equivalent and round(inside.low_pct, 6) == round(inside.high_pct, 6) == 4.0
+    assert not equivalence("iops", [100.0] * 3, [105.0] * 3).equivalent
+    assert not equivalence("iops", [100.0] * 3, [95.0] * 3).equivalent
+    # by hand: logs differ by d = ln 1.1 within each group; mean difference 0; each group's variance of the
+    # mean d^2/4, se = d/sqrt(2) = 0.067395; Welch df = 2, t(0.95, 2) = 2.919986; half-width 0.196794
+    spread = equivalence("iops", [100.0, 110.0], [100.0, 110.0])
+    assert (round(spread.low_pct, 1), round(spread.high_pct, 1)) == (-17.9, 21.7) and not spread.equivalent
+    assert math.isnan(equivalence("iops", [100.0], [100.0, 101.0]).low_pct)  # one value: no interval
+
+
+def test_c12_is_not_called_free_without_equivalence() -> None:
+    import pandas as pd
+
+    from lab.claims import judge_c12
+
+    verdict = judge_c12(pd.read_parquet(Path(__file__).resolve().parent.parent / "data" / "c12-cells.parquet"))
+    # nothing regressed, but no metric's 90% interval lies within ±5% (QD32 IOPS: -8.1% to +4.5%)
+    assert verdict.verdict == "inconclusive"
+    assert "equivalence: 0 of 10 metrics within ±5%" in verdict.detail
+    assert "QD32 fio_iops: 90% interval -8.1% to +4.5%, not within ±5%" in verdict.detail
