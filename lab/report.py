@@ -659,7 +659,12 @@ def report_model(
     sections.append(
         Section(
             "Statistics",
-            (THRESHOLDS_TEXT, PAIRED_TEXT, EQUIVALENCE_TEXT, _statistics_table(comparison_rows) if comparison_rows else NONE),
+            (
+                THRESHOLDS_TEXT,
+                PAIRED_TEXT,
+                EQUIVALENCE_TEXT,
+                _statistics_table(comparison_rows) if comparison_rows else NONE,
+            ),
         )
     )
     failed = cells[status == "failed"]
