@@ -334,8 +334,9 @@ def load_variants(path: Path | None = None) -> dict[str, Variant]:
                 raise ConfigError(f"{path}: variants.{name}: config fragment {fragment} does not exist")
         patches: list[Path] = []
         problem = ""
-        # The lab's instruments go on top of every variant's own series.
-        instruments = data.get("instruments", []) if spec.get("instruments", True) else []
+        # The lab's instruments go on top of every variant's own series: one list for every base, or a
+        # table of lists by base (an instrument is written for one kernel's code).
+        instruments = _instruments(data.get("instruments", []), base, path) if spec.get("instruments", True) else []
         for series in [*spec.get("patches", []), *instruments]:
             directory = PATCH_DIR / series
             # A cover letter (git format-patch --cover-letter) carries no diff: it is read, not applied.
@@ -345,6 +346,17 @@ def load_variants(path: Path | None = None) -> dict[str, Variant]:
             patches.extend(files)
         variants[name] = Variant(name, str(spec.get("description", "")), fragments, tuple(patches), problem, base)
     return variants
+
+
+def _instruments(value: object, base: str, path: Path) -> list[str]:
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - set(BASES))
+        if unknown:
+            raise ConfigError(f"{path}: instruments.{unknown[0]}: not a base; valid: {', '.join(BASES)}")
+        value = value.get(base, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{path}: instruments must be a list of patch series, or a table of such lists by base")
+    return list(value)
 
 
 def requested_options(fragments: Sequence[Path]) -> dict[str, str]:

@@ -85,7 +85,8 @@ def test_shipped_variants_cover_the_four_kernels() -> None:
     assert all(not v.problem for v in variants.values())
     # every variant of the stored runs is built on 6.12; static-7.2 on Linux 7.2 (issue 20), pinned
     assert {v.base for n, v in variants.items() if n != "static-7.2"} == {"6.12"}
-    assert variants["static-7.2"].base == "7.2" and variants["static-7.2"].patches == ()
+    assert variants["static-7.2"].base == "7.2"
+    assert [p.parent.name for p in variants["static-7.2"].patches] == ["dma-map-failure-counter-7.2"]
     # 7.2's own base config goes between base.config and the fragments: x86 has lazy preemption now
     assert [f.name for f in variants["static-7.2"].config_files] == ["base.config", "base-7.2.config", "static.config"]
     wanted = requested_options(list(variants["static-7.2"].config_files))
@@ -129,6 +130,11 @@ def test_base_config_asks_for_what_the_probes_need() -> None:
         ),
         pytest.param("[variants.x\n", "cannot load kernel variants", id="malformed"),
         pytest.param('[variants.x]\nbase = "6.1"\n', "variants.x: base = '6.1'; valid: '6.12', '7.2'", id="bad-base"),
+        pytest.param(
+            '[instruments]\n"6.1" = []\n[variants.x]\n',
+            r"instruments\.6\.1: not a base; valid: 6\.12, 7\.2",
+            id="bad-instruments-base",
+        ),
     ],
 )
 def test_bad_variants_file_names_the_problem(tmp_path: Path, text: str, message: str) -> None:
