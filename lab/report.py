@@ -865,13 +865,23 @@ def figures(cells: pd.DataFrame, samples: pd.DataFrame) -> dict[str, bytes]:
     return {f.name: f.png for f in draw(cells, samples)}
 
 
+def run_verdicts(run_dir: Path, cells: pd.DataFrame | None = None) -> list[Verdict]:
+    """A run's verdicts as its report states them: judged on its cells, each marked with whether its rule is
+    the one the run fixed when it started (the manifest's ``rules``)."""
+    cells = load_cells(run_dir) if cells is None else cells
+    if cells.empty:
+        return []
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    return check_rules(judge_all(cells), manifest.get("rules"))
+
+
 def build_report(run_dir: Path, output: Path | None = None) -> dict[str, Path]:
     """Write report.md, report.html, figures/*.png and the tables they came from into ``output`` (by
     default ``run_dir``: the run's own report, as a run writes it at its end)."""
     manifest = json.loads((run_dir / "manifest.json").read_text())
     cells = load_cells(run_dir)
     samples = load_samples(run_dir)
-    verdicts = check_rules(judge_all(cells), manifest.get("rules")) if not cells.empty else []
+    verdicts = run_verdicts(run_dir, cells)
     comparison_rows = comparisons(cells) if not cells.empty else []
     drawn = draw(cells, samples) if not cells.empty else []
     out = output or run_dir
