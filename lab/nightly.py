@@ -330,7 +330,56 @@ def judge_night(history: History, store: RunStore, tree: dict[str, str], junit: 
             write_error_junit(path, store.run_id, nothing)
         else:
             write_junit(path, findings, store.root, store.run_id, baseline, summary)
+    atomic_write_text(
+        store.root / MAIL_SUMMARY, mail_summary(manifest, store.run_id, tree, baseline, findings, summary)
+    )
     return code, summary
+
+
+MAIL_SUMMARY = "summary.txt"
+
+
+def mail_summary(
+    manifest: dict[str, Any],
+    run_id: str,
+    tree: dict[str, str],
+    baseline: str | None,
+    findings: list[Finding],
+    summary: str,
+) -> str:
+    """The night in plain text for a mailing list: what regressed, by how much and with what confidence,
+    what ran where, and the commands that reproduce it; wrapped at 72 columns, except the subject and the
+    commands (whole, to be copied)."""
+    import textwrap
+
+    regressed = [f for f in findings if f.regressed]
+    matrix = str(manifest.get("matrix_name", "nightly"))
+    verdict = f"{len(regressed)} regression(s)" if regressed else ("no regression" if baseline else summary)
+    lines = [f"Subject: [swiotlb-lab] {matrix} night {run_id}: {verdict}", ""]
+    what = tree.get("tree_describe") or tree.get("tree_commit") or "Debian's pinned source"
+    facts = [
+        f"Revision under test: {what}" + (f" ({tree['tree_commit']})" if tree.get("tree_commit") else ""),
+        f"Baseline night: {baseline or 'none (this night is the baseline)'}",
+        f"Host: {manifest.get('host', '?')}, {manifest.get('host_cpus', '?')} CPUs, "
+        f"accelerator {manifest.get('accel', '?')}, QEMU {manifest.get('qemu_version', '?')}",
+        f"Lab revision: {manifest.get('lab_revision', '?')}",
+    ]
+    for fact in facts:
+        lines += textwrap.wrap(fact, 72, subsequent_indent="  ")
+    lines.append("")
+    if regressed:
+        lines.append("Regressions (Welch's t-test, Holm-adjusted within each family; not yet")
+        lines.append("confirmed by a second run):")
+        for f in regressed:
+            lines += textwrap.wrap(f"- {f.message}", 72, subsequent_indent="  ")
+    else:
+        lines += textwrap.wrap(summary, 72)
+    lines += ["", "To reproduce:"]
+    rerun = f"python -m lab nightly --matrix {matrix}" + (f" --kernel-tree {tree['tree']}" if tree.get("tree") else "")
+    lines.append(f"  {rerun}")
+    if baseline:
+        lines.append(f"  python -m lab compare runs/{baseline} runs/{run_id}")
+    return "\n".join(lines) + "\n"
 
 
 # --- the trend page ------------------------------------------------------------------------------
@@ -578,7 +627,11 @@ def run_night(
         )
     else:
         result.lines.append(f"report: {outcome.report}")
-    result.lines += [f"junit: {outcome.store.root / 'junit.xml'}", f"trend: {trend}"]
+    result.lines += [
+        f"junit: {outcome.store.root / 'junit.xml'}",
+        f"mail: {outcome.store.root / MAIL_SUMMARY}",
+        f"trend: {trend}",
+    ]
     if removed:
         result.lines.append(f"retention (keep {keep}): removed {', '.join(removed)}")
     return result

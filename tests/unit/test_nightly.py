@@ -66,6 +66,8 @@ def test_the_first_night_establishes_the_baseline(tmp_path: Path) -> None:
     first = night(history, "20261101T010000-aaaa", "2026-11-01T01:00:00Z")
     code, summary = judge_night(history, first, {})
     assert code == EXIT_OK and "this night is the baseline" in summary
+    mail = (first.root / "summary.txt").read_text()
+    assert "Baseline night: none (this night is the baseline)" in mail and "python -m lab compare" not in mail
     xml = JUnitXml.fromfile(str(first.root / "junit.xml"))
     [suite] = list(xml)
     [case] = list(suite)
@@ -103,6 +105,16 @@ def test_a_regression_fails_the_night_and_junit_names_it_with_the_numbers(tmp_pa
     manifest = second.manifest()["nightly"]
     assert manifest["exit_code"] == 1 and manifest["baseline"] == "20261101T010000-aaaa"
     assert manifest["tree_describe"] == "v6.12-rc1-42-gabc"
+    # the same night in plain text, for a mailing list
+    mail = (second.root / "summary.txt").read_text().splitlines()
+    assert mail[0].startswith("Subject: [swiotlb-lab] run-small night 20261102T010000-bbbb: ")
+    assert mail[0].endswith(" regression(s)")
+    assert all(len(line) <= 72 for line in mail[1:] if not line.startswith("  python -m lab"))  # commands whole
+    text = "\n".join(mail)
+    assert "Revision under test: v6.12-rc1-42-gabc" in text and "Baseline night: 20261101T010000-aaaa" in text
+    assert "fio_iops throttle/1024/nvme/heavy: baseline" in text and "change -50.0%" in text
+    assert "not yet\nconfirmed by a second run" in text
+    assert "  python -m lab compare runs/20261101T010000-aaaa runs/20261102T010000-bbbb" in text
 
 
 def test_a_run_that_died_is_neither_in_progress_nor_a_baseline(tmp_path: Path) -> None:
