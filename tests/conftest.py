@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from lab.image import GuestImage, build_image
@@ -190,6 +191,31 @@ def lab_run_matrix(matrix: Path, results: Path, timeout_s: float = 600) -> subpr
     captured (the caller asserts on the exit code)."""
     argv = [sys.executable, "-m", "lab", "run", "matrix", str(matrix), "--results", str(results)]
     return subprocess.run(argv, cwd=REPO, text=True, capture_output=True, timeout=timeout_s, check=False)
+
+
+# A short load on the disk under test, 2 s of 64 KiB reads from 2 jobs: enough to bounce, little to wait for.
+SHORT_LOAD = """
+[workloads.a]
+rw = "randread"
+bs = "64k"
+iodepth = 16
+numjobs = 2
+runtime = "2s"
+size = "64M"
+"""
+
+
+def run_matrix_text(text: str, tmp_path: Path) -> tuple[Path, pd.DataFrame]:
+    """Run a matrix given as TOML text (tmp_path/m.toml, results in tmp_path/results) as a user does: it must
+    exit 0 and leave no QEMU behind.  The run's directory and its rows."""
+    matrix = tmp_path / "m.toml"
+    matrix.write_text(text)
+    before = qemu_pids()
+    proc = lab_run_matrix(matrix, tmp_path / "results")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert qemu_pids() - before == set()
+    [run] = list((tmp_path / "results").iterdir())
+    return run, pd.read_parquet(run / "cells.parquet")
 
 
 def pid_alive(pid: int) -> bool:

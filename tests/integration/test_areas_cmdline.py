@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
-from tests.conftest import lab_run_matrix, qemu_pids
+from tests.conftest import SHORT_LOAD, run_matrix_text
 
 pytestmark = [pytest.mark.integration, pytest.mark.kernels("static")]
 
-MATRIX = """
+MATRIX = (
+    """
 [matrix]
 kernels = ["static"]
 pools = ["2MiB"]
@@ -22,25 +22,14 @@ areas = ["1", "default"]
 cmdline = [["nvme.io_queue_depth=64"]]
 vcpus = [2]
 observe = "none"
-
-[workloads.a]
-rw = "randread"
-bs = "64k"
-iodepth = 16
-numjobs = 2
-runtime = "2s"
-size = "64M"
 """
+    + SHORT_LOAD
+)
 
 
 def test_one_area_and_the_default_run_with_an_extra_parameter(tmp_path: Path) -> None:
-    matrix = tmp_path / "m.toml"
-    matrix.write_text(MATRIX)
-    before = qemu_pids()
-    proc = lab_run_matrix(matrix, tmp_path / "results")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    [run] = list((tmp_path / "results").iterdir())
-    rows = pd.read_parquet(run / "cells.parquet").set_index("swiotlb_areas_requested", drop=False)
+    run, rows = run_matrix_text(MATRIX, tmp_path)
+    rows = rows.set_index("swiotlb_areas_requested", drop=False)
     assert len(rows) == 2 and (rows["status"] == "ok").all() and (rows["hiwater"] > 0).all()
     one, default = rows.loc[1.0], rows[rows["swiotlb_areas_requested"].isna()].iloc[0]
     # One area asked for and got; the default is one per vCPU (2 here), as the kernel logged at boot.
@@ -54,4 +43,3 @@ def test_one_area_and_the_default_run_with_an_extra_parameter(tmp_path: Path) ->
     for text in consoles:
         [logged] = [line for line in text.splitlines() if "Kernel command line:" in line]
         assert logged.endswith(" nvme.io_queue_depth=64")
-    assert qemu_pids() - before == set()

@@ -7,10 +7,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
-from tests.conftest import lab_run_matrix, qemu_pids
+from tests.conftest import run_matrix_text
 
 pytestmark = pytest.mark.integration
 
@@ -33,13 +32,8 @@ size = "64M"
 
 @pytest.mark.kernels("static")
 def test_a_default_pool_is_what_the_guest_kernel_chose(tmp_path: Path) -> None:
-    matrix = tmp_path / "m.toml"
-    matrix.write_text(MATRIX)
-    before = qemu_pids()
-    proc = lab_run_matrix(matrix, tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    [run] = [p for p in tmp_path.iterdir() if p.is_dir()]
-    [row] = pd.read_parquet(run / "cells.parquet").to_dict("records")
+    run, rows = run_matrix_text(MATRIX, tmp_path)
+    [row] = rows.to_dict("records")
     assert row["cell_id"].startswith("static-default-nvme-a-r0-")
     assert row["pool_slabs_requested"] == 0
     assert row["nslabs"] == 64 * 1024 * 1024 // 2048  # the kernel's default, 32768 slots of 2 KiB
@@ -47,4 +41,3 @@ def test_a_default_pool_is_what_the_guest_kernel_chose(tmp_path: Path) -> None:
     text = next((run / "boots").glob("*/console.log")).read_text(errors="replace")
     assert "swiotlb=force" in text and "swiotlb=0" not in text  # the command line, as the kernel logged it
     assert re.search(r"default → 32,?768", (run / "summary.md").read_text())
-    assert qemu_pids() - before == set()

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
-from tests.conftest import lab_run_matrix, qemu_pids
+from tests.conftest import SHORT_LOAD, run_matrix_text
 
 pytestmark = [pytest.mark.integration, pytest.mark.kernels("throttle")]
 
-MATRIX = """
+MATRIX = (
+    """
 [matrix]
 kernels = ["throttle"]
 pools = ["2MiB"]
@@ -21,28 +21,16 @@ workloads = ["a"]
 throttle = ["100/100", "default"]
 vcpus = [2]
 observe = "none"
-
-[workloads.a]
-rw = "randread"
-bs = "64k"
-iodepth = 16
-numjobs = 2
-runtime = "2s"
-size = "64M"
 """
+    + SHORT_LOAD
+)
 
 
 def test_a_cell_without_knobs_gets_the_kernels_own_thresholds_after_one_with(tmp_path: Path) -> None:
-    matrix = tmp_path / "m.toml"
-    matrix.write_text(MATRIX)
-    before = qemu_pids()
-    proc = lab_run_matrix(matrix, tmp_path / "results")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    [run] = list((tmp_path / "results").iterdir())
-    rows = pd.read_parquet(run / "cells.parquet").sort_values("boot_position")
+    _, rows = run_matrix_text(MATRIX, tmp_path)
+    rows = rows.sort_values("boot_position")
     assert rows["boot_id"].nunique() == 1 and list(rows["boot_position"]) == [0, 1]  # one boot, "100/100" first
     off, default = rows.iloc[0], rows.iloc[1]
     assert (off["high_throttle"], off["low_throttle"]) == (1024, 1024)
     # the patch's own defaults, SWIOTLB_HIGH_THROTTLE_PCT 70 and SWIOTLB_LOW_THROTTLE_PCT 65 of 1024 slots
     assert (default["high_throttle"], default["low_throttle"]) == (716, 665)
-    assert qemu_pids() - before == set()

@@ -10,12 +10,11 @@ import re
 import subprocess
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from lab.toolchain import build_qemu
 from lab.vm import BootSpec, qemu_argv, qemu_version
-from tests.conftest import lab_run_matrix, qemu_pids
+from tests.conftest import SHORT_LOAD, run_matrix_text
 
 pytestmark = [pytest.mark.integration]
 
@@ -72,7 +71,8 @@ def test_the_coco_argv_is_refused_only_for_the_missing_hardware(
     assert not HARDWARE_MISSING.search(proc.stderr), proc.stderr
 
 
-MATRIX = """
+MATRIX = (
+    """
 [matrix]
 kernels = ["static"]
 pools = ["2MiB"]
@@ -80,29 +80,17 @@ workloads = ["a"]
 qemu = ["host", "sid"]
 vcpus = [2]
 observe = "none"
-
-[workloads.a]
-rw = "randread"
-bs = "64k"
-iodepth = 16
-numjobs = 2
-runtime = "2s"
-size = "64M"
 """
+    + SHORT_LOAD
+)
 
 
 @pytest.mark.kernels("static")
 def test_a_matrix_runs_the_same_cell_on_the_hosts_qemu_and_a_current_one(tmp_path: Path) -> None:
-    matrix = tmp_path / "m.toml"
-    matrix.write_text(MATRIX)
-    before = qemu_pids()
-    proc = lab_run_matrix(matrix, tmp_path / "results")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    [run] = list((tmp_path / "results").iterdir())
-    rows = pd.read_parquet(run / "cells.parquet").set_index("qemu_toolchain")
+    _, rows = run_matrix_text(MATRIX, tmp_path)
+    rows = rows.set_index("qemu_toolchain")
     assert sorted(rows.index) == ["host", "sid"] and (rows["status"] == "ok").all() and (rows["hiwater"] > 0).all()
     assert rows.loc["host", "qemu_version"] == qemu_version()  # the host's own (Debian 12: 7.2)
     assert rows.loc["sid", "qemu_version"] == "11.1.3"  # the root's, pinned in images/qemu/recipe.toml
     assert rows["boot_id"].nunique() == 2  # a QEMU per boot
     assert "toolchains/qemu-sid-" in rows.loc["sid", "qemu"]
-    assert qemu_pids() - before == set()
