@@ -618,15 +618,13 @@ def map_failures_from(
 
 
 SINGLE_MAP_TRIGGERS = ("map_page_failures", "map_phys_failures")  # 6.x's event, 7.x's (lab.probes.TRIGGERS)
+NO_HITS = Hist((), 0, 0)  # what an empty hist file parses to (parse.parse_hist)
 
 
-def _single_map_failures(hists: dict[str, Hist], counted: set[str], text: Callable[[str], str]) -> Hist | None:
+def _single_map_failures(hists: dict[str, Hist], counted: set[str]) -> Hist | None:
     """The failed single mappings counted by whichever map event this kernel has; None when neither trigger
-    was armed (not asked for, or the kernel has neither event: an empty hist file), which is unknown, not 0."""
-    for name in SINGLE_MAP_TRIGGERS:
-        if name in counted and text(f"hist_{name}.txt").strip():
-            return hists[name]
-    return None
+    was armed (not asked for, or the kernel has neither event), which is unknown, not 0."""
+    return next((hists[name] for name in SINGLE_MAP_TRIGGERS if name in counted and name in hists), None)
 
 
 def build_row(base: dict[str, Any], local: Path, fio_exit: int) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
@@ -644,7 +642,10 @@ def build_row(base: dict[str, Any], local: Path, fio_exit: int) -> tuple[dict[st
     after = parse_debugfs(text("debugfs_after.txt"), source=str(local / "debugfs_after.txt"))
     samples_text = text("samples.csv")
     samples = parse_samples(samples_text, source=str(local / "samples.csv")) if samples_text else None
-    hists = {t.name: parse_hist(text(f"hist_{t.name}.txt"), source=f"hist_{t.name}.txt") for t in probes.TRIGGERS}
+    # Only the triggers that were armed: an empty hist file is an event this kernel does not have (or a
+    # trigger not asked for, or superseded by the kernel's own counter).
+    raw = {t.name: text(f"hist_{t.name}.txt") for t in probes.TRIGGERS}
+    hists = {name: parse_hist(body, source=f"hist_{name}.txt") for name, body in raw.items() if body.strip()}
     root = probes.DMA_FAILURES_DEBUGFS
     failed_before = parse_debugfs(text("dma_failures_before.txt"), root, str(local / "dma_failures_before.txt"))
     failed_after = parse_debugfs(text("dma_failures_after.txt"), root, str(local / "dma_failures_after.txt"))
@@ -694,10 +695,10 @@ def build_row(base: dict[str, Any], local: Path, fio_exit: int) -> tuple[dict[st
         "grow_limit_slabs": after.get("io_tlb_max_nslabs"),  # series v2 patch 9 (0: no limit)
         # Failed mappings at the DMA layer, whichever path the driver used: single mappings
         # (dma_map_page returning DMA_MAPPING_ERROR) plus scatterlists.
-        **map_failures_from(failed_before, failed_after, _single_map_failures(hists, counted, text)),
+        **map_failures_from(failed_before, failed_after, _single_map_failures(hists, counted)),
         # nothing counted bounces in a cell that did not arm their trigger: unknown, not zero
-        "bounces": hists["bounces"].hits if "bounces" in counted else None,
-        "bounce_bytes": hists["bounces"].total("size") if "bounces" in counted else None,
+        "bounces": hists.get("bounces", NO_HITS).hits if "bounces" in counted else None,
+        "bounce_bytes": hists.get("bounces", NO_HITS).total("size") if "bounces" in counted else None,
         "hist_dropped": sum(h.dropped for h in hists.values()),
         "fio_exit": fio_exit,
         "fio_iops": fio.iops,
