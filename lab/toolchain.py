@@ -83,14 +83,23 @@ def recipe_hash(spec: dict[str, Any]) -> str:
     return sha256_bytes(content.encode())[:16]
 
 
-def build_qemu(name: str, path: Path = RECIPE, cache: Path | None = None) -> QemuRoot:
-    """The root called ``name``, built first if its recipe has no root in the cache yet."""
+def _place(name: str, path: Path, cache: Path | None) -> tuple[dict[str, Any], str, Path]:
+    """The recipe of ``name``, its hash, and where its root lives in the cache (built or not)."""
     known = recipes(path)
     if name not in known:
         raise ConfigError(f"QEMU toolchain {name!r} is not declared in {path}; declared: {', '.join(known) or 'none'}")
-    spec = known[name]
-    key = recipe_hash(spec)
-    final = (cache or cache_dir()) / "toolchains" / f"qemu-{name}-{key}"
+    key = recipe_hash(known[name])
+    return known[name], key, (cache or cache_dir()) / "toolchains" / f"qemu-{name}-{key}"
+
+
+def _loaded(name: str, final: Path, key: str) -> QemuRoot:
+    packages = json.loads((final / "packages.json").read_text())
+    return QemuRoot(name, final / "bin" / "qemu-system-x86_64", final / "root", key, packages)
+
+
+def build_qemu(name: str, path: Path = RECIPE, cache: Path | None = None) -> QemuRoot:
+    """The root called ``name``, built first if its recipe has no root in the cache yet."""
+    spec, key, final = _place(name, path, cache)
     if not (final / "packages.json").exists():
         final.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".build-qemu-{name}-", dir=final.parent))
@@ -104,8 +113,7 @@ def build_qemu(name: str, path: Path = RECIPE, cache: Path | None = None) -> Qem
                     raise
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    packages = json.loads((final / "packages.json").read_text())
-    return QemuRoot(name, final / "bin" / "qemu-system-x86_64", final / "root", key, packages)
+    return _loaded(name, final, key)
 
 
 def _build(name: str, spec: dict[str, Any], work: Path) -> None:
@@ -149,9 +157,8 @@ def _build(name: str, spec: dict[str, Any], work: Path) -> None:
 
 def built(name: str, path: Path = RECIPE, cache: Path | None = None) -> QemuRoot | None:
     """The root called ``name`` if its recipe's root is in the cache; None if it was never built here."""
-    spec = recipes(path)[name]
-    final = (cache or cache_dir()) / "toolchains" / f"qemu-{name}-{recipe_hash(spec)}"
-    return build_qemu(name, path, cache) if (final / "packages.json").exists() else None
+    _, key, final = _place(name, path, cache)
+    return _loaded(name, final, key) if (final / "packages.json").exists() else None
 
 
 def qemu_binary(name: str) -> str | None:
