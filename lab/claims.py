@@ -622,12 +622,13 @@ def boot_pairs(base: pd.DataFrame, cand: pd.DataFrame, keys: Sequence[str] = BOO
     return merged.iloc[0:0], "no two boots ran both"
 
 
-def _paired_perf(pairs: pd.DataFrame) -> tuple[Comparison, ...]:
-    """The performance family within the boots of ``pairs`` (stats.PAIRED_TEXT)."""
+def _paired_perf(pairs: pd.DataFrame, metrics: Sequence[tuple[str, bool]] = PERF_METRICS) -> tuple[Comparison, ...]:
+    """A family of ``metrics`` (the performance family by default) compared within the pairs of ``pairs``
+    (boot_pairs' rows; stats.PAIRED_TEXT)."""
     return compare_paired_family(
         [
             PairedMetric(m, list(zip(pairs[f"{m}_base"], pairs[f"{m}_cand"], strict=True)), higher)
-            for m, higher in PERF_METRICS
+            for m, higher in metrics
         ]
     )
 
@@ -1211,6 +1212,7 @@ def judge_c10_throttle(cells: pd.DataFrame) -> list[Verdict]:
     return verdicts
 
 
+IOPS_ONLY = (("fio_iops", True),)  # C14's primary metric, the only one it judges
 C14_KERNEL = "throttle"  # the RFC's throttle (v1): thresholds it can be run without, in the same boot
 C14_POOL_SLABS = 32768  # 64 MiB: the size a guest kernel picks by itself outside SEV-SNP and TDX
 
@@ -1239,13 +1241,6 @@ def _c14_ran(cells: pd.DataFrame) -> bool:
 # What pairs cells of one repetition across its boots (two area counts boot twice): the boot's key without
 # the area count.
 REPETITION_COLUMNS = tuple(c for c in BOOT_COLUMNS if c != "swiotlb_areas_requested")
-
-
-def _paired_iops(pairs: pd.DataFrame) -> tuple[Comparison, ...]:
-    """IOPS alone, compared within the pairs of ``pairs`` (a family of one)."""
-    return compare_paired_family(
-        [PairedMetric("fio_iops", list(zip(pairs["fio_iops_base"], pairs["fio_iops_cand"], strict=True)), True)]
-    )
 
 
 def judge_c14(cells: pd.DataFrame) -> Verdict:
@@ -1282,7 +1277,7 @@ def judge_c14(cells: pd.DataFrame) -> Verdict:
     pairs, units = boot_pairs(off_one, on_per, keys=REPETITION_COLUMNS)
     if len(pairs) < 2:
         return _missing("C14", text, metric, threshold, need, tested=True)
-    comparisons = _paired_iops(pairs)
+    comparisons = _paired_perf(pairs, IOPS_ONLY)
     conclusion = comparisons[0].conclusion
     if conclusion == "regressed":
         verdict = "contradicted"
@@ -1299,7 +1294,7 @@ def judge_c14(cells: pd.DataFrame) -> Verdict:
     ):
         both, _ = boot_pairs(off, on, keys=keys)
         if len(both) >= 2:
-            [c] = _paired_iops(both)
+            [c] = _paired_perf(both, IOPS_ONLY)
             notes.append(f"{label}: IOPS {c.change_pct:+.1f}% ({c.conclusion}, {len(both)} pairs)")
     throttled = pd.concat([on_per, on_one])
     engaged = (throttled["high_throttle_count"].fillna(0) + throttled["low_throttle_count"].fillna(0)) > 0
