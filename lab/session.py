@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lab import __version__, interrupt
-from lab.claims import rules as claim_rules
 from lab.errors import ConfigError
 from lab.matrix import Cell, Matrix, load_matrix
 from lab.platforms import AUTO
@@ -316,9 +315,6 @@ class Session:
             # Guests that share one host's cores (each host's own for workers elsewhere: rows say it).
             "contention": self.contention,
             "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            # Every claim's rule, fixed before a cell is measured: the report marks a verdict whose rule
-            # changed since as exploratory (lab.claims.check_rules).  A resumed run keeps its first rules.
-            "rules": claim_rules(),
         }
         if self.hosts:
             self.pool = SshWorkerPool(list(self.hosts.values()))
@@ -330,7 +326,11 @@ class Session:
             self.pool = DaskPool(scheduler=request.scheduler)
             manifest["scheduler"] = request.scheduler
         if self.store is None:
-            self.store = RunStore.create(request.results, manifest)
+            # Every claim's rule, fixed before a cell is measured: the report marks a verdict whose rule
+            # changed since as exploratory (lab.claims.check_rules).  A resumed run keeps its first rules.
+            from lab.claims import rules as claim_rules
+
+            self.store = RunStore.create(request.results, {**manifest, "rules": claim_rules()})
         else:
             was = self.store.claim()  # refuses a run another process is still running
             mixed = {"mixed_batches": self.mixed_batch, "resumed_lab_revision": manifest["lab_revision"]}

@@ -4,10 +4,12 @@ logged its command line)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from lab.claims import rules
 from tests.conftest import SHORT_LOAD, run_matrix_text
 
 pytestmark = [pytest.mark.integration, pytest.mark.kernels("static")]
@@ -29,6 +31,8 @@ observe = "none"
 
 def test_one_area_and_the_default_run_with_an_extra_parameter(tmp_path: Path) -> None:
     run, rows = run_matrix_text(MATRIX, tmp_path)
+    # the run fixed every claim's rule when it started (lab.claims.rules), C14's among them
+    assert json.loads((run / "manifest.json").read_text())["rules"]["C14"] == rules()["C14"]
     rows = rows.set_index("swiotlb_areas_requested", drop=False)
     assert len(rows) == 2 and (rows["status"] == "ok").all() and (rows["hiwater"] > 0).all()
     one, default = rows.loc[1.0], rows[rows["swiotlb_areas_requested"].isna()].iloc[0]
