@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.errors import BuildError, ConfigError, HostError, PatchError
-from lab.util import atomic_write_text, cache_dir, run_host, run_process, sha256_file
+from lab.util import DEBIAN_MIRROR, atomic_write_text, cache_dir, run_host, run_process, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ def apt_options(suite: str, cache: Path) -> list[str]:
     (where / "cache" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
     sources = where / "sources.list"
     keyring = "/usr/share/keyrings/debian-archive-keyring.gpg"
-    sources.write_text(f"deb [signed-by={keyring}] http://deb.debian.org/debian {suite} main\n")
+    sources.write_text(f"deb [signed-by={keyring}] {DEBIAN_MIRROR} {suite} main\n")
     options = [
         f"-oDir::Etc::SourceList={sources}",
         "-oDir::Etc::SourceParts=/dev/null",

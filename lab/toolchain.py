@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from lab.errors import BuildError, ConfigError
-from lab.util import cache_dir, read_toml, run_host, sha256_bytes, unknown_key
+from lab.util import DEBIAN_MIRROR, cache_dir, read_toml, run_host, sha256_bytes, unknown_key
 
 log = logging.getLogger(__name__)
 
 HOST = "host"  # the host's own QEMU (SWIOTLB_LAB_QEMU, else qemu-system-x86_64 on PATH)
 RECIPE = Path(__file__).resolve().parent.parent / "images" / "qemu" / "recipe.toml"
-MIRROR = "http://deb.debian.org/debian"
 RECIPE_KEYS = {"description": "free text", "suite": "a Debian suite, e.g. trixie", "packages": "Debian packages"}
 # Bump when the build or the wrapper changes in a way the recipe hash cannot see.
 TOOLCHAIN_FORMAT = 1
@@ -129,7 +128,7 @@ def _build(name: str, spec: dict[str, Any], work: Path) -> None:
                 "--dpkgopt=path-exclude=/usr/share/{doc,man,locale}/*",
                 spec["suite"],
                 root,
-                MIRROR,
+                DEBIAN_MIRROR,
             ],
             what=f"mmdebstrap of QEMU toolchain {name!r}",
             log_path=work / "mmdebstrap.log",

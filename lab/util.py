@@ -21,6 +21,7 @@ from lab.errors import BuildError, ConfigError, LabTimeout
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+DEBIAN_MIRROR = "http://deb.debian.org/debian"  # where suites other than the host's come from (kernel, toolchain)
 
 
 def cache_dir() -> Path:
