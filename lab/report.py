@@ -865,14 +865,10 @@ def figures(cells: pd.DataFrame, samples: pd.DataFrame) -> dict[str, bytes]:
     return {f.name: f.png for f in draw(cells, samples)}
 
 
-def run_verdicts(run_dir: Path, cells: pd.DataFrame | None = None) -> list[Verdict]:
+def run_verdicts(cells: pd.DataFrame, manifest: dict[str, Any]) -> list[Verdict]:
     """A run's verdicts as its report states them: judged on its cells, each marked with whether its rule is
     the one the run fixed when it started (the manifest's ``rules``)."""
-    cells = load_cells(run_dir) if cells is None else cells
-    if cells.empty:
-        return []
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    return check_rules(judge_all(cells), manifest.get("rules"))
+    return check_rules(judge_all(cells), manifest.get("rules")) if not cells.empty else []
 
 
 def build_report(run_dir: Path, output: Path | None = None) -> dict[str, Path]:
@@ -881,7 +877,7 @@ def build_report(run_dir: Path, output: Path | None = None) -> dict[str, Path]:
     manifest = json.loads((run_dir / "manifest.json").read_text())
     cells = load_cells(run_dir)
     samples = load_samples(run_dir)
-    verdicts = run_verdicts(run_dir, cells)
+    verdicts = run_verdicts(cells, manifest)
     comparison_rows = comparisons(cells) if not cells.empty else []
     drawn = draw(cells, samples) if not cells.empty else []
     out = output or run_dir
