@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from lab import __version__, interrupt
 from lab.errors import ConfigError, LabError
-from lab.terminal import RichReporter, console, one_line
+from lab.terminal import RichReporter, cells_progress, console, one_line
 
 log = logging.getLogger("lab")
 
@@ -114,17 +113,7 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
     )
     status = "complete"
     try:
-        with Progress(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.fields[cells]} cells"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=console,
-            transient=False,
-        ) as progress:
+        with cells_progress(eta=True) as progress:
             session.run(RichReporter(progress, estimate_s, len(plan.todo)))
     except KeyboardInterrupt:
         status = "interrupted"
@@ -171,13 +160,7 @@ def cmd_nightly(args: argparse.Namespace) -> int:
     )
 
     def run_cells(session: Any, plan: Any) -> None:
-        columns = (
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.fields[cells]} cells"),
-        )
-        with Progress(*columns, TimeElapsedColumn(), console=console) as progress:
+        with cells_progress(eta=False) as progress:
             session.run(RichReporter(progress, plan.estimate_s, len(plan.todo)))
 
     junit = Path(args.junit) if args.junit else None

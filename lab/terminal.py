@@ -5,7 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from lab.matrix import Cell
 from lab.store import LOST, SKIPPED
@@ -45,3 +53,17 @@ def one_line(row: dict[str, Any]) -> str:
         f" ({(frac or 0) * 100:.0f}%), map failures {row['map_failures']}, {row['fio_iops']:.0f} IOPS,"
         f" p99 {row['fio_clat_p99_us']:.0f} µs, fio errors {row['fio_errors']}"
     )
+
+
+def cells_progress(eta: bool) -> Progress:
+    """The bar a run of cells shows: phase, bar, cells done, time taken, and with ``eta`` the time left."""
+    columns: list[ProgressColumn] = [
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[cells]} cells"),
+        TimeElapsedColumn(),
+    ]
+    if eta:
+        columns += [TextColumn("ETA"), TimeRemainingColumn()]
+    return Progress(*columns, console=console, transient=False)
