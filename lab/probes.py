@@ -31,6 +31,7 @@ GUEST_RUN_DIR = "/run/lab"
 KNOBS = ("high_throttle", "low_throttle", "throttle_timeout_ms", "io_tlb_max_nslabs")
 KNOB_DEFAULTS_DIR = f"{GUEST_RUN_DIR}/knob-defaults"
 DMA_MAPPING_ERROR = "0xffffffffffffffff"
+FAILED_MAPS = f"hist:keys=device:vals=hitcount,size if dma_addr == {DMA_MAPPING_ERROR}"  # a map event's failures
 
 
 @dataclass(frozen=True)
@@ -60,20 +61,10 @@ TRIGGERS = (
     # Failed scatterlists have no tracepoint that sees them: dma_map_sg_err fires only in a
     # WARN_ON_ONCE branch for unexpected error codes, never for a full pool's -EIO.  Only the
     # lab's counter (DMA_FAILURES_DEBUGFS/sg) counts them.
-    HistTrigger(
-        "map_page_failures",
-        "dma/dma_map_page",
-        f"hist:keys=device:vals=hitcount,size if dma_addr == {DMA_MAPPING_ERROR}",
-        superseded_by=DMA_FAILURES_DEBUGFS,
-    ),
+    HistTrigger("map_page_failures", "dma/dma_map_page", FAILED_MAPS, superseded_by=DMA_FAILURES_DEBUGFS),
     # Linux 7.x maps pages and resources through dma_map_phys(), whose event replaced dma_map_page (the same
     # fields); a kernel has one of the two, and only that one is armed.
-    HistTrigger(
-        "map_phys_failures",
-        "dma/dma_map_phys",
-        f"hist:keys=device:vals=hitcount,size if dma_addr == {DMA_MAPPING_ERROR}",
-        superseded_by=DMA_FAILURES_DEBUGFS,
-    ),
+    HistTrigger("map_phys_failures", "dma/dma_map_phys", FAILED_MAPS, superseded_by=DMA_FAILURES_DEBUGFS),
     # Counting every bounce costs guest CPU (bench sampler --observer triggers), and no verdict uses it.
     HistTrigger("bounces", "swiotlb/swiotlb_bounced", "hist:keys=dev_name:vals=hitcount,size", observed_only=True),
 )
