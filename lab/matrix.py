@@ -643,9 +643,10 @@ def parse_matrix(
     if qemus != ["host"]:
         from lab.toolchain import names as qemu_names
 
+        known = qemu_names()  # the recipe file, read once
         for name in qemus:
-            if name not in qemu_names():
-                raise ConfigError(f"{where('qemu')}: unknown QEMU {name!r}; valid: {', '.join(qemu_names())}")
+            if name not in known:
+                raise ConfigError(f"{where('qemu')}: unknown QEMU {name!r}; valid: {', '.join(known)}")
     platforms = [str(p) for p in _list(section, "platforms", ["auto"], where("platforms"))]
     for name in platforms:
         if name not in PLATFORM_NAMES:
